@@ -1,0 +1,17 @@
+"""keras_attention: attention layers for Keras 3.
+
+Scaled dot-product, self-, multi-head and cross-attention, additive (Bahdanau) and
+Luong attention, attention pooling, positional encodings and Transformer blocks, all
+built on one attention function (`keras_attention.ops`) and one mask module
+(`keras_attention.masks`).
+"""
+
+__version__ = "0.1.0"
+
+from keras_attention import masks, ops
+from keras_attention.layers.scaled_dot_product import ScaledDotProductAttention
+from keras_attention.layers.self_attention import SelfAttention
+
+# -- multi-head attention (issue 4) --
+# -- additive, Luong, pooling (issue 5) --
+# -- positional encodings, transformer blocks (issue 6) --

@@ -1,0 +1,300 @@
+"""Boolean attention masks: build them, combine them, check them, turn them into biases.
+
+Every mask in this package is boolean with ``True`` meaning "this query may attend to
+this key". Masks are broadcast against attention scores of shape
+``(..., q_len, kv_len)``. This module is the only place that knows how a mask becomes
+an additive bias on the scores (:func:`mask_to_bias`).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "causal_mask",
+    "padding_mask",
+    "merge_attention_masks",
+    "combine_masks",
+    "sliding_window_mask",
+    "mask_to_bias",
+    "large_negative_number",
+    "validate_mask",
+    "check_broadcastable",
+]
+
+# The most negative number we add to a masked score, per compute dtype. It must be
+# far below any real score (so exp() of it is exactly 0 after the row max is
+# subtracted) yet stay finite when a score is added to it: float16 tops out at 65504,
+# so half of its range is used there; bfloat16 and float32 have range to spare.
+_LARGE_NEGATIVE = {
+    "float16": -3.0e4,
+    "bfloat16": -1.0e9,
+    "float32": -1.0e9,
+    "float64": -1.0e9,
+}
+
+
+def large_negative_number(dtype):
+    """The additive bias used for masked positions in `dtype` (a finite number).
+
+    Example:
+    >>> large_negative_number("float16")
+    -30000.0
+    """
+    name = _dtype_name(dtype)
+    if name not in _LARGE_NEGATIVE:
+        raise TypeError(
+            "`dtype` must be a floating dtype (float16, bfloat16, float32 or "
+            f"float64). Received: dtype={name}"
+        )
+    return _LARGE_NEGATIVE[name]
+
+
+def mask_to_bias(mask, dtype="float32"):
+    """Turn a boolean mask into an additive bias: 0 where allowed, a large negative
+    number (chosen for `dtype`, see :func:`large_negative_number`) where masked.
+
+    Args:
+        mask: boolean (or 0/1 integer) tensor, `True` = may attend.
+        dtype: the dtype of the scores the bias is added to.
+
+    Returns:
+        A tensor of `dtype` with the shape of `mask`.
+    """
+    mask = validate_mask(mask)
+    zero = ops.zeros((), dtype=dtype)
+    neg = ops.full((), large_negative_number(dtype), dtype=dtype)
+    return ops.where(mask, zero, neg)
+
+
+def causal_mask(q_len, kv_len=None, offset=0):
+    """Lower-triangular mask of shape `(q_len, kv_len)`: `True` where `j <= i + offset`.
+
+    Query `i` may attend key `j` when `j <= i + offset`. With `offset=0` the mask is
+    top-left aligned, as in Keras and PyTorch. Incremental decoding writes the new
+    queries at cache position `offset`, so query `i` sees every cached key up to
+    `offset + i`.
+
+    Args:
+        q_len: number of queries (int or scalar tensor).
+        kv_len: number of keys; defaults to `q_len`.
+        offset: position of the first query among the keys (int or scalar tensor).
+
+    Example:
+    >>> causal_mask(2, 3)  # doctest: +SKIP
+    [[ True, False, False],
+     [ True,  True, False]]
+    """
+    if kv_len is None:
+        kv_len = q_len
+    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
+        if isinstance(value, (int, np.integer)) and value < 0:
+            raise ValueError(
+                f"`{name}` must be a non-negative integer. Received: {name}={value}"
+            )
+    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
+    cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
+    return ops.less_equal(cols, rows + ops.cast(offset, "int32"))
+
+
+def sliding_window_mask(q_len, kv_len, window):
+    """Local-attention band: `True` where `|i - j| < window`.
+
+    Query `i` sees the `window - 1` keys on each side of position `i` and key `i`
+    itself. Combine it with :func:`causal_mask` (through :func:`combine_masks`) for a
+    one-sided window of the `window` most recent keys.
+
+    Args:
+        q_len: number of queries.
+        kv_len: number of keys.
+        window: positive integer, half-width of the band plus one.
+
+    Returns:
+        Boolean tensor of shape `(q_len, kv_len)`.
+    """
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
+        raise ValueError(
+            f"`window` must be a positive integer. Received: window={window!r}"
+        )
+    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
+    cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
+    return ops.less(ops.abs(rows - cols), window)
+
+
+def padding_mask(mask, query_mask=None):
+    """Attention mask from Keras sequence masks.
+
+    Args:
+        mask: `(batch, kv_len)` Keras mask of the keys/values (`True` = real token),
+            as produced by `Embedding(mask_zero=True)`.
+        query_mask: optional `(batch, q_len)` Keras mask of the queries. Padded
+            queries then attend nothing, so their outputs are zeros.
+
+    Returns:
+        Boolean `(batch, 1, kv_len)` (or `(batch, q_len, kv_len)` with `query_mask`),
+        broadcastable to scores of shape `(batch, q_len, kv_len)`. Insert a head axis
+        at position 1 for `(batch, heads, q_len, kv_len)` scores.
+    """
+    mask = validate_mask(mask, name="mask")
+    if len(mask.shape) != 2:
+        raise ValueError(
+            "`mask` must be a (batch, kv_len) Keras mask. "
+            f"Received: mask.shape={tuple(mask.shape)}"
+        )
+    result = ops.expand_dims(mask, 1)
+    if query_mask is not None:
+        query_mask = validate_mask(query_mask, name="query_mask")
+        if len(query_mask.shape) != 2:
+            raise ValueError(
+                "`query_mask` must be a (batch, q_len) Keras mask. "
+                f"Received: query_mask.shape={tuple(query_mask.shape)}"
+            )
+        result = ops.logical_and(result, ops.expand_dims(query_mask, -1))
+    return result
+
+
+def merge_attention_masks(
+    query_mask=None,
+    value_mask=None,
+    key_mask=None,
+    attention_mask=None,
+    use_causal_mask=False,
+    q_len=None,
+    kv_len=None,
+):
+    """The one mask an attention layer applies, from everything it was given.
+
+    Combines (logical AND) the Keras masks of the inputs, an explicit
+    `attention_mask` and the causal mask. This is the single path by which the
+    layers of this package turn their mask arguments into attention masks.
+
+    Args:
+        query_mask: `(batch, q_len)` Keras mask of the queries; padded queries
+            attend nothing (their outputs are zeros).
+        value_mask: `(batch, kv_len)` Keras mask of the values.
+        key_mask: `(batch, kv_len)` Keras mask of the keys.
+        attention_mask: `(batch, q_len, kv_len)` or `(batch, heads, q_len, kv_len)`.
+        use_causal_mask: add `causal_mask(q_len, kv_len)`.
+        q_len, kv_len: lengths (ints or scalar tensors), needed for the causal mask.
+
+    Returns:
+        A boolean mask broadcastable to `(batch, q_len, kv_len)`, or to
+        `(batch, heads, q_len, kv_len)` when `attention_mask` has a head axis;
+        `None` if there is nothing to mask.
+    """
+    parts = []
+    key_padding = combine_masks(value_mask, key_mask)
+    if key_padding is not None:
+        check_broadcastable(
+            (None, _static(kv_len)), tuple(key_padding.shape), "keys (batch, kv_len)",
+            "value_mask" if key_mask is None else "key_mask",
+        )
+        parts.append(padding_mask(key_padding))
+    if query_mask is not None:
+        query_mask = validate_mask(query_mask, name="query_mask")
+        if len(query_mask.shape) != 2:
+            raise ValueError(
+                "`query_mask` must be a (batch, q_len) Keras mask. "
+                f"Received: query_mask.shape={tuple(query_mask.shape)}"
+            )
+        check_broadcastable(
+            (None, _static(q_len)), tuple(query_mask.shape), "queries (batch, q_len)",
+            "query_mask",
+        )
+        parts.append(ops.expand_dims(query_mask, -1))
+    if use_causal_mask:
+        if q_len is None or kv_len is None:
+            raise ValueError("`q_len` and `kv_len` are required with use_causal_mask=True.")
+        parts.append(ops.expand_dims(causal_mask(q_len, kv_len), 0))
+    if attention_mask is not None:
+        attention_mask = validate_mask(attention_mask, name="attention_mask")
+        rank = len(attention_mask.shape)
+        if rank not in (3, 4):
+            raise ValueError(
+                "`attention_mask` must have shape (batch, q_len, kv_len) or "
+                "(batch, num_heads, q_len, kv_len). "
+                f"Received: attention_mask.shape={tuple(attention_mask.shape)}"
+            )
+        expected = (None,) * (rank - 2) + (_static(q_len), _static(kv_len))
+        check_broadcastable(
+            expected, tuple(attention_mask.shape), "scores (batch, q_len, kv_len)",
+            "attention_mask",
+        )
+        if rank == 4:
+            parts = [ops.expand_dims(part, 1) for part in parts]
+        combined = combine_masks(*parts)
+        if combined is not None:
+            check_broadcastable(
+                tuple(combined.shape), tuple(attention_mask.shape),
+                "mask from the inputs' Keras masks", "attention_mask",
+            )
+        return combine_masks(combined, attention_mask)
+    return combine_masks(*parts)
+
+
+def _static(length):
+    return int(length) if isinstance(length, (int, np.integer)) else None
+
+
+def combine_masks(*masks):
+    """Logical AND of boolean masks; `None` entries are skipped.
+
+    Shapes must broadcast against each other (checked on the static shapes).
+
+    Returns:
+        The combined boolean mask, or `None` when every mask is `None`.
+
+    Example:
+    >>> m = combine_masks(causal_mask(3), None, padding_mask(keras_mask))  # doctest: +SKIP
+    """
+    result = None
+    for index, mask in enumerate(masks):
+        if mask is None:
+            continue
+        mask = validate_mask(mask, name=f"masks[{index}]")
+        if result is None:
+            result = mask
+            continue
+        check_broadcastable(
+            tuple(result.shape), tuple(mask.shape), "combined mask", f"masks[{index}]"
+        )
+        result = ops.logical_and(result, mask)
+    return result
+
+
+def validate_mask(mask, name="mask"):
+    """Convert `mask` to a boolean tensor, accepting only boolean or integer dtypes.
+
+    A float mask is refused: it could be an additive bias or a 0/1 mask, and guessing
+    wrong silently lets padded keys through.
+    """
+    if mask is None:
+        return None
+    mask = ops.convert_to_tensor(mask)
+    dtype = _dtype_name(mask.dtype)
+    if dtype == "bool":
+        return mask
+    if dtype.startswith(("int", "uint")):
+        return ops.not_equal(mask, 0)
+    raise TypeError(
+        f"`{name}` must be a boolean (or 0/1 integer) tensor with True where "
+        f"attention is allowed. Received: {name} with dtype={dtype}"
+    )
+
+
+def check_broadcastable(shape_a, shape_b, name_a, name_b):
+    """Raise `ValueError` unless static shapes `shape_a` and `shape_b` broadcast.
+
+    Unknown (`None`) dimensions are assumed compatible.
+    """
+    for dim_a, dim_b in zip(reversed(shape_a), reversed(shape_b)):
+        if dim_a is None or dim_b is None or dim_a == dim_b or 1 in (dim_a, dim_b):
+            continue
+        raise ValueError(
+            f"`{name_b}` of shape {tuple(shape_b)} is not broadcastable to "
+            f"`{name_a}` of shape {tuple(shape_a)}."
+        )
+
+
+def _dtype_name(dtype):
+    return keras.backend.standardize_dtype(dtype)

@@ -1,0 +1,250 @@
+"""`keras_attention.ops.scaled_dot_product_attention` against a numpy reference."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keras_attention import ops as attention_ops
+from tests import reference
+
+RNG = np.random.default_rng(0)
+
+
+def _rand(*shape):
+    return RNG.standard_normal(shape).astype("float32")
+
+
+def _run(q, k, v, **kwargs):
+    out, weights = attention_ops.scaled_dot_product_attention(
+        q, k, v, return_attention_scores=True, **kwargs
+    )
+    return np.asarray(out), np.asarray(weights)
+
+
+@pytest.mark.parametrize(
+    "batch_dims, q_len, kv_len, d_k, d_v",
+    [((), 4, 4, 8, 8), ((2,), 3, 7, 8, 5), ((2, 3), 5, 2, 16, 4), ((1, 2, 2), 1, 6, 4, 3)],
+)
+def test_matches_numpy_reference(batch_dims, q_len, kv_len, d_k, d_v):
+    q = _rand(*batch_dims, q_len, d_k)
+    k = _rand(*batch_dims, kv_len, d_k)
+    v = _rand(*batch_dims, kv_len, d_v)
+    out, weights = _run(q, k, v)
+    ref_out, ref_weights = reference.attention(q, k, v)
+    assert out.shape == (*batch_dims, q_len, d_v)
+    assert weights.shape == (*batch_dims, q_len, kv_len)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(weights, ref_weights, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mask_shape",
+    [(5, 6), (1, 6), (5, 1), (2, 1, 5, 6), (2, 3, 5, 6), (3, 1, 6), (1, 1, 1, 6)],
+)
+def test_mask_broadcast_forms(mask_shape):
+    q, k, v = _rand(2, 3, 5, 8), _rand(2, 3, 6, 8), _rand(2, 3, 6, 4)
+    mask = RNG.random(mask_shape) > 0.4
+    out, weights = _run(q, k, v, mask=mask)
+    ref_out, ref_weights = reference.attention(q, k, v, mask=mask)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(weights, ref_weights, atol=1e-5)
+
+
+def test_integer_mask_is_accepted():
+    q, k, v = _rand(2, 4, 8), _rand(2, 4, 8), _rand(2, 4, 8)
+    mask = (RNG.random((2, 4, 4)) > 0.5).astype("int32")
+    np.testing.assert_allclose(
+        _run(q, k, v, mask=mask)[0], reference.attention(q, k, v, mask=mask)[0], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("q_len, kv_len", [(4, 4), (3, 6), (6, 3)])
+def test_causal_is_top_left_aligned(q_len, kv_len):
+    q, k, v = _rand(2, q_len, 8), _rand(2, kv_len, 8), _rand(2, kv_len, 8)
+    out, weights = _run(q, k, v, causal=True)
+    ref_out, ref_weights = reference.attention(q, k, v, causal=True)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(weights, ref_weights, atol=1e-5)
+    # Query 0 sees exactly key 0.
+    np.testing.assert_allclose(weights[:, 0, 0], 1.0, atol=1e-6)
+
+
+def test_causal_combines_with_mask():
+    q, k, v = _rand(2, 5, 8), _rand(2, 5, 8), _rand(2, 5, 8)
+    mask = RNG.random((2, 1, 5)) > 0.3
+    out, _ = _run(q, k, v, mask=mask, causal=True)
+    ref_out, _ = reference.attention(q, k, v, mask=mask, causal=True)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+
+
+def test_custom_scale():
+    q, k, v = _rand(2, 4, 8), _rand(2, 6, 8), _rand(2, 6, 3)
+    out, weights = _run(q, k, v, scale=0.37)
+    ref_out, ref_weights = reference.attention(q, k, v, scale=0.37)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(weights, ref_weights, atol=1e-5)
+
+
+def test_fully_masked_rows_give_zeros_and_finite_gradients():
+    q = tf.constant(_rand(2, 3, 8))
+    k = tf.constant(_rand(2, 4, 8))
+    v = tf.constant(_rand(2, 4, 5))
+    mask = np.ones((2, 3, 4), dtype=bool)
+    mask[0, 1] = False
+    mask[1] = False
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, k, v])
+        out, weights = attention_ops.scaled_dot_product_attention(
+            q, k, v, mask=mask, return_attention_scores=True
+        )
+        loss = tf.reduce_sum(out * out)
+    out, weights = np.asarray(out), np.asarray(weights)
+    assert np.all(out[0, 1] == 0) and np.all(out[1] == 0)
+    assert np.all(weights[0, 1] == 0) and np.all(weights[1] == 0)
+    for tensor in (q, k, v):
+        grad = np.asarray(tape.gradient(loss, tensor))
+        assert np.all(np.isfinite(grad))
+    assert np.all(np.asarray(tape.gradient(loss, q))[1] == 0)
+
+
+def test_large_logits_stay_finite():
+    q, k, v = _rand(2, 4, 8) * 1e4, _rand(2, 4, 8) * 1e4, _rand(2, 4, 8)
+    out, weights = _run(q, k, v, mask=np.tril(np.ones((4, 4), bool)))
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(weights))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_masks_hold(dtype):
+    q = tf.cast(_rand(2, 4, 8) * 30, dtype)
+    k = tf.cast(_rand(2, 6, 8) * 30, dtype)
+    v = tf.cast(_rand(2, 6, 8), dtype)
+    mask = np.ones((2, 4, 6), dtype=bool)
+    mask[:, :, -2:] = False
+    out, weights = attention_ops.scaled_dot_product_attention(
+        q, k, v, mask=mask, return_attention_scores=True
+    )
+    assert out.dtype == dtype
+    weights = np.asarray(tf.cast(weights, "float32"))
+    assert np.all(np.isfinite(weights))
+    assert np.all(weights[..., -2:] < 1e-6)
+
+
+def test_dropout_only_in_training():
+    q, k, v = _rand(2, 4, 8), _rand(2, 4, 8), _rand(2, 4, 8)
+    plain = _run(q, k, v)[0]
+    np.testing.assert_allclose(_run(q, k, v, dropout_rate=0.5, seed=1)[0], plain, atol=1e-6)
+    dropped = _run(q, k, v, dropout_rate=0.5, seed=1, training=True)[0]
+    assert not np.allclose(dropped, plain)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(query=_rand(2, 4, 8), key=_rand(4, 8), value=_rand(4, 8)), "same rank"),
+        (dict(query=_rand(2, 4, 8), key=_rand(2, 4, 6), value=_rand(2, 4, 8)), "d_k"),
+        (dict(query=_rand(2, 4, 8), key=_rand(2, 4, 8), value=_rand(2, 5, 8)), "kv_len"),
+        (dict(query=_rand(2, 4, 8), key=_rand(3, 4, 8), value=_rand(3, 4, 8)), "leading"),
+        (dict(mask=np.ones((4, 3), bool)), r"\(4, 3\).*not broadcastable.*\(2, 4, 5\)"),
+        (dict(mask=np.ones((1, 1, 4, 5), bool)), "more dimensions"),
+        (dict(dropout_rate=1.0), "dropout_rate"),
+        (dict(dropout_rate=-0.1), "dropout_rate"),
+        (dict(scale=0.0), "scale"),
+        (dict(scale=-1.0), "scale"),
+    ],
+)
+def test_bad_inputs_raise_value_error(kwargs, match):
+    args = dict(query=_rand(2, 4, 8), key=_rand(2, 5, 8), value=_rand(2, 5, 8))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        attention_ops.scaled_dot_product_attention(**args)
+
+
+def test_float_mask_is_refused():
+    with pytest.raises(TypeError, match="mask"):
+        attention_ops.scaled_dot_product_attention(
+            _rand(1, 2, 4), _rand(1, 2, 4), _rand(1, 2, 4), mask=np.ones((2, 2), "float32")
+        )
+
+
+def test_dynamic_shapes_in_tf_function():
+    fn = tf.function(
+        lambda x: attention_ops.scaled_dot_product_attention(x, x, x, causal=True),
+        input_signature=[tf.TensorSpec([None, None, 8], tf.float32)],
+    )
+    for length in (3, 7):
+        x = _rand(2, length, 8)
+        np.testing.assert_allclose(
+            fn(x), reference.attention(x, x, x, causal=True)[0], atol=1e-5
+        )
+
+
+# Property tests ---------------------------------------------------------------
+
+shapes = st.tuples(
+    st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 8)
+)
+
+
+def _arrays(seed, batch, q_len, kv_len, dim):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((batch, q_len, dim)).astype("float32"),
+        rng.standard_normal((batch, kv_len, dim)).astype("float32"),
+        rng.standard_normal((batch, kv_len, dim)).astype("float32"),
+        rng.random((batch, q_len, kv_len)) > 0.3,
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_weights_sum_to_one_over_unmasked_keys(shape, seed):
+    q, k, v, mask = _arrays(seed, *shape)
+    _, weights = _run(q, k, v, mask=mask)
+    assert np.all(weights[~mask] == 0)
+    sums = weights.sum(-1)
+    has_key = mask.any(-1)
+    np.testing.assert_allclose(sums[has_key], 1.0, atol=1e-5)
+    assert np.all(sums[~has_key] == 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_self_attention_is_permutation_equivariant(shape, seed):
+    batch, length, _, dim = shape
+    x, _, _, _ = _arrays(seed, batch, length, length, dim)
+    perm = np.random.default_rng(seed).permutation(length)
+    out = _run(x, x, x)[0]
+    out_perm = _run(x[:, perm], x[:, perm], x[:, perm])[0]
+    np.testing.assert_allclose(out_perm, out[:, perm], atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1), st.data())
+def test_causal_output_ignores_the_future(shape, seed, data):
+    batch, length, _, dim = shape
+    x, _, _, _ = _arrays(seed, batch, length, length, dim)
+    i = data.draw(st.integers(0, length - 1))
+    changed = x.copy()
+    changed[:, i + 1 :] = np.random.default_rng(seed + 1).standard_normal(
+        changed[:, i + 1 :].shape
+    )
+    a = _run(x, x, x, causal=True)[0]
+    b = _run(changed, changed, changed, causal=True)[0]
+    np.testing.assert_allclose(a[:, : i + 1], b[:, : i + 1], atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_fully_masked_rows_property(shape, seed):
+    q, k, v, mask = _arrays(seed, *shape)
+    mask[:, 0, :] = False
+    q, k, v = tf.constant(q), tf.constant(k), tf.constant(v)
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out = attention_ops.scaled_dot_product_attention(q, k, v, mask=mask)
+        loss = tf.reduce_sum(tf.sin(out))
+    assert np.all(np.asarray(out)[:, 0] == 0)
+    for grad in tape.gradient(loss, [q, k, v]):
+        assert np.all(np.isfinite(np.asarray(grad)))
