@@ -13,7 +13,12 @@ from keras import ops
 
 from keras_attention import masks as masks_lib
 
-__all__ = ["scaled_dot_product_attention", "split_heads", "merge_heads"]
+__all__ = [
+    "scaled_dot_product_attention",
+    "attention_from_scores",
+    "split_heads",
+    "merge_heads",
+]
 
 _LOW_PRECISION = ("float16", "bfloat16")
 
@@ -77,15 +82,7 @@ def scaled_dot_product_attention(
     else:
         _check_scale(scale)
 
-    mask = masks_lib.validate_mask(mask)
-    if mask is not None:
-        scores_shape = tuple(query.shape[:-1]) + (key.shape[-2],)
-        if len(mask.shape) > len(scores_shape):
-            raise ValueError(
-                f"`mask` of shape {tuple(mask.shape)} has more dimensions than the "
-                f"attention scores of shape {scores_shape}."
-            )
-        masks_lib.check_broadcastable(scores_shape, tuple(mask.shape), "scores", "mask")
+    mask = _check_mask(mask, tuple(query.shape[:-1]) + (key.shape[-2],))
     if causal:
         q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
         mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
@@ -94,12 +91,50 @@ def scaled_dot_product_attention(
     # (q_len * kv_len) and keeps float16 products further from overflow.
     query = query * ops.cast(scale, query.dtype)
     scores = ops.einsum("...qd,...kd->...qk", query, key)
+    return attention_from_scores(
+        scores,
+        value,
+        mask=mask,
+        dropout_rate=dropout_rate,
+        seed=seed,
+        training=training,
+        return_attention_scores=return_attention_scores,
+    )
+
+
+def attention_from_scores(
+    scores,
+    value,
+    mask=None,
+    dropout_rate=0.0,
+    seed=None,
+    training=False,
+    return_attention_scores=False,
+):
+    """Masked softmax of raw scores, then the weighted sum of values.
+
+    The second half of every attention in the package: dot-product attention computes
+    `scores = Q K^T * scale`, additive attention `v^T tanh(W_q q + W_k k)`, and both
+    finish here, so masking, the float32 softmax and the zero rows live in one place.
+
+    Args:
+        scores: `(..., q_len, kv_len)` attention logits.
+        value: `(..., kv_len, d_v)`.
+        mask: optional boolean, broadcastable to `scores`, `True` = may attend.
+        dropout_rate, seed, training, return_attention_scores: as in
+            :func:`scaled_dot_product_attention`.
+
+    Returns:
+        `(..., q_len, d_v)`, or `(output, weights)` with `return_attention_scores`.
+    """
+    _check_dropout_rate(dropout_rate)
+    mask = _check_mask(mask, tuple(scores.shape))
     # Softmax in float32 even under mixed precision: float16 exp() overflows at 11.
     if keras.backend.standardize_dtype(scores.dtype) in _LOW_PRECISION:
         scores = ops.cast(scores, "float32")
     if mask is not None:
         scores = scores + masks_lib.mask_to_bias(mask, scores.dtype)
-    if key.shape[-2] == 1:
+    if scores.shape[-1] == 1:
         # A softmax over one key is 1 (keras.ops.softmax would warn about the axis).
         weights = ops.ones_like(scores)
     else:
@@ -136,6 +171,20 @@ def merge_heads(x):
     shape = ops.shape(x)
     x = ops.transpose(x, (0, 2, 1, 3))
     return ops.reshape(x, (shape[0], shape[2], x.shape[2] * x.shape[3]))
+
+
+def _check_mask(mask, scores_shape):
+    """Validate a boolean mask against the static scores shape; return it as bool."""
+    mask = masks_lib.validate_mask(mask)
+    if mask is None:
+        return None
+    if len(mask.shape) > len(scores_shape):
+        raise ValueError(
+            f"`mask` of shape {tuple(mask.shape)} has more dimensions than the "
+            f"attention scores of shape {scores_shape}."
+        )
+    masks_lib.check_broadcastable(scores_shape, tuple(mask.shape), "scores", "mask")
+    return mask
 
 
 def _default_scale(query):
