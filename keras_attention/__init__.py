@@ -14,4 +14,7 @@ from keras_attention.layers.self_attention import SelfAttention
 
 # -- multi-head attention (issue 4) --
 # -- additive, Luong, pooling (issue 5) --
+from keras_attention.layers.additive import AdditiveAttention
+from keras_attention.layers.luong import LuongAttention
+from keras_attention.layers.pooling import AttentionPooling
 # -- positional encodings, transformer blocks (issue 6) --

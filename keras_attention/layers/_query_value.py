@@ -1,0 +1,122 @@
+"""The query/value plumbing shared by `AdditiveAttention` and `LuongAttention`."""
+
+import keras
+from keras import ops
+
+from keras_attention import masks
+from keras_attention.layers import _common
+
+
+class QueryValueAttention(keras.layers.Layer):
+    """Base of the classic (RNN-era) attentions: a query attends over a value sequence.
+
+    Handles what the classic layers share: the single-step query of an RNN decoder
+    (rank 2, `(batch, features)`, treated as one query step), the Keras masks, the
+    shape checks and the symbolic shapes. Subclasses build their projections in
+    `_build_scores(query_shape, key_shape)` and implement
+    `_attend(query, key, value, mask, training, return_attention_scores)` on rank-3
+    queries, finishing with `keras_attention.ops`.
+    """
+
+    def __init__(self, dropout=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        _common.check_rate(dropout, "dropout")
+        self.dropout = dropout
+        self.seed = seed
+        self.supports_masking = True
+        self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        _common.check_rank(
+            query_shape, (2, 3), "query",
+            "rank 3 (batch, q_len, features) or rank 2 (batch, features)",
+        )
+        _common.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
+        if key_shape is None:
+            key_shape = value_shape
+        else:
+            _common.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
+            for axis, what in ((0, "batch size"), (1, "length (axis 1, kv_len)")):
+                if None not in (key_shape[axis], value_shape[axis]) and (
+                    key_shape[axis] != value_shape[axis]
+                ):
+                    raise ValueError(
+                        f"`key` and `value` must have the same {what}. Received: "
+                        f"key.shape={tuple(key_shape)}, value.shape={tuple(value_shape)}"
+                    )
+        self._build_scores(tuple(query_shape), tuple(key_shape))
+        self.built = True
+
+    def _build_scores(self, query_shape, key_shape):
+        """Build the score sublayers; `query_shape` may be rank 2 or 3."""
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        if key is None:
+            key = value
+            key_mask = None
+        single_step = len(query.shape) == 2
+        if single_step:
+            # An RNN decoder state is one query step: attend as a length-1 sequence.
+            query = ops.expand_dims(query, 1)
+            if query_mask is not None and len(query_mask.shape) == 1:
+                query_mask = ops.expand_dims(query_mask, 1)
+            if attention_mask is not None and len(attention_mask.shape) == 2:
+                attention_mask = ops.expand_dims(attention_mask, 1)
+        mask = masks.merge_attention_masks(
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            q_len=ops.shape(query)[1],
+            kv_len=ops.shape(key)[1],
+        )
+        outputs = self._attend(
+            query, key, value, mask, bool(training), return_attention_scores
+        )
+        if not single_step:
+            return outputs
+        if return_attention_scores:
+            return ops.squeeze(outputs[0], 1), ops.squeeze(outputs[1], 1)
+        return ops.squeeze(outputs, 1)
+
+    def _attend(self, query, key, value, mask, training, return_attention_scores):
+        raise NotImplementedError
+
+    def compute_mask(self, query, previous_mask=None):
+        # A sequence query keeps its padding mask; a single step has no time axis.
+        if len(query.shape) == 2:
+            return None
+        return previous_mask
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        return tuple(query_shape[:-1]) + (value_shape[-1],)
+
+    def compute_output_spec(
+        self, query, value, key=None, return_attention_scores=False, **kwargs
+    ):
+        key = value if key is None else key
+        scores_shape = tuple(query.shape[:-1]) + (key.shape[1],)
+        return _common.attention_output_spec(
+            self,
+            self.compute_output_shape(query.shape, value.shape, key.shape),
+            scores_shape,
+            return_attention_scores,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dropout": self.dropout, "seed": self.seed})
+        return config
