@@ -34,6 +34,8 @@ def scaled_dot_product_attention(
     seed=None,
     training=False,
     return_attention_scores=False,
+    implementation=None,
+    chunk_size=None,
 ):
     """Scaled dot-product attention: `softmax(Q K^T * scale + bias) V`.
 
@@ -58,6 +60,19 @@ def scaled_dot_product_attention(
         training: whether dropout is active.
         return_attention_scores: if `True`, also return the attention probabilities
             (after softmax and masking, before dropout).
+        implementation: `None` (choose), `"plain"`, `"chunked"` or `"fused"`.
+            `"plain"` materialises the `(..., q_len, kv_len)` scores. `"chunked"` is
+            exact and memory-efficient: queries are processed `chunk_size` rows at a
+            time and the backward pass recomputes each chunk's scores instead of
+            storing them, so memory grows with `chunk_size * kv_len`, not
+            `q_len * kv_len`. `"fused"` calls `keras.ops.dot_product_attention` (the
+            backend's fused kernel where it has one) and keeps this function's
+            semantics (fully masked rows give zeros). `None` picks `"chunked"` when
+            the scores would exceed `CHUNKED_THRESHOLD` elements and neither weights
+            nor dropout are requested, else `"plain"`. The weights and dropout need
+            the full scores, so `"chunked"`/`"fused"` refuse them.
+        chunk_size: query rows per chunk for `"chunked"`; by default chosen so one
+            chunk's scores hold about `CHUNK_ELEMENTS` numbers.
 
     Returns:
         `(..., q_len, d_v)`, or `(output, weights)` with weights
@@ -82,14 +97,22 @@ def scaled_dot_product_attention(
     else:
         _check_scale(scale)
 
-    mask = _check_mask(mask, tuple(query.shape[:-1]) + (key.shape[-2],))
-    if causal:
-        q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
-        mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
-
+    scores_shape = tuple(query.shape[:-1]) + (key.shape[-2],)
+    mask = _check_mask(mask, scores_shape)
+    implementation = _choose_implementation(
+        implementation, scores_shape, return_attention_scores, training and dropout_rate > 0
+    )
     # Scaling the queries (q_len * d_k numbers) is cheaper than scaling the scores
     # (q_len * kv_len) and keeps float16 products further from overflow.
     query = query * ops.cast(scale, query.dtype)
+    if implementation == "chunked":
+        return _chunked_attention(query, key, value, mask, causal, chunk_size)
+    if implementation == "fused":
+        return _fused_attention(query, key, value, mask, causal)
+
+    if causal:
+        q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
+        mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
     scores = ops.einsum("...qd,...kd->...qk", query, key)
     return attention_from_scores(
         scores,
@@ -152,6 +175,140 @@ def attention_from_scores(
     output = ops.matmul(probabilities, value)
     if return_attention_scores:
         return output, weights
+    return output
+
+
+# Above this many score elements (batch * heads * q_len * kv_len; 2**26 float32
+# numbers are 256 MiB, and the plain path keeps several such tensors for the backward
+# pass) the default implementation switches to the chunked one.
+CHUNKED_THRESHOLD = 2**26
+# Target size of one chunk's scores in the chunked implementation.
+CHUNK_ELEMENTS = 2**22
+# Number of chunks when the query length is only known at run time.
+DYNAMIC_NUM_CHUNKS = 32
+_IMPLEMENTATIONS = (None, "plain", "chunked", "fused")
+
+
+def _choose_implementation(implementation, scores_shape, need_weights, need_dropout):
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(
+            "`implementation` must be one of None, 'plain', 'chunked', 'fused'. "
+            f"Received: implementation={implementation!r}"
+        )
+    if implementation in ("chunked", "fused") and (need_weights or need_dropout):
+        raise ValueError(
+            f"implementation={implementation!r} cannot return attention weights or "
+            "apply attention dropout (both need the full score matrix); use "
+            "implementation='plain' or None."
+        )
+    if implementation is not None:
+        return implementation
+    if need_weights or need_dropout:
+        return "plain"
+    if all(d is not None for d in scores_shape) and math.prod(scores_shape) > CHUNKED_THRESHOLD:
+        return "chunked"
+    return "plain"
+
+
+def _chunked_attention(query, key, value, mask, causal, chunk_size):
+    """Exact attention, `chunk_size` query rows at a time, recomputed in the backward.
+
+    Each chunk sees every key, so its softmax is exact; `keras.ops.scan` runs the
+    chunks one after another (no two chunks' scores are alive at once) and
+    `keras.remat` makes the backward pass recompute a chunk's scores instead of
+    keeping them, so memory is O(chunk_size * kv_len) instead of O(q_len * kv_len).
+    """
+    batch_shape = tuple(query.shape[:-2])
+    kv_len = key.shape[-2]
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}"
+        )
+    q_len = query.shape[-2]
+    if q_len is None:
+        # Keras' scan needs a static number of steps: with a length unknown while
+        # tracing, split the queries into a fixed number of chunks instead.
+        q_len = ops.shape(query)[-2]
+        num_chunks = DYNAMIC_NUM_CHUNKS
+        chunk_size = (q_len + num_chunks - 1) // num_chunks
+    else:
+        if chunk_size is None:
+            rows = math.prod(d for d in batch_shape if d is not None) * (kv_len or 1024)
+            chunk_size = min(q_len, max(16, CHUNK_ELEMENTS // max(rows, 1)))
+        num_chunks = -(-q_len // chunk_size)
+    padded = num_chunks * chunk_size
+
+    def to_chunks(x):
+        # (..., q_len, f) -> (num_chunks, ..., chunk_size, f)
+        pad = [(0, 0)] * (len(x.shape) - 2) + [(0, padded - q_len), (0, 0)]
+        x = ops.pad(x, pad)
+        x = ops.reshape(x, ops.shape(x)[:-2] + (num_chunks, chunk_size, ops.shape(x)[-1]))
+        return ops.moveaxis(x, -3, 0)
+
+    chunked_mask = None
+    if mask is not None:
+        mask = ops.reshape(mask, (1,) * (len(query.shape) - len(mask.shape)) + tuple(ops.shape(mask)))
+        if mask.shape[-2] != 1:
+            chunked_mask = to_chunks(ops.cast(mask, "int8"))
+            mask = None
+
+    has_row_mask = chunked_mask is not None
+
+    @keras.remat
+    def attend_chunk(q_chunk, key, value, offset, mask_chunk):
+        chunk_mask = masks_lib.combine_masks(
+            mask,
+            ops.cast(mask_chunk, "bool") if has_row_mask else None,
+            masks_lib.causal_mask(chunk_size, ops.shape(key)[-2], offset) if causal else None,
+        )
+        scores = ops.einsum("...qd,...kd->...qk", q_chunk, key)
+        return attention_from_scores(scores, value, mask=chunk_mask)
+
+    def step(carry, xs):
+        q_chunk, offset, mask_chunk = xs
+        return carry, attend_chunk(q_chunk, key, value, offset, mask_chunk)
+
+    offsets = ops.arange(num_chunks, dtype="int32") * chunk_size
+    mask_xs = chunked_mask if has_row_mask else ops.zeros((num_chunks,), "int8")
+    # Keras' scan on TensorFlow wants the outputs shaped like the (unused) carry.
+    carry = ops.zeros(tuple(ops.shape(query)[:-2]) + (chunk_size, value.shape[-1]), value.dtype)
+    _, outputs = ops.scan(step, carry, (to_chunks(query), offsets, mask_xs))
+    # (num_chunks, ..., chunk_size, d_v) -> (..., q_len, d_v)
+    outputs = ops.moveaxis(outputs, 0, -3)
+    outputs = ops.reshape(outputs, ops.shape(outputs)[:-3] + (padded, value.shape[-1]))
+    return outputs[..., :q_len, :]
+
+
+def _fused_attention(query, key, value, mask, causal):
+    """`keras.ops.dot_product_attention` with this package's semantics.
+
+    The queries arrive already scaled. Keras' function wants `(batch, seq, heads,
+    dim)`; its fully masked rows average the values, so they are zeroed here.
+    """
+    rank = len(query.shape)
+    if rank != 4:
+        raise ValueError(
+            "implementation='fused' needs (batch, heads, seq, dim) inputs. "
+            f"Received: query.shape={tuple(query.shape)}"
+        )
+    if causal:
+        q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
+        mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
+    to_bshd = lambda x: ops.transpose(x, (0, 2, 1, 3))  # noqa: E731
+    full_mask = None
+    if mask is not None:
+        full_mask = ops.broadcast_to(
+            mask, tuple(ops.shape(query)[:-1]) + (ops.shape(key)[-2],)
+        )
+    output = ops.dot_product_attention(
+        to_bshd(query), to_bshd(key), to_bshd(value), mask=full_mask, scale=1.0
+    )
+    output = to_bshd(output)
+    if full_mask is not None:
+        has_key = ops.any(full_mask, axis=-1, keepdims=True)
+        output = output * ops.cast(has_key, output.dtype)
     return output
 
 

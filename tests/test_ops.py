@@ -249,3 +249,78 @@ def test_fully_masked_rows_property(shape, seed):
     zero = tf.UnconnectedGradients.ZERO  # one key: the weight is constant 1
     for grad in tape.gradient(loss, [q, k, v], unconnected_gradients=zero):
         assert np.all(np.isfinite(np.asarray(grad)))
+
+
+# Implementations: chunked (memory-efficient) and fused equal the plain path -------
+
+
+def _grads(implementation, q, k, v, **kwargs):
+    q, k, v = (tf.constant(t) for t in (q, k, v))
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out = attention_ops.scaled_dot_product_attention(
+            q, k, v, implementation=implementation, **kwargs
+        )
+        loss = tf.reduce_sum(tf.sin(out))
+    return [np.asarray(out)] + [np.asarray(g) for g in tape.gradient(loss, [q, k, v])]
+
+
+@pytest.mark.parametrize("implementation, extra", [("chunked", {"chunk_size": 4}),
+                                                   ("chunked", {}), ("fused", {})])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 9), (2, 1, 11, 9), (11, 9)])
+def test_implementations_match_plain(implementation, extra, causal, mask_shape):
+    q, k, v = _rand(2, 3, 11, 8), _rand(2, 3, 9, 8), _rand(2, 3, 9, 5)
+    mask = None
+    if mask_shape is not None:
+        mask = RNG.random(mask_shape) > 0.3
+        mask[..., 0, :] = False  # a fully masked row
+    plain = _grads("plain", q, k, v, mask=mask, causal=causal)
+    other = _grads(implementation, q, k, v, mask=mask, causal=causal, **extra)
+    ref_out, _ = reference.attention(q, k, v, mask=mask, causal=causal)
+    np.testing.assert_allclose(plain[0], ref_out, atol=1e-5)
+    for a, b in zip(plain, other):
+        assert np.all(np.isfinite(b))
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_chunked_with_dynamic_length_in_tf_function():
+    fn = tf.function(
+        lambda x: attention_ops.scaled_dot_product_attention(
+            x, x, x, causal=True, implementation="chunked"
+        ),
+        input_signature=[tf.TensorSpec([None, None, 8], tf.float32)],
+    )
+    for length in (5, 70):
+        x = _rand(2, length, 8)
+        np.testing.assert_allclose(
+            fn(x), reference.attention(x, x, x, causal=True)[0], atol=1e-5
+        )
+
+
+def test_default_switches_to_chunked_for_large_scores(monkeypatch):
+    calls = []
+    original = attention_ops._chunked_attention
+    monkeypatch.setattr(
+        attention_ops, "_chunked_attention",
+        lambda *a, **k: calls.append(1) or original(*a, **k),
+    )
+    monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 100)
+    q = _rand(1, 16, 8)
+    out = attention_ops.scaled_dot_product_attention(q, q, q)
+    assert calls, "large scores should use the chunked path"
+    np.testing.assert_allclose(out, reference.attention(q, q, q)[0], atol=1e-5)
+    attention_ops.scaled_dot_product_attention(q, q, q, return_attention_scores=True)
+    assert len(calls) == 1, "weights need the plain path"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(implementation="flash"), "implementation"),
+    (dict(implementation="chunked", return_attention_scores=True), "weights"),
+    (dict(implementation="fused", dropout_rate=0.1, training=True), "dropout"),
+    (dict(implementation="chunked", chunk_size=0), "chunk_size"),
+])
+def test_bad_implementation_arguments(kwargs, match):
+    q = _rand(1, 3, 2, 4)
+    with pytest.raises(ValueError, match=match):
+        attention_ops.scaled_dot_product_attention(q, q, q, **kwargs)
