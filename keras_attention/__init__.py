@@ -13,6 +13,7 @@ from keras_attention.layers.scaled_dot_product import ScaledDotProductAttention
 from keras_attention.layers.self_attention import SelfAttention
 
 # -- multi-head attention (issue 4) --
+from keras_attention.layers.multi_head import MultiHeadAttention
 # -- additive, Luong, pooling (issue 5) --
 from keras_attention.layers.additive import AdditiveAttention
 from keras_attention.layers.luong import LuongAttention
