@@ -437,3 +437,18 @@ def test_initial_cache_requires_built_layer():
     with pytest.raises(ValueError, match="max_length=0"):
         layer.get_initial_cache(1, 0)
     assert layer.get_initial_cache(1, 4, dtype="float16").dtype == tf.float16
+
+
+def test_cache_with_attention_mask_over_cached_positions():
+    layer, x, _, _ = _full_and_layer()
+    allowed = RNG.random((2, 6, 6)) > 0.3
+    allowed[:, :, 0] = True  # every row keeps one key
+    full = _np(layer(x, x, attention_mask=allowed, use_causal_mask=True))
+    cache = layer.get_initial_cache(2, 6)
+    steps = []
+    for i in range(6):
+        token = x[:, i:i + 1]
+        out, cache = layer(token, token, cache=cache, cache_index=i,
+                           attention_mask=allowed[:, i:i + 1])
+        steps.append(_np(out))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
