@@ -19,3 +19,13 @@ from keras_attention.layers.additive import AdditiveAttention
 from keras_attention.layers.luong import LuongAttention
 from keras_attention.layers.pooling import AttentionPooling
 # -- positional encodings, transformer blocks (issue 6) --
+from keras_attention.layers.positional import (
+    PositionEmbedding,
+    SinusoidalPositionEncoding,
+    TokenAndPositionEmbedding,
+)
+from keras_attention.layers.transformer import (
+    FeedForward,
+    TransformerDecoder,
+    TransformerEncoder,
+)
