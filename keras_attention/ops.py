@@ -189,12 +189,17 @@ DYNAMIC_NUM_CHUNKS = 32
 _IMPLEMENTATIONS = (None, "plain", "chunked", "fused")
 
 
-def _choose_implementation(implementation, scores_shape, need_weights, need_dropout):
+def check_implementation(implementation):
+    """Raise `ValueError` unless `implementation` names an attention implementation."""
     if implementation not in _IMPLEMENTATIONS:
         raise ValueError(
             "`implementation` must be one of None, 'plain', 'chunked', 'fused'. "
             f"Received: implementation={implementation!r}"
         )
+
+
+def _choose_implementation(implementation, scores_shape, need_weights, need_dropout):
+    check_implementation(implementation)
     if implementation in ("chunked", "fused") and (need_weights or need_dropout):
         raise ValueError(
             f"implementation={implementation!r} cannot return attention weights or "

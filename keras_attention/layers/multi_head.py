@@ -65,6 +65,14 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_constraint, bias_constraint: passed to the four `Dense` projections.
         activity_regularizer: regularizer on the layer's output.
         seed: int, seed for dropout.
+        implementation: how the attention core runs (see
+            `keras_attention.ops.scaled_dot_product_attention`): `None` (default)
+            uses the plain path and switches by itself to the exact,
+            memory-efficient `"chunked"` path when the score tensor
+            `(batch, num_heads, q_len, kv_len)` would exceed
+            `keras_attention.ops.CHUNKED_THRESHOLD` (2**26) elements and neither
+            scores nor dropout are needed; `"plain"`, `"chunked"` or `"fused"` force
+            a path (calls that need the scores or dropout always use `"plain"`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -123,6 +131,7 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_constraint=None,
         bias_constraint=None,
         seed=None,
+        implementation=None,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -151,7 +160,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = dropout
         self.use_bias = use_bias
         self.output_dim = output_dim
+        attention_ops.check_implementation(implementation)
         self.seed = seed
+        self.implementation = implementation
         self.projection = _common.ProjectionSettings(
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
@@ -302,6 +313,7 @@ class MultiHeadAttention(keras.layers.Layer):
             seed=self.seed_generator,
             training=bool(training),
             return_attention_scores=return_attention_scores,
+            implementation=self._implementation_for(return_attention_scores, training),
         )
         heads, scores = result if return_attention_scores else (result, None)
         output = self.output_dense(attention_ops.merge_heads(heads))
@@ -444,6 +456,12 @@ class MultiHeadAttention(keras.layers.Layer):
         output = output if isinstance(output, tuple) else (output,)
         return output + (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
 
+    def _implementation_for(self, return_attention_scores, training):
+        # The attention weights and attention dropout need the full score matrix.
+        if return_attention_scores or (training and self.dropout > 0):
+            return "plain"
+        return self.implementation
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -456,6 +474,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 "use_bias": self.use_bias,
                 "output_dim": self.output_dim,
                 "seed": self.seed,
+                "implementation": self.implementation,
                 **self.projection.get_config(),
             }
         )

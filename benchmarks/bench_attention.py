@@ -1,0 +1,186 @@
+"""Speed of keras_attention.MultiHeadAttention vs keras.layers.MultiHeadAttention.
+
+Prints markdown tables (not a test). Same configuration, same process, same inputs:
+batch 8, d_model 256, 8 heads of 32, self-attention on (batch, N, d_model);
+forward and forward+backward (gradients of all weights), under `tf.function` and
+with `jit_compile=True` (XLA). Also the attention core alone:
+`keras_attention.ops.scaled_dot_product_attention` vs a hand-written
+`tf.matmul -> tf.nn.softmax -> tf.matmul`.
+
+FLOP formula (multiply-add = 2 FLOPs), B batch, N length, D model width:
+    forward = 8 * B * N * D^2   (four D x D projections)
+            + 4 * B * N^2 * D   (Q K^T and weights @ V over all heads)
+    forward+backward = 3 * forward
+
+Usage:
+    python benchmarks/bench_attention.py            # N = 128, 512, 1024, 2048
+    python benchmarks/bench_attention.py --quick    # N = 128, 512
+    python benchmarks/bench_attention.py --smoke    # seconds; used by the tests
+    KERAS_BACKEND=jax python benchmarks/bench_attention.py --backend jax --dtype bfloat16 \
+        --batch 4 --heads 16 --head-dim 64 --lengths 1024 4096 16384   # on a GPU
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="N = 128, 512 only")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat")
+    parser.add_argument("--no-xla", action="store_true", help="skip jit_compile=True")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.lengths = [128, 512]
+    if args.smoke:
+        args.lengths, args.batch, args.repeats = [16], 2, 1
+    return args
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up: tracing and compilation
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def flops(batch, length, width):
+    return 8 * batch * length * width**2 + 4 * batch * length**2 * width
+
+
+def tensorflow_runners(layer, x, jit_compile):
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit_compile)
+    def forward(x):
+        return layer(x, x)
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(layer(x, x), "float32") ** 2)
+        return tape.gradient(loss, layer.trainable_variables)
+
+    def run(fn):
+        return lambda: [t.numpy() for t in tf.nest.flatten(fn(x))]
+
+    return run(forward), run(forward_backward)
+
+
+def jax_runners(layer, x, jit_compile):
+    import jax
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss_fn(trainable, x):
+        out, _ = layer.stateless_call(trainable, non_trainable, x, x)
+        return (out.astype("float32") ** 2).sum()
+
+    forward = jax.jit(lambda t, x: layer.stateless_call(t, non_trainable, x, x)[0])
+    grad = jax.jit(jax.grad(loss_fn))
+    return (
+        lambda: forward(trainable, x).block_until_ready(),
+        lambda: jax.tree_util.tree_map(lambda g: g.block_until_ready(), grad(trainable, x)),
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import numpy as np
+
+    import keras_attention as ka
+
+    keras.config.set_dtype_policy(args.dtype)
+    width = args.heads * args.head_dim
+    runners = tensorflow_runners if args.backend == "tensorflow" else jax_runners
+    modes = [("tf.function" if args.backend == "tensorflow" else "jax.jit", False)]
+    if args.backend == "tensorflow" and not args.no_xla:
+        modes.append(("XLA", True))
+
+    print(f"# MultiHeadAttention: keras_attention vs keras ({args.backend}, {args.dtype})\n")
+    print(f"batch {args.batch}, d_model {width}, {args.heads} heads x {args.head_dim}, "
+          f"median of {args.repeats} runs after warm-up, Keras {keras.__version__}\n")
+    print("| N | mode | pass | keras ms | ours ms | ours/keras | keras GFLOP/s | ours GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for length in args.lengths:
+        x = keras.ops.convert_to_tensor(
+            rng.standard_normal((args.batch, length, width)).astype("float32"), args.dtype
+        )
+        theirs = keras.layers.MultiHeadAttention(args.heads, args.head_dim)
+        ours = ka.MultiHeadAttention(args.heads, args.head_dim)
+        theirs(x, x)
+        ours(x, x)
+        for mode, jit in modes:
+            timings = {}
+            for name, layer in (("keras", theirs), ("ours", ours)):
+                fwd, fwd_bwd = runners(layer, x, jit)
+                try:
+                    timings[name] = (median_ms(fwd, args.repeats),
+                                     median_ms(fwd_bwd, args.repeats))
+                except Exception as error:  # noqa: BLE001 - report OOM etc. in the table
+                    print(f"<!-- {name} N={length} {mode} failed: {type(error).__name__} -->")
+                    timings[name] = (float("nan"), float("nan"))
+            for index, label in enumerate(("fwd", "fwd+bwd")):
+                work = flops(args.batch, length, width) * (3 if index else 1)
+                k_ms, o_ms = timings["keras"][index], timings["ours"][index]
+                print(f"| {length} | {mode} | {label} | {k_ms:.2f} | {o_ms:.2f} | "
+                      f"{o_ms / k_ms:.2f} | {work / k_ms / 1e6:.0f} | {work / o_ms / 1e6:.0f} |")
+        sys.stdout.flush()
+
+    if args.backend == "tensorflow":
+        core_table(args, rng)
+
+
+def core_table(args, rng):
+    import tensorflow as tf
+
+    from keras_attention import ops as attention_ops
+
+    print("\n# Attention core: ops.scaled_dot_product_attention vs hand-written TF\n")
+    print(f"(batch {args.batch}, {args.heads} heads, N, {args.head_dim}), forward, "
+          "tf.function\n")
+    print("| N | hand-written ms | ops ms | ops/hand |")
+    print("|---|---|---|---|")
+    scale = 1.0 / args.head_dim**0.5
+
+    @tf.function
+    def hand(q, k, v):
+        scores = tf.matmul(q, k, transpose_b=True) * scale
+        return tf.matmul(tf.nn.softmax(scores, axis=-1), v)
+
+    @tf.function
+    def ours(q, k, v):
+        return attention_ops.scaled_dot_product_attention(q, k, v)
+
+    for length in args.lengths:
+        q, k, v = (
+            tf.constant(rng.standard_normal(
+                (args.batch, args.heads, length, args.head_dim)).astype("float32"))
+            for _ in range(3)
+        )
+        hand_ms = median_ms(lambda: hand(q, k, v).numpy(), args.repeats)
+        ops_ms = median_ms(lambda: ours(q, k, v).numpy(), args.repeats)
+        print(f"| {length} | {hand_ms:.2f} | {ops_ms:.2f} | {ops_ms / hand_ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Peak memory of multi-head self-attention forward+backward on long sequences.
+
+Prints a markdown table (not a test). Each case runs in its own subprocess, which
+reports its peak resident set size (ru_maxrss); the parent kills a case that passes
+the limit (16 GiB by default) and stops that series at the first failure.
+
+Cases, at batch 1, 8 heads, head dim 64 (d_model 512), N = 2048 ... 32768:
+- keras: `keras.layers.MultiHeadAttention(8, 64)`
+- ours plain: `keras_attention.MultiHeadAttention(8, 64, implementation="plain")`
+- ours default: `keras_attention.MultiHeadAttention(8, 64)` (switches to the chunked
+  path by itself above `keras_attention.ops.CHUNKED_THRESHOLD` score elements)
+- ours chunked: `implementation="chunked"` (exact, memory-efficient)
+
+Usage:
+    python benchmarks/bench_memory.py                 # N = 2048 ... 32768
+    python benchmarks/bench_memory.py --smoke         # one tiny case per series
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CASES = {
+    "keras": "keras.layers.MultiHeadAttention(8, 64)",
+    "ours plain": "ka.MultiHeadAttention(8, 64, implementation='plain')",
+    "ours default": "ka.MultiHeadAttention(8, 64)",
+    "ours chunked": "ka.MultiHeadAttention(8, 64, implementation='chunked')",
+}
+
+CHILD = r"""
+import json, os, resource, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras, tensorflow as tf
+import keras_attention as ka
+length = int(sys.argv[1])
+layer = {layer}
+x = tf.random.normal((1, length, 512))
+layer(x[:, :8], x[:, :8])
+
+@tf.function
+def step(x):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, x) ** 2)
+    return tape.gradient(loss, layer.trainable_variables)
+
+start = time.perf_counter()
+[g.numpy() for g in step(x)]
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"peak": peak, "seconds": seconds}}))
+"""
+
+
+def rss(pid):
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_case(layer_expr, length, limit_bytes, timeout):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(layer=layer_expr), str(length)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    start = time.monotonic()
+    while proc.poll() is None:
+        if rss(proc.pid) > limit_bytes:
+            proc.kill()
+            proc.wait()
+            return None, f"> {limit_bytes / 2**30:.0f} GiB (stopped)"
+        if time.monotonic() - start > timeout:
+            proc.kill()
+            proc.wait()
+            return None, f"> {timeout:.0f} s (stopped)"
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        last = (err.strip().splitlines() or ["?"])[-1]
+        return None, f"failed: {last[:80]}"
+    return json.loads(out.strip().splitlines()[-1]), None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        default=[2048, 4096, 8192, 16384, 32768])
+    parser.add_argument("--limit-gib", type=float, default=16.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.lengths = [64]
+    limit = args.limit_gib * 2**30
+
+    print("# Peak RSS of MHA forward+backward (batch 1, 8 heads, head dim 64)\n")
+    print("| case | N | peak RSS GiB | seconds |")
+    print("|---|---|---|---|")
+    for case in args.cases:
+        for length in args.lengths:
+            result, failure = run_case(CASES[case], length, limit, args.timeout)
+            if failure:
+                print(f"| {case} | {length} | {failure} | |")
+                sys.stdout.flush()
+                break
+            print(f"| {case} | {length} | {result['peak'] / 2**30:.2f} | "
+                  f"{result['seconds']:.1f} |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

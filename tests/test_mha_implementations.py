@@ -1,0 +1,79 @@
+"""MultiHeadAttention's memory-efficient (chunked) and fused paths equal the plain one."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_attention as ka
+from keras_attention import ops as attention_ops
+
+RNG = np.random.default_rng(7)
+
+
+def _outputs_and_grads(implementation, weights, query, value, **call_kwargs):
+    layer = ka.MultiHeadAttention(
+        num_heads=4, key_dim=8, num_key_value_heads=2, implementation=implementation
+    )
+    layer(query, value)
+    layer.set_weights(weights)
+    with tf.GradientTape() as tape:
+        out = layer(query, value, **call_kwargs)
+        loss = tf.reduce_sum(tf.sin(out))
+    grads = tape.gradient(loss, layer.trainable_variables)
+    return [np.asarray(out)] + [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "fused"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_paths_agree_with_masks_causal_and_gqa(implementation, causal):
+    query = RNG.standard_normal((2, 9, 16)).astype("float32")
+    value = RNG.standard_normal((2, 9, 12)).astype("float32")
+    attention_mask = RNG.random((2, 9, 9)) > 0.3
+    attention_mask[0, 2] = False  # a fully masked query row
+    reference = ka.MultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=2)
+    reference(query, value)
+    weights = reference.get_weights()
+    kwargs = dict(attention_mask=attention_mask, use_causal_mask=causal)
+    plain = _outputs_and_grads("plain", weights, query, value, **kwargs)
+    other = _outputs_and_grads(implementation, weights, query, value, **kwargs)
+    for a, b in zip(plain, other):
+        assert np.all(np.isfinite(b))
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_default_switches_to_chunked_above_threshold(monkeypatch):
+    used = []
+    original = attention_ops._chunked_attention
+    monkeypatch.setattr(attention_ops, "_chunked_attention",
+                        lambda *a, **k: used.append(1) or original(*a, **k))
+    monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 1000)
+    layer = ka.MultiHeadAttention(num_heads=2, key_dim=4)
+    x = RNG.standard_normal((2, 30, 8)).astype("float32")
+    out = layer(x, x)
+    assert used, "2 * 2 * 30 * 30 scores exceed the threshold: chunked expected"
+    _, scores = layer(x, x, return_attention_scores=True)
+    assert len(used) == 1, "returning scores needs the plain path"
+    forced = ka.MultiHeadAttention(num_heads=2, key_dim=4, implementation="plain")
+    forced(x, x)
+    forced.set_weights(layer.get_weights())
+    np.testing.assert_allclose(forced(x, x), out, atol=1e-5)
+    assert len(used) == 1
+
+
+def test_implementation_is_validated_and_serialized():
+    with pytest.raises(ValueError, match="implementation"):
+        ka.MultiHeadAttention(2, 4, implementation="flash")
+    layer = ka.MultiHeadAttention(2, 4, implementation="chunked")
+    clone = ka.MultiHeadAttention.from_config(layer.get_config())
+    assert clone.implementation == "chunked"
+
+
+def test_chunked_trains_in_fit():
+    inputs = keras.Input((None, 8))
+    x = ka.MultiHeadAttention(2, 4, implementation="chunked")(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(x))
+    model.compile("adam", "mse")
+    data = RNG.standard_normal((16, 12, 8)).astype("float32")
+    history = model.fit(data, data[:, 0], epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
