@@ -29,3 +29,4 @@ from keras_attention.layers.transformer import (
     TransformerDecoder,
     TransformerEncoder,
 )
+from keras_attention import models  # noqa: E402  (builders, generate)

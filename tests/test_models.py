@@ -1,0 +1,182 @@
+"""`keras_attention.models`: the builders, `transformer_base` and `generate`."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_attention import models
+
+RNG = np.random.default_rng(606)
+TINY = dict(vocabulary_size=23, sequence_length=12, num_layers=2, embedding_dim=16,
+            num_heads=2, intermediate_dim=24, dropout=0.1)
+
+
+def _tokens(batch, length, low=1):
+    return RNG.integers(low, TINY["vocabulary_size"], (batch, length)).astype("int32")
+
+
+def _fit_save_reload(model, inputs, targets, tmp_path, loss):
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    history = model.fit(inputs, targets, batch_size=4, epochs=2, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+    before = model.predict(inputs, verbose=0)
+    path = str(tmp_path / f"{model.name}.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(inputs, verbose=0), before, atol=1e-5)
+    assert reloaded.count_params() == model.count_params()
+    return reloaded
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def test_classifier_fits_saves_reloads(tmp_path):
+    model = models.transformer_classifier(**TINY, num_classes=3)
+    tokens = _tokens(8, 10)
+    tokens[:4, 7:] = 0  # padding
+    labels = RNG.integers(0, 3, (8,))
+    _fit_save_reload(model, tokens, labels, tmp_path, LOSS)
+    assert model.output_shape == (None, 3)
+    # Padding is invisible: trailing padding gives the logits of the unpadded tokens.
+    np.testing.assert_allclose(model.predict(tokens[:4], verbose=0),
+                               model.predict(tokens[:4, :7], verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_causal_lm_fits_saves_reloads(tmp_path, tie):
+    model = models.causal_language_model(**TINY, tie_embeddings=tie,
+                                         position="sinusoidal" if tie else "learned")
+    tokens = _tokens(8, 9)
+    tokens[:2, 6:] = 0
+    reloaded = _fit_save_reload(model, tokens[:, :-1], tokens[:, 1:], tmp_path, LOSS)
+    assert model.output_shape == (None, None, TINY["vocabulary_size"])
+    assert ("lm_head" in [layer.name for layer in reloaded.layers]) is not tie
+    # Generation through the reloaded model works with its cache.
+    out = models.generate(reloaded, tokens[:2, :3], max_new_tokens=3)
+    np.testing.assert_array_equal(out, models.generate(model, tokens[:2, :3], 3))
+
+
+def test_seq2seq_fits_saves_reloads(tmp_path):
+    model = models.transformer_seq2seq(**TINY, share_embeddings=True,
+                                       tie_embeddings=True, scale_embeddings=True)
+    source, target = _tokens(8, 7), _tokens(8, 6)
+    source[:3, 5:] = 0
+    names = [layer.name for layer in model.layers]
+    assert "shared_embedding" in names and "lm_head" not in names
+    _fit_save_reload(model, [source, target[:, :-1]], target[:, 1:], tmp_path, LOSS)
+
+
+def test_seq2seq_untied_param_count():
+    d, f, v, n, L = 16, 24, 23, 2, 12
+    model = models.transformer_seq2seq(**TINY)
+    mha = 4 * d * d + 4 * d
+    ffn = 2 * d * f + f + d
+    embeddings = 2 * (v * d + L * d)  # two token tables with learned positions
+    encoder = n * (mha + ffn + 4 * d)
+    decoder = n * (2 * mha + ffn + 6 * d)
+    lm_head = d * v + v
+    assert model.count_params() == embeddings + encoder + decoder + lm_head
+
+
+def test_transformer_base_parameter_count():
+    """63,082,496 = 512 V + 44,138,496 for V = 37000 (the docstring's formula); the
+    paper rounds to 65M."""
+    d, f, v, n = 512, 2048, 37000, 6
+    mha = 4 * d * d + 4 * d
+    ffn = 2 * d * f + f + d
+    expected = v * d + n * (mha + ffn + 2 * 2 * d) + n * (2 * mha + ffn + 3 * 2 * d)
+    assert expected == 512 * v + 44_138_496 == 63_082_496
+    model = models.transformer_base()
+    assert model.count_params() == expected
+    layer = model.get_layer("decoder_layer_5")
+    assert layer.self_attention.num_heads == 8 and layer.self_attention.key_dim == 64
+    assert layer.dropout == 0.1 and not layer.normalize_first
+    embedding = model.get_layer("shared_embedding")
+    assert embedding.scale_by_sqrt_dim and embedding.position == "sinusoidal"
+
+
+def test_cached_generation_equals_recomputation():
+    lm = models.causal_language_model(**TINY)
+    prompt = _tokens(3, 4)
+    prompt[1, 1] = 0  # a padding token inside the prompt stays masked in both paths
+    cached = models.generate(lm, prompt, max_new_tokens=7)
+    full = models.generate(lm, prompt, max_new_tokens=7, use_cache=False)
+    assert cached.shape == (3, 11) and cached.dtype == np.int32
+    np.testing.assert_array_equal(cached[:, :4], prompt)
+    np.testing.assert_array_equal(cached, full)
+
+    s2s = models.transformer_seq2seq(**TINY)
+    source = _tokens(3, 6)
+    source[0, 4:] = 0
+    start = np.ones((3, 1), "int32")
+    cached = models.generate(s2s, start, 8, encoder_tokens=source)
+    full = models.generate(s2s, start, 8, encoder_tokens=source, use_cache=False)
+    np.testing.assert_array_equal(cached, full)
+
+
+def test_cached_generation_costs_one_position_per_step(monkeypatch):
+    """After the prompt, every decoder call sees exactly one new position."""
+    lm = models.causal_language_model(**TINY)
+    layer = lm.get_layer("decoder_layer_0")
+    lengths = []
+    original = type(layer).call
+
+    def spy(self, decoder_sequence, *args, **kwargs):
+        if self is layer:
+            lengths.append(decoder_sequence.shape[1])
+        return original(self, decoder_sequence, *args, **kwargs)
+
+    monkeypatch.setattr(type(layer), "call", spy)
+    models.generate(lm, _tokens(2, 5), max_new_tokens=4)
+    assert lengths == [5, 1, 1, 1]
+
+
+def test_sampling():
+    lm = models.causal_language_model(**TINY)
+    prompt = _tokens(2, 3)
+    a = models.generate(lm, prompt, 6, strategy="sample", seed=1, temperature=1.5)
+    b = models.generate(lm, prompt, 6, strategy="sample", seed=1, temperature=1.5)
+    np.testing.assert_array_equal(a, b)
+    greedy = models.generate(lm, prompt, 6)
+    top1 = models.generate(lm, prompt, 6, strategy="sample", top_k=1, seed=3)
+    np.testing.assert_array_equal(top1, greedy)
+    # With top_k=2 each sampled token is one of the two most likely ones.
+    tokens = models.generate(lm, prompt, 4, strategy="sample", top_k=2, seed=5)
+    for step in range(3, 7):
+        logits = keras.ops.convert_to_numpy(lm(tokens[:, :step]))[:, -1]
+        best_two = np.argsort(logits, -1)[:, -2:]
+        assert all(tokens[i, step] in best_two[i] for i in range(2))
+
+
+def test_generate_errors():
+    lm = models.causal_language_model(**TINY)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        models.generate(lm, [[1]], 0)
+    with pytest.raises(ValueError, match="strategy='beam'"):
+        models.generate(lm, [[1]], 2, strategy="beam")
+    with pytest.raises(ValueError, match="temperature=0"):
+        models.generate(lm, [[1]], 2, strategy="sample", temperature=0)
+    with pytest.raises(ValueError, match=r"prompt.shape=\(3,\)"):
+        models.generate(lm, [1, 2, 3], 2)
+    with pytest.raises(ValueError, match="sequence_length=12"):
+        models.generate(lm, [[1, 2, 3]], 10)
+    with pytest.raises(ValueError, match="must be None"):
+        models.generate(lm, [[1]], 2, encoder_tokens=[[1, 2]])
+    s2s = models.transformer_seq2seq(**TINY)
+    with pytest.raises(ValueError, match="encoder_tokens=None"):
+        models.generate(s2s, [[1]], 2)
+    classifier = models.transformer_classifier(**TINY)
+    with pytest.raises(ValueError, match="use_cache=False"):
+        models.generate(classifier, [[1]], 2)
+
+
+def test_builder_errors():
+    with pytest.raises(ValueError, match="num_layers=0"):
+        models.causal_language_model(**{**TINY, "num_layers": 0})
+    with pytest.raises(ValueError, match="embedding_dim=16, num_heads=3"):
+        models.transformer_seq2seq(**{**TINY, "num_heads": 3})
+    with pytest.raises(ValueError, match="num_classes=0"):
+        models.transformer_classifier(**TINY, num_classes=0)
+    with pytest.raises(ValueError, match="position='rope'"):
+        models.causal_language_model(**TINY, position="rope")
