@@ -374,3 +374,15 @@ def test_decoder_errors_name_argument_and_shape():
                   decoder_padding_mask=np.ones((1, 3), bool))
     with pytest.raises(ValueError, match="must be built"):
         ka.TransformerDecoder(2, 8).get_initial_cache(1, 5)
+
+
+def test_blocks_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    x, enc = _rand(2, 4, 8), _rand(2, 3, 8)
+    assert keras.backend.standardize_dtype(ka.TransformerEncoder(2, 16)(x).dtype) == "float16"
+    decoder = ka.TransformerDecoder(2, 16)
+    full = decoder(x, enc)
+    cache = decoder.get_initial_cache(2, 4)
+    step, cache = decoder(x[:, :1], enc, self_attention_cache=cache, cache_index=0)
+    assert keras.backend.standardize_dtype(step.dtype) == "float16"
+    np.testing.assert_allclose(_np(step), _np(full)[:, :1], atol=2e-2)
