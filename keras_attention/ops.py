@@ -178,10 +178,11 @@ def attention_from_scores(
     return output
 
 
-# Above this many score elements (batch * heads * q_len * kv_len; 2**26 float32
-# numbers are 256 MiB, and the plain path keeps several such tensors for the backward
-# pass) the default implementation switches to the chunked one.
-CHUNKED_THRESHOLD = 2**26
+# Above this many score elements (batch * heads * q_len * kv_len; 2**28 float32
+# numbers are 1 GiB, and the plain path keeps several such tensors for the backward
+# pass) the default implementation switches to the chunked one. Below it the plain
+# path is faster: the chunked one recomputes the scores in the backward pass.
+CHUNKED_THRESHOLD = 2**28
 # Target size of one chunk's scores in the chunked implementation.
 CHUNK_ELEMENTS = 2**22
 # Number of chunks when the query length is only known at run time.
@@ -277,13 +278,33 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
 
     offsets = ops.arange(num_chunks, dtype="int32") * chunk_size
     mask_xs = chunked_mask if has_row_mask else ops.zeros((num_chunks,), "int8")
-    # Keras' scan on TensorFlow wants the outputs shaped like the (unused) carry.
-    carry = ops.zeros(tuple(ops.shape(query)[:-2]) + (chunk_size, value.shape[-1]), value.dtype)
-    _, outputs = ops.scan(step, carry, (to_chunks(query), offsets, mask_xs))
+    xs = (to_chunks(query), offsets, mask_xs)
+    if _in_xla_context():
+        # XLA cannot differentiate Keras' TensorFlow scan (its while loop has no
+        # iteration bound), so unroll the chunks; XLA schedules the remat'ed chunks.
+        outputs = ops.stack(
+            [step(None, tuple(x[i] for x in xs))[1] for i in range(num_chunks)]
+        )
+    else:
+        # Keras' scan on TensorFlow wants the outputs shaped like the (unused) carry.
+        carry = ops.zeros(
+            tuple(ops.shape(query)[:-2]) + (chunk_size, value.shape[-1]), value.dtype
+        )
+        _, outputs = ops.scan(step, carry, xs)
     # (num_chunks, ..., chunk_size, d_v) -> (..., q_len, d_v)
     outputs = ops.moveaxis(outputs, 0, -3)
     outputs = ops.reshape(outputs, ops.shape(outputs)[:-3] + (padded, value.shape[-1]))
     return outputs[..., :q_len, :]
+
+
+def _in_xla_context():
+    """Whether TensorFlow is tracing for XLA (`jit_compile=True`); False elsewhere."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _fused_attention(query, key, value, mask, causal):

@@ -324,3 +324,22 @@ def test_bad_implementation_arguments(kwargs, match):
     q = _rand(1, 3, 2, 4)
     with pytest.raises(ValueError, match=match):
         attention_ops.scaled_dot_product_attention(q, q, q, **kwargs)
+
+
+def test_chunked_gradients_under_xla():
+    q, k, v = (tf.constant(_rand(2, 2, 10, 4)) for _ in range(3))
+
+    def grads(implementation, **kwargs):
+        def fn(q, k, v):
+            with tf.GradientTape() as tape:
+                tape.watch([q, k, v])
+                out = attention_ops.scaled_dot_product_attention(
+                    q, k, v, causal=True, implementation=implementation, **kwargs
+                )
+                loss = tf.reduce_sum(tf.sin(out))
+            return [out] + tape.gradient(loss, [q, k, v])
+
+        return tf.function(fn, jit_compile=True)(q, k, v)
+
+    for a, b in zip(grads("plain"), grads("chunked", chunk_size=3)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)

@@ -70,7 +70,7 @@ class MultiHeadAttention(keras.layers.Layer):
             uses the plain path and switches by itself to the exact,
             memory-efficient `"chunked"` path when the score tensor
             `(batch, num_heads, q_len, kv_len)` would exceed
-            `keras_attention.ops.CHUNKED_THRESHOLD` (2**26) elements and neither
+            `keras_attention.ops.CHUNKED_THRESHOLD` (2**28) elements and neither
             scores nor dropout are needed; `"plain"`, `"chunked"` or `"fused"` force
             a path (calls that need the scores or dropout always use `"plain"`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
