@@ -343,6 +343,11 @@ def split_heads(x, num_heads):
 
     Head `h` takes features `h * head_dim:(h + 1) * head_dim`.
     """
+    if x.shape[-1] is not None and x.shape[-1] % num_heads:
+        raise ValueError(
+            f"The last dimension of `x` must be divisible by `num_heads`. Received: "
+            f"x.shape={tuple(x.shape)}, num_heads={num_heads}"
+        )
     shape = ops.shape(x)
     head_dim = x.shape[-1] // num_heads
     x = ops.reshape(x, (shape[0], shape[1], num_heads, head_dim))
