@@ -352,3 +352,57 @@ def test_saved_model_reloads_in_fresh_process_with_safe_mode(tmp_path):
     """)
     diff = float(out.split("MAXDIFF")[-1].split()[0])
     assert diff == 0.0
+
+
+# (id, layer factory, call taking (layer, x, y) where x is (B, L, D) and y (B, L+1, D))
+XLA_CASES = [
+    ("sdpa", lambda: ka.ScaledDotProductAttention(),
+     lambda l, x, y: l(x, y)),
+    ("self_attention", lambda: ka.SelfAttention(units=D),
+     lambda l, x, y: l(x, use_causal_mask=True)),
+    ("multi_head", lambda: ka.MultiHeadAttention(num_heads=2, key_dim=4),
+     lambda l, x, y: l(x, y)),
+    ("additive", lambda: ka.AdditiveAttention(units=6),
+     lambda l, x, y: l(x, y)),
+    ("luong_concat", lambda: ka.LuongAttention(score="concat", units=6),
+     lambda l, x, y: l(x, y)),
+    ("pooling", lambda: ka.AttentionPooling(units=6),
+     lambda l, x, y: l(y)),
+    ("sinusoidal", lambda: ka.SinusoidalPositionEncoding(),
+     lambda l, x, y: x + l(x)),
+    ("feedforward", lambda: ka.FeedForward(intermediate_dim=16),
+     lambda l, x, y: l(x)),
+    ("encoder", lambda: ka.TransformerEncoder(num_heads=2, intermediate_dim=16),
+     lambda l, x, y: l(x)),
+    ("decoder", lambda: ka.TransformerDecoder(num_heads=2, intermediate_dim=16),
+     lambda l, x, y: l(x, y)),
+]
+
+
+@pytest.mark.parametrize("factory, call", [c[1:] for c in XLA_CASES],
+                         ids=[c[0] for c in XLA_CASES])
+def test_every_layer_under_xla_with_two_lengths(factory, call):
+    layer = factory()
+    compiled = tf.function(lambda x, y: call(layer, x, y), jit_compile=True)
+    for length in (3, 6):
+        x = tf.constant(_rng(length).normal(size=(B, length, D)).astype("float32"))
+        y = tf.constant(_rng(length + 1).normal(size=(B, length + 1, D)).astype("float32"))
+        eager = call(layer, x, y)
+        np.testing.assert_allclose(compiled(x, y).numpy(), eager.numpy(), atol=1e-5)
+
+
+def test_transformer_and_positional_layers_reload_in_safe_mode(tmp_path):
+    tokens = keras.Input((None,), dtype="int32")
+    x = ka.TokenAndPositionEmbedding(20, 8, D, mask_zero=True)(tokens)
+    x = ka.TransformerEncoder(num_heads=2, intermediate_dim=16)(x)
+    x = ka.TransformerDecoder(num_heads=2, intermediate_dim=16)(x, x)
+    x = x + ka.PositionEmbedding(sequence_length=8)(x)
+    x = x + ka.SinusoidalPositionEncoding()(x)
+    x = ka.FeedForward(intermediate_dim=16)(x)
+    model = keras.Model(tokens, x)
+    data = np.array([[3, 4, 5, 0], [1, 2, 0, 0]], "int32")
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(data, verbose=0),
+                               model.predict(data, verbose=0), atol=1e-6)
