@@ -343,6 +343,11 @@ def split_heads(x, num_heads):
 
     Head `h` takes features `h * head_dim:(h + 1) * head_dim`.
     """
+    if len(x.shape) != 3:
+        raise ValueError(
+            "`x` must be rank 3 (batch, seq, num_heads * head_dim). "
+            f"Received: x.shape={tuple(x.shape)}"
+        )
     if x.shape[-1] is not None and x.shape[-1] % num_heads:
         raise ValueError(
             f"The last dimension of `x` must be divisible by `num_heads`. Received: "
@@ -356,6 +361,11 @@ def split_heads(x, num_heads):
 
 def merge_heads(x):
     """`(batch, num_heads, seq, head_dim)` -> `(batch, seq, num_heads * head_dim)`."""
+    if len(x.shape) != 4:
+        raise ValueError(
+            "`x` must be rank 4 (batch, num_heads, seq, head_dim). "
+            f"Received: x.shape={tuple(x.shape)}"
+        )
     shape = ops.shape(x)
     x = ops.transpose(x, (0, 2, 1, 3))
     return ops.reshape(x, (shape[0], shape[2], x.shape[2] * x.shape[3]))
