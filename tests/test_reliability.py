@@ -406,3 +406,35 @@ def test_transformer_and_positional_layers_reload_in_safe_mode(tmp_path):
     reloaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(reloaded.predict(data, verbose=0),
                                model.predict(data, verbose=0), atol=1e-6)
+
+
+MIXED_LAYERS = [
+    ("sdpa", lambda: ka.ScaledDotProductAttention()),
+    ("additive", lambda: ka.AdditiveAttention(units=6)),
+    ("luong_general", lambda: ka.LuongAttention(score="general", scale=True)),
+    ("luong_concat", lambda: ka.LuongAttention(score="concat", units=6)),
+    ("pooling", lambda: ka.AttentionPooling(units=6)),
+]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("factory", [c[1] for c in MIXED_LAYERS],
+                         ids=[c[0] for c in MIXED_LAYERS])
+def test_other_layers_mixed_precision_finite_and_masked(factory, policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        layer = factory()
+        q = _rng(1).normal(size=(B, T, D)).astype("float32") * 30
+        v = _rng(2).normal(size=(B, S, D)).astype("float32") * 30
+        value_mask = np.ones((B, S), bool)
+        value_mask[:, -2:] = False
+        if isinstance(layer, ka.AttentionPooling):
+            out, scores = layer(v, mask=value_mask, return_attention_scores=True)
+        else:
+            out, scores = layer(q, v, value_mask=value_mask,
+                                return_attention_scores=True)
+        out, scores = np.asarray(out, "float32"), np.asarray(scores, "float32")
+        assert np.isfinite(out).all() and np.isfinite(scores).all()
+        assert scores[..., -2:].max() < 1e-6
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
