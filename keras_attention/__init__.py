@@ -30,3 +30,5 @@ from keras_attention.layers.transformer import (
     TransformerEncoder,
 )
 from keras_attention import models  # noqa: E402  (builders, generate)
+# -- export, plot (issue 7) --
+from keras_attention import export, plot  # noqa: E402  (plot imports matplotlib lazily)

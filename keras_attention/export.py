@@ -1,0 +1,260 @@
+"""Saving and exporting models: atomic `.keras` files and self-contained SavedModels.
+
+`save_model` writes a `.keras` file that reloads with `keras.saving.load_model(path)`
+after `import keras_attention` (every layer of the package is registered, so no
+`custom_objects` are needed). `export_saved_model` writes a TensorFlow SavedModel
+whose serving function is plain TensorFlow: it loads with `tf.saved_model.load`
+in a process where neither this package nor Keras is imported.
+
+Both writers are atomic: they write next to the target and rename into place, so an
+error or an interruption mid-write leaves the previous file or folder intact.
+"""
+
+import os
+import shutil
+import tempfile
+
+import keras
+
+__all__ = ["save_model", "export_saved_model", "load_saved_model", "serving_signature"]
+
+
+def save_model(model, path, **kwargs):
+    """Save `model` to a `.keras` file atomically.
+
+    The model is written to a temporary file in the target's folder and then moved
+    over `path` with `os.replace` (atomic on POSIX and Windows within one file
+    system). If saving fails, the temporary file is removed, the error is re-raised,
+    and a file already at `path` is untouched.
+
+    Args:
+        model: a `keras.Model`.
+        path: destination, a string or `os.PathLike` ending in `.keras`. Missing
+            parent folders are created.
+        **kwargs: passed on to `model.save`.
+
+    Returns:
+        The absolute path written, as a string.
+
+    Example:
+    >>> import keras, keras_attention
+    >>> inputs = keras.Input((None, 8))
+    >>> model = keras.Model(inputs, keras_attention.SelfAttention(8)(inputs))
+    >>> path = keras_attention.export.save_model(model, "/tmp/self_attention.keras")
+    >>> reloaded = keras.saving.load_model(path)
+    """
+    _check_model(model)
+    path = os.path.abspath(os.fspath(path))
+    if not path.endswith(".keras"):
+        raise ValueError(
+            "`path` must end in `.keras` (the Keras v3 format). "
+            f"Received: path={path!r}"
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"`path` must be a file path, but it is a folder. Received: path={path!r}")
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    # The temporary file must end in `.keras` too: `model.save` checks the suffix.
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp.keras", dir=folder
+    )
+    os.close(fd)
+    try:
+        model.save(tmp_path, **kwargs)
+        os.replace(tmp_path, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave a half-written file behind.
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    return path
+
+
+def serving_signature(model, dynamic_axes=(0, 1)):
+    """The `tf.TensorSpec` input signature for serving `model`, with dynamic axes.
+
+    Takes each of `model.inputs` and replaces the sizes of `dynamic_axes` (by default
+    batch and sequence) with `None`, keeping dtypes and the other sizes.
+
+    Args:
+        model: a built functional or sequential `keras.Model` (it has `inputs`).
+        dynamic_axes: axes made dynamic; axes beyond an input's rank are ignored.
+
+    Returns:
+        A list with one `tf.TensorSpec` per model input.
+    """
+    import tensorflow as tf
+
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "Cannot infer a serving signature: the model has no symbolic `inputs` "
+            "(a subclassed model that was never called on a `keras.Input`). Pass "
+            "`input_signature=[tf.TensorSpec(shape, dtype), ...]` explicitly. "
+            f"Received: model={model.name!r}"
+        )
+    specs = []
+    for tensor in inputs:
+        shape = list(tensor.shape)
+        for axis in dynamic_axes:
+            if axis < len(shape):
+                shape[axis] = None
+        name = getattr(tensor, "name", None)
+        specs.append(tf.TensorSpec(shape, dtype=tensor.dtype, name=_spec_name(name)))
+    return specs
+
+
+def export_saved_model(model, path, input_signature=None, endpoint_name="serve", verbose=False):
+    """Export `model` as a TensorFlow SavedModel that serves without this package.
+
+    The serving function (endpoint `endpoint_name`, also the `serving_default`
+    signature) is traced with `keras.export.ExportArchive`; by default its input
+    signature has dynamic batch and sequence dimensions (see
+    :func:`serving_signature`), so it accepts any batch size and any sequence length
+    the model itself supports.
+
+    The export is written to a temporary folder next to `path` and then renamed into
+    place. An existing export at `path` is first renamed aside and deleted only after
+    the new one is in place, so a failure leaves the previous export intact.
+
+    Args:
+        model: a built `keras.Model` (TensorFlow backend).
+        path: destination folder (string or `os.PathLike`). Must not be an existing
+            file.
+        input_signature: optional list of `tf.TensorSpec`, one per model input.
+        endpoint_name: name of the serving function on the loaded object.
+        verbose: print Keras' summary of the exported endpoint.
+
+    Returns:
+        The absolute path of the export folder, as a string.
+
+    Example:
+    >>> import keras, keras_attention, numpy as np
+    >>> inputs = keras.Input((None, 8))
+    >>> model = keras.Model(inputs, keras_attention.SelfAttention(8)(inputs))
+    >>> path = keras_attention.export.export_saved_model(model, "/tmp/sa_export")
+    >>> serve = keras_attention.export.load_saved_model(path)
+    >>> serve(np.zeros((3, 5, 8), "float32")).shape
+    TensorShape([3, 5, 8])
+    """
+    _check_model(model)
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "SavedModel export needs the TensorFlow backend. "
+            f"Received: keras.backend.backend()={keras.backend.backend()!r}"
+        )
+    if not isinstance(endpoint_name, str) or not endpoint_name.isidentifier():
+        raise ValueError(
+            "`endpoint_name` must be a Python identifier. "
+            f"Received: endpoint_name={endpoint_name!r}"
+        )
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            "`path` is an existing file; a SavedModel is a folder. Choose another "
+            f"path or remove the file. Received: path={path!r}"
+        )
+    if input_signature is None:
+        input_signature = serving_signature(model)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    old_dir = None
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            name=endpoint_name,
+            fn=_serving_fn(model),
+            input_signature=list(input_signature),
+        )
+        archive.write_out(tmp_dir, verbose=verbose)
+        if os.path.isdir(path):
+            old_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
+            os.rmdir(old_dir)  # only the unique name is wanted; rename needs it free
+            os.rename(path, old_dir)
+        try:
+            os.rename(tmp_dir, path)
+        except BaseException:
+            if old_dir is not None:
+                os.rename(old_dir, path)  # put the previous export back
+                old_dir = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    if old_dir is not None:
+        shutil.rmtree(old_dir, ignore_errors=True)
+    return path
+
+
+class _ServingEndpoint:
+    """A loaded SavedModel's serving function; keeps the loaded object alive.
+
+    TensorFlow's restored functions reference the loaded object's variables; holding
+    the object here avoids "weakly-referenced object no longer exists" errors once the
+    caller drops it.
+    """
+
+    def __init__(self, loaded, fn, path):
+        self.loaded = loaded
+        self.fn = fn
+        self.path = path
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __repr__(self):
+        return f"<SavedModel endpoint of {self.path!r}>"
+
+
+def load_saved_model(path, endpoint_name="serve"):
+    """Load a SavedModel written by :func:`export_saved_model` and return its endpoint.
+
+    Only TensorFlow is needed: this is `tf.saved_model.load(path)` followed by
+    picking the serving function, which is what a server without this package does.
+
+    Args:
+        path: the export folder.
+        endpoint_name: the endpoint given to :func:`export_saved_model`.
+
+    Returns:
+        A callable taking the model inputs positionally (numpy arrays or tensors) and
+        returning `tf.Tensor` outputs.
+    """
+    import tensorflow as tf
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise ValueError(f"`path` must be an existing SavedModel folder. Received: path={path!r}")
+    loaded = tf.saved_model.load(path)
+    fn = getattr(loaded, endpoint_name, None)
+    if fn is None:
+        raise ValueError(
+            f"The SavedModel has no endpoint named {endpoint_name!r}. "
+            f"Received: endpoint_name={endpoint_name!r}, path={path!r}"
+        )
+    return _ServingEndpoint(loaded, fn, path)
+
+
+def _serving_fn(model):
+    def serve(*inputs):
+        # A single-input model takes the tensor itself, a multi-input one a list.
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+    return serve
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`model` must be a `keras.Model`. Received: model of type {type(model).__name__}"
+        )
+
+
+def _spec_name(name):
+    # Keras input names may hold characters a SavedModel signature rejects.
+    if not name:
+        return None
+    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return cleaned if cleaned and cleaned[0].isalpha() else None

@@ -1,0 +1,271 @@
+"""keras_attention.export: atomic `.keras` saves and SavedModels that serve without the package."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_attention
+from keras_attention import export
+
+FEATURES = 6
+
+
+def _self_attention_model():
+    """Variable-length sequences -> SelfAttention (causal) -> Dense, a small model."""
+    inputs = keras.Input((None, FEATURES), name="tokens")
+    x = keras_attention.SelfAttention(8, name="attention")(inputs, use_causal_mask=True)
+    outputs = keras.layers.Dense(3, name="head")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _two_input_model():
+    query = keras.Input((None, FEATURES), name="query")
+    context = keras.Input((None, 4), name="context")
+    x = keras.layers.Concatenate()([query, keras.layers.Dense(FEATURES)(context)])
+    x = keras_attention.SelfAttention(5)(x)
+    return keras.Model([query, context], x)
+
+
+def _inputs(batch, seq_len, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, seq_len, FEATURES)).astype("float32")
+
+
+# ----------------------------------------------------------------- save_model
+
+
+def test_package_import_exposes_export_module():
+    assert keras_attention.export.save_model is export.save_model
+    assert callable(keras_attention.export.export_saved_model)
+
+
+def test_save_model_round_trip_without_custom_objects(tmp_path):
+    model = _self_attention_model()
+    x = _inputs(2, 5)
+    path = export.save_model(model, tmp_path / "sub" / "model.keras")
+    assert path == str(tmp_path / "sub" / "model.keras")
+    reloaded = keras.saving.load_model(path)  # safe_mode on, no custom_objects
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert [f for f in os.listdir(tmp_path / "sub")] == ["model.keras"]  # no temp files left
+
+
+def test_save_model_overwrites_previous_file(tmp_path):
+    path = tmp_path / "model.keras"
+    first, second = _self_attention_model(), _self_attention_model()
+    export.save_model(first, path)
+    export.save_model(second, path)
+    x = _inputs(1, 4)
+    np.testing.assert_allclose(
+        keras.saving.load_model(path).predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_failure_mid_save_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.keras"
+    model = _self_attention_model()
+    export.save_model(model, path)
+    before = path.read_bytes()
+    x = _inputs(2, 3)
+    expected = model.predict(x, verbose=0)
+
+    other = _self_attention_model()
+    real_save = keras.Model.save
+
+    def save_then_fail(self, filepath, *args, **kwargs):
+        real_save(self, filepath, *args, **kwargs)  # the temp file is fully written ...
+        with open(filepath, "r+b") as handle:  # ... then corrupted, as if cut off
+            handle.truncate(100)
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(keras.Model, "save", save_then_fail)
+    with pytest.raises(OSError, match="simulated"):
+        export.save_model(other, path)
+    monkeypatch.undo()
+
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.keras"]  # the temporary file was removed
+    np.testing.assert_allclose(keras.saving.load_model(path).predict(x, verbose=0), expected, atol=1e-6)
+
+
+def test_interrupt_mid_save_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.keras"
+    export.save_model(_self_attention_model(), path)
+    before = path.read_bytes()
+
+    def interrupted(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as handle:
+            handle.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.save_model(_self_attention_model(), path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.keras"]
+
+
+@pytest.mark.parametrize("name", ["model.h5", "model", "model.keras.bak"])
+def test_save_model_rejects_other_suffixes(tmp_path, name):
+    with pytest.raises(ValueError, match=r"must end in `\.keras`.*Received: path="):
+        export.save_model(_self_attention_model(), tmp_path / name)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_model_rejects_non_models(tmp_path):
+    with pytest.raises(TypeError, match="`model` must be a `keras.Model`. Received: model of type Dense"):
+        export.save_model(keras.layers.Dense(2), tmp_path / "m.keras")
+
+
+# ------------------------------------------------------------- SavedModel export
+
+
+def test_serving_signature_has_dynamic_batch_and_sequence():
+    specs = export.serving_signature(_two_input_model())
+    assert [tuple(spec.shape.as_list()) for spec in specs] == [(None, None, FEATURES), (None, None, 4)]
+    assert [spec.dtype.name for spec in specs] == ["float32", "float32"]
+
+
+def test_serving_signature_needs_symbolic_inputs():
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="input_signature"):
+        export.serving_signature(Subclassed())
+
+
+def test_export_and_load_in_process(tmp_path):
+    model = _two_input_model()
+    path = export.export_saved_model(model, tmp_path / "export")
+    serve = export.load_saved_model(path)
+    rng = np.random.default_rng(3)
+    for batch, q_len in [(1, 3), (4, 7)]:
+        query = rng.normal(size=(batch, q_len, FEATURES)).astype("float32")
+        context = rng.normal(size=(batch, q_len, 4)).astype("float32")
+        expected = model.predict([query, context], verbose=0)
+        np.testing.assert_allclose(np.asarray(serve(query, context)), expected, atol=1e-5)
+
+
+_SERVE_WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["keras_attention"] = None  # any `import keras_attention` now fails
+    try:
+        import keras_attention  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("keras_attention was importable")
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, inputs_file, outputs_file = sys.argv[1:4]
+    loaded = tf.saved_model.load(export_dir)
+    arrays = np.load(inputs_file)
+    results = {name: loaded.serve(arrays[name]).numpy() for name in arrays.files}
+    default = loaded.signatures["serving_default"]
+    first = arrays.files[0]
+    (signature_out,) = default(tf.constant(arrays[first])).values()
+    results["signature_" + first] = signature_out.numpy()
+    np.savez(outputs_file, **results)
+    loaded_modules = [m for m, mod in sys.modules.items() if m.startswith("keras_attention") and mod]
+    print(json.dumps(loaded_modules))
+    """
+)
+
+
+def test_saved_model_serves_in_subprocess_without_package(tmp_path):
+    model = _self_attention_model()
+    export_dir = export.export_saved_model(model, tmp_path / "export")
+    cases = {"b2_len5": _inputs(2, 5, seed=1), "b7_len11": _inputs(7, 11, seed=2)}
+    np.savez(tmp_path / "inputs.npz", **cases)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITHOUT_PACKAGE, export_dir,
+         str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz")],
+        cwd=tmp_path,  # not the repository root: the package is not on sys.path
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    served = np.load(tmp_path / "outputs.npz")
+    for name, x in cases.items():
+        expected = model.predict(x, verbose=0)
+        assert served[name].shape == expected.shape
+        np.testing.assert_allclose(served[name], expected, atol=1e-5)
+    np.testing.assert_allclose(served["signature_b2_len5"], model.predict(cases["b2_len5"], verbose=0), atol=1e-5)
+
+
+def test_export_replaces_previous_export(tmp_path):
+    path = tmp_path / "export"
+    export.export_saved_model(_self_attention_model(), path)
+    (path / "stale_marker").write_text("from the first export")
+    second = _self_attention_model()
+    export.export_saved_model(second, path)
+    assert not (path / "stale_marker").exists()
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # no temp or old folders left
+    x = _inputs(3, 4)
+    np.testing.assert_allclose(
+        np.asarray(export.load_saved_model(path)(x)), second.predict(x, verbose=0), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("failure", ["tracing", "rename"])
+def test_failed_export_keeps_previous_export(tmp_path, monkeypatch, failure):
+    path = tmp_path / "export"
+    first = _self_attention_model()
+    export.export_saved_model(first, path)
+
+    if failure == "tracing":
+        def broken_serving_fn(model):
+            def serve(*inputs):
+                raise RuntimeError("export failed (simulated)")
+
+            return serve
+
+        monkeypatch.setattr(export, "_serving_fn", broken_serving_fn)
+    else:
+        # The new export is written, the old one moved aside, then moving the new
+        # one into place fails: the old export must be put back.
+        real_rename = os.rename
+
+        def rename(src, dst):
+            if os.fspath(dst) == str(path) and ".tmp" in os.path.basename(src):
+                raise OSError("export failed (simulated)")
+            return real_rename(src, dst)
+
+        monkeypatch.setattr(export.os, "rename", rename)
+    with pytest.raises((RuntimeError, OSError), match="simulated"):
+        export.export_saved_model(_self_attention_model(), path)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # no temp or old folders left
+    x = _inputs(2, 3)
+    np.testing.assert_allclose(
+        np.asarray(export.load_saved_model(path)(x)), first.predict(x, verbose=0), atol=1e-5
+    )
+
+
+def test_export_refuses_existing_file(tmp_path):
+    path = tmp_path / "taken"
+    path.write_text("not a SavedModel")
+    with pytest.raises(ValueError, match="existing file.*Received: path="):
+        export.export_saved_model(_self_attention_model(), path)
+    assert path.read_text() == "not a SavedModel"
+
+
+def test_load_saved_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="existing SavedModel folder"):
+        export.load_saved_model(tmp_path / "missing")
+    path = export.export_saved_model(_self_attention_model(), tmp_path / "export")
+    with pytest.raises(ValueError, match="no endpoint named 'predict'"):
+        export.load_saved_model(path, endpoint_name="predict")
