@@ -184,7 +184,7 @@ def attention_from_scores(
 # path is faster: the chunked one recomputes the scores in the backward pass.
 CHUNKED_THRESHOLD = 2**28
 # Target size of one chunk's scores in the chunked implementation.
-CHUNK_ELEMENTS = 2**22
+CHUNK_ELEMENTS = 2**23
 # Number of chunks when the query length is only known at run time.
 DYNAMIC_NUM_CHUNKS = 32
 _IMPLEMENTATIONS = (None, "plain", "chunked", "fused")
