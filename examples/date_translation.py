@@ -95,7 +95,8 @@ def build_models(embedding_dim=64, num_heads=4, intermediate_dim=128):
         y, encoded, return_attention_scores=True
     )
     y = keras.layers.LayerNormalization(name="norm2")(keras.layers.Add()([y, cross]))
-    y = keras_attention.FeedForward(intermediate_dim, name="feed_forward")(y)
+    hidden = keras_attention.FeedForward(intermediate_dim, name="feed_forward")(y)
+    y = keras.layers.LayerNormalization(name="norm3")(keras.layers.Add()([y, hidden]))
     logits = keras.layers.Dense(len(TARGET_CHARS), name="logits")(y)
     model = keras.Model([source, target_in], logits, name="date_translation")
     return model, keras.Model([source, target_in], cross_weights, name="cross_attention_weights")
