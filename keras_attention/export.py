@@ -61,6 +61,7 @@ def save_model(model, path, **kwargs):
     os.close(fd)
     try:
         model.save(tmp_path, **kwargs)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp made it private (0600)
         os.replace(tmp_path, path)
     except BaseException:
         # Also on KeyboardInterrupt: never leave a half-written file behind.
@@ -169,6 +170,7 @@ def export_saved_model(model, path, input_signature=None, endpoint_name="serve",
             input_signature=list(input_signature),
         )
         archive.write_out(tmp_dir, verbose=verbose)
+        os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp made it private (0700)
         if os.path.isdir(path):
             old_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
             os.rmdir(old_dir)  # only the unique name is wanted; rename needs it free
@@ -243,6 +245,12 @@ def _serving_fn(model):
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     return serve
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_model(model):

@@ -269,3 +269,16 @@ def test_load_saved_model_errors(tmp_path):
     path = export.export_saved_model(_self_attention_model(), tmp_path / "export")
     with pytest.raises(ValueError, match="no endpoint named 'predict'"):
         export.load_saved_model(path, endpoint_name="predict")
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    # The temporary file/folder are private while being written; the result is not.
+    mask = os.umask(0o022)
+    try:
+        model = _self_attention_model()
+        keras_path = export.save_model(model, tmp_path / "model.keras")
+        export_dir = export.export_saved_model(model, tmp_path / "export")
+    finally:
+        os.umask(mask)
+    assert os.stat(keras_path).st_mode & 0o777 == 0o644
+    assert os.stat(export_dir).st_mode & 0o777 == 0o755
