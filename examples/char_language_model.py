@@ -2,7 +2,7 @@
 
 The text is `pydoc_data.topics` (the help texts that ship with Python; no download).
 `keras_attention.models.causal_language_model` (token + position embedding, causal
-`TransformerDecoder` blocks, next-token logits) is trained on 256-character windows;
+`TransformerDecoder` blocks, next-token logits) is trained on 128-character windows;
 the script reports validation loss and perplexity (`exp(loss)`: how many characters
 the model is, on average, choosing between) and writes text from a prompt with
 `keras_attention.models.generate`, which decodes with the key/value cache (each new
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 import keras_attention  # noqa: E402
 
-SEQUENCE_LENGTH = 256
+SEQUENCE_LENGTH = 128
 
 
 def load_text(smoke):
@@ -46,7 +46,7 @@ def windows(ids, count, rng):
 def main(argv=None):
     def extra(parser):
         parser.add_argument("--prompt", default="The with statement", help="start of the generated text")
-        parser.add_argument("--new-chars", type=int, default=200, help="characters to generate")
+        parser.add_argument("--new-chars", type=int, default=100, help="characters to generate")
 
     args = _shared.parse_args(__doc__.splitlines()[0], argv, epochs=6, extra=extra)
     keras.utils.set_random_seed(args.seed)
@@ -58,7 +58,7 @@ def main(argv=None):
     char_to_id = {c: i + 1 for i, c in enumerate(characters)}
     ids = np.array([char_to_id[c] for c in text], "int32")
     split = int(0.9 * len(ids))  # the last 10% of the text is never trained on
-    train_count, val_count = (64, 32) if args.smoke else (8_000, 500)
+    train_count, val_count = (64, 32) if args.smoke else (12_000, 500)
     x_train, y_train = windows(ids[:split], train_count, rng)
     x_val, y_val = windows(ids[split:], val_count, rng)
 
