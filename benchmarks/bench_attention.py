@@ -35,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="N = 128, 512 only")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat")
     parser.add_argument("--no-xla", action="store_true", help="skip jit_compile=True")
@@ -47,15 +47,22 @@ def parse_args(argv=None):
     return args
 
 
-def median_ms(fn, repeats):
-    fn()  # warm-up: tracing and compilation
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_ms(fns, repeats):
+    """Median wall time in ms of each function in `fns`.
+
+    The functions are timed in turn within each repeat (a, b, a, b, ...), so a drift
+    in the machine's speed affects all of them alike and their ratio stays fair.
+    """
+    for fn in fns:  # warm-up: tracing and compilation
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, series in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            series.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(series) for series in times]
 
 
 def flops(batch, length, width):
@@ -117,7 +124,7 @@ def main(argv=None):
 
     print(f"# MultiHeadAttention: keras_attention vs keras ({args.backend}, {args.dtype})\n")
     print(f"batch {args.batch}, d_model {width}, {args.heads} heads x {args.head_dim}, "
-          f"median of {args.repeats} runs after warm-up, Keras {keras.__version__}\n")
+          f"median of {args.repeats} interleaved runs after warm-up, Keras {keras.__version__}\n")
     print("| N | mode | pass | keras ms | ours ms | ours/keras | keras GFLOP/s | ours GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -130,18 +137,16 @@ def main(argv=None):
         theirs(x, x)
         ours(x, x)
         for mode, jit in modes:
-            timings = {}
-            for name, layer in (("keras", theirs), ("ours", ours)):
-                fwd, fwd_bwd = runners(layer, x, jit)
-                try:
-                    timings[name] = (median_ms(fwd, args.repeats),
-                                     median_ms(fwd_bwd, args.repeats))
-                except Exception as error:  # noqa: BLE001 - report OOM etc. in the table
-                    print(f"<!-- {name} N={length} {mode} failed: {type(error).__name__} -->")
-                    timings[name] = (float("nan"), float("nan"))
+            keras_fns, ours_fns = runners(theirs, x, jit), runners(ours, x, jit)
             for index, label in enumerate(("fwd", "fwd+bwd")):
+                try:
+                    k_ms, o_ms = median_ms(
+                        [keras_fns[index], ours_fns[index]], args.repeats
+                    )
+                except Exception as error:  # noqa: BLE001 - report OOM etc. in the table
+                    print(f"<!-- N={length} {mode} {label} failed: {error!r:.200} -->")
+                    k_ms = o_ms = float("nan")
                 work = flops(args.batch, length, width) * (3 if index else 1)
-                k_ms, o_ms = timings["keras"][index], timings["ours"][index]
                 print(f"| {length} | {mode} | {label} | {k_ms:.2f} | {o_ms:.2f} | "
                       f"{o_ms / k_ms:.2f} | {work / k_ms / 1e6:.0f} | {work / o_ms / 1e6:.0f} |")
         sys.stdout.flush()
@@ -177,8 +182,9 @@ def core_table(args, rng):
                 (args.batch, args.heads, length, args.head_dim)).astype("float32"))
             for _ in range(3)
         )
-        hand_ms = median_ms(lambda: hand(q, k, v).numpy(), args.repeats)
-        ops_ms = median_ms(lambda: ours(q, k, v).numpy(), args.repeats)
+        hand_ms, ops_ms = median_ms(
+            [lambda: hand(q, k, v).numpy(), lambda: ours(q, k, v).numpy()], args.repeats
+        )
         print(f"| {length} | {hand_ms:.2f} | {ops_ms:.2f} | {ops_ms / hand_ms:.2f} |")
 
 

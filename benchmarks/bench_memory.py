@@ -83,8 +83,9 @@ def run_case(layer_expr, length, limit_bytes, timeout):
         time.sleep(0.05)
     out, err = proc.communicate()
     if proc.returncode != 0:
-        last = (err.strip().splitlines() or ["?"])[-1]
-        return None, f"failed: {last[:80]}"
+        lines = err.strip().splitlines() or ["?"]
+        errors = [line for line in lines if "Error" in line] or lines
+        return None, f"failed: {errors[-1].strip()[:100]}"
     return json.loads(out.strip().splitlines()[-1]), None
 
 

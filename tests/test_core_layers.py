@@ -127,4 +127,12 @@ def test_bad_input_rank():
     with pytest.raises(ValueError, match=r"inputs.*rank 3.*Received: inputs.shape=\(2, 8\)"):
         ka.SelfAttention(4)(_rand(2, 8))
     with pytest.raises(ValueError, match="query"):
-        ka.ScaledDotProductAttention()(_rand(2, 8), _rand(2, 3, 8))
+        ka.ScaledDotProductAttention()(_rand(2, 1, 4, 8), _rand(2, 3, 8))
+
+
+def test_scaled_dot_product_single_query_step():
+    q, v = _rand(2, 8), _rand(2, 5, 8)
+    out, weights = ka.ScaledDotProductAttention()(q, v, return_attention_scores=True)
+    ref_out, ref_weights = reference.attention(q[:, None], v, v)
+    np.testing.assert_allclose(out, ref_out[:, 0], atol=1e-5)
+    np.testing.assert_allclose(weights, ref_weights[:, 0], atol=1e-5)

@@ -1,4 +1,5 @@
-"""The query/value plumbing shared by `AdditiveAttention` and `LuongAttention`."""
+"""The query/value plumbing shared by `ScaledDotProductAttention`, `AdditiveAttention`
+and `LuongAttention`."""
 
 import keras
 from keras import ops
@@ -8,7 +9,7 @@ from keras_attention.layers import _common
 
 
 class QueryValueAttention(keras.layers.Layer):
-    """Base of the classic (RNN-era) attentions: a query attends over a value sequence.
+    """Base of the query-over-values attentions: a query attends over a value sequence.
 
     Handles what the classic layers share: the single-step query of an RNN decoder
     (rank 2, `(batch, features)`, treated as one query step), the Keras masks, the
