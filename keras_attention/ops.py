@@ -111,8 +111,7 @@ def scaled_dot_product_attention(
         return _fused_attention(query, key, value, mask, causal)
 
     if causal:
-        q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
-        mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
+        mask = _with_causal(mask, query, key)
     scores = ops.einsum("...qd,...kd->...qk", query, key)
     return attention_from_scores(
         scores,
@@ -320,8 +319,7 @@ def _fused_attention(query, key, value, mask, causal):
             f"Received: query.shape={tuple(query.shape)}"
         )
     if causal:
-        q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
-        mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
+        mask = _with_causal(mask, query, key)
     to_bshd = lambda x: ops.transpose(x, (0, 2, 1, 3))  # noqa: E731
     full_mask = None
     if mask is not None:
@@ -369,6 +367,12 @@ def merge_heads(x):
     shape = ops.shape(x)
     x = ops.transpose(x, (0, 2, 1, 3))
     return ops.reshape(x, (shape[0], shape[2], x.shape[2] * x.shape[3]))
+
+
+def _with_causal(mask, query, key):
+    """`mask` AND the top-left aligned causal mask of `query` against `key`."""
+    q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
+    return masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
 
 
 def _check_mask(mask, scores_shape):
