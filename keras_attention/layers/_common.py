@@ -95,12 +95,6 @@ class ProjectionSettings:
             config[key] = keras.constraints.serialize(getattr(self, key))
         return config
 
-    @classmethod
-    def pop_from(cls, kwargs):
-        """Take the projection arguments out of a layer's `**kwargs`."""
-        names = _INITIALIZER_KEYS + _REGULARIZER_KEYS + _CONSTRAINT_KEYS
-        return cls(**{name: kwargs.pop(name) for name in names if name in kwargs})
-
 
 def attention_output_spec(layer, output_shape, scores_shape, return_attention_scores):
     """Symbolic outputs of an attention layer: the output, plus the attention scores
@@ -110,8 +104,3 @@ def attention_output_spec(layer, output_shape, scores_shape, return_attention_sc
     if not return_attention_scores:
         return output
     return output, keras.KerasTensor(scores_shape, dtype=layer.compute_dtype)
-
-
-def shape_of(tensor):
-    """Static shape tuple of a tensor (or `None` for `None`)."""
-    return None if tensor is None else tuple(tensor.shape)
