@@ -1,0 +1,84 @@
+"""The backend-specific part of generation: compiling the decoding function and its
+random numbers. Everything else in `keras_attention.models` is `keras.ops` only.
+
+- TensorFlow: `tf.function` (XLA with `jit_compile=True`); variables are read in the graph.
+- JAX: `jax.jit` of a pure function: the model's variables are passed in and mapped
+  onto the layers with `keras.StatelessScope`, as `keras_hub` does.
+- PyTorch: no compiler; the loop runs eagerly under `torch.no_grad()` (see
+  `docs/performance.md` for why and what it costs).
+"""
+
+import keras
+from keras import ops
+
+BACKEND = keras.backend.backend()
+
+
+def compile_function(fn, variables, jit_compile=True):
+    """`fn(*tensors)` compiled once per input signature; the traces are cached by the
+    backend (`tf.function` / `jax.jit`) and reused for calls of the same shapes."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=jit_compile, autograph=False)
+    if BACKEND == "jax":
+        import jax
+
+        variables = list(variables)
+
+        def pure(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(*args)
+
+        jitted = jax.jit(pure)
+
+        def run(*args):
+            return jitted([v.value for v in variables], *args)
+
+        return run
+    return run_eagerly(fn)
+
+
+def run_eagerly(fn):
+    """`fn` as is (for PyTorch without autograd bookkeeping)."""
+    if BACKEND == "torch":
+        import torch
+
+        def run(*args):
+            with torch.no_grad():
+                return fn(*args)
+
+        return run
+    return fn
+
+
+def while_loop(cond, body, loop_vars, eager):
+    """`keras.ops.while_loop`, or with `eager=True` a Python loop (debuggable:
+    every step runs op by op and can be stepped through)."""
+    if not eager:
+        return ops.while_loop(cond, body, loop_vars)
+    while bool(ops.convert_to_numpy(cond(*loop_vars))):
+        loop_vars = body(*loop_vars)
+    return loop_vars
+
+
+def uniform(shape, seed, step):
+    """Uniform floats in `[0, 1)` from a `(2,)` int32 `seed` tensor and the int32
+    `step` tensor: a new, reproducible stream for every step of every seed."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        key = tf.stack([seed[0], seed[1] + tf.cast(step, seed.dtype)])
+        return tf.random.stateless_uniform(shape, seed=key)
+    if BACKEND == "jax":
+        import jax
+
+        key = jax.random.PRNGKey(seed[0])
+        key = jax.random.fold_in(jax.random.fold_in(key, seed[1]), step)
+        return jax.random.uniform(key, shape)
+    import torch
+
+    values = tuple(int(v) for v in ops.convert_to_numpy(seed)) + (int(step),)
+    generator = torch.Generator().manual_seed(hash(values) & (2**63 - 1))
+    noise = torch.rand(tuple(shape), generator=generator)
+    return ops.convert_to_tensor(noise)
