@@ -8,10 +8,17 @@ random numbers. Everything else in `keras_attention.models` is `keras.ops` only.
   `docs/performance.md` for why and what it costs).
 """
 
+import os
+
 import keras
 from keras import ops
 
 BACKEND = keras.backend.backend()
+
+
+# TensorFlow: XLA compiles only the token loop; the prefill (a few large matmuls, run
+# once) stays a plain graph, which halves the compile time of the first call.
+XLA_LOOP_ONLY = os.environ.get("KA_XLA_MODE", "loop") == "loop"
 
 
 def compile_function(fn, variables, jit_compile=True):
@@ -20,7 +27,8 @@ def compile_function(fn, variables, jit_compile=True):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, jit_compile=jit_compile, autograph=False)
+        whole = jit_compile and not XLA_LOOP_ONLY
+        return tf.function(fn, jit_compile=whole, autograph=False)
     if BACKEND == "jax":
         import jax
 
@@ -52,10 +60,21 @@ def run_eagerly(fn):
     return fn
 
 
-def while_loop(cond, body, loop_vars, eager):
-    """`keras.ops.while_loop`, or with `eager=True` a Python loop (debuggable:
-    every step runs op by op and can be stepped through)."""
-    if not eager:
+def while_loop(cond, body, loop_vars, mode):
+    """The token loop. `mode`: `"compiled"` (`keras.ops.while_loop`, on TensorFlow
+    compiled by XLA), `"graph"` (`keras.ops.while_loop` without XLA, for exported
+    SavedModels) or `"eager"` (a Python loop: every step runs op by op and can be
+    stepped through)."""
+    if mode != "eager":
+        if BACKEND == "tensorflow" and XLA_LOOP_ONLY and mode == "compiled":
+            import tensorflow as tf
+
+            if tf.inside_function():
+                loop = tf.function(
+                    lambda loop_vars: ops.while_loop(cond, body, loop_vars),
+                    jit_compile=True, autograph=False,
+                )
+                return loop(loop_vars)
         return ops.while_loop(cond, body, loop_vars)
     while bool(ops.convert_to_numpy(cond(*loop_vars))):
         loop_vars = body(*loop_vars)

@@ -99,14 +99,14 @@ class GenerativeMixin:
 
     # -- the loops -----------------------------------------------------------------
 
-    def _generate_tensors(self, settings, eager, tokens, lengths, seed, *encoder_inputs):
+    def _generate_tensors(self, settings, mode, tokens, lengths, seed, *encoder_inputs):
         """tokens `(batch, width)` (prompt rows left-aligned), lengths `(batch,)` ->
         tokens `(batch, width + max_new_tokens)`."""
         self._generation_functions().traces += 1
         encoded = self.encode(*encoder_inputs) if encoder_inputs else None
         if isinstance(settings.sampler, samplers_lib.BeamSampler):
-            return self._beam_search(settings, eager, tokens, lengths, encoded)
-        return self._sample(settings, eager, tokens, lengths, seed, encoded)
+            return self._beam_search(settings, mode, tokens, lengths, encoded)
+        return self._sample(settings, mode, tokens, lengths, seed, encoded)
 
     def _prefill(self, tokens, lengths, settings, encoded):
         batch, width = ops.shape(tokens)[0], ops.shape(tokens)[1]
@@ -122,7 +122,7 @@ class GenerativeMixin:
                                  logits=False)
         return buffer, caches, total
 
-    def _sample(self, settings, eager, tokens, lengths, seed, encoded):
+    def _sample(self, settings, mode, tokens, lengths, seed, encoded):
         lengths = ops.cast(lengths, "int32")
         buffer, caches, total = self._prefill(tokens, lengths, settings, encoded)
         batch = ops.shape(buffer)[0]
@@ -155,9 +155,9 @@ class GenerativeMixin:
             ops.zeros((batch,), "bool"),
             ops.zeros((batch,), "int32"),
         )
-        return _backend.while_loop(cond, body, loop_vars, eager)[1]
+        return _backend.while_loop(cond, body, loop_vars, mode)[1]
 
-    def _beam_search(self, settings, eager, tokens, lengths, encoded):
+    def _beam_search(self, settings, mode, tokens, lengths, encoded):
         beams = settings.sampler.num_beams
         batch = ops.shape(tokens)[0]
 
@@ -216,7 +216,7 @@ class GenerativeMixin:
             ops.zeros((rows,), "int32"),
             scores,
         )
-        _, buffer, _, _, count, scores = _backend.while_loop(cond, body, loop_vars, eager)
+        _, buffer, _, _, count, scores = _backend.while_loop(cond, body, loop_vars, mode)
         length = ops.cast(ops.maximum(ops.reshape(count, (batch, beams)), 1), "float32")
         ranking = scores / length ** settings.sampler.length_penalty
         best = ops.cast(ops.argmax(ranking, axis=-1), "int32") + batch_offset[:, 0]
@@ -258,13 +258,13 @@ class GenerativeMixin:
             key = (settings, len(encoder_inputs))
             if key not in functions.functions:
                 functions.functions[key] = _backend.compile_function(
-                    functools.partial(self._generate_tensors, settings, False),
+                    functools.partial(self._generate_tensors, settings, "compiled"),
                     self.variables,
                 )
             output = functions.functions[key](*args)
         else:
             output = _backend.run_eagerly(
-                functools.partial(self._generate_tensors, settings, True)
+                functools.partial(self._generate_tensors, settings, "eager")
             )(*args)
         return ops.convert_to_numpy(output).astype("int32")
 
@@ -424,7 +424,7 @@ def export_generate(model, path, max_new_tokens, stop_token_ids=None, pad_token_
     def serve(prompt_tokens, prompt_mask):
         tokens, lengths = _left_align(prompt_tokens, prompt_mask)
         seed = ops.zeros((2,), "int32")
-        return {"tokens": model._generate_tensors(settings, False, tokens, lengths, seed)}
+        return {"tokens": model._generate_tensors(settings, "graph", tokens, lengths, seed)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
