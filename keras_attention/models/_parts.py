@@ -2,7 +2,7 @@
 
 from keras_attention.layers import _common
 from keras_attention.layers.positional import TokenAndPositionEmbedding
-from keras_attention.layers.transformer import TransformerEncoder
+from keras_attention.layers.transformer_encoder import TransformerEncoder
 
 
 def check_common(vocabulary_size, sequence_length, num_layers, embedding_dim,

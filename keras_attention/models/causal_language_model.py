@@ -3,7 +3,7 @@
 import keras
 
 from keras_attention.layers import _common
-from keras_attention.layers.transformer import TransformerDecoder
+from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
 from keras_attention.models.generation import GenerativeMixin, export_generate
 

@@ -28,7 +28,9 @@ from keras_attention.models import samplers as samplers_lib
 _Settings = collections.namedtuple(
     "_Settings", ["max_new_tokens", "sampler", "stop_token_ids", "pad_token_id"]
 )
-_Encoded = collections.namedtuple("_Encoded", ["sequence", "padding_mask"])
+# The encoder's output, its padding mask, and every decoder layer's cross-attention
+# keys/values of it: computed once per generation.
+_Encoded = collections.namedtuple("_Encoded", ["sequence", "padding_mask", "cross_caches"])
 
 
 class _Functions:
@@ -72,7 +74,7 @@ class GenerativeMixin:
         x = self.decoder_embedding(tokens, start_index=index)
         query_mask = ops.not_equal(tokens, 0) if self.decoder_embedding.mask_zero else None
         new_caches = []
-        for layer, cache in zip(self.decoder_layers, caches):
+        for i, (layer, cache) in enumerate(zip(self.decoder_layers, caches)):
             kwargs = dict(
                 decoder_padding_mask=key_mask,
                 self_attention_cache=cache,
@@ -86,6 +88,7 @@ class GenerativeMixin:
                     x,
                     encoded.sequence,
                     encoder_padding_mask=encoded.padding_mask,
+                    cross_attention_cache=encoded.cross_caches[i],
                     decoder_sequence_mask=query_mask,
                     **kwargs,
                 )
@@ -162,10 +165,14 @@ class GenerativeMixin:
         batch = ops.shape(tokens)[0]
 
         def expand(x):
-            return None if x is None else ops.repeat(x, beams, axis=0)
+            return ops.repeat(x, beams, axis=0)
 
         if encoded is not None:
-            encoded = _Encoded(*(expand(x) for x in encoded))
+            encoded = _Encoded(
+                expand(encoded.sequence),
+                expand(encoded.padding_mask),
+                [expand(cache) for cache in encoded.cross_caches],
+            )
         lengths = expand(ops.cast(lengths, "int32"))
         buffer, caches, total = self._prefill(expand(tokens), lengths, settings, encoded)
         rows = ops.shape(buffer)[0]

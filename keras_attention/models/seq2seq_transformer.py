@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_attention.layers import _common
-from keras_attention.layers.transformer import TransformerDecoder
+from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
 from keras_attention.models.generation import GenerativeMixin, _Encoded, prepare_prompt
 
@@ -121,14 +121,16 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         self.mask_zero = mask_zero
 
     def encode(self, encoder_tokens, encoder_padding_mask):
-        """Run the encoder once: `(encoder outputs, padding mask)` for the decoder."""
+        """Run the encoder once: its outputs, padding mask, and the cross-attention
+        keys/values of every decoder layer (reused at every decoding step)."""
         mask = ops.cast(encoder_padding_mask, "bool")
         if self.encoder_embedding.mask_zero:
             mask = ops.logical_and(mask, ops.not_equal(encoder_tokens, 0))
         x = self.encoder_embedding(encoder_tokens)
         for layer in self.encoder_layers:
             x = layer(x, padding_mask=mask, training=False)
-        return _Encoded(x, mask)
+        cross_caches = [layer.compute_cross_attention_cache(x) for layer in self.decoder_layers]
+        return _Encoded(x, mask, cross_caches)
 
     def generate(
         self,
