@@ -87,8 +87,14 @@ def uniform(shape, seed, step):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        key = tf.stack([seed[0], seed[1] + tf.cast(step, seed.dtype)])
-        return tf.random.stateless_uniform(shape, seed=key)
+        if tf.inside_function():
+            return _tf_uniform(shape, seed, step)
+        # XLA and the plain kernels draw different numbers from the same seed; the
+        # compiled loop runs under XLA, so the eager loop draws under XLA too.
+        global _tf_uniform_xla
+        if _tf_uniform_xla is None:
+            _tf_uniform_xla = tf.function(_tf_uniform, jit_compile=True, autograph=False)
+        return _tf_uniform_xla(tuple(shape), seed, step)
     if BACKEND == "jax":
         import jax
 
@@ -101,3 +107,13 @@ def uniform(shape, seed, step):
     generator = torch.Generator().manual_seed(hash(values) & (2**63 - 1))
     noise = torch.rand(tuple(shape), generator=generator)
     return ops.convert_to_tensor(noise)
+
+
+_tf_uniform_xla = None
+
+
+def _tf_uniform(shape, seed, step):
+    import tensorflow as tf
+
+    key = tf.stack([seed[0], seed[1] + tf.cast(step, seed.dtype)])
+    return tf.random.stateless_uniform(shape, seed=key)
