@@ -70,27 +70,32 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         _common.check_bool(mask_zero, "mask_zero")
         kwargs.setdefault("name", "causal_language_model")
         # === Layers ===
-        self.embedding = _parts.embedding(
+        embedding = _parts.embedding(
             "token_embedding", vocabulary_size, sequence_length, embedding_dim,
             position, False, mask_zero,
         )
-        self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
-        self.decoder_layers = [
+        embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
+        decoder_layers = [
             TransformerDecoder(num_heads, intermediate_dim, dropout=dropout,
                                name=f"decoder_layer_{i}")
             for i in range(num_layers)
         ]
-        self.lm_head = (
+        lm_head = (
             None if tie_embeddings
             else keras.layers.Dense(vocabulary_size, name="lm_head")
         )
         # === Functional model ===
         tokens = keras.Input((None,), dtype="int32", name="tokens")
-        x = self.embedding_dropout(self.embedding(tokens))
-        for layer in self.decoder_layers:
+        x = embedding_dropout(embedding(tokens))
+        for layer in decoder_layers:
             x = layer(x)
-        logits = self._logits(x)
+        logits = embedding(x, reverse=True) if lm_head is None else lm_head(x)
         super().__init__(inputs=tokens, outputs=logits, **kwargs)
+        # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
+        self.decoder_layers = decoder_layers
+        self.embedding = embedding
+        self.embedding_dropout = embedding_dropout
+        self.lm_head = lm_head
         # === Config ===
         self.vocabulary_size = vocabulary_size
         self.sequence_length = sequence_length

@@ -71,41 +71,51 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         args = (vocabulary_size, sequence_length, embedding_dim, position,
                 scale_embeddings, mask_zero)
         if share_embeddings:
-            self.encoder_embedding = _parts.embedding("shared_embedding", *args)
-            self.decoder_embedding = self.encoder_embedding
+            encoder_embedding = _parts.embedding("shared_embedding", *args)
+            decoder_embedding = encoder_embedding
         else:
-            self.encoder_embedding = _parts.embedding("encoder_embedding", *args)
-            self.decoder_embedding = _parts.embedding("decoder_embedding", *args)
-        self.encoder_embedding_dropout = keras.layers.Dropout(
+            encoder_embedding = _parts.embedding("encoder_embedding", *args)
+            decoder_embedding = _parts.embedding("decoder_embedding", *args)
+        encoder_embedding_dropout = keras.layers.Dropout(
             dropout, name="encoder_embedding_dropout"
         )
-        self.decoder_embedding_dropout = keras.layers.Dropout(
+        decoder_embedding_dropout = keras.layers.Dropout(
             dropout, name="decoder_embedding_dropout"
         )
-        self.encoder_layers = _parts.encoder_layers(
+        encoder_layers = _parts.encoder_layers(
             num_layers, num_heads, intermediate_dim, dropout
         )
-        self.decoder_layers = [
+        decoder_layers = [
             TransformerDecoder(num_heads, intermediate_dim, dropout=dropout,
                                name=f"decoder_layer_{i}")
             for i in range(num_layers)
         ]
-        self.lm_head = (
+        lm_head = (
             None if tie_embeddings
             else keras.layers.Dense(vocabulary_size, name="lm_head")
         )
         # === Functional model ===
         encoder_tokens = keras.Input((None,), dtype="int32", name="encoder_tokens")
         decoder_tokens = keras.Input((None,), dtype="int32", name="decoder_tokens")
-        x = self.encoder_embedding_dropout(self.encoder_embedding(encoder_tokens))
-        for layer in self.encoder_layers:
+        x = encoder_embedding_dropout(encoder_embedding(encoder_tokens))
+        for layer in encoder_layers:
             x = layer(x)
-        y = self.decoder_embedding_dropout(self.decoder_embedding(decoder_tokens))
-        for layer in self.decoder_layers:
+        y = decoder_embedding_dropout(decoder_embedding(decoder_tokens))
+        for layer in decoder_layers:
             y = layer(y, x)
-        logits = self._logits(y)
+        logits = (
+            decoder_embedding(y, reverse=True) if lm_head is None else lm_head(y)
+        )
         super().__init__(inputs=[encoder_tokens, decoder_tokens], outputs=logits,
                          **kwargs)
+        # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
+        self.decoder_embedding = decoder_embedding
+        self.decoder_embedding_dropout = decoder_embedding_dropout
+        self.decoder_layers = decoder_layers
+        self.encoder_embedding = encoder_embedding
+        self.encoder_embedding_dropout = encoder_embedding_dropout
+        self.encoder_layers = encoder_layers
+        self.lm_head = lm_head
         # === Config ===
         self.vocabulary_size = vocabulary_size
         self.sequence_length = sequence_length
