@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_attention import _validation
+
 __all__ = [
     "causal_mask",
     "padding_mask",
@@ -87,11 +89,8 @@ def causal_mask(q_len, kv_len=None, offset=0):
     """
     if kv_len is None:
         kv_len = q_len
-    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
-        if isinstance(value, (int, np.integer)) and value < 0:
-            raise ValueError(
-                f"`{name}` must be a non-negative integer. Received: {name}={value}"
-            )
+    _validation.check_index(q_len, "q_len")
+    _validation.check_index(kv_len, "kv_len")
     rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
     cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
     return ops.less_equal(cols, rows + ops.cast(offset, "int32"))
@@ -112,10 +111,7 @@ def sliding_window_mask(q_len, kv_len, window):
     Returns:
         Boolean tensor of shape `(q_len, kv_len)`.
     """
-    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
-        raise ValueError(
-            f"`window` must be a positive integer. Received: window={window!r}"
-        )
+    _validation.check_positive_int(window, "window")
     rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
     cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
     return ops.less(ops.abs(rows - cols), window)

@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 
+from keras_attention import _validation
+
 __all__ = ["plot_attention"]
 
 _INSTALL_HINT = (
@@ -88,10 +90,7 @@ def plot_attention(
     head_ids = _select_heads(heads, num_heads)
     x_labels = _check_labels(x_labels, kv_len, "x_labels", "kv_len")
     y_labels = _check_labels(y_labels, q_len, "y_labels", "q_len")
-    if not isinstance(max_columns, int) or isinstance(max_columns, bool) or max_columns < 1:
-        raise ValueError(
-            f"`max_columns` must be a positive integer. Received: max_columns={max_columns}"
-        )
+    _validation.check_positive_int(max_columns, "max_columns")
 
     plt = _pyplot()
     columns = min(len(head_ids), max_columns)

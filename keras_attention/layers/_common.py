@@ -1,42 +1,18 @@
-"""Helpers shared by the layers: argument checks and the Dense projection settings."""
-
-import numbers
+"""Helpers shared by the layers: the Dense projection settings and symbolic outputs."""
 
 import keras
+
+# The argument checks live in `keras_attention._validation`; `keras_attention.models`
+# still reads these three from here.
+from keras_attention._validation import (  # noqa: F401
+    check_bool,
+    check_positive_int,
+    check_rate,
+)
 
 _INITIALIZER_KEYS = ("kernel_initializer", "bias_initializer")
 _REGULARIZER_KEYS = ("kernel_regularizer", "bias_regularizer")
 _CONSTRAINT_KEYS = ("kernel_constraint", "bias_constraint")
-
-
-def check_positive_int(value, name, allow_none=False):
-    """Raise `ValueError` unless `value` is a positive int (or `None` if allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
-def check_rate(value, name="dropout"):
-    """Raise `ValueError` unless `value` is a float in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"`{name}` must be a float in [0, 1). Received: {name}={value!r}")
-
-
-def check_bool(value, name):
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
-
-
-def check_rank(shape, expected, name, what):
-    """Raise `ValueError` unless the static `shape` has rank in `expected`."""
-    expected = (expected,) if isinstance(expected, int) else tuple(expected)
-    if len(shape) not in expected:
-        raise ValueError(
-            f"`{name}` must be {what}. Received: {name}.shape={tuple(shape)}"
-        )
 
 
 class ProjectionSettings:

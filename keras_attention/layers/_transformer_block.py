@@ -9,19 +9,10 @@ mask by `keras_attention.masks.merge_attention_masks` before it is handed over.
 
 import keras
 
+from keras_attention import _validation
 from keras_attention import masks
-from keras_attention.layers import _common
 from keras_attention.layers.feed_forward import FeedForward
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
-
-
-def _check_sequence(shape, name):
-    _common.check_rank(shape, 3, name, "rank 3 (batch, seq, features)")
-    if shape[-1] is None:
-        raise ValueError(
-            f"The last axis of `{name}` (features) must be known. "
-            f"Received: {name}.shape={tuple(shape)}"
-        )
 
 
 def _check_padding_mask(padding_mask, sequence, name, sequence_name):
@@ -30,17 +21,13 @@ def _check_padding_mask(padding_mask, sequence, name, sequence_name):
         return None
     padding_mask = masks.validate_mask(padding_mask, name=name)
     shape, seq_shape = tuple(padding_mask.shape), tuple(sequence.shape)
-    if len(shape) != 2 or not _compatible(shape, seq_shape[:2]):
+    if len(shape) != 2 or not _validation.compatible(shape, seq_shape[:2]):
         raise ValueError(
             f"`{name}` must have shape (batch, seq) matching `{sequence_name}`, "
             f"i.e. {seq_shape[:2]}. Received: {name}.shape={shape}, "
             f"{sequence_name}.shape={seq_shape}"
         )
     return padding_mask
-
-
-def _compatible(shape_a, shape_b):
-    return all(a is None or b is None or a == b for a, b in zip(shape_a, shape_b))
 
 
 class _TransformerBlock(keras.layers.Layer):
@@ -61,18 +48,12 @@ class _TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(num_heads, "num_heads")
-        _common.check_positive_int(intermediate_dim, "intermediate_dim")
-        _common.check_positive_int(key_dim, "key_dim", allow_none=True)
-        _common.check_rate(dropout, "dropout")
-        _common.check_bool(normalize_first, "normalize_first")
-        if isinstance(layer_norm_epsilon, bool) or not isinstance(
-            layer_norm_epsilon, (int, float)
-        ) or layer_norm_epsilon <= 0:
-            raise ValueError(
-                "`layer_norm_epsilon` must be a positive float. "
-                f"Received: layer_norm_epsilon={layer_norm_epsilon!r}"
-            )
+        _validation.check_positive_int(num_heads, "num_heads")
+        _validation.check_positive_int(intermediate_dim, "intermediate_dim")
+        _validation.check_positive_int(key_dim, "key_dim", allow_none=True)
+        _validation.check_rate(dropout, "dropout")
+        _validation.check_bool(normalize_first, "normalize_first")
+        _validation.check_positive_float(layer_norm_epsilon, "layer_norm_epsilon")
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.key_dim = key_dim

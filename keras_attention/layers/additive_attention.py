@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 from keras_attention.layers._query_value import QueryValueAttention
@@ -72,8 +73,8 @@ class AdditiveAttention(QueryValueAttention):
         **kwargs,
     ):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
-        _common.check_positive_int(units, "units")
-        _common.check_bool(use_bias, "use_bias")
+        _validation.check_positive_int(units, "units")
+        _validation.check_bool(use_bias, "use_bias")
         self.units = units
         self.use_bias = use_bias
         self.projection = _common.ProjectionSettings(

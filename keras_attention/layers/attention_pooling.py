@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention import masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
@@ -72,11 +73,11 @@ class AttentionPooling(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(units, "units", allow_none=True)
-        _common.check_positive_int(num_queries, "num_queries")
-        _common.check_bool(use_bias, "use_bias")
-        _common.check_bool(scale, "scale")
-        _common.check_rate(dropout, "dropout")
+        _validation.check_positive_int(units, "units", allow_none=True)
+        _validation.check_positive_int(num_queries, "num_queries")
+        _validation.check_bool(use_bias, "use_bias")
+        _validation.check_bool(scale, "scale")
+        _validation.check_rate(dropout, "dropout")
         self.units = units
         self.num_queries = num_queries
         self.use_bias = use_bias
@@ -105,12 +106,7 @@ class AttentionPooling(keras.layers.Layer):
             )
 
     def build(self, inputs_shape):
-        _common.check_rank(inputs_shape, 3, "inputs", "rank 3 (batch, seq, features)")
-        if inputs_shape[-1] is None:
-            raise ValueError(
-                "`inputs` must have a known feature size (last axis). "
-                f"Received: inputs.shape={tuple(inputs_shape)}"
-            )
+        _validation.check_sequence(inputs_shape, "inputs")
         key_size = inputs_shape[-1]
         if self.key_dense is not None:
             self.key_dense.build(inputs_shape)

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_attention import _validation
 from keras_attention.layers import _common
 
 
@@ -54,9 +55,9 @@ class FeedForward(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(intermediate_dim, "intermediate_dim")
-        _common.check_rate(dropout, "dropout")
-        _common.check_bool(use_bias, "use_bias")
+        _validation.check_positive_int(intermediate_dim, "intermediate_dim")
+        _validation.check_rate(dropout, "dropout")
+        _validation.check_bool(use_bias, "use_bias")
         self.intermediate_dim = intermediate_dim
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
@@ -85,13 +86,9 @@ class FeedForward(keras.layers.Layer):
         self.output_dense = None
 
     def build(self, inputs_shape):
-        _common.check_rank(inputs_shape, (2, 3, 4), "inputs", "(batch, ..., features)")
+        _validation.check_rank(inputs_shape, (2, 3, 4), "inputs", "(batch, ..., features)")
+        _validation.check_known_features(inputs_shape, "inputs")
         features = inputs_shape[-1]
-        if features is None:
-            raise ValueError(
-                "The last axis of `inputs` (features) must be known. "
-                f"Received: inputs.shape={tuple(inputs_shape)}"
-            )
         self.output_dense = keras.layers.Dense(
             features,
             use_bias=self.use_bias,

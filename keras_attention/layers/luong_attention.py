@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 from keras_attention.layers._query_value import QueryValueAttention
@@ -84,25 +85,21 @@ class LuongAttention(QueryValueAttention):
         **kwargs,
     ):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
-        if score not in _SCORES:
-            raise ValueError(
-                f"`score` must be one of {', '.join(repr(s) for s in _SCORES)}. "
-                f"Received: score={score!r}"
-            )
+        _validation.check_one_of(score, "score", _SCORES)
         if score == "concat":
-            _common.check_positive_int(units, "units")
+            _validation.check_positive_int(units, "units")
         elif units is not None:
             raise ValueError(
                 "`units` is only used by score='concat' and must be None for "
                 f"score={score!r}. Received: units={units!r}"
             )
-        _common.check_bool(scale, "scale")
+        _validation.check_bool(scale, "scale")
         if scale and score == "concat":
             raise ValueError(
                 "`scale=True` applies to the 'dot' and 'general' scores only. "
                 "Received: scale=True with score='concat'"
             )
-        _common.check_bool(use_bias, "use_bias")
+        _validation.check_bool(use_bias, "use_bias")
         self.score = score
         self.units = units
         self.scale = scale

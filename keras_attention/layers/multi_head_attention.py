@@ -3,9 +3,9 @@
 import numbers
 
 import keras
-import numpy as np
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention import masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
@@ -135,15 +135,15 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        _common.check_positive_int(num_heads, "num_heads")
-        _common.check_positive_int(key_dim, "key_dim")
-        _common.check_positive_int(value_dim, "value_dim", allow_none=True)
-        _common.check_positive_int(
+        _validation.check_positive_int(num_heads, "num_heads")
+        _validation.check_positive_int(key_dim, "key_dim")
+        _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
+        _validation.check_positive_int(
             num_key_value_heads, "num_key_value_heads", allow_none=True
         )
-        _common.check_positive_int(output_dim, "output_dim", allow_none=True)
-        _common.check_rate(dropout, "dropout")
-        _common.check_bool(use_bias, "use_bias")
+        _validation.check_positive_int(output_dim, "output_dim", allow_none=True)
+        _validation.check_rate(dropout, "dropout")
+        _validation.check_bool(use_bias, "use_bias")
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
         ):
@@ -195,18 +195,14 @@ class MultiHeadAttention(keras.layers.Layer):
         )
 
     def build(self, query_shape, value_shape, key_shape=None):
-        _common.check_rank(query_shape, 3, "query", "rank 3 (batch, q_len, features)")
-        _common.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
+        _validation.check_rank(query_shape, 3, "query", "rank 3 (batch, q_len, features)")
+        _validation.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
         if key_shape is None:
             key_shape = value_shape
-        _common.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
+        _validation.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
         for name, shape in (("query", query_shape), ("value", value_shape),
                             ("key", key_shape)):
-            if shape[-1] is None:
-                raise ValueError(
-                    f"The last dimension (features) of `{name}` must be known. "
-                    f"Received: {name}.shape={tuple(shape)}"
-                )
+            _validation.check_known_features(shape, name)
         if self.output_dense is None:
             self.output_dense = self._make_dense(query_shape[-1], "attention_output")
         self.query_dense.build(query_shape)
@@ -236,15 +232,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 "`build(query_shape, value_shape)` first, so that the projections "
                 "exist before a cache is made."
             )
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
-                value, bool
-            ):
-                _common.check_positive_int(int(value), name)
-            elif isinstance(value, (bool, numbers.Real, str)) or value is None:
-                raise ValueError(
-                    f"`{name}` must be a positive integer. Received: {name}={value!r}"
-                )
+        batch_size = _validation.check_index(batch_size, "batch_size", positive=True)
+        max_length = _validation.check_index(max_length, "max_length", positive=True)
         return ops.zeros(
             (batch_size, max_length, self._cache_features),
             dtype=dtype or self.compute_dtype,
@@ -347,33 +336,18 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         new_len = keys.shape[1]
         max_length = cache.shape[1]
-        if isinstance(cache_index, (numbers.Integral, np.integer)):
-            if isinstance(cache_index, bool) or cache_index < 0:
-                raise ValueError(
-                    "`cache_index` must be a non-negative integer. "
-                    f"Received: cache_index={cache_index!r}"
-                )
-            if (
-                new_len is not None
-                and max_length is not None
-                and cache_index + new_len > max_length
-            ):
-                raise ValueError(
-                    f"`cache_index` + the number of new tokens ({new_len}) must not "
-                    f"exceed the cache length max_length={max_length}. "
-                    f"Received: cache_index={cache_index}"
-                )
-        else:
-            cache_index = ops.convert_to_tensor(cache_index)
-            if len(cache_index.shape) != 0 or not keras.backend.standardize_dtype(
-                cache_index.dtype
-            ).startswith(("int", "uint")):
-                raise ValueError(
-                    "`cache_index` must be an integer or a scalar integer tensor. "
-                    f"Received: cache_index with shape {tuple(cache_index.shape)} "
-                    f"and dtype {cache_index.dtype}"
-                )
-            cache_index = ops.cast(cache_index, "int32")
+        cache_index = _validation.check_index(cache_index, "cache_index")
+        if (
+            isinstance(cache_index, int)
+            and new_len is not None
+            and max_length is not None
+            and cache_index + new_len > max_length
+        ):
+            raise ValueError(
+                f"`cache_index` + the number of new tokens ({new_len}) must not "
+                f"exceed the cache length max_length={max_length}. "
+                f"Received: cache_index={cache_index}"
+            )
 
         update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
         zero = ops.zeros((), "int32")
@@ -408,7 +382,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _check_call_shapes(self, query, value, key):
         for name, tensor in (("query", query), ("value", value), ("key", key)):
-            _common.check_rank(tensor.shape, 3, name, "rank 3 (batch, seq, features)")
+            _validation.check_rank(tensor.shape, 3, name, "rank 3 (batch, seq, features)")
         k_len, v_len = key.shape[1], value.shape[1]
         if k_len is not None and v_len is not None and k_len != v_len:
             raise ValueError(

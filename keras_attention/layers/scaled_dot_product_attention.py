@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_attention import _validation
 from keras_attention import ops as attention_ops
 from keras_attention.layers._query_value import QueryValueAttention
 
@@ -48,7 +49,7 @@ class ScaledDotProductAttention(QueryValueAttention):
     def __init__(self, dropout=0.0, scale=None, seed=None, **kwargs):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
         if scale is not None:
-            attention_ops._check_scale(scale)
+            _validation.check_positive_float(scale, "scale")
         self.scale = scale
 
     def _attend(self, query, key, value, mask, training, return_attention_scores):

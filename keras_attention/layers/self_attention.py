@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_attention import _validation
 from keras_attention import masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
@@ -62,9 +63,9 @@ class SelfAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(units, "units")
-        _common.check_bool(use_bias, "use_bias")
-        _common.check_rate(dropout, "dropout")
+        _validation.check_positive_int(units, "units")
+        _validation.check_bool(use_bias, "use_bias")
+        _validation.check_rate(dropout, "dropout")
         self.units = units
         self.use_bias = use_bias
         self.dropout = dropout
@@ -93,7 +94,7 @@ class SelfAttention(keras.layers.Layer):
         )
 
     def build(self, inputs_shape):
-        _common.check_rank(inputs_shape, 3, "inputs", "rank 3 (batch, seq, features)")
+        _validation.check_rank(inputs_shape, 3, "inputs", "rank 3 (batch, seq, features)")
         for dense in (self.query_dense, self.key_dense, self.value_dense):
             dense.build(inputs_shape)
         self.built = True

@@ -3,10 +3,9 @@
 import keras
 from keras import ops
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention.layers._transformer_block import (
     _check_padding_mask,
-    _check_sequence,
     _TransformerBlock,
 )
 
@@ -69,7 +68,7 @@ class TransformerEncoder(_TransformerBlock):
         return (self.self_attention_layer_norm, self.feedforward_layer_norm)
 
     def build(self, inputs_shape):
-        _check_sequence(inputs_shape, "inputs")
+        _validation.check_sequence(inputs_shape, "inputs")
         self.self_attention = self._attention(inputs_shape[-1], "self_attention")
         self.self_attention.build(inputs_shape, inputs_shape)
         self._build_feedforward(inputs_shape)
