@@ -84,8 +84,8 @@ def scaled_dot_product_attention(
     >>> import numpy as np
     >>> q = np.random.rand(2, 4, 8).astype("float32")
     >>> kv = np.random.rand(2, 6, 8).astype("float32")
-    >>> scaled_dot_product_attention(q, kv, kv).shape
-    TensorShape([2, 4, 8])
+    >>> tuple(scaled_dot_product_attention(q, kv, kv).shape)
+    (2, 4, 8)
     """
     query = ops.convert_to_tensor(query)
     key = ops.convert_to_tensor(key, dtype=query.dtype)

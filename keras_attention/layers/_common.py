@@ -10,23 +10,35 @@ from keras_attention._validation import (  # noqa: F401
     check_rate,
 )
 
-_INITIALIZER_KEYS = ("kernel_initializer", "bias_initializer")
-_REGULARIZER_KEYS = ("kernel_regularizer", "bias_regularizer")
-_CONSTRAINT_KEYS = ("kernel_constraint", "bias_constraint")
+# The Dense arguments a layer passes on unchanged to its projections, and the Keras
+# module that turns each into an object (and back into config).
+_SETTING_MODULES = {
+    "kernel_initializer": keras.initializers,
+    "bias_initializer": keras.initializers,
+    "kernel_regularizer": keras.regularizers,
+    "bias_regularizer": keras.regularizers,
+    "kernel_constraint": keras.constraints,
+    "bias_constraint": keras.constraints,
+}
+INITIALIZER_KEYS = ("kernel_initializer", "bias_initializer")
 
 
 class ProjectionSettings:
-    """The initializer/regularizer/constraint arguments shared by Dense projections.
+    """The settings a layer shares among its `Dense` projections, and their factory.
+
+    Holds `use_bias`, the dtype policy and the initializer/regularizer/constraint
+    arguments; `dense(units, name)` builds a `keras.layers.Dense` with them, so a
+    layer states only what is its own (units, name, and where it differs: a bias-free
+    score vector, an activation). `get_config()` merges into the layer's config.
 
     `activity_regularizer` is not among them: it goes to the base `keras.layers.Layer`
     and regularizes the layer's output, as for any Keras layer.
-
-    Layers keep one of these, pass `dense_kwargs()` to every Dense sublayer they
-    create and merge `get_config()` into their own config.
     """
 
     def __init__(
         self,
+        use_bias=True,
+        dtype=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -34,42 +46,44 @@ class ProjectionSettings:
         kernel_constraint=None,
         bias_constraint=None,
     ):
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.use_bias = use_bias
+        self.dtype = dtype
+        values = locals()
+        for key, module in _SETTING_MODULES.items():
+            setattr(self, key, module.get(values[key]))
 
-    def dense_kwargs(self):
-        """Keyword arguments for a `keras.layers.Dense` sublayer (fresh objects, so
-        sublayers never share an initializer's state)."""
+    @classmethod
+    def pop_from(cls, kwargs, use_bias=True):
+        """Take the shared Dense settings out of a layer's `**kwargs` (the rest goes
+        to `keras.layers.Layer`); the dtype policy is the one the layer will get."""
+        settings = {key: kwargs.pop(key) for key in _SETTING_MODULES if key in kwargs}
+        dtype = keras.dtype_policies.get(kwargs.get("dtype"))
+        return cls(use_bias=use_bias, dtype=dtype, **settings)
+
+    def dense(self, units, name, use_bias=None, activation=None):
+        """A `keras.layers.Dense(units)` projection named `name` with these settings;
+        `use_bias` (default: the layer's) and `activation` are per projection."""
+        return keras.layers.Dense(
+            units,
+            activation=activation,
+            use_bias=self.use_bias if use_bias is None else use_bias,
+            name=name,
+            dtype=self.dtype,
+            **self.dense_kwargs(),
+        )
+
+    def dense_kwargs(self, keys=tuple(_SETTING_MODULES)):
+        """The `keys` settings as keyword arguments for a sublayer: fresh objects, so
+        sublayers never share an initializer's state."""
         kwargs = {}
-        for key in _INITIALIZER_KEYS:
-            kwargs[key] = keras.initializers.get(
-                keras.initializers.serialize(getattr(self, key))
-            )
-        for key in _REGULARIZER_KEYS:
-            value = getattr(self, key)
-            kwargs[key] = None if value is None else keras.regularizers.get(
-                keras.regularizers.serialize(value)
-            )
-        for key in _CONSTRAINT_KEYS:
-            value = getattr(self, key)
-            kwargs[key] = None if value is None else keras.constraints.get(
-                keras.constraints.serialize(value)
-            )
+        for key in keys:
+            value, module = getattr(self, key), _SETTING_MODULES[key]
+            kwargs[key] = None if value is None else module.get(module.serialize(value))
         return kwargs
 
-    def get_config(self):
-        config = {}
-        for key in _INITIALIZER_KEYS:
-            config[key] = keras.initializers.serialize(getattr(self, key))
-        for key in _REGULARIZER_KEYS:
-            config[key] = keras.regularizers.serialize(getattr(self, key))
-        for key in _CONSTRAINT_KEYS:
-            config[key] = keras.constraints.serialize(getattr(self, key))
-        return config
+    def get_config(self, keys=tuple(_SETTING_MODULES)):
+        """The `keys` settings as config entries (`use_bias` is the layer's own)."""
+        return {key: _SETTING_MODULES[key].serialize(getattr(self, key)) for key in keys}
 
 
 def attention_output_spec(layer, output_shape, scores_shape, return_attention_scores):

@@ -4,8 +4,7 @@ and `LuongAttention`."""
 import keras
 from keras import ops
 
-from keras_attention import _validation
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention.layers import _common
 
 

@@ -9,8 +9,8 @@ mask by `keras_attention.masks.merge_attention_masks` before it is handed over.
 
 import keras
 
-from keras_attention import _validation
-from keras_attention import masks
+from keras_attention import _validation, masks
+from keras_attention.layers import _common
 from keras_attention.layers.feed_forward import FeedForward
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 
@@ -61,8 +61,14 @@ class _TransformerBlock(keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.normalize_first = normalize_first
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        # Only the initializers reach the Dense layers inside (as in keras-hub).
+        self.projection = _common.ProjectionSettings(
+            dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+        )
+        self.kernel_initializer = self.projection.kernel_initializer
+        self.bias_initializer = self.projection.bias_initializer
         self.seed = seed
         self.supports_masking = True
         self._seed_offset = 0
@@ -71,20 +77,10 @@ class _TransformerBlock(keras.layers.Layer):
             activation=self.activation,
             name="feedforward",
             dtype=self.dtype_policy,
-            **self._initializers(),
+            **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
         self.feedforward_dropout = self._dropout("feedforward_dropout")
         self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
-
-    def _initializers(self):
-        return {
-            "kernel_initializer": keras.initializers.get(
-                keras.initializers.serialize(self.kernel_initializer)
-            ),
-            "bias_initializer": keras.initializers.get(
-                keras.initializers.serialize(self.bias_initializer)
-            ),
-        }
 
     def _next_seed(self):
         # Each dropout gets its own seed, so their masks are not identical.
@@ -118,7 +114,7 @@ class _TransformerBlock(keras.layers.Layer):
             name=name,
             dtype=self.dtype_policy,
             seed=self._next_seed(),
-            **self._initializers(),
+            **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
 
     def _residual(self, x, sublayer, layer_norm, dropout, training):
@@ -152,11 +148,8 @@ class _TransformerBlock(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "normalize_first": self.normalize_first,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "seed": self.seed,
+                **self.projection.get_config(_common.INITIALIZER_KEYS),
             }
         )
         return config

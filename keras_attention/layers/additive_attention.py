@@ -63,40 +63,19 @@ class AdditiveAttention(QueryValueAttention):
         units,
         use_bias=True,
         dropout=0.0,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         seed=None,
         **kwargs,
     ):
+        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(dropout=dropout, seed=seed, **kwargs)
+        self.projection = projection
         _validation.check_positive_int(units, "units")
         _validation.check_bool(use_bias, "use_bias")
         self.units = units
         self.use_bias = use_bias
-        self.projection = _common.ProjectionSettings(
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
-        self.query_dense = self._make_dense(units, use_bias, "query")
-        self.key_dense = self._make_dense(units, use_bias, "key")
-        self.score_dense = self._make_dense(1, False, "score")
-
-    def _make_dense(self, units, use_bias, name):
-        return keras.layers.Dense(
-            units,
-            use_bias=use_bias,
-            name=name,
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+        self.query_dense = self.projection.dense(units, "query")
+        self.key_dense = self.projection.dense(units, "key")
+        self.score_dense = self.projection.dense(1, "score", use_bias=False)
 
     def _build_scores(self, query_shape, key_shape):
         self.query_dense.build(query_shape)

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from keras_attention import _validation
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 
@@ -63,16 +62,12 @@ class AttentionPooling(keras.layers.Layer):
         use_bias=True,
         scale=False,
         dropout=0.0,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         seed=None,
         **kwargs,
     ):
+        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(**kwargs)
+        self.projection = projection
         _validation.check_positive_int(units, "units", allow_none=True)
         _validation.check_positive_int(num_queries, "num_queries")
         _validation.check_bool(use_bias, "use_bias")
@@ -84,26 +79,11 @@ class AttentionPooling(keras.layers.Layer):
         self.scale = scale
         self.dropout = dropout
         self.seed = seed
-        self.projection = _common.ProjectionSettings(
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
         self.key_dense = None
         if units is not None:
-            self.key_dense = keras.layers.Dense(
-                units,
-                use_bias=use_bias,
-                activation="tanh",
-                name="key",
-                dtype=self.dtype_policy,
-                **self.projection.dense_kwargs(),
-            )
+            self.key_dense = self.projection.dense(units, "key", activation="tanh")
 
     def build(self, inputs_shape):
         _validation.check_sequence(inputs_shape, "inputs")

@@ -35,8 +35,8 @@ class FeedForward(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> FeedForward(32)(np.zeros((2, 5, 8), "float32")).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(FeedForward(32)(np.zeros((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
     """
 
     def __init__(
@@ -45,16 +45,12 @@ class FeedForward(keras.layers.Layer):
         activation="relu",
         dropout=0.0,
         use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         seed=None,
         **kwargs,
     ):
+        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(**kwargs)
+        self.projection = projection
         _validation.check_positive_int(intermediate_dim, "intermediate_dim")
         _validation.check_rate(dropout, "dropout")
         _validation.check_bool(use_bias, "use_bias")
@@ -63,22 +59,9 @@ class FeedForward(keras.layers.Layer):
         self.dropout = dropout
         self.use_bias = use_bias
         self.seed = seed
-        self.projection = _common.ProjectionSettings(
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         self.supports_masking = True
-        self.intermediate_dense = keras.layers.Dense(
-            intermediate_dim,
-            activation=self.activation,
-            use_bias=use_bias,
-            name="intermediate_dense",
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
+        self.intermediate_dense = self.projection.dense(
+            intermediate_dim, "intermediate_dense", activation=self.activation
         )
         self.dropout_layer = keras.layers.Dropout(
             dropout, seed=seed, name="dropout", dtype=self.dtype_policy
@@ -89,13 +72,7 @@ class FeedForward(keras.layers.Layer):
         _validation.check_rank(inputs_shape, (2, 3, 4), "inputs", "(batch, ..., features)")
         _validation.check_known_features(inputs_shape, "inputs")
         features = inputs_shape[-1]
-        self.output_dense = keras.layers.Dense(
-            features,
-            use_bias=self.use_bias,
-            name="output_dense",
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+        self.output_dense = self.projection.dense(features, "output_dense")
         self.intermediate_dense.build(inputs_shape)
         self.output_dense.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
         self.built = True

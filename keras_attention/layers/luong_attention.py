@@ -75,16 +75,12 @@ class LuongAttention(QueryValueAttention):
         scale=False,
         use_bias=True,
         dropout=0.0,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         seed=None,
         **kwargs,
     ):
+        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(dropout=dropout, seed=seed, **kwargs)
+        self.projection = projection
         _validation.check_one_of(score, "score", _SCORES)
         if score == "concat":
             _validation.check_positive_int(units, "units")
@@ -104,28 +100,11 @@ class LuongAttention(QueryValueAttention):
         self.units = units
         self.scale = scale
         self.use_bias = use_bias
-        self.projection = _common.ProjectionSettings(
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         # `general` needs the query size, known only in build().
         self.key_dense = None
         if score == "concat":
-            self.concat_dense = self._make_dense(units, use_bias, "concat")
-            self.score_dense = self._make_dense(1, False, "score")
-
-    def _make_dense(self, units, use_bias, name):
-        return keras.layers.Dense(
-            units,
-            use_bias=use_bias,
-            name=name,
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+            self.concat_dense = self.projection.dense(units, "concat")
+            self.score_dense = self.projection.dense(1, "score", use_bias=False)
 
     def _build_scores(self, query_shape, key_shape):
         query_features, key_features = query_shape[-1], key_shape[-1]
@@ -145,7 +124,7 @@ class LuongAttention(QueryValueAttention):
                     "score='general' needs a known query size (last axis). "
                     f"Received: query.shape={query_shape}"
                 )
-            self.key_dense = self._make_dense(query_features, False, "key")
+            self.key_dense = self.projection.dense(query_features, "key", use_bias=False)
             self.key_dense.build(key_shape)
         else:
             if None in (query_features, key_features):

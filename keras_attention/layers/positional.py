@@ -43,8 +43,8 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
     Example:
     >>> import numpy as np
     >>> x = np.zeros((2, 5, 8), "float32")
-    >>> SinusoidalPositionEncoding()(x).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(SinusoidalPositionEncoding()(x).shape)
+    (2, 5, 8)
     """
 
     def __init__(self, max_wavelength=10000, **kwargs):
@@ -120,8 +120,8 @@ class PositionEmbedding(keras.layers.Layer):
     Example:
     >>> import numpy as np
     >>> layer = PositionEmbedding(sequence_length=16)
-    >>> layer(np.zeros((2, 5, 8), "float32")).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(layer(np.zeros((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
     """
 
     def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
@@ -221,8 +221,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     >>> import numpy as np
     >>> layer = TokenAndPositionEmbedding(100, 16, 8, mask_zero=True)
     >>> x = layer(np.array([[5, 7, 0]]))
-    >>> x.shape, layer(x, reverse=True).shape
-    (TensorShape([1, 3, 8]), TensorShape([1, 3, 100]))
+    >>> tuple(x.shape), tuple(layer(x, reverse=True).shape)
+    ((1, 3, 8), (1, 3, 100))
     """
 
     def __init__(

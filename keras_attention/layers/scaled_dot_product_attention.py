@@ -42,8 +42,8 @@ class ScaledDotProductAttention(QueryValueAttention):
     >>> q = np.random.rand(2, 3, 16).astype("float32")
     >>> v = np.random.rand(2, 5, 16).astype("float32")
     >>> out, weights = layer(q, v, return_attention_scores=True)
-    >>> out.shape, weights.shape
-    (TensorShape([2, 3, 16]), TensorShape([2, 3, 5]))
+    >>> tuple(out.shape), tuple(weights.shape)
+    ((2, 3, 16), (2, 3, 5))
     """
 
     def __init__(self, dropout=0.0, scale=None, seed=None, **kwargs):

@@ -2,8 +2,7 @@
 
 import keras
 
-from keras_attention import _validation
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 
@@ -53,16 +52,12 @@ class SelfAttention(keras.layers.Layer):
         units,
         use_bias=True,
         dropout=0.0,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         seed=None,
         **kwargs,
     ):
+        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(**kwargs)
+        self.projection = projection
         _validation.check_positive_int(units, "units")
         _validation.check_bool(use_bias, "use_bias")
         _validation.check_rate(dropout, "dropout")
@@ -70,28 +65,11 @@ class SelfAttention(keras.layers.Layer):
         self.use_bias = use_bias
         self.dropout = dropout
         self.seed = seed
-        self.projection = _common.ProjectionSettings(
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
-        self.query_dense = self._make_dense("query")
-        self.key_dense = self._make_dense("key")
-        self.value_dense = self._make_dense("value")
-
-    def _make_dense(self, role):
-        return keras.layers.Dense(
-            self.units,
-            use_bias=self.use_bias,
-            name=role,
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+        self.query_dense = self.projection.dense(units, "query")
+        self.key_dense = self.projection.dense(units, "key")
+        self.value_dense = self.projection.dense(units, "value")
 
     def build(self, inputs_shape):
         _validation.check_rank(inputs_shape, 3, "inputs", "rank 3 (batch, seq, features)")

@@ -66,8 +66,8 @@ class TransformerDecoder(_TransformerBlock):
     >>> import numpy as np
     >>> decoder = TransformerDecoder(num_heads=2, intermediate_dim=32)
     >>> target, source = np.zeros((2, 4, 8), "float32"), np.zeros((2, 6, 8), "float32")
-    >>> decoder(target, source).shape
-    TensorShape([2, 4, 8])
+    >>> tuple(decoder(target, source).shape)
+    (2, 4, 8)
     """
 
     def __init__(self, num_heads, intermediate_dim, **kwargs):

@@ -54,8 +54,8 @@ class TransformerEncoder(_TransformerBlock):
     Example:
     >>> import numpy as np
     >>> encoder = TransformerEncoder(num_heads=2, intermediate_dim=32)
-    >>> encoder(np.zeros((2, 5, 8), "float32")).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(encoder(np.zeros((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
     """
 
     def __init__(self, num_heads, intermediate_dim, **kwargs):
