@@ -7,11 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 import keras_attention as ka
 
 B, T, S, D = 2, 4, 5, 8
