@@ -114,7 +114,6 @@ def check_index(value, name, positive=False):
     dtype = keras.backend.standardize_dtype(tensor.dtype)
     if len(tensor.shape) != 0 or not dtype.startswith(("int", "uint")):
         raise ValueError(
-            f"{expected} Received: {name} with shape {tuple(tensor.shape)} "
-            f"and dtype {dtype}"
+            f"{expected} Received: {name} with shape {tuple(tensor.shape)} and dtype {dtype}"
         )
     return ops.cast(tensor, "int32")

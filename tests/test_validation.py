@@ -25,7 +25,9 @@ def test_positive_int_refuses(value):
     _raises(
         ValueError,
         f"`units` must be a positive integer. Received: units={value!r}",
-        v.check_positive_int, value, "units",
+        v.check_positive_int,
+        value,
+        "units",
     )
 
 
@@ -34,7 +36,10 @@ def test_positive_int_none_allowed_only_when_asked():
     _raises(
         ValueError,
         "`value_dim` must be a positive integer. Received: value_dim=0",
-        v.check_positive_int, 0, "value_dim", allow_none=True,
+        v.check_positive_int,
+        0,
+        "value_dim",
+        allow_none=True,
     )
 
 
@@ -48,7 +53,9 @@ def test_rate_refuses(value):
     _raises(
         ValueError,
         f"`dropout_rate` must be a float in [0, 1). Received: dropout_rate={value!r}",
-        v.check_rate, value, "dropout_rate",
+        v.check_rate,
+        value,
+        "dropout_rate",
     )
 
 
@@ -62,7 +69,9 @@ def test_positive_float_refuses(value):
     _raises(
         ValueError,
         f"`scale` must be a positive float. Received: scale={value!r}",
-        v.check_positive_float, value, "scale",
+        v.check_positive_float,
+        value,
+        "scale",
     )
 
 
@@ -72,7 +81,9 @@ def test_bool_accepts_only_bools():
         _raises(
             TypeError,
             f"`use_bias` must be a bool. Received: use_bias={value!r}",
-            v.check_bool, value, "use_bias",
+            v.check_bool,
+            value,
+            "use_bias",
         )
 
 
@@ -81,7 +92,10 @@ def test_one_of():
     _raises(
         ValueError,
         "`implementation` must be one of None, 'plain'. Received: implementation='x'",
-        v.check_one_of, "x", "implementation", (None, "plain"),
+        v.check_one_of,
+        "x",
+        "implementation",
+        (None, "plain"),
     )
 
 
@@ -90,7 +104,11 @@ def test_rank():
     _raises(
         ValueError,
         "`query` must be rank 3 (batch, seq, features). Received: query.shape=(2, 8)",
-        v.check_rank, (2, 8), 3, "query", "rank 3 (batch, seq, features)",
+        v.check_rank,
+        (2, 8),
+        3,
+        "query",
+        "rank 3 (batch, seq, features)",
     )
 
 
@@ -99,13 +117,16 @@ def test_sequence_needs_rank_3_and_known_features():
     _raises(
         ValueError,
         "`inputs` must be rank 3 (batch, seq, features). Received: inputs.shape=(2, 8)",
-        v.check_sequence, (2, 8), "inputs",
+        v.check_sequence,
+        (2, 8),
+        "inputs",
     )
     _raises(
         ValueError,
-        "The last axis of `inputs` (features) must be known. "
-        "Received: inputs.shape=(2, 5, None)",
-        v.check_sequence, (2, 5, None), "inputs",
+        "The last axis of `inputs` (features) must be known. Received: inputs.shape=(2, 5, None)",
+        v.check_sequence,
+        (2, 5, None),
+        "inputs",
     )
 
 
@@ -142,7 +163,9 @@ def test_index_refuses_python_values(value):
         ValueError,
         "`cache_index` must be a non-negative integer or a scalar integer tensor. "
         f"Received: cache_index={value!r}",
-        v.check_index, value, "cache_index",
+        v.check_index,
+        value,
+        "cache_index",
     )
 
 
@@ -151,7 +174,10 @@ def test_positive_index_refuses_zero():
         ValueError,
         "`max_length` must be a positive integer or a scalar integer tensor. "
         "Received: max_length=0",
-        v.check_index, 0, "max_length", positive=True,
+        v.check_index,
+        0,
+        "max_length",
+        positive=True,
     )
 
 
@@ -168,5 +194,7 @@ def test_index_refuses_tensors_that_are_not_scalar_ints(value, shape, dtype):
         ValueError,
         "`start_index` must be a non-negative integer or a scalar integer tensor. "
         f"Received: start_index with shape {shape} and dtype {dtype}",
-        v.check_index, keras.ops.convert_to_tensor(value), "start_index",
+        v.check_index,
+        keras.ops.convert_to_tensor(value),
+        "start_index",
     )
