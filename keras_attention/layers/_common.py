@@ -52,14 +52,6 @@ class ProjectionSettings:
         for key, module in _SETTING_MODULES.items():
             setattr(self, key, module.get(values[key]))
 
-    @classmethod
-    def pop_from(cls, kwargs, use_bias=True):
-        """Take the shared Dense settings out of a layer's `**kwargs` (the rest goes
-        to `keras.layers.Layer`); the dtype policy is the one the layer will get."""
-        settings = {key: kwargs.pop(key) for key in _SETTING_MODULES if key in kwargs}
-        dtype = keras.dtype_policies.get(kwargs.get("dtype"))
-        return cls(use_bias=use_bias, dtype=dtype, **settings)
-
     def dense(self, units, name, use_bias=None, activation=None):
         """A `keras.layers.Dense(units)` projection named `name` with these settings;
         `use_bias` (default: the layer's) and `activation` are per projection."""

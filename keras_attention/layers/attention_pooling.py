@@ -62,12 +62,26 @@ class AttentionPooling(keras.layers.Layer):
         use_bias=True,
         scale=False,
         dropout=0.0,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         seed=None,
         **kwargs,
     ):
-        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(**kwargs)
-        self.projection = projection
+        self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
         _validation.check_positive_int(units, "units", allow_none=True)
         _validation.check_positive_int(num_queries, "num_queries")
         _validation.check_bool(use_bias, "use_bias")

@@ -45,12 +45,26 @@ class FeedForward(keras.layers.Layer):
         activation="relu",
         dropout=0.0,
         use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         seed=None,
         **kwargs,
     ):
-        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(**kwargs)
-        self.projection = projection
+        self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
         _validation.check_positive_int(intermediate_dim, "intermediate_dim")
         _validation.check_rate(dropout, "dropout")
         _validation.check_bool(use_bias, "use_bias")

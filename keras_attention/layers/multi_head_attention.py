@@ -122,14 +122,28 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout=0.0,
         use_bias=True,
         output_dim=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
         activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         seed=None,
         implementation=None,
         **kwargs,
     ):
-        projection = _common.ProjectionSettings.pop_from(kwargs, use_bias)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.projection = projection
+        self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
         _validation.check_positive_int(num_heads, "num_heads")
         _validation.check_positive_int(key_dim, "key_dim")
         _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
