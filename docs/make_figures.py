@@ -1,6 +1,6 @@
 """Draw the pictures of docs/guide.md into docs/images/ and print the numbers it quotes.
 
-    python docs/make_figures.py            # needs matplotlib (pip install "keras-attention[plot]")
+    python docs/make_figures.py            # needs matplotlib (pip install "keras-attention-layers[plot]")
 
 The PNG files are not committed (`.gitignore`); run this script to (re)create them.
 """
