@@ -155,7 +155,7 @@ def merge_attention_masks(
 
     Args:
         query_mask: `(batch, q_len)` Keras mask of the queries; padded queries
-            attend nothing (their outputs are zeros).
+            attend nothing (their attention outputs are zeros).
         value_mask: `(batch, kv_len)` Keras mask of the values.
         key_mask: `(batch, kv_len)` Keras mask of the keys.
         attention_mask: `(batch, q_len, kv_len)` or `(batch, heads, q_len, kv_len)`.

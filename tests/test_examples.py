@@ -5,6 +5,7 @@ import os
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -53,9 +54,45 @@ def test_plot_attention(tmp_path):
 def test_date_translation(tmp_path):
     pytest.importorskip("matplotlib")
     result = _run("date_translation", tmp_path)
-    assert 0.0 <= result["exact_match"] <= 1.0
     assert all(len(p) == 10 for p in result["predictions"])  # YYYY-MM-DD length
+    assert not set(result["train_texts"]) & set(result["test_texts"])
     assert os.path.isfile(result["keras_path"]) and result["pictures"]
+
+
+def test_date_translation_held_out_dates_are_never_trained_on():
+    sys.path.insert(0, EXAMPLES)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "example_dates", os.path.join(EXAMPLES, "date_translation.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(EXAMPLES)
+    rng = np.random.default_rng(0)
+    train_days, test_days = module.split_days(12000, 1000, rng)  # the full run's sizes
+    assert len(set(test_days.tolist())) == 1000
+    assert not set(train_days.tolist()) & set(test_days.tolist())
+    train_texts, _ = module.make_dates(train_days, rng)
+    test_texts, test_isos = module.make_dates(test_days, rng)
+    assert not set(train_texts) & set(test_texts)
+    assert len(set(test_isos)) == 1000
+
+
+def test_relative_output_dir_from_another_folder(tmp_path, monkeypatch):
+    """`--output-dir some/relative/dir` works (the serving subprocess runs elsewhere)."""
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, EXAMPLES)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "example_quickstart_rel", os.path.join(EXAMPLES, "quickstart.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        result = module.main(["--smoke", "--output-dir", "some/relative/dir"])
+    finally:
+        sys.path.remove(EXAMPLES)
+        keras.backend.clear_session()
+    assert result["served_diff"] <= 1e-5
+    assert os.path.isfile(tmp_path / "some/relative/dir/quickstart_digits.keras")
 
 
 def test_char_language_model(tmp_path):

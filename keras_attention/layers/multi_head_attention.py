@@ -80,7 +80,10 @@ class MultiHeadAttention(keras.layers.Layer):
         key: optional `(batch, kv_len, key_features)`; defaults to `value`.
         query_mask, value_mask, key_mask: Keras masks `(batch, len)`, filled in by
             Keras (e.g. from `Embedding(mask_zero=True)`). Padded keys get no weight;
-            padded queries attend nothing and their outputs are zeros.
+            padded queries attend nothing: their attention part is zero, so their
+            output rows equal the output projection's bias (zeros only with
+            `use_bias=False`). (`keras.layers.MultiHeadAttention` gives them the
+            projected mean of the values instead.) The query's mask travels on.
         attention_mask: boolean `(batch, q_len, kv_len)` or
             `(batch, num_heads, q_len, kv_len)`, `True` = may attend.
         use_causal_mask: if `True`, query `i` attends only keys `j <= i`.
