@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.layers._common import ProjectionSettings
 
 PUBLIC_LAYERS = [
     "ScaledDotProductAttention",
@@ -159,12 +158,6 @@ def _constructor_arguments(cls):
             if param.name in ("self", "kwargs") or param.kind is param.VAR_KEYWORD:
                 continue
             names.setdefault(param.name, param.default)
-        if "ProjectionSettings.pop_from" in inspect.getsource(klass):
-            # The Dense settings a layer takes through `**kwargs` and hands to its
-            # projections (kernel_initializer, ...): documented arguments too.
-            for param in inspect.signature(ProjectionSettings.__init__).parameters.values():
-                if param.name not in ("self", "use_bias", "dtype"):
-                    names.setdefault(param.name, param.default)
     return names
 
 
