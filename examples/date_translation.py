@@ -128,10 +128,16 @@ def decode_text(ids):
 
 
 def main(argv=None):
-    args = _shared.parse_args(__doc__.splitlines()[0], argv, epochs=12)
+    def sizes(parser):
+        parser.add_argument("--train-size", type=int, default=12000,
+                            help="training dates (default 12000; 128 with --smoke)")
+        parser.add_argument("--test-size", type=int, default=1000,
+                            help="held-out dates (default 1000; 32 with --smoke)")
+
+    args = _shared.parse_args(__doc__.splitlines()[0], argv, epochs=12, extra=sizes)
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    train_count, test_count = (128, 32) if args.smoke else (12000, 1000)
+    train_count, test_count = (128, 32) if args.smoke else (args.train_size, args.test_size)
     train_days, test_days = split_days(train_count, test_count, rng)
     train_texts, train_isos = make_dates(train_days, rng)
     test_texts, test_isos = make_dates(test_days, rng)

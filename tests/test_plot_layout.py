@@ -5,7 +5,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from keras_attention.plot import plot_attention  # noqa: E402
+import itertools
+
+from keras_attention.plot import plot_attention
 
 
 def _text_boxes(fig):
@@ -50,7 +52,7 @@ def test_multi_panel_titles_and_ticks_do_not_overlap(num_heads, length):
         for owner in range(num_heads):
             for kind in ("x", "y"):
                 ticks = [b for o, k, b in boxes if o == owner and k == kind]
-                for a, b in zip(ticks, ticks[1:]):
+                for a, b in itertools.pairwise(ticks):
                     assert not _overlap(a, b), (owner, kind)
         suptitle = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
         for _, _, box in boxes:
