@@ -64,16 +64,15 @@ def map_sequentially(fn, xs, output_zeros):
 
 
 def to_numpy(x):
-    """A numpy array from a numpy array, a list, or any backend's tensor.
+    """A numpy array from a numpy array, a list, or a tensor of any backend.
 
-    `keras.ops.convert_to_numpy` detaches PyTorch tensors that require grad (their
-    `.numpy()` raises) and moves device tensors to the host.
+    PyTorch tensors that require grad are detached first (their `.numpy()` raises),
+    and device tensors are copied to the host, as `keras.ops.convert_to_numpy` does.
     """
     if isinstance(x, np.ndarray):
         return x
-    if ops.is_tensor(x) or hasattr(x, "__array__") and not isinstance(x, (list, tuple)):
-        try:
-            return ops.convert_to_numpy(x)
-        except (TypeError, ValueError):
-            pass
+    if ops.is_tensor(x):
+        return ops.convert_to_numpy(x)
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a PyTorch tensor, other backend
+        x = x.detach().cpu()
     return np.asarray(x)
