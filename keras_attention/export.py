@@ -118,7 +118,9 @@ def serving_signature(model, dynamic_axes=(0, 1)):
     return specs
 
 
-def export_saved_model(model, path, input_signature=None, endpoint_name="serve", verbose=False):
+def export_saved_model(
+    model, path, input_signature=None, endpoint_name="serve", verbose=False, **kwargs
+):
     """Export `model` as a TensorFlow SavedModel that serves without this package.
 
     The serving function (endpoint `endpoint_name`, also the `serving_default`
@@ -138,6 +140,10 @@ def export_saved_model(model, path, input_signature=None, endpoint_name="serve",
         input_signature: optional list of `tf.TensorSpec`, one per model input.
         endpoint_name: name of the serving function on the loaded object.
         verbose: print Keras' summary of the exported endpoint.
+        **kwargs: passed on to `keras.export.ExportArchive.add_endpoint`. On JAX,
+            every dynamic axis becomes its own symbol; a model that needs two inputs'
+            lengths equal (it concatenates them, say) names the shared symbol with
+            `jax2tf_kwargs={"polymorphic_shapes": ["(b, n, 6)", "(b, n, 4)"]}`.
 
     Returns:
         The absolute path of the export folder, as a string.
@@ -177,6 +183,7 @@ def export_saved_model(model, path, input_signature=None, endpoint_name="serve",
             name=endpoint_name,
             fn=_serving_fn(model),
             input_signature=list(input_signature),
+            **kwargs,
         )
         archive.write_out(tmp_dir, verbose=verbose)
         os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp made it private (0700)

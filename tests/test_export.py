@@ -32,9 +32,10 @@ def _self_attention_model():
 
 
 def _two_input_model():
+    """Cross-attention: the query and context lengths vary independently."""
     query = keras.Input((None, FEATURES), name="query")
     context = keras.Input((None, 4), name="context")
-    x = keras.layers.Concatenate()([query, keras.layers.Dense(FEATURES)(context)])
+    x = keras_attention.MultiHeadAttention(2, 3)(query, keras.layers.Dense(FEATURES)(context))
     x = keras_attention.SelfAttention(5)(x)
     return keras.Model([query, context], x)
 
@@ -154,9 +155,9 @@ def test_export_and_load_in_process(tmp_path):
     path = export.export_saved_model(model, tmp_path / "export")
     serve = export.load_saved_model(path)
     rng = np.random.default_rng(3)
-    for batch, q_len in [(1, 3), (4, 7)]:
+    for batch, q_len, kv_len in [(1, 3, 3), (4, 7, 2)]:
         query = rng.normal(size=(batch, q_len, FEATURES)).astype("float32")
-        context = rng.normal(size=(batch, q_len, 4)).astype("float32")
+        context = rng.normal(size=(batch, kv_len, 4)).astype("float32")
         expected = model.predict([query, context], verbose=0)
         np.testing.assert_allclose(np.asarray(serve(query, context)), expected, atol=1e-5)
 
