@@ -31,4 +31,4 @@ from keras_attention.layers.transformer import (
 )
 from keras_attention import models  # noqa: E402  (builders, generate)
 # -- export, plot (issue 7) --
-from keras_attention import export, plot  # noqa: E402  (plot imports matplotlib lazily)
+from keras_attention import distribution, export, plot  # noqa: E402  (plot imports matplotlib lazily)
