@@ -36,6 +36,8 @@ def parse_args(description, argv, epochs, extra=None):
         args.epochs = 1
     if args.epochs < 1:
         parser.error(f"--epochs must be a positive integer. Received: --epochs={args.epochs}")
+    # Absolute, so paths stay valid for subprocesses started in another folder.
+    args.output_dir = os.path.abspath(args.output_dir)
     os.makedirs(args.output_dir, exist_ok=True)
     return args
 
@@ -92,6 +94,8 @@ def serve_in_fresh_process(export_dir, inputs, workdir):
     """
     import numpy as np
 
+    # The subprocess runs with cwd=workdir: relative paths would point elsewhere.
+    export_dir, workdir = os.path.abspath(export_dir), os.path.abspath(workdir)
     inputs_file = os.path.join(workdir, "serve_inputs.npz")
     outputs_file = os.path.join(workdir, "serve_outputs.npz")
     np.savez(inputs_file, **inputs)

@@ -3,7 +3,7 @@
 Trains the quickstart's digit classifier (8 pixel rows as 8 tokens), then draws for
 a few test digits the self-attention weights of each head (`row i attends row j`)
 and the weights with which `AttentionPooling` summarises the rows, as PNG files in
-`--output-dir` (matplotlib required: `pip install "keras-attention[plot]"`).
+`--output-dir` (matplotlib required: `pip install "keras-attention-layers[plot]"`).
 
     python examples/plot_attention.py
 """

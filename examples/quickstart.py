@@ -10,7 +10,7 @@ Then: save a `.keras` file with `keras_attention.export.save_model`, reload it w
 `keras.saving.load_model` and compare; export a TensorFlow SavedModel and serve it in
 a fresh Python process where `keras_attention` cannot be imported; compare again.
 
-    python examples/quickstart.py            # ~99% test accuracy in well under a minute
+    python examples/quickstart.py            # 0.992 test accuracy measured; ~2.5 min on 2 busy cores
     python examples/quickstart.py --smoke    # seconds, for the test suite
 """
 

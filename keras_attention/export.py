@@ -149,13 +149,15 @@ def export_saved_model(
         The absolute path of the export folder, as a string.
 
     Example:
+    >>> import os, tempfile
     >>> import keras, keras_attention, numpy as np
     >>> inputs = keras.Input((None, 8))
     >>> model = keras.Model(inputs, keras_attention.SelfAttention(8)(inputs))
-    >>> path = keras_attention.export.export_saved_model(model, "/tmp/sa_export")
+    >>> folder = os.path.join(tempfile.mkdtemp(), "self_attention")
+    >>> path = keras_attention.export.export_saved_model(model, folder)
     >>> serve = keras_attention.export.load_saved_model(path)
-    >>> serve(np.zeros((3, 5, 8), "float32")).shape
-    TensorShape([3, 5, 8])
+    >>> tuple(serve(np.zeros((3, 5, 8), "float32")).shape)
+    (3, 5, 8)
     """
     _check_model(model)
     _check_saved_model_backend("export_saved_model")

@@ -6,11 +6,11 @@ reshapes shared by the multi-head layers live here too.
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention import backend as backend_lib
 from keras_attention import masks as masks_lib
 
@@ -89,18 +89,18 @@ def scaled_dot_product_attention(
     >>> import numpy as np
     >>> q = np.random.rand(2, 4, 8).astype("float32")
     >>> kv = np.random.rand(2, 6, 8).astype("float32")
-    >>> scaled_dot_product_attention(q, kv, kv).shape
-    TensorShape([2, 4, 8])
+    >>> tuple(scaled_dot_product_attention(q, kv, kv).shape)
+    (2, 4, 8)
     """
     query = ops.convert_to_tensor(query)
     key = ops.convert_to_tensor(key, dtype=query.dtype)
     value = ops.convert_to_tensor(value, dtype=query.dtype)
     _check_qkv_shapes(query.shape, key.shape, value.shape)
-    _check_dropout_rate(dropout_rate)
+    _validation.check_rate(dropout_rate, "dropout_rate")
     if scale is None:
         scale = _default_scale(query)
     else:
-        _check_scale(scale)
+        _validation.check_positive_float(scale, "scale")
 
     scores_shape = tuple(query.shape[:-1]) + (key.shape[-2],)
     mask = _check_mask(mask, scores_shape)
@@ -159,7 +159,7 @@ def attention_from_scores(
     Returns:
         `(..., q_len, d_v)`, or `(output, weights)` with `return_attention_scores`.
     """
-    _check_dropout_rate(dropout_rate)
+    _validation.check_rate(dropout_rate, "dropout_rate")
     mask = _check_mask(mask, tuple(scores.shape))
     # Softmax in float32 even under mixed precision: float16 exp() overflows at 11.
     if keras.backend.standardize_dtype(scores.dtype) in _LOW_PRECISION:
@@ -201,11 +201,7 @@ _IMPLEMENTATIONS = (None, "plain", "chunked", "fused")
 
 def check_implementation(implementation):
     """Raise `ValueError` unless `implementation` names an attention implementation."""
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(
-            "`implementation` must be one of None, 'plain', 'chunked', 'fused'. "
-            f"Received: implementation={implementation!r}"
-        )
+    _validation.check_one_of(implementation, "implementation", _IMPLEMENTATIONS)
 
 
 def _choose_implementation(implementation, scores_shape, need_weights, need_dropout):
@@ -248,12 +244,7 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
     """
     batch_shape = tuple(query.shape[:-2])
     kv_len = key.shape[-2]
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(
-            f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}"
-        )
+    _validation.check_positive_int(chunk_size, "chunk_size", allow_none=True)
     q_len = query.shape[-2]
     if not _static(q_len):
         # Keras' scan needs a static number of steps: with a length unknown while
@@ -438,19 +429,3 @@ def _check_qkv_shapes(q_shape, k_shape, v_shape):
 
 def _differ(a, b):
     return _static(a) and _static(b) and a != b
-
-
-def _check_dropout_rate(rate, name="dropout_rate"):
-    if (
-        not isinstance(rate, numbers.Real)
-        or isinstance(rate, bool)
-        or not 0.0 <= rate < 1.0
-    ):
-        raise ValueError(
-            f"`{name}` must be a float in [0, 1). Received: {name}={rate!r}"
-        )
-
-
-def _check_scale(scale):
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale > 0:
-        raise ValueError(f"`scale` must be a positive float. Received: scale={scale!r}")

@@ -1,15 +1,15 @@
 """Every bad input to the public API gets a ValueError/TypeError that names the
 argument and shows what was received (issue 9)."""
 
-import os
 import re
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import keras_attention as ka
-from keras_attention import masks, ops as aops
+from keras_attention import masks
+from keras_attention import ops as aops
 
 B, T, S, D = 2, 4, 5, 8
 

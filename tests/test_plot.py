@@ -119,4 +119,4 @@ def test_package_works_without_matplotlib():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ModuleNotFoundError |")
-    assert 'pip install "keras-attention[plot]"' in result.stdout
+    assert 'pip install "keras-attention-layers[plot]"' in result.stdout

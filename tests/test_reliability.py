@@ -7,10 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import keras_attention as ka
 from tests.utils import value_and_gradients
 

@@ -1,0 +1,249 @@
+"""`TransformerDecoder`: one decoder block, causal self-attention, optional
+cross-attention, then a feed-forward network, with a decoding cache."""
+
+import keras
+from keras import ops
+
+from keras_attention import _validation, masks
+from keras_attention.layers._transformer_block import (
+    _check_padding_mask,
+    _TransformerBlock,
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class TransformerDecoder(_TransformerBlock):
+    """One decoder block: causal self-attention, optional cross-attention, then FFN.
+
+    Post-norm (the paper):
+    `x = LN(x + Dropout(CausalMHA(x, x)))`,
+    `x = LN(x + Dropout(MHA(x, encoder_sequence)))` (only with `encoder_sequence`),
+    `y = LN(x + Dropout(FFN(x)))`. `normalize_first=True` moves each LayerNorm to
+    the sublayer's input, as in :class:`TransformerEncoder`.
+
+    Without `encoder_sequence` the block is a GPT-style decoder (no cross-attention
+    weights are created). The cross-attention sublayers are created by `build` only
+    when it receives an `encoder_sequence` shape, i.e. when the layer is first
+    called with one; a decoder built one way cannot be called the other way.
+
+    Incremental decoding: pass a `self_attention_cache` (from
+    :meth:`get_initial_cache`) and `cache_index`; the new token(s) are written in
+    the cache at `cache_index` and attend causally to everything before them, so
+    each step costs one position instead of the whole prefix. Cross-attention is
+    recomputed from `encoder_sequence` at each step.
+
+    Sublayers: `self_attention`, `self_attention_dropout`,
+    `self_attention_layer_norm`, `cross_attention`, `cross_attention_dropout`,
+    `cross_attention_layer_norm` (the last three `None` without cross-attention),
+    `feedforward`, `feedforward_dropout`, `feedforward_layer_norm`. Parameters, with
+    `d` decoder and `e` encoder features: `4 d h k + 3 h k + d` (self-attention)
+    `+ 2 d h k + 2 e h k + 3 h k + d + 2 d` (cross-attention and its LayerNorm)
+    `+ 2 d f + f + d + 4 d` (FFN and two LayerNorms).
+
+    Args:
+        Same as :class:`TransformerEncoder`.
+
+    Call arguments:
+        decoder_sequence: `(batch, seq, features)`.
+        encoder_sequence: optional `(batch, enc_seq, enc_features)`.
+        decoder_padding_mask: boolean `(batch, seq)`, `True` for real tokens; with a
+            cache, `(batch, max_length)` over the cache positions.
+        encoder_padding_mask: boolean `(batch, enc_seq)`.
+        self_attention_cache: optional cache tensor of the self-attention,
+            `(batch, max_length, num_heads * 2 * key_dim)`.
+        cache_index: int or scalar int tensor, where the new tokens go in the cache
+            (required with `self_attention_cache`).
+        training: whether dropout is active.
+        decoder_sequence_mask, encoder_sequence_mask (or `mask` when
+            `decoder_sequence` is the only tensor): Keras masks, filled in by Keras
+            and combined with the padding masks.
+
+    Returns:
+        `(batch, seq, features)` carrying the decoder's Keras mask, or with
+        `self_attention_cache` the pair `(outputs, new_cache)`.
+
+    Example:
+    >>> import numpy as np
+    >>> decoder = TransformerDecoder(num_heads=2, intermediate_dim=32)
+    >>> target, source = np.zeros((2, 4, 8), "float32"), np.zeros((2, 6, 8), "float32")
+    >>> tuple(decoder(target, source).shape)
+    (2, 4, 8)
+    """
+
+    def __init__(self, num_heads, intermediate_dim, **kwargs):
+        super().__init__(num_heads, intermediate_dim, **kwargs)
+        self.self_attention = None
+        self.self_attention_dropout = self._dropout("self_attention_dropout")
+        self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
+        self.cross_attention = None
+        self.cross_attention_dropout = None
+        self.cross_attention_layer_norm = None
+
+    def _layer_norms(self):
+        norms = (self.self_attention_layer_norm, self.feedforward_layer_norm)
+        if self.cross_attention_layer_norm is not None:
+            norms += (self.cross_attention_layer_norm,)
+        return norms
+
+    def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
+        _validation.check_sequence(decoder_sequence_shape, "decoder_sequence")
+        features = decoder_sequence_shape[-1]
+        self.self_attention = self._attention(features, "self_attention")
+        self.self_attention.build(decoder_sequence_shape, decoder_sequence_shape)
+        if encoder_sequence_shape is not None:
+            _validation.check_sequence(encoder_sequence_shape, "encoder_sequence")
+            self.cross_attention = self._attention(features, "cross_attention")
+            self.cross_attention.build(decoder_sequence_shape, encoder_sequence_shape)
+            self.cross_attention_dropout = self._dropout("cross_attention_dropout")
+            self.cross_attention_layer_norm = self._layer_norm(
+                "cross_attention_layer_norm"
+            )
+        self._build_feedforward(decoder_sequence_shape)
+        self.built = True
+
+    def get_initial_cache(self, batch_size, max_length, dtype=None):
+        """A zero self-attention cache for incremental decoding (layer must be built)."""
+        if self.self_attention is None:
+            raise ValueError(
+                "The decoder must be built (called once) before `get_initial_cache`."
+            )
+        return self.self_attention.get_initial_cache(batch_size, max_length, dtype)
+
+    def call(
+        self,
+        decoder_sequence,
+        encoder_sequence=None,
+        decoder_padding_mask=None,
+        encoder_padding_mask=None,
+        self_attention_cache=None,
+        cache_index=None,
+        training=None,
+        mask=None,
+        decoder_sequence_mask=None,
+        encoder_sequence_mask=None,
+    ):
+        self._check_call(encoder_sequence, self_attention_cache, cache_index)
+        use_cache = self_attention_cache is not None
+        dec_len = ops.shape(decoder_sequence)[1]
+        decoder_mask = mask if decoder_sequence_mask is None else decoder_sequence_mask
+        if use_cache:
+            self_mask = self._cached_self_attention_mask(
+                decoder_padding_mask, decoder_mask, self_attention_cache, dec_len
+            )
+        else:
+            decoder_padding_mask = masks.combine_masks(
+                _check_padding_mask(
+                    decoder_padding_mask, decoder_sequence, "decoder_padding_mask",
+                    "decoder_sequence",
+                ),
+                decoder_mask,
+            )
+            self_mask = masks.merge_attention_masks(
+                query_mask=decoder_padding_mask,
+                value_mask=decoder_padding_mask,
+                use_causal_mask=True,
+                q_len=dec_len,
+                kv_len=dec_len,
+            )
+
+        new_cache = []
+
+        def self_attention(x):
+            if not use_cache:
+                return self.self_attention(
+                    x, x, attention_mask=self_mask, training=training
+                )
+            output, cache = self.self_attention(
+                x, x, attention_mask=self_mask, cache=self_attention_cache,
+                cache_index=cache_index, training=training,
+            )
+            new_cache.append(cache)
+            return output
+
+        x = self._residual(
+            decoder_sequence, self_attention, self.self_attention_layer_norm,
+            self.self_attention_dropout, training,
+        )
+        if encoder_sequence is not None:
+            encoder_padding_mask = masks.combine_masks(
+                _check_padding_mask(
+                    encoder_padding_mask, encoder_sequence, "encoder_padding_mask",
+                    "encoder_sequence",
+                ),
+                encoder_sequence_mask,
+            )
+            cross_mask = masks.merge_attention_masks(
+                value_mask=encoder_padding_mask,
+                q_len=dec_len,
+                kv_len=ops.shape(encoder_sequence)[1],
+            )
+
+            def cross_attention(y):
+                return self.cross_attention(
+                    y, encoder_sequence, attention_mask=cross_mask, training=training
+                )
+
+            x = self._residual(
+                x, cross_attention, self.cross_attention_layer_norm,
+                self.cross_attention_dropout, training,
+            )
+        x = self._residual(
+            x, lambda y: self.feedforward(y, training=training),
+            self.feedforward_layer_norm, self.feedforward_dropout, training,
+        )
+        return (x, new_cache[0]) if use_cache else x
+
+    def _check_call(self, encoder_sequence, cache, cache_index):
+        if encoder_sequence is not None and self.cross_attention is None:
+            raise ValueError(
+                "This TransformerDecoder was built without cross-attention (its first "
+                "call had no `encoder_sequence`), so it cannot take `encoder_sequence`"
+                ". Use a new decoder, first called with an `encoder_sequence`."
+            )
+        if encoder_sequence is None and self.cross_attention is not None:
+            raise ValueError(
+                "This TransformerDecoder was built with cross-attention, so "
+                "`encoder_sequence` is required. Received: encoder_sequence=None"
+            )
+        if cache is not None and cache_index is None:
+            raise ValueError(
+                "`cache_index` is required with `self_attention_cache`. "
+                "Received: cache_index=None"
+            )
+        if cache is None and cache_index is not None:
+            raise ValueError(
+                "`cache_index` is only used with `self_attention_cache`. "
+                f"Received: cache_index={cache_index!r}, self_attention_cache=None"
+            )
+
+    def _cached_self_attention_mask(self, padding_mask, query_mask, cache, dec_len):
+        """With a cache, the keys are the cache's `max_length` slots; the attention
+        layer adds the causal part (new tokens see slots up to their own)."""
+        max_length = ops.shape(cache)[1]
+        if padding_mask is not None:
+            padding_mask = masks.validate_mask(padding_mask, "decoder_padding_mask")
+            shape = tuple(padding_mask.shape)
+            if len(shape) != 2 or not _validation.compatible(shape, (cache.shape[0], cache.shape[1])):
+                raise ValueError(
+                    "With `self_attention_cache`, `decoder_padding_mask` must have "
+                    "shape (batch, max_length) over the cache positions, i.e. "
+                    f"{tuple(cache.shape[:2])}. Received: "
+                    f"decoder_padding_mask.shape={shape}, "
+                    f"self_attention_cache.shape={tuple(cache.shape)}"
+                )
+        return masks.merge_attention_masks(
+            query_mask=query_mask,
+            value_mask=padding_mask,
+            q_len=dec_len,
+            kv_len=max_length,
+        )
+
+    def compute_output_shape(
+        self,
+        decoder_sequence_shape,
+        encoder_sequence_shape=None,
+        self_attention_cache_shape=None,
+    ):
+        if self_attention_cache_shape is not None:
+            return tuple(decoder_sequence_shape), tuple(self_attention_cache_shape)
+        return tuple(decoder_sequence_shape)

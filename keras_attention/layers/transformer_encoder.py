@@ -1,0 +1,118 @@
+"""`TransformerEncoder`: one encoder block, self-attention then a feed-forward network."""
+
+import keras
+from keras import ops
+
+from keras_attention import _validation, masks
+from keras_attention.layers._transformer_block import (
+    _check_padding_mask,
+    _TransformerBlock,
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class TransformerEncoder(_TransformerBlock):
+    """One encoder block of "Attention Is All You Need": self-attention, then FFN.
+
+    Post-norm (the paper, `normalize_first=False`):
+    `x = LayerNorm(x + Dropout(MHA(x, x)))`, `y = LayerNorm(x + Dropout(FFN(x)))`.
+    Pre-norm (`normalize_first=True`):
+    `x = x + Dropout(MHA(LN(x), LN(x)))`, `y = x + Dropout(FFN(LN(x)))`; a stack
+    of pre-norm blocks is usually followed by one final `LayerNormalization`.
+
+    Sublayers: `self_attention` (`MultiHeadAttention`), `self_attention_dropout`,
+    `self_attention_layer_norm`, `feedforward` (:class:`FeedForward`),
+    `feedforward_dropout`, `feedforward_layer_norm`. With `d` features,
+    `h = num_heads`, `k = key_dim`, `f = intermediate_dim` the block has
+    `4 d h k + 3 h k + d` (attention) `+ 2 d f + f + d` (FFN) `+ 4 d` (two
+    LayerNorms) parameters.
+
+    Args:
+        num_heads: positive int, number of attention heads.
+        intermediate_dim: positive int, hidden size of the FFN.
+        key_dim: size of each head; default `features // num_heads`.
+        dropout: float in `[0, 1)`, used on the attention probabilities and on each
+            sublayer's output before the residual addition (the paper's `P_drop`).
+        activation: FFN activation.
+        layer_norm_epsilon: positive float.
+        normalize_first: pre-norm if `True`, post-norm (the paper) if `False`.
+        kernel_initializer, bias_initializer: for every `Dense` inside.
+        seed: int, seed for the dropouts.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `(batch, seq, features)`.
+        padding_mask: boolean `(batch, seq)`, `True` for real tokens.
+        attention_mask: boolean `(batch, seq, seq)`, `True` = may attend.
+        training: whether dropout is active.
+        mask: the Keras mask of `inputs`, filled in by Keras; combined with
+            `padding_mask`. Padded positions are never attended.
+
+    Returns:
+        `(batch, seq, features)`, carrying the input's Keras mask.
+
+    Example:
+    >>> import numpy as np
+    >>> encoder = TransformerEncoder(num_heads=2, intermediate_dim=32)
+    >>> tuple(encoder(np.zeros((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
+    """
+
+    def __init__(self, num_heads, intermediate_dim, **kwargs):
+        super().__init__(num_heads, intermediate_dim, **kwargs)
+        self.self_attention = None
+        self.self_attention_dropout = self._dropout("self_attention_dropout")
+        self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
+
+    def _layer_norms(self):
+        return (self.self_attention_layer_norm, self.feedforward_layer_norm)
+
+    def build(self, inputs_shape):
+        _validation.check_sequence(inputs_shape, "inputs")
+        self.self_attention = self._attention(inputs_shape[-1], "self_attention")
+        self.self_attention.build(inputs_shape, inputs_shape)
+        self._build_feedforward(inputs_shape)
+        self.built = True
+
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        attention_mask=None,
+        training=None,
+        mask=None,
+        inputs_mask=None,
+    ):
+        # Keras fills `mask` when `inputs` is the only tensor argument and
+        # `inputs_mask` when more tensors are passed.
+        padding_mask = masks.combine_masks(
+            _check_padding_mask(padding_mask, inputs, "padding_mask", "inputs"),
+            mask if mask is not None else inputs_mask,
+        )
+        seq_len = ops.shape(inputs)[1]
+        # Padded keys are never attended; padded queries attend nothing (their
+        # attention output is zero, and the output mask marks them).
+        attention_mask = masks.merge_attention_masks(
+            query_mask=padding_mask,
+            value_mask=padding_mask,
+            attention_mask=attention_mask,
+            q_len=seq_len,
+            kv_len=seq_len,
+        )
+
+        def self_attention(x):
+            return self.self_attention(
+                x, x, attention_mask=attention_mask, training=training
+            )
+
+        x = self._residual(
+            inputs, self_attention, self.self_attention_layer_norm,
+            self.self_attention_dropout, training,
+        )
+        return self._residual(
+            x, lambda y: self.feedforward(y, training=training),
+            self.feedforward_layer_norm, self.feedforward_dropout, training,
+        )
+
+    def compute_output_shape(self, inputs_shape):
+        return tuple(inputs_shape)
