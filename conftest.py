@@ -3,14 +3,22 @@
 import keras
 import pytest
 
-# Docstring examples that need the TensorFlow backend (SavedModel export).
-_TENSORFLOW_ONLY = {"keras_attention.export.export_saved_model"}
+# Docstring examples that need particular backends, with the reason.
+_BACKENDS = {
+    "keras_attention.export.export_saved_model": (
+        ("tensorflow", "jax"), "SavedModel export needs TensorFlow or JAX"),
+    "keras_attention.export.export_torch_program": (
+        ("torch",), "torch.export needs the PyTorch backend"),
+    "keras_attention.distribution.layout_map": (
+        ("jax",), "keras.distribution runs on JAX"),
+}
 
 
 def pytest_collection_modifyitems(config, items):
-    if keras.backend.backend() == "tensorflow":
-        return
-    skip = pytest.mark.skip(reason="SavedModel export needs the TensorFlow backend")
+    backend = keras.backend.backend()
     for item in items:
-        if isinstance(item, pytest.DoctestItem) and item.name in _TENSORFLOW_ONLY:
-            item.add_marker(skip)
+        if not isinstance(item, pytest.DoctestItem) or item.name not in _BACKENDS:
+            continue
+        backends, reason = _BACKENDS[item.name]
+        if backend not in backends:
+            item.add_marker(pytest.mark.skip(reason=f"{reason}; backend is {backend}"))

@@ -10,8 +10,9 @@ __version__ = "0.1.0"
 
 # Modules: the attention function (`ops`) and the masks every layer is built on, the
 # model builders and text generation (`models`), saving and export (`export`), and
-# attention-map pictures (`plot`, which imports matplotlib only when it draws).
-from keras_attention import export, masks, models, ops, plot
+# attention-map pictures (`plot`, which imports matplotlib only when it draws), and
+# layout maps for `keras.distribution` (`distribution`).
+from keras_attention import distribution, export, masks, models, ops, plot
 
 # Layers: the attentions, the positional encodings and the Transformer blocks.
 from keras_attention.layers.additive_attention import AdditiveAttention

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from keras_attention import _validation
+from keras_attention import backend as backend_lib
 
 __all__ = ["plot_attention"]
 
@@ -141,7 +142,7 @@ def plot_attention(
 
 
 def _to_heads(weights):
-    array = np.asarray(weights.numpy() if hasattr(weights, "numpy") else weights)
+    array = backend_lib.to_numpy(weights)
     if not np.issubdtype(array.dtype, np.number):
         raise TypeError(
             f"`weights` must hold numbers. Received: weights with dtype {array.dtype}"

@@ -158,8 +158,10 @@ class PositionEmbedding(keras.layers.Layer):
                     f"Received: inputs.shape={tuple(inputs.shape)}, "
                     f"start_index={start_index}"
                 )
-        table = ops.convert_to_tensor(self.position_embeddings)
-        rows = ops.slice(table, (start_index, 0), (seq_len, table.shape[-1]))
+        # A gather, not `ops.slice`: slicing `seq_len` rows needs `seq_len <= table
+        # size` proven while tracing, which a symbolic length (JAX export) cannot be.
+        positions = ops.arange(seq_len, dtype="int32") + ops.cast(start_index, "int32")
+        rows = ops.take(ops.convert_to_tensor(self.position_embeddings), positions, axis=0)
         return inputs + ops.cast(rows, inputs.dtype)
 
     def compute_output_shape(self, inputs_shape):
