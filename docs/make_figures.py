@@ -1,8 +1,9 @@
 """Draw the pictures of docs/guide.md into docs/images/ and print the numbers it quotes.
 
-    python docs/make_figures.py            # needs matplotlib (pip install "keras-attention[plot]")
+    python docs/make_figures.py            # needs matplotlib (pip install "keras-attention-layers[plot]")
 
-The PNG files are not committed (`.gitignore`); run this script to (re)create them.
+The PNG files are committed (small, 100 dpi); run this script to recreate them after
+changing a picture.
 """
 
 import os
@@ -74,18 +75,20 @@ def main():
     labels = ["t0", "t1", "t2", "t3", "pad", "pad"]
     fig = plot_attention(combined, x_labels=labels, y_labels=labels, cmap="Greys",
                          path=os.path.join(IMAGES, "masks.png"),
-                         title="causal | padding | both (white = masked)")
+                         panel_titles=["causal", "padding", "both (causal AND padding)"],
+                         title="True = may attend (black); white = masked")
     plt.close(fig)
 
     # 3. Attention weights of a toy self-attention: softmax(Q K^T / sqrt(d_k)) with
-    #    one-hot-ish embeddings, so repeated words attend to each other.
+    #    3 x one-hot embeddings (scores 9 / sqrt(5) for the same word, 0 otherwise),
+    #    so repeated words attend to each other.
     words = "the cat sat on the mat".split()
     vocab = {w: i for i, w in enumerate(sorted(set(words)))}
     x = np.eye(len(vocab), dtype="float32")[[vocab[w] for w in words]][None] * 3.0
     _, weights = ops.scaled_dot_product_attention(x, x, x, return_attention_scores=True)
     fig = plot_attention(np.asarray(weights)[0], x_labels=words, y_labels=words,
                          path=os.path.join(IMAGES, "self_attention.png"),
-                         title="softmax(Q K^T / sqrt(d_k)), Q = K = V = embeddings")
+                         title="softmax(Q K^T / sqrt(d_k)), Q = K = V = 3 x one-hot")
     plt.close(fig)
 
     # 4. Causal weights of a (random, untrained) 4-head MultiHeadAttention.

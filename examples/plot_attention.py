@@ -3,7 +3,7 @@
 Trains the quickstart's digit classifier (8 pixel rows as 8 tokens), then draws for
 a few test digits the self-attention weights of each head (`row i attends row j`)
 and the weights with which `AttentionPooling` summarises the rows, as PNG files in
-`--output-dir` (matplotlib required: `pip install "keras-attention[plot]"`).
+`--output-dir` (matplotlib required: `pip install "keras-attention-layers[plot]"`).
 
     python examples/plot_attention.py
 """
@@ -29,7 +29,9 @@ def attention_maps(model, images):
     x, encoded = inner(images)
     _, self_weights = model.get_layer("attention")(x, x, return_attention_scores=True)
     _, pool_weights = model.get_layer("pool")(encoded, return_attention_scores=True)
-    return np.asarray(self_weights), np.asarray(pool_weights).reshape(len(images), -1)
+    # convert_to_numpy, not np.asarray: PyTorch tensors that require grad refuse it.
+    to_numpy = keras.ops.convert_to_numpy
+    return to_numpy(self_weights), to_numpy(pool_weights).reshape(len(images), -1)
 
 
 def main(argv=None):

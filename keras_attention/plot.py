@@ -1,6 +1,6 @@
 """Attention maps as pictures: `plot_attention` draws one heat map per head.
 
-matplotlib is an optional extra (`pip install "keras-attention[plot]"`); it is
+matplotlib is an optional extra (`pip install "keras-attention-layers[plot]"`); it is
 imported only when a picture is drawn, never when the package is imported.
 """
 
@@ -10,11 +10,14 @@ import sys
 
 import numpy as np
 
+from keras_attention import _validation
+from keras_attention import backend as backend_lib
+
 __all__ = ["plot_attention"]
 
 _INSTALL_HINT = (
     "keras_attention.plot needs matplotlib, an optional extra. Install it with "
-    '`pip install "keras-attention[plot]"` (or `pip install matplotlib`).'
+    '`pip install "keras-attention-layers[plot]"` (or `pip install matplotlib`).'
 )
 
 
@@ -47,6 +50,7 @@ def plot_attention(
     title=None,
     cmap="viridis",
     max_columns=4,
+    panel_titles=None,
 ):
     """Draw attention weights as heat maps, one panel per head.
 
@@ -66,6 +70,8 @@ def plot_attention(
         title: optional figure title.
         cmap: matplotlib colour map name.
         max_columns: panels per row of the grid.
+        panel_titles: optional sequence of titles, one per drawn panel; default
+            `"head h"` for several heads and no panel title for one.
 
     Returns:
         The `matplotlib.figure.Figure`. Close it with `matplotlib.pyplot.close(fig)`
@@ -88,17 +94,27 @@ def plot_attention(
     head_ids = _select_heads(heads, num_heads)
     x_labels = _check_labels(x_labels, kv_len, "x_labels", "kv_len")
     y_labels = _check_labels(y_labels, q_len, "y_labels", "q_len")
-    if not isinstance(max_columns, int) or isinstance(max_columns, bool) or max_columns < 1:
-        raise ValueError(
-            f"`max_columns` must be a positive integer. Received: max_columns={max_columns}"
-        )
+    _validation.check_positive_int(max_columns, "max_columns")
+
+    if panel_titles is not None:
+        panel_titles = [str(t) for t in panel_titles]
+        if len(panel_titles) != len(head_ids):
+            raise ValueError(
+                f"`panel_titles` must have one title per drawn panel ({len(head_ids)}). "
+                f"Received: {len(panel_titles)} titles"
+            )
+    elif num_heads > 1:
+        panel_titles = [f"head {head}" for head in head_ids]
 
     plt = _pyplot()
     columns = min(len(head_ids), max_columns)
     rows = math.ceil(len(head_ids) / columns)
     panel = max(2.5, 0.3 * max(q_len, kv_len))
+    # The constrained layout keeps panel titles, tick labels and the colour bar
+    # from overlapping (tight_layout cannot place a colour bar shared by panels).
     fig, axes = plt.subplots(
-        rows, columns, figsize=(panel * columns + 1.0, panel * rows + 0.6), squeeze=False
+        rows, columns, figsize=(panel * columns + 1.0, panel * rows + 0.6), squeeze=False,
+        layout="constrained",
     )
     vmax = float(weights[head_ids].max()) if weights.size else 1.0
     image = None
@@ -108,8 +124,8 @@ def plot_attention(
             continue
         head = head_ids[index]
         image = axis.imshow(weights[head], cmap=cmap, vmin=0.0, vmax=max(vmax, 1e-9), aspect="auto")
-        if num_heads > 1:
-            axis.set_title(f"head {head}")
+        if panel_titles is not None:
+            axis.set_title(panel_titles[index])
         axis.set_xlabel("key")
         axis.set_ylabel("query")
         _set_ticks(axis.set_xticks, axis.set_xticklabels, x_labels, rotate=True)
@@ -126,7 +142,7 @@ def plot_attention(
 
 
 def _to_heads(weights):
-    array = np.asarray(weights.numpy() if hasattr(weights, "numpy") else weights)
+    array = backend_lib.to_numpy(weights)
     if not np.issubdtype(array.dtype, np.number):
         raise TypeError(
             f"`weights` must hold numbers. Received: weights with dtype {array.dtype}"

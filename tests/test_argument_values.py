@@ -231,3 +231,71 @@ def test_token_and_position_embedding_scale_and_sinusoid():
     angles = positions / 50.0 ** (2 * (dims // 2) / 4)
     sinusoid = np.where(dims % 2 == 0, np.sin(angles), np.cos(angles))
     np.testing.assert_allclose(out, table[tokens] * 2.0 + sinusoid, atol=ATOL)
+
+
+# --- large inputs: saturated softmax, checked by value (not only finiteness) --------
+
+BIG = 1e3  # scores up to ~1e6-1e8: the softmax is (nearly) one-hot
+
+
+def _big(*shape):
+    return _rand(*shape) * BIG
+
+
+def _assert_close_large(out, ref):
+    # float32 keeps ~7 digits: compare relative to the output's magnitude.
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    np.testing.assert_allclose(out, ref, atol=1e-5 * scale, rtol=1e-4)
+    assert np.max(np.abs(ref)) > 1.0, "the reference should not be ~zero"
+
+
+def test_large_inputs_scaled_dot_product_attention():
+    q, k, v = _big(2, 4, 8), _big(2, 5, 8), _big(2, 5, 3)
+    keep = RNG.random((2, 4, 5)) > 0.3
+    keep[0, 1] = False
+    out = _np(ka.ScaledDotProductAttention()(q, v, key=k, attention_mask=keep))
+    _assert_close_large(out, reference.attention(q, k, v, mask=keep)[0])
+
+
+def test_large_inputs_self_attention():
+    layer = ka.SelfAttention(8, bias_initializer="random_normal")
+    x = _big(2, 5, 6)
+    out = _np(layer(x, use_causal_mask=True))
+    q, k, v = (_dense(d, x, True)
+               for d in (layer.query_dense, layer.key_dense, layer.value_dense))
+    _assert_close_large(out, reference.attention(q, k, v, causal=True)[0])
+
+
+def test_large_inputs_multi_head_attention():
+    layer = ka.MultiHeadAttention(num_heads=4, key_dim=2, num_key_value_heads=2,
+                                  bias_initializer="random_normal")
+    query, value = _big(2, 4, 8), _big(2, 5, 8)
+    out = _np(layer(query, value))
+    _assert_close_large(out, _numpy_mha(layer, query, value, 4, 2, True))
+
+
+def test_large_inputs_additive_attention():
+    layer = ka.AdditiveAttention(6)
+    q, v, k = _big(2, 3, 4), _big(2, 5, 2), _big(2, 5, 3)
+    out = _np(layer(q, v, key=k))
+    hidden = np.tanh(_dense(layer.query_dense, q, True)[:, :, None]
+                     + _dense(layer.key_dense, k, True)[:, None])
+    scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
+    _assert_close_large(out, reference.softmax(scores) @ v)
+
+
+@pytest.mark.parametrize("score", ["dot", "general"])
+def test_large_inputs_luong(score):
+    layer = ka.LuongAttention(score=score)
+    q, v, k = _big(2, 3, 4), _big(2, 5, 2), _big(2, 5, 4)
+    out = _np(layer(q, v, key=k))
+    keys = k if score == "dot" else _dense(layer.key_dense, k, False)
+    _assert_close_large(out, reference.softmax(q @ np.swapaxes(keys, -1, -2)) @ v)
+
+
+def test_large_inputs_attention_pooling():
+    layer = ka.AttentionPooling()
+    x = _big(2, 6, 4)
+    out = _np(layer(x))
+    scores = np.einsum("bsd,nd->bns", x.astype("float64"), _np(layer.query))
+    _assert_close_large(out, (reference.softmax(scores) @ x)[:, 0])

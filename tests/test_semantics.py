@@ -197,3 +197,16 @@ def test_ops_dropout_semantics():
     is_dropped = out == 0
     np.testing.assert_allclose(out[~is_dropped] / w[~is_dropped], 1 / (1 - RATE), rtol=1e-4)
     assert abs(is_dropped.mean() - RATE) < 5 * np.sqrt(RATE * (1 - RATE) / out.size)
+
+
+def test_shuffling_key_value_pairs_leaves_the_output_unchanged():
+    """The guide's claim (section 8): attention is blind to the order of the key-value
+    pairs; shuffling the keys alone (values fixed) changes the output."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.normal(size=s).astype("float32") for s in ((2, 3, 4), (2, 6, 4), (2, 6, 5)))
+    order = np.array([4, 0, 5, 2, 1, 3])
+    base = _np(ka.ops.scaled_dot_product_attention(q, k, v))
+    pairs = _np(ka.ops.scaled_dot_product_attention(q, k[:, order], v[:, order]))
+    keys_only = _np(ka.ops.scaled_dot_product_attention(q, k[:, order], v))
+    np.testing.assert_allclose(pairs, base, atol=1e-6)
+    assert np.max(np.abs(keys_only - base)) > 0.05
