@@ -97,9 +97,11 @@ def main(argv=None):
             "token_ids": np.pad(prompt, ((0, 0), (0, new))),
             "padding_mask": np.arange(total)[None, :].repeat(batch, 0) < prompt_len,
         }
-        runs = {"ours": lambda: ours.generate(prompt, new)}
+        runs = {"ours": lambda prompt=prompt, new=new: ours.generate(prompt, new)}
         if hub is not None:
-            runs["keras-hub"] = lambda: hub.generate(hub_inputs, stop_token_ids=None)
+            runs["keras-hub"] = lambda inputs=hub_inputs: hub.generate(
+                inputs, stop_token_ids=None
+            )
         first, times = {}, {name: [] for name in runs}
         for name, run in runs.items():
             start = time.perf_counter()

@@ -21,9 +21,6 @@ from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import samplers
 
 BACKEND = keras.backend.backend()
-tensorflow_only = pytest.mark.skipif(
-    BACKEND != "tensorflow", reason="SavedModel export is TensorFlow-only"
-)
 VOCAB = 13
 TINY = dict(vocabulary_size=VOCAB, sequence_length=40, num_layers=2, embedding_dim=16,
             num_heads=2, intermediate_dim=24, dropout=0.0)
@@ -314,7 +311,7 @@ def test_save_reload_generate(lm, tmp_path):
     np.testing.assert_array_equal(reloaded.generate(prompt, 5), lm.generate(prompt, 5))
 
 
-@tensorflow_only
+@pytest.mark.tensorflow_only("export_generate writes a TensorFlow SavedModel")
 def test_exported_generate_serves_without_the_package(lm, tmp_path):
     path = str(tmp_path / "generate")
     lm.export_generate(path, max_new_tokens=5, stop_token_ids=[3])

@@ -86,7 +86,7 @@ def test_builders_return_model_classes_that_own_their_parts(tmp_path):
     assert any("decoder_layer_1" in line for line in lines)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel export")
+@pytest.mark.tensorflow_only("loads the SavedModel with tf.saved_model.load")
 def test_causal_lm_keras_export(tmp_path):
     lm = models.causal_language_model(**TINY)
     tokens = _tokens(2, 5)
