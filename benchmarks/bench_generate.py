@@ -37,13 +37,13 @@ def parse_args(argv=None):
     parser.add_argument("--no-keras-hub", action="store_true", help="time ours only")
     parser.add_argument("--no-xla", action="store_true",
                         help="TensorFlow: compile ours with tf.function but without XLA")
-    parser.add_argument("--smoke", action="store_true", help="tiny model, one case")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, two cases, ours only")
     args = parser.parse_args(argv)
     args.cases = (
         [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
     )
     if args.smoke:
-        args.cases, args.repeats, args.no_keras_hub = [(2, 4, 4)], 1, True
+        args.cases, args.repeats, args.no_keras_hub = [(2, 4, 4), (1, 3, 5)], 1, True
     return args
 
 
