@@ -3,7 +3,9 @@
 Prints markdown tables (not a test). Same configuration, same process, same inputs:
 batch 8, d_model 256, 8 heads of 32, self-attention on (batch, N, d_model);
 forward and forward+backward (gradients of all weights), under `tf.function` and
-with `jit_compile=True` (XLA). Also the attention core alone:
+with `jit_compile=True` (XLA) on TensorFlow, `jax.jit` on JAX, eager on PyTorch
+(the way Keras' own PyTorch trainer runs by default). Also, on TensorFlow, the
+attention core alone:
 `keras_attention.ops.scaled_dot_product_attention` vs a hand-written
 `tf.matmul -> tf.nn.softmax -> tf.matmul`.
 
@@ -16,6 +18,8 @@ Usage:
     python benchmarks/bench_attention.py            # N = 128, 512, 1024, 2048
     python benchmarks/bench_attention.py --quick    # N = 128, 512
     python benchmarks/bench_attention.py --smoke    # seconds; used by the tests
+    python benchmarks/bench_attention.py --backend jax      # or --backend torch
+    python benchmarks/bench_attention.py --backend torch --implementation fused plain
     KERAS_BACKEND=jax python benchmarks/bench_attention.py --backend jax --dtype bfloat16 \
         --batch 4 --heads 16 --head-dim 64 --lengths 1024 4096 16384   # on a GPU
 """
@@ -29,7 +33,12 @@ import time
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow")
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default="tensorflow")
+    parser.add_argument(
+        "--implementation", nargs="+", default=["default"],
+        choices=["default", "plain", "fused", "chunked"],
+        help="our attention paths to time (default: the backend's default path)",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--heads", type=int, default=8)
@@ -106,6 +115,20 @@ def jax_runners(layer, x, jit_compile):
     )
 
 
+def torch_runners(layer, x, jit_compile):
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            return layer(x, x).cpu()
+
+    def forward_backward():
+        loss = (layer(x, x).float() ** 2).sum()
+        return torch.autograd.grad(loss, [v.value for v in layer.trainable_variables])
+
+    return forward, forward_backward
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.environ["KERAS_BACKEND"] = args.backend
@@ -117,38 +140,51 @@ def main(argv=None):
 
     keras.config.set_dtype_policy(args.dtype)
     width = args.heads * args.head_dim
-    runners = tensorflow_runners if args.backend == "tensorflow" else jax_runners
-    modes = [("tf.function" if args.backend == "tensorflow" else "jax.jit", False)]
+    runners = {"tensorflow": tensorflow_runners, "jax": jax_runners,
+               "torch": torch_runners}[args.backend]
+    modes = [({"tensorflow": "tf.function", "jax": "jax.jit", "torch": "eager"}[args.backend],
+              False)]
     if args.backend == "tensorflow" and not args.no_xla:
         modes.append(("XLA", True))
 
     print(f"# MultiHeadAttention: keras_attention vs keras ({args.backend}, {args.dtype})\n")
+    from keras_attention import backend as backend_lib
+
+    versions = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+    backend_module = __import__(versions[args.backend])
     print(f"batch {args.batch}, d_model {width}, {args.heads} heads x {args.head_dim}, "
-          f"median of {args.repeats} interleaved runs after warm-up, Keras {keras.__version__}\n")
-    print("| N | mode | pass | keras ms | ours ms | ours/keras | keras GFLOP/s | ours GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"median of {args.repeats} interleaved runs after warm-up, Keras {keras.__version__}, "
+          f"{args.backend} {backend_module.__version__}, default path here: "
+          f"{backend_lib.default_implementation()!r}\n")
+    print("| N | mode | ours | pass | keras ms | ours ms | ours/keras | keras GFLOP/s | ours GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for length in args.lengths:
         x = keras.ops.convert_to_tensor(
             rng.standard_normal((args.batch, length, width)).astype("float32"), args.dtype
         )
         theirs = keras.layers.MultiHeadAttention(args.heads, args.head_dim)
-        ours = ka.MultiHeadAttention(args.heads, args.head_dim)
         theirs(x, x)
-        ours(x, x)
-        for mode, jit in modes:
-            keras_fns, ours_fns = runners(theirs, x, jit), runners(ours, x, jit)
-            for index, label in enumerate(("fwd", "fwd+bwd")):
-                try:
-                    k_ms, o_ms = median_ms(
-                        [keras_fns[index], ours_fns[index]], args.repeats
-                    )
-                except Exception as error:  # noqa: BLE001 - report OOM etc. in the table
-                    print(f"<!-- N={length} {mode} {label} failed: {error!r:.200} -->")
-                    k_ms = o_ms = float("nan")
-                work = flops(args.batch, length, width) * (3 if index else 1)
-                print(f"| {length} | {mode} | {label} | {k_ms:.2f} | {o_ms:.2f} | "
-                      f"{o_ms / k_ms:.2f} | {work / k_ms / 1e6:.0f} | {work / o_ms / 1e6:.0f} |")
+        for implementation in args.implementation:
+            ours = ka.MultiHeadAttention(
+                args.heads, args.head_dim,
+                implementation=None if implementation == "default" else implementation,
+            )
+            ours(x, x)
+            for mode, jit in modes:
+                keras_fns, ours_fns = runners(theirs, x, jit), runners(ours, x, jit)
+                for index, label in enumerate(("fwd", "fwd+bwd")):
+                    try:
+                        k_ms, o_ms = median_ms(
+                            [keras_fns[index], ours_fns[index]], args.repeats
+                        )
+                    except Exception as error:  # noqa: BLE001 - report OOM etc. in the table
+                        print(f"<!-- N={length} {mode} {label} failed: {error!r:.200} -->")
+                        k_ms = o_ms = float("nan")
+                    work = flops(args.batch, length, width) * (3 if index else 1)
+                    print(f"| {length} | {mode} | {implementation} | {label} | {k_ms:.2f} | "
+                          f"{o_ms:.2f} | {o_ms / k_ms:.2f} | {work / k_ms / 1e6:.0f} | "
+                          f"{work / o_ms / 1e6:.0f} |")
         sys.stdout.flush()
 
     if args.backend == "tensorflow":
@@ -183,7 +219,7 @@ def core_table(args, rng):
             for _ in range(3)
         )
         hand_ms, ops_ms = median_ms(
-            [lambda: hand(q, k, v).numpy(), lambda: ours(q, k, v).numpy()], args.repeats
+            [lambda: hand(q, k, v).numpy(), lambda: ours(q, k, v).numpy()], args.repeats  # noqa: B023  (timed in this iteration)
         )
         print(f"| {length} | {hand_ms:.2f} | {ops_ms:.2f} | {ops_ms / hand_ms:.2f} |")
 

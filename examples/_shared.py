@@ -58,8 +58,36 @@ _SERVE_SCRIPT = textwrap.dedent(
 )
 
 
+_SERVE_TORCH_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["keras_attention"] = None  # a server without the package
+    import numpy as np
+    import torch
+
+    program_file, inputs_file, outputs_file = sys.argv[1:4]
+    module = torch.export.load(program_file).module()
+    arrays = np.load(inputs_file)
+    np.savez(outputs_file, **{
+        k: module(torch.from_numpy(arrays[k])).detach().numpy() for k in arrays.files})
+    """
+)
+
+
+def export_for_serving(model, path):
+    """Export `model` for a server without this package: a SavedModel on TensorFlow
+    and JAX, a `torch.export` program (`path` + ".pt2") on PyTorch."""
+    import keras
+
+    from keras_attention import export
+
+    if keras.backend.backend() == "torch":
+        return export.export_torch_program(model, path + ".pt2")
+    return export.export_saved_model(model, path)
+
+
 def serve_in_fresh_process(export_dir, inputs, workdir):
-    """Load the SavedModel with TensorFlow alone in a new Python and run `inputs`.
+    """Load the export with TensorFlow (or PyTorch) alone in a new Python, run `inputs`.
 
     `inputs` maps names to arrays; returns the outputs under the same names.
     `keras_attention` is made unimportable there, as on a server without it.
@@ -74,7 +102,9 @@ def serve_in_fresh_process(export_dir, inputs, workdir):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     result = subprocess.run(
-        [sys.executable, "-c", _SERVE_SCRIPT, export_dir, inputs_file, outputs_file],
+        [sys.executable, "-c",
+         _SERVE_TORCH_SCRIPT if export_dir.endswith(".pt2") else _SERVE_SCRIPT,
+         export_dir, inputs_file, outputs_file],
         cwd=workdir, env=env, capture_output=True, text=True,
     )
     if result.returncode != 0:

@@ -58,7 +58,7 @@ def attention_weights(model, tokens):
     _, weights = model.get_layer("attention")(
         x, x, query_mask=mask, value_mask=mask, return_attention_scores=True
     )
-    return np.asarray(weights)
+    return keras.ops.convert_to_numpy(weights)  # also PyTorch tensors that need grad
 
 
 def main(argv=None):

@@ -29,7 +29,9 @@ def attention_maps(model, images):
     x, encoded = inner(images)
     _, self_weights = model.get_layer("attention")(x, x, return_attention_scores=True)
     _, pool_weights = model.get_layer("pool")(encoded, return_attention_scores=True)
-    return np.asarray(self_weights), np.asarray(pool_weights).reshape(len(images), -1)
+    # convert_to_numpy, not np.asarray: PyTorch tensors that require grad refuse it.
+    to_numpy = keras.ops.convert_to_numpy
+    return to_numpy(self_weights), to_numpy(pool_weights).reshape(len(images), -1)
 
 
 def main(argv=None):

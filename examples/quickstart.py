@@ -96,8 +96,9 @@ def main(argv=None):
     expected = model.predict(x_test, verbose=0)
     keras_diff = float(np.max(np.abs(reloaded.predict(x_test, verbose=0) - expected)))
 
-    # SavedModel: served by TensorFlow alone, in a process without keras_attention.
-    export_dir = keras_attention.export.export_saved_model(
+    # SavedModel (a torch.export program on PyTorch): served by TensorFlow (PyTorch)
+    # alone, in a process without keras_attention.
+    export_dir = _shared.export_for_serving(
         model, os.path.join(args.output_dir, "quickstart_digits_savedmodel")
     )
     first_rows = x_test[:5, :6]  # a different batch size and number of rows

@@ -1,10 +1,13 @@
-"""Saving and exporting models: atomic `.keras` files and self-contained SavedModels.
+"""Saving and exporting models: atomic `.keras` files and self-contained artifacts.
 
 `save_model` writes a `.keras` file that reloads with `keras.saving.load_model(path)`
 after `import keras_attention` (every layer of the package is registered, so no
 `custom_objects` are needed). `export_saved_model` writes a TensorFlow SavedModel
 whose serving function is plain TensorFlow: it loads with `tf.saved_model.load`
-in a process where neither this package nor Keras is imported.
+in a process where neither this package nor Keras is imported. It works on the
+TensorFlow and JAX backends (Keras converts JAX functions with `jax2tf`). On
+PyTorch, `export_torch_program` writes a `torch.export` program (`.pt2`) that loads
+with `torch.export.load`, again without this package or Keras.
 
 Both writers are atomic: they write next to the target and rename into place, so an
 error or an interruption mid-write leaves the previous file or folder intact.
@@ -16,7 +19,13 @@ import tempfile
 
 import keras
 
-__all__ = ["save_model", "export_saved_model", "load_saved_model", "serving_signature"]
+__all__ = [
+    "save_model",
+    "export_saved_model",
+    "export_torch_program",
+    "load_saved_model",
+    "serving_signature",
+]
 
 
 def save_model(model, path, **kwargs):
@@ -83,8 +92,12 @@ def serving_signature(model, dynamic_axes=(0, 1)):
 
     Returns:
         A list with one `tf.TensorSpec` per model input.
+
+    Raises:
+        ValueError: on the PyTorch backend, which cannot export a SavedModel.
     """
-    import tensorflow as tf
+    _check_saved_model_backend("serving_signature")
+    tf = _import_tensorflow("serving_signature")
 
     inputs = getattr(model, "inputs", None)
     if not inputs:
@@ -105,7 +118,9 @@ def serving_signature(model, dynamic_axes=(0, 1)):
     return specs
 
 
-def export_saved_model(model, path, input_signature=None, endpoint_name="serve", verbose=False):
+def export_saved_model(
+    model, path, input_signature=None, endpoint_name="serve", verbose=False, **kwargs
+):
     """Export `model` as a TensorFlow SavedModel that serves without this package.
 
     The serving function (endpoint `endpoint_name`, also the `serving_default`
@@ -119,31 +134,33 @@ def export_saved_model(model, path, input_signature=None, endpoint_name="serve",
     the new one is in place, so a failure leaves the previous export intact.
 
     Args:
-        model: a built `keras.Model` (TensorFlow backend).
+        model: a built `keras.Model` (TensorFlow or JAX backend).
         path: destination folder (string or `os.PathLike`). Must not be an existing
             file.
         input_signature: optional list of `tf.TensorSpec`, one per model input.
         endpoint_name: name of the serving function on the loaded object.
         verbose: print Keras' summary of the exported endpoint.
+        **kwargs: passed on to `keras.export.ExportArchive.add_endpoint`. On JAX,
+            every dynamic axis becomes its own symbol; a model that needs two inputs'
+            lengths equal (it concatenates them, say) names the shared symbol with
+            `jax2tf_kwargs={"polymorphic_shapes": ["(b, n, 6)", "(b, n, 4)"]}`.
 
     Returns:
         The absolute path of the export folder, as a string.
 
     Example:
+    >>> import os, tempfile
     >>> import keras, keras_attention, numpy as np
     >>> inputs = keras.Input((None, 8))
     >>> model = keras.Model(inputs, keras_attention.SelfAttention(8)(inputs))
-    >>> path = keras_attention.export.export_saved_model(model, "/tmp/sa_export")
+    >>> folder = os.path.join(tempfile.mkdtemp(), "self_attention")
+    >>> path = keras_attention.export.export_saved_model(model, folder)
     >>> serve = keras_attention.export.load_saved_model(path)
-    >>> serve(np.zeros((3, 5, 8), "float32")).shape
-    TensorShape([3, 5, 8])
+    >>> tuple(serve(np.zeros((3, 5, 8), "float32")).shape)
+    (3, 5, 8)
     """
     _check_model(model)
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "SavedModel export needs the TensorFlow backend. "
-            f"Received: keras.backend.backend()={keras.backend.backend()!r}"
-        )
+    _check_saved_model_backend("export_saved_model")
     if not isinstance(endpoint_name, str) or not endpoint_name.isidentifier():
         raise ValueError(
             "`endpoint_name` must be a Python identifier. "
@@ -168,6 +185,7 @@ def export_saved_model(model, path, input_signature=None, endpoint_name="serve",
             name=endpoint_name,
             fn=_serving_fn(model),
             input_signature=list(input_signature),
+            **kwargs,
         )
         archive.write_out(tmp_dir, verbose=verbose)
         os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp made it private (0700)
@@ -215,6 +233,7 @@ def load_saved_model(path, endpoint_name="serve"):
 
     Only TensorFlow is needed: this is `tf.saved_model.load(path)` followed by
     picking the serving function, which is what a server without this package does.
+    It works whichever Keras backend is active, as long as TensorFlow is installed.
 
     Args:
         path: the export folder.
@@ -223,8 +242,11 @@ def load_saved_model(path, endpoint_name="serve"):
     Returns:
         A callable taking the model inputs positionally (numpy arrays or tensors) and
         returning `tf.Tensor` outputs.
+
+    Raises:
+        ModuleNotFoundError: TensorFlow is not installed (the message says so).
     """
-    import tensorflow as tf
+    tf = _import_tensorflow("load_saved_model")
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
@@ -237,6 +259,72 @@ def load_saved_model(path, endpoint_name="serve"):
             f"Received: endpoint_name={endpoint_name!r}, path={path!r}"
         )
     return _ServingEndpoint(loaded, fn, path)
+
+
+def export_torch_program(model, path, dynamic_axes=(0, 1), verbose=False):
+    """Export `model` as a PyTorch `ExportedProgram` (`.pt2`), on the PyTorch backend.
+
+    This is Keras' `model.export(path, format="torch")` (`torch.export`) with the
+    `dynamic_axes` of every input (by default batch and sequence) left dynamic, and
+    written atomically like :func:`save_model`. The file loads with
+    `torch.export.load(path).module()` in a process without Keras or this package.
+
+    Args:
+        model: a built functional `keras.Model` (PyTorch backend).
+        path: destination file ending in `.pt2`; missing parent folders are created.
+        dynamic_axes: axes of each input whose size may change between calls.
+        verbose: print Keras' export message.
+
+    Returns:
+        The absolute path written, as a string.
+
+    Example:
+    >>> import keras, keras_attention, numpy as np
+    >>> inputs = keras.Input((None, 8))
+    >>> model = keras.Model(inputs, keras_attention.SelfAttention(8)(inputs))
+    >>> path = keras_attention.export.export_torch_program(model, "/tmp/sa.pt2")
+    >>> import torch
+    >>> program = torch.export.load(path).module()
+    >>> tuple(program(torch.zeros(3, 5, 8)).shape)
+    (3, 5, 8)
+    """
+    _check_model(model)
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise ValueError(
+            "`export_torch_program` needs the PyTorch backend. On TensorFlow and JAX "
+            "use `keras_attention.export.export_saved_model(model, path)`. "
+            f"Received: keras.backend.backend()={backend!r}"
+        )
+    import torch
+
+    path = os.path.abspath(os.fspath(path))
+    if not path.endswith(".pt2"):
+        raise ValueError(f"`path` must end in `.pt2`. Received: path={path!r}")
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "Cannot export a model without symbolic `inputs` (a subclassed model "
+            f"that was never called on a `keras.Input`). Received: model={model.name!r}"
+        )
+    dynamic_shapes = []
+    for tensor in inputs:
+        dynamic_shapes.append(
+            {axis: torch.export.Dim.AUTO for axis in dynamic_axes if axis < len(tensor.shape)}
+        )
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.pt2", dir=folder)
+    os.close(fd)
+    try:
+        model.export(tmp_path, format="torch", dynamic_shapes=tuple(dynamic_shapes), verbose=verbose)
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    return path
 
 
 def _serving_fn(model):
@@ -266,3 +354,28 @@ def _spec_name(name):
         return None
     cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
     return cleaned if cleaned and cleaned[0].isalpha() else None
+
+
+def _check_saved_model_backend(function):
+    backend = keras.backend.backend()
+    if backend in ("tensorflow", "jax"):
+        return
+    raise ValueError(
+        f"`{function}` needs the TensorFlow or JAX backend (a SavedModel is traced "
+        "with TensorFlow; Keras converts JAX models with jax2tf). On PyTorch use "
+        "`keras_attention.export.export_torch_program(model, path)` (a `.pt2` file, "
+        "loaded with `torch.export.load`) or `model.export(path, format='onnx')`. "
+        f"Received: keras.backend.backend()={backend!r}"
+    )
+
+
+def _import_tensorflow(function):
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            f"`{function}` needs TensorFlow (SavedModels are TensorFlow's format). "
+            "Install it with `pip install tensorflow`.",
+            name="tensorflow",
+        ) from error
+    return tf

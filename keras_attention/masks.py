@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_attention import _validation
+
 __all__ = [
     "causal_mask",
     "padding_mask",
@@ -81,17 +83,14 @@ def causal_mask(q_len, kv_len=None, offset=0):
         offset: position of the first query among the keys (int or scalar tensor).
 
     Example:
-    >>> causal_mask(2, 3)  # doctest: +SKIP
-    [[ True, False, False],
-     [ True,  True, False]]
+    >>> keras.ops.convert_to_numpy(causal_mask(2, 3))
+    array([[ True, False, False],
+           [ True,  True, False]])
     """
     if kv_len is None:
         kv_len = q_len
-    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
-        if isinstance(value, (int, np.integer)) and value < 0:
-            raise ValueError(
-                f"`{name}` must be a non-negative integer. Received: {name}={value}"
-            )
+    _validation.check_index(q_len, "q_len")
+    _validation.check_index(kv_len, "kv_len")
     rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
     cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
     return ops.less_equal(cols, rows + ops.cast(offset, "int32"))
@@ -112,10 +111,7 @@ def sliding_window_mask(q_len, kv_len, window):
     Returns:
         Boolean tensor of shape `(q_len, kv_len)`.
     """
-    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
-        raise ValueError(
-            f"`window` must be a positive integer. Received: window={window!r}"
-        )
+    _validation.check_positive_int(window, "window")
     rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
     cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
     return ops.less(ops.abs(rows - cols), window)
@@ -135,20 +131,9 @@ def padding_mask(mask, query_mask=None):
         broadcastable to scores of shape `(batch, q_len, kv_len)`. Insert a head axis
         at position 1 for `(batch, heads, q_len, kv_len)` scores.
     """
-    mask = validate_mask(mask, name="mask")
-    if len(mask.shape) != 2:
-        raise ValueError(
-            "`mask` must be a (batch, kv_len) Keras mask. "
-            f"Received: mask.shape={tuple(mask.shape)}"
-        )
-    result = ops.expand_dims(mask, 1)
+    result = ops.expand_dims(_keras_mask(mask, "mask", "kv_len"), 1)
     if query_mask is not None:
-        query_mask = validate_mask(query_mask, name="query_mask")
-        if len(query_mask.shape) != 2:
-            raise ValueError(
-                "`query_mask` must be a (batch, q_len) Keras mask. "
-                f"Received: query_mask.shape={tuple(query_mask.shape)}"
-            )
+        query_mask = _keras_mask(query_mask, "query_mask", "q_len")
         result = ops.logical_and(result, ops.expand_dims(query_mask, -1))
     return result
 
@@ -191,12 +176,7 @@ def merge_attention_masks(
         )
         parts.append(padding_mask(key_padding))
     if query_mask is not None:
-        query_mask = validate_mask(query_mask, name="query_mask")
-        if len(query_mask.shape) != 2:
-            raise ValueError(
-                "`query_mask` must be a (batch, q_len) Keras mask. "
-                f"Received: query_mask.shape={tuple(query_mask.shape)}"
-            )
+        query_mask = _keras_mask(query_mask, "query_mask", "q_len")
         check_broadcastable(
             (None, _static(q_len)), tuple(query_mask.shape), "queries (batch, q_len)",
             "query_mask",
@@ -232,6 +212,17 @@ def merge_attention_masks(
     return combine_masks(*parts)
 
 
+def _keras_mask(mask, name, length_name):
+    """`mask` as a boolean `(batch, length)` Keras sequence mask, or a `ValueError`."""
+    mask = validate_mask(mask, name=name)
+    if len(mask.shape) != 2:
+        raise ValueError(
+            f"`{name}` must be a (batch, {length_name}) Keras mask. "
+            f"Received: {name}.shape={tuple(mask.shape)}"
+        )
+    return mask
+
+
 def _static(length):
     return int(length) if isinstance(length, (int, np.integer)) else None
 
@@ -245,7 +236,12 @@ def combine_masks(*masks):
         The combined boolean mask, or `None` when every mask is `None`.
 
     Example:
-    >>> m = combine_masks(causal_mask(3), None, padding_mask(keras_mask))  # doctest: +SKIP
+    >>> keras_mask = np.array([[True, True, False]])  # the third token is padding
+    >>> mask = combine_masks(causal_mask(3), None, padding_mask(keras_mask))
+    >>> keras.ops.convert_to_numpy(mask)
+    array([[[ True, False, False],
+            [ True,  True, False],
+            [ True,  True, False]]])
     """
     result = None
     for index, mask in enumerate(masks):

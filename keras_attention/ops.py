@@ -6,11 +6,12 @@ reshapes shared by the multi-head layers live here too.
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
+from keras_attention import _validation
+from keras_attention import backend as backend_lib
 from keras_attention import masks as masks_lib
 
 __all__ = [
@@ -67,10 +68,14 @@ def scaled_dot_product_attention(
             storing them, so memory grows with `chunk_size * kv_len`, not
             `q_len * kv_len`. `"fused"` calls `keras.ops.dot_product_attention` (the
             backend's fused kernel where it has one) and keeps this function's
-            semantics (fully masked rows give zeros). `None` picks `"chunked"` when
-            the scores would exceed `CHUNKED_THRESHOLD` elements and neither weights
-            nor dropout are requested, else `"plain"`. The weights and dropout need
-            the full scores, so `"chunked"`/`"fused"` refuse them.
+            semantics (fully masked rows give zeros; where the backend's kernel needs
+            `d_k == d_v`, as JAX's does, the smaller of the two is zero-padded, which
+            changes no number). `None` picks `"chunked"` when the scores would exceed
+            `CHUNKED_THRESHOLD` elements and neither weights nor dropout are
+            requested, else the backend's fastest path (measured:
+            `keras_attention.backend.default_implementation()`; `"fused"` only for
+            `(batch, heads, seq, dim)` inputs). The weights and dropout need the full
+            scores, so `"chunked"`/`"fused"` refuse them.
         chunk_size: query rows per chunk for `"chunked"`; by default chosen so one
             chunk's scores hold about `CHUNK_ELEMENTS` numbers.
 
@@ -84,24 +89,29 @@ def scaled_dot_product_attention(
     >>> import numpy as np
     >>> q = np.random.rand(2, 4, 8).astype("float32")
     >>> kv = np.random.rand(2, 6, 8).astype("float32")
-    >>> scaled_dot_product_attention(q, kv, kv).shape
-    TensorShape([2, 4, 8])
+    >>> tuple(scaled_dot_product_attention(q, kv, kv).shape)
+    (2, 4, 8)
     """
     query = ops.convert_to_tensor(query)
     key = ops.convert_to_tensor(key, dtype=query.dtype)
     value = ops.convert_to_tensor(value, dtype=query.dtype)
     _check_qkv_shapes(query.shape, key.shape, value.shape)
-    _check_dropout_rate(dropout_rate)
+    _validation.check_rate(dropout_rate, "dropout_rate")
     if scale is None:
         scale = _default_scale(query)
     else:
-        _check_scale(scale)
+        _validation.check_positive_float(scale, "scale")
 
     scores_shape = tuple(query.shape[:-1]) + (key.shape[-2],)
     mask = _check_mask(mask, scores_shape)
     implementation = _choose_implementation(
         implementation, scores_shape, return_attention_scores, training and dropout_rate > 0
     )
+    if implementation == "fused" and len(query.shape) != 4:
+        raise ValueError(
+            "implementation='fused' needs (batch, heads, seq, dim) inputs. "
+            f"Received: query.shape={tuple(query.shape)}"
+        )
     # Scaling the queries (q_len * d_k numbers) is cheaper than scaling the scores
     # (q_len * kv_len) and keeps float16 products further from overflow.
     query = query * ops.cast(scale, query.dtype)
@@ -149,7 +159,7 @@ def attention_from_scores(
     Returns:
         `(..., q_len, d_v)`, or `(output, weights)` with `return_attention_scores`.
     """
-    _check_dropout_rate(dropout_rate)
+    _validation.check_rate(dropout_rate, "dropout_rate")
     mask = _check_mask(mask, tuple(scores.shape))
     # Softmax in float32 even under mixed precision: float16 exp() overflows at 11.
     if keras.backend.standardize_dtype(scores.dtype) in _LOW_PRECISION:
@@ -191,11 +201,7 @@ _IMPLEMENTATIONS = (None, "plain", "chunked", "fused")
 
 def check_implementation(implementation):
     """Raise `ValueError` unless `implementation` names an attention implementation."""
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(
-            "`implementation` must be one of None, 'plain', 'chunked', 'fused'. "
-            f"Received: implementation={implementation!r}"
-        )
+    _validation.check_one_of(implementation, "implementation", _IMPLEMENTATIONS)
 
 
 def _choose_implementation(implementation, scores_shape, need_weights, need_dropout):
@@ -210,29 +216,37 @@ def _choose_implementation(implementation, scores_shape, need_weights, need_drop
         return implementation
     if need_weights or need_dropout:
         return "plain"
-    if all(d is not None for d in scores_shape) and math.prod(scores_shape) > CHUNKED_THRESHOLD:
+    # Only Python ints are compared: a symbolic dimension (JAX export with dynamic
+    # shapes) cannot be compared with a number while tracing.
+    if _all_static(scores_shape) and math.prod(scores_shape) > CHUNKED_THRESHOLD:
         return "chunked"
-    return "plain"
+    default = backend_lib.default_implementation()
+    if default == "fused" and len(scores_shape) != 4:
+        return "plain"  # the fused kernel wants (batch, heads, seq, dim)
+    return default
+
+
+def _all_static(shape):
+    return all(_static(d) for d in shape)
+
+
+def _static(dim):
+    return isinstance(dim, int) and not isinstance(dim, bool)
 
 
 def _chunked_attention(query, key, value, mask, causal, chunk_size):
     """Exact attention, `chunk_size` query rows at a time, recomputed in the backward.
 
-    Each chunk sees every key, so its softmax is exact; `keras.ops.scan` runs the
+    Each chunk sees every key, so its softmax is exact; a scan runs the
     chunks one after another (no two chunks' scores are alive at once) and
     `keras.remat` makes the backward pass recompute a chunk's scores instead of
     keeping them, so memory is O(chunk_size * kv_len) instead of O(q_len * kv_len).
     """
     batch_shape = tuple(query.shape[:-2])
     kv_len = key.shape[-2]
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(
-            f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}"
-        )
+    _validation.check_positive_int(chunk_size, "chunk_size", allow_none=True)
     q_len = query.shape[-2]
-    if q_len is None:
+    if not _static(q_len):
         # Keras' scan needs a static number of steps: with a length unknown while
         # tracing, split the queries into a fixed number of chunks instead.
         q_len = ops.shape(query)[-2]
@@ -240,7 +254,8 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
         chunk_size = (q_len + num_chunks - 1) // num_chunks
     else:
         if chunk_size is None:
-            rows = math.prod(d for d in batch_shape if d is not None) * (kv_len or 1024)
+            rows = math.prod(d for d in batch_shape if _static(d))
+            rows *= kv_len if _static(kv_len) else 1024
             chunk_size = min(q_len, max(16, CHUNK_ELEMENTS // max(rows, 1)))
         num_chunks = -(-q_len // chunk_size)
     padded = num_chunks * chunk_size
@@ -271,39 +286,20 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
         scores = ops.einsum("...qd,...kd->...qk", q_chunk, key)
         return attention_from_scores(scores, value, mask=chunk_mask)
 
-    def step(carry, xs):
-        q_chunk, offset, mask_chunk = xs
-        return carry, attend_chunk(q_chunk, key, value, offset, mask_chunk)
-
     offsets = ops.arange(num_chunks, dtype="int32") * chunk_size
     mask_xs = chunked_mask if has_row_mask else ops.zeros((num_chunks,), "int8")
-    xs = (to_chunks(query), offsets, mask_xs)
-    if _in_xla_context():
-        # XLA cannot differentiate Keras' TensorFlow scan (its while loop has no
-        # iteration bound), so unroll the chunks; XLA schedules the remat'ed chunks.
-        outputs = ops.stack(
-            [step(None, tuple(x[i] for x in xs))[1] for i in range(num_chunks)]
-        )
-    else:
-        # Keras' scan on TensorFlow wants the outputs shaped like the (unused) carry.
-        carry = ops.zeros(
-            tuple(ops.shape(query)[:-2]) + (chunk_size, value.shape[-1]), value.dtype
-        )
-        _, outputs = ops.scan(step, carry, xs)
+    output_zeros = ops.zeros(
+        tuple(ops.shape(query)[:-2]) + (chunk_size, value.shape[-1]), value.dtype
+    )
+    outputs = backend_lib.map_sequentially(
+        lambda xs: attend_chunk(xs[0], key, value, xs[1], xs[2]),
+        (to_chunks(query), offsets, mask_xs),
+        output_zeros,
+    )
     # (num_chunks, ..., chunk_size, d_v) -> (..., q_len, d_v)
     outputs = ops.moveaxis(outputs, 0, -3)
     outputs = ops.reshape(outputs, ops.shape(outputs)[:-3] + (padded, value.shape[-1]))
     return outputs[..., :q_len, :]
-
-
-def _in_xla_context():
-    """Whether TensorFlow is tracing for XLA (`jit_compile=True`); False elsewhere."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _fused_attention(query, key, value, mask, causal):
@@ -312,11 +308,14 @@ def _fused_attention(query, key, value, mask, causal):
     The queries arrive already scaled. Keras' function wants `(batch, seq, heads,
     dim)`; its fully masked rows average the values, so they are zeroed here.
     """
-    rank = len(query.shape)
-    if rank != 4:
-        raise ValueError(
-            "implementation='fused' needs (batch, heads, seq, dim) inputs. "
-            f"Received: query.shape={tuple(query.shape)}"
+    d_k, d_v = query.shape[-1], value.shape[-1]
+    if not backend_lib.fused_supports(query.shape, key.shape, value.shape):
+        # The kernel needs one head size: zero features change no dot product (the
+        # queries are already scaled) and zero value features give zero outputs,
+        # sliced off below.
+        size = max(d_k, d_v)
+        query, key, value = (
+            ops.pad(x, [(0, 0)] * 3 + [(0, size - x.shape[-1])]) for x in (query, key, value)
         )
     if causal:
         mask = _with_causal(mask, query, key)
@@ -330,6 +329,8 @@ def _fused_attention(query, key, value, mask, causal):
         to_bshd(query), to_bshd(key), to_bshd(value), mask=full_mask, scale=1.0
     )
     output = to_bshd(output)
+    if output.shape[-1] != d_v:
+        output = output[..., :d_v]
     if full_mask is not None:
         has_key = ops.any(full_mask, axis=-1, keepdims=True)
         output = output * ops.cast(has_key, output.dtype)
@@ -391,7 +392,7 @@ def _check_mask(mask, scores_shape):
 
 def _default_scale(query):
     d_k = query.shape[-1]
-    if d_k is None:
+    if not _static(d_k):
         return 1.0 / ops.sqrt(ops.cast(ops.shape(query)[-1], "float32"))
     return 1.0 / math.sqrt(d_k)
 
@@ -417,7 +418,7 @@ def _check_qkv_shapes(q_shape, k_shape, v_shape):
         )
     for axis in range(len(q_shape) - 2):
         dims = (q_shape[axis], k_shape[axis], v_shape[axis])
-        known = {d for d in dims if d is not None}
+        known = {d for d in dims if _static(d)}
         if len(known) > 1:
             raise ValueError(
                 "`query`, `key` and `value` must have the same leading (batch/head) "
@@ -427,20 +428,4 @@ def _check_qkv_shapes(q_shape, k_shape, v_shape):
 
 
 def _differ(a, b):
-    return a is not None and b is not None and a != b
-
-
-def _check_dropout_rate(rate, name="dropout_rate"):
-    if (
-        not isinstance(rate, numbers.Real)
-        or isinstance(rate, bool)
-        or not 0.0 <= rate < 1.0
-    ):
-        raise ValueError(
-            f"`{name}` must be a float in [0, 1). Received: {name}={rate!r}"
-        )
-
-
-def _check_scale(scale):
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale > 0:
-        raise ValueError(f"`scale` must be a positive float. Received: scale={scale!r}")
+    return _static(a) and _static(b) and a != b

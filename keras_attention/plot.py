@@ -10,6 +10,9 @@ import sys
 
 import numpy as np
 
+from keras_attention import _validation
+from keras_attention import backend as backend_lib
+
 __all__ = ["plot_attention"]
 
 _INSTALL_HINT = (
@@ -91,10 +94,7 @@ def plot_attention(
     head_ids = _select_heads(heads, num_heads)
     x_labels = _check_labels(x_labels, kv_len, "x_labels", "kv_len")
     y_labels = _check_labels(y_labels, q_len, "y_labels", "q_len")
-    if not isinstance(max_columns, int) or isinstance(max_columns, bool) or max_columns < 1:
-        raise ValueError(
-            f"`max_columns` must be a positive integer. Received: max_columns={max_columns}"
-        )
+    _validation.check_positive_int(max_columns, "max_columns")
 
     if panel_titles is not None:
         panel_titles = [str(t) for t in panel_titles]
@@ -142,7 +142,7 @@ def plot_attention(
 
 
 def _to_heads(weights):
-    array = np.asarray(weights.numpy() if hasattr(weights, "numpy") else weights)
+    array = backend_lib.to_numpy(weights)
     if not np.issubdtype(array.dtype, np.number):
         raise TypeError(
             f"`weights` must hold numbers. Received: weights with dtype {array.dtype}"

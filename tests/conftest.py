@@ -7,6 +7,20 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `tensorflow_only` on the other backends, saying why."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    for item in items:
+        marker = item.get_closest_marker("tensorflow_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "needs TensorFlow"
+            item.add_marker(
+                pytest.mark.skip(reason=f"TensorFlow only ({reason}); backend is {backend}")
+            )
+
+
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
     """Each test starts from a known seed and the float32 policy."""

@@ -5,17 +5,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+BACKEND = keras.backend.backend()
+
+
 @pytest.mark.parametrize(
-    "script, extra",
-    [("bench_attention.py", ["--no-xla"]), ("bench_memory.py", ["--cases", "keras", "ours chunked"])],
+    "script, extra, backend",
+    [
+        ("bench_attention.py", ["--no-xla", "--backend", BACKEND], BACKEND),
+        # bench_memory measures TensorFlow's allocator; it runs on TensorFlow only.
+        ("bench_memory.py", ["--cases", "keras", "ours chunked"], "tensorflow"),
+    ],
 )
-def test_benchmark_smoke(script, extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+def test_benchmark_smoke(script, extra, backend):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *extra],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,

@@ -14,6 +14,13 @@ import keras_attention
 from keras_attention import export
 
 FEATURES = 6
+BACKEND = keras.backend.backend()
+# SavedModels are traced by TensorFlow; Keras converts JAX functions with jax2tf.
+saved_model_backends = pytest.mark.skipif(
+    BACKEND == "torch", reason="SavedModel export needs TensorFlow or JAX; PyTorch "
+    "exports with export_torch_program (tested below)"
+)
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torch.export needs PyTorch")
 
 
 def _self_attention_model():
@@ -25,9 +32,10 @@ def _self_attention_model():
 
 
 def _two_input_model():
+    """Cross-attention: the query and context lengths vary independently."""
     query = keras.Input((None, FEATURES), name="query")
     context = keras.Input((None, 4), name="context")
-    x = keras.layers.Concatenate()([query, keras.layers.Dense(FEATURES)(context)])
+    x = keras_attention.MultiHeadAttention(2, 3)(query, keras.layers.Dense(FEATURES)(context))
     x = keras_attention.SelfAttention(5)(x)
     return keras.Model([query, context], x)
 
@@ -124,12 +132,14 @@ def test_save_model_rejects_non_models(tmp_path):
 # ------------------------------------------------------------- SavedModel export
 
 
+@saved_model_backends
 def test_serving_signature_has_dynamic_batch_and_sequence():
     specs = export.serving_signature(_two_input_model())
     assert [tuple(spec.shape.as_list()) for spec in specs] == [(None, None, FEATURES), (None, None, 4)]
     assert [spec.dtype.name for spec in specs] == ["float32", "float32"]
 
 
+@saved_model_backends
 def test_serving_signature_needs_symbolic_inputs():
     class Subclassed(keras.Model):
         def call(self, x):
@@ -139,14 +149,15 @@ def test_serving_signature_needs_symbolic_inputs():
         export.serving_signature(Subclassed())
 
 
+@saved_model_backends
 def test_export_and_load_in_process(tmp_path):
     model = _two_input_model()
     path = export.export_saved_model(model, tmp_path / "export")
     serve = export.load_saved_model(path)
     rng = np.random.default_rng(3)
-    for batch, q_len in [(1, 3), (4, 7)]:
+    for batch, q_len, kv_len in [(1, 3, 3), (4, 7, 2)]:
         query = rng.normal(size=(batch, q_len, FEATURES)).astype("float32")
-        context = rng.normal(size=(batch, q_len, 4)).astype("float32")
+        context = rng.normal(size=(batch, kv_len, 4)).astype("float32")
         expected = model.predict([query, context], verbose=0)
         np.testing.assert_allclose(np.asarray(serve(query, context)), expected, atol=1e-5)
 
@@ -179,6 +190,7 @@ _SERVE_WITHOUT_PACKAGE = textwrap.dedent(
 )
 
 
+@saved_model_backends
 def test_saved_model_serves_in_subprocess_without_package(tmp_path):
     model = _self_attention_model()
     export_dir = export.export_saved_model(model, tmp_path / "export")
@@ -206,6 +218,7 @@ def test_saved_model_serves_in_subprocess_without_package(tmp_path):
     np.testing.assert_allclose(served["signature_b2_len5"], model.predict(cases["b2_len5"], verbose=0), atol=1e-5)
 
 
+@saved_model_backends
 def test_export_replaces_previous_export(tmp_path):
     path = tmp_path / "export"
     export.export_saved_model(_self_attention_model(), path)
@@ -220,6 +233,7 @@ def test_export_replaces_previous_export(tmp_path):
     )
 
 
+@saved_model_backends
 @pytest.mark.parametrize("failure", ["tracing", "rename"])
 def test_failed_export_keeps_previous_export(tmp_path, monkeypatch, failure):
     path = tmp_path / "export"
@@ -255,6 +269,7 @@ def test_failed_export_keeps_previous_export(tmp_path, monkeypatch, failure):
     )
 
 
+@saved_model_backends
 def test_export_refuses_existing_file(tmp_path):
     path = tmp_path / "taken"
     path.write_text("not a SavedModel")
@@ -263,6 +278,7 @@ def test_export_refuses_existing_file(tmp_path):
     assert path.read_text() == "not a SavedModel"
 
 
+@saved_model_backends
 def test_load_saved_model_errors(tmp_path):
     with pytest.raises(ValueError, match="existing SavedModel folder"):
         export.load_saved_model(tmp_path / "missing")
@@ -271,6 +287,7 @@ def test_load_saved_model_errors(tmp_path):
         export.load_saved_model(path, endpoint_name="predict")
 
 
+@saved_model_backends
 def test_written_files_have_ordinary_permissions(tmp_path):
     # The temporary file/folder are private while being written; the result is not.
     mask = os.umask(0o022)
@@ -282,3 +299,91 @@ def test_written_files_have_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert os.stat(keras_path).st_mode & 0o777 == 0o644
     assert os.stat(export_dir).st_mode & 0o777 == 0o755
+
+
+def _positional_transformer_model():
+    """Token and position embeddings, MultiHeadAttention, an encoder: dynamic lengths."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras_attention.TokenAndPositionEmbedding(50, 12, 16)(tokens)
+    x = keras_attention.SinusoidalPositionEncoding()(x)
+    x = x + keras_attention.PositionEmbedding(sequence_length=12)(x)
+    x = keras_attention.MultiHeadAttention(2, 8)(x, x, use_causal_mask=True)
+    x = keras_attention.TransformerEncoder(num_heads=2, intermediate_dim=16)(x)
+    return keras.Model(tokens, keras.layers.Dense(3)(x))
+
+
+@saved_model_backends
+def test_positional_transformer_exports_with_dynamic_lengths(tmp_path):
+    # On JAX the export traces with symbolic batch and length: no Python comparison
+    # of a symbolic dimension may happen in the call path.
+    model = _positional_transformer_model()
+    serve = export.load_saved_model(export.export_saved_model(model, tmp_path / "export"))
+    rng = np.random.default_rng(4)
+    for batch, length in [(1, 3), (4, 12)]:
+        tokens = rng.integers(1, 50, (batch, length)).astype("int32")
+        np.testing.assert_allclose(
+            np.asarray(serve(tokens)), model.predict(tokens, verbose=0), atol=1e-5
+        )
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the refusal is PyTorch's")
+def test_saved_model_export_on_torch_names_the_alternatives(tmp_path):
+    model = _self_attention_model()
+    for call in (lambda: export.export_saved_model(model, tmp_path / "export"),
+                 lambda: export.serving_signature(model)):
+        with pytest.raises(ValueError, match="export_torch_program.*Received: keras.backend"):
+            call()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="the refusal is for TensorFlow and JAX")
+def test_torch_program_export_needs_torch(tmp_path):
+    with pytest.raises(ValueError, match="export_saved_model.*Received: keras.backend"):
+        export.export_torch_program(_self_attention_model(), tmp_path / "m.pt2")
+
+
+_RUN_TORCH_PROGRAM_WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["keras_attention"] = None  # any `import keras_attention` now fails
+    sys.modules["keras"] = None  # the program needs PyTorch only
+    import numpy as np
+    import torch
+
+    program_file, inputs_file, outputs_file = sys.argv[1:4]
+    module = torch.export.load(program_file).module()
+    arrays = np.load(inputs_file)
+    results = {name: module(torch.from_numpy(arrays[name])).detach().numpy()
+               for name in arrays.files}
+    np.savez(outputs_file, **results)
+    print(json.dumps([m for m, mod in sys.modules.items()
+                      if m.split(".")[0] in ("keras_attention", "keras") and mod]))
+    """
+)
+
+
+@torch_only
+def test_torch_program_serves_in_subprocess_without_package(tmp_path):
+    model = _self_attention_model()
+    path = export.export_torch_program(model, tmp_path / "sub" / "model.pt2")
+    assert os.listdir(tmp_path / "sub") == ["model.pt2"]  # no temporary file left
+    cases = {"b2_len5": _inputs(2, 5, seed=1), "b7_len11": _inputs(7, 11, seed=2),
+             "b1_len1": _inputs(1, 1, seed=3)}
+    np.savez(tmp_path / "inputs.npz", **cases)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_TORCH_PROGRAM_WITHOUT_PACKAGE, path,
+         str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    served = np.load(tmp_path / "outputs.npz")
+    for name, x in cases.items():
+        np.testing.assert_allclose(served[name], model.predict(x, verbose=0), atol=1e-5)
+
+
+@torch_only
+def test_torch_program_rejects_other_suffixes(tmp_path):
+    with pytest.raises(ValueError, match=r"must end in `\.pt2`.*Received: path="):
+        export.export_torch_program(_self_attention_model(), tmp_path / "model.keras")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
@@ -55,14 +56,26 @@ def test_accepted_shapes(shape, expected_panels):
 
 
 def test_heads_selects_panels_and_accepts_tensors():
-    import tensorflow as tf
-
     weights = _weights(4, 2, 3)
-    fig = plot_attention(tf.constant(weights), heads=[3, 1])
+    fig = plot_attention(keras.ops.convert_to_tensor(weights), heads=[3, 1])
     panels = _panels(fig)
     assert [axis.get_title() for axis in panels] == ["head 3", "head 1"]
     np.testing.assert_allclose(panels[0].images[0].get_array(), weights[3], atol=1e-6)
     assert len(_panels(plot_attention(weights, heads=2))) == 1
+
+
+def test_accepts_scores_that_carry_gradients():
+    # On PyTorch, scores from a layer with weights require grad; `.numpy()` raises.
+    import keras_attention as ka
+
+    x = np.random.default_rng(1).normal(size=(1, 3, 8)).astype("float32")
+    _, scores = ka.MultiHeadAttention(2, 4)(x, x, return_attention_scores=True)
+    fig = plot_attention(scores)
+    panels = _panels(fig)
+    assert len(panels) == 2
+    np.testing.assert_allclose(
+        panels[1].images[0].get_array(), keras.ops.convert_to_numpy(scores)[0, 1], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(

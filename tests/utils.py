@@ -5,7 +5,6 @@ import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 
@@ -132,8 +131,7 @@ def run_layer_test(
 
     # Gradients reach every trainable weight (or, for a layer without weights, the
     # floating-point inputs).
-    tensors = [tf.constant(a) for a in arrays]
-    _check_gradients(layer, tensors, lambda: call(layer, tensors, training=True))
+    _check_gradients(layer, arrays, lambda *tensors: call(layer, tensors, training=True))
 
     if masked_inputs:
         _check_masks(layer_cls, init_kwargs, inputs, names, call_kwargs,
@@ -147,29 +145,91 @@ def _assert_shape_matches(symbolic_shape, eager_shape):
         assert sym is None or sym == eag, (symbolic_shape, eager_shape)
 
 
-def _check_gradients(layer, inputs, forward):
+def _check_gradients(layer, arrays, forward):
     rng = np.random.default_rng(0)
-    with tf.GradientTape() as tape:
-        tape.watch([t for t in inputs if t.dtype.is_floating])
-        outputs = _flat(forward())
+    floating = [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.floating)]
+    projections = {}
+
+    def loss(*float_inputs):
+        tensors = list(arrays)
+        for i, tensor in zip(floating, float_inputs):
+            tensors[i] = tensor
+        outputs = _flat(forward(*tensors))
         # A random projection of the outputs, so no gradient cancels by symmetry.
-        loss = sum(
-            tf.reduce_sum(
-                tf.cast(out, "float32") * rng.standard_normal(out.shape).astype("float32")
-            )
-            for out in outputs
-        )
+        total = 0.0
+        for index, out in enumerate(outputs):
+            if index not in projections:
+                projections[index] = ops.convert_to_tensor(
+                    rng.standard_normal(tuple(out.shape)).astype("float32")
+                )
+            total = total + ops.sum(ops.cast(out, "float32") * projections[index])
+        return total
+
+    float_arrays = [arrays[i] for i in floating]
     if layer.trainable_weights:
-        targets = {w.path: w.value for w in layer.trainable_weights}
+        names = [w.path for w in layer.trainable_weights]
+        _, grads = value_and_gradients(loss, float_arrays, layer.trainable_weights)
+        grads = grads[len(float_arrays):]
     else:
-        targets = {f"input {i}": t for i, t in enumerate(inputs) if t.dtype.is_floating}
-    assert targets, "nothing to differentiate"
-    grads = tape.gradient(loss, list(targets.values()))
-    for name, grad in zip(targets, grads):
+        names = [f"input {i}" for i in floating]
+        _, grads = value_and_gradients(loss, float_arrays)
+    assert names, "nothing to differentiate"
+    for name, grad in zip(names, grads):
         assert grad is not None, f"no gradient reaches {name}"
-        grad = keras.ops.convert_to_numpy(grad)
         assert np.all(np.isfinite(grad)), f"non-finite gradient for {name}"
         assert np.any(grad != 0), f"zero gradient for {name}"
+
+
+def value_and_gradients(fn, inputs, variables=()):
+    """`fn(*inputs)` (a scalar) and its gradients, on every Keras backend.
+
+    The one place in the tests that differentiates: `jax.value_and_grad` on JAX
+    (the variables enter through a `keras.StatelessScope`), `torch.autograd.grad`
+    on PyTorch and `tf.GradientTape` on TensorFlow.
+
+    Args:
+        fn: function of the input tensors returning a scalar tensor; it may read
+            `variables` (e.g. call a layer that owns them).
+        inputs: numpy arrays (or tensors) differentiated as `fn`'s arguments.
+        variables: `keras.Variable`s differentiated too.
+
+    Returns:
+        `(value, grads)`: `value` a float, `grads` a list of numpy arrays, one per
+        input then one per variable, `None` where the result does not depend on it.
+    """
+    backend = keras.backend.backend()
+    inputs = [ops.convert_to_tensor(x) for x in inputs]
+    variables = list(variables)
+    if backend == "jax":
+        import jax
+
+        def pure(input_values, variable_values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, variable_values))):
+                return fn(*input_values)
+
+        value, (input_grads, variable_grads) = jax.value_and_grad(pure, argnums=(0, 1))(
+            inputs, [v.value for v in variables]
+        )
+        grads = list(input_grads) + list(variable_grads)
+    elif backend == "torch":
+        import torch
+
+        inputs = [x.detach().requires_grad_(True) for x in inputs]
+        value = fn(*inputs)
+        targets = inputs + [v.value for v in variables]
+        grads = torch.autograd.grad(value, targets, allow_unused=True)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            value = fn(*inputs)
+        grads = tape.gradient(value, inputs + [v.value for v in variables])
+    else:
+        raise ValueError(f"Unsupported backend: {backend!r}")
+    grads = [None if g is None else ops.convert_to_numpy(ops.convert_to_tensor(g))
+             for g in grads]
+    return float(ops.convert_to_numpy(value)), grads
 
 
 def _check_masks(layer_cls, init_kwargs, inputs, names, call_kwargs, masked_inputs,

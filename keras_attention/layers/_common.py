@@ -1,56 +1,44 @@
-"""Helpers shared by the layers: argument checks and the Dense projection settings."""
-
-import numbers
+"""Helpers shared by the layers: the Dense projection settings and symbolic outputs."""
 
 import keras
 
-_INITIALIZER_KEYS = ("kernel_initializer", "bias_initializer")
-_REGULARIZER_KEYS = ("kernel_regularizer", "bias_regularizer")
-_CONSTRAINT_KEYS = ("kernel_constraint", "bias_constraint")
+# The argument checks live in `keras_attention._validation`; `keras_attention.models`
+# still reads these three from here.
+from keras_attention._validation import (  # noqa: F401
+    check_bool,
+    check_positive_int,
+    check_rate,
+)
 
-
-def check_positive_int(value, name, allow_none=False):
-    """Raise `ValueError` unless `value` is a positive int (or `None` if allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
-def check_rate(value, name="dropout"):
-    """Raise `ValueError` unless `value` is a float in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"`{name}` must be a float in [0, 1). Received: {name}={value!r}")
-
-
-def check_bool(value, name):
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
-
-
-def check_rank(shape, expected, name, what):
-    """Raise `ValueError` unless the static `shape` has rank in `expected`."""
-    expected = (expected,) if isinstance(expected, int) else tuple(expected)
-    if len(shape) not in expected:
-        raise ValueError(
-            f"`{name}` must be {what}. Received: {name}.shape={tuple(shape)}"
-        )
+# The Dense arguments a layer passes on unchanged to its projections, and the Keras
+# module that turns each into an object (and back into config).
+_SETTING_MODULES = {
+    "kernel_initializer": keras.initializers,
+    "bias_initializer": keras.initializers,
+    "kernel_regularizer": keras.regularizers,
+    "bias_regularizer": keras.regularizers,
+    "kernel_constraint": keras.constraints,
+    "bias_constraint": keras.constraints,
+}
+INITIALIZER_KEYS = ("kernel_initializer", "bias_initializer")
 
 
 class ProjectionSettings:
-    """The initializer/regularizer/constraint arguments shared by Dense projections.
+    """The settings a layer shares among its `Dense` projections, and their factory.
+
+    Holds `use_bias`, the dtype policy and the initializer/regularizer/constraint
+    arguments; `dense(units, name)` builds a `keras.layers.Dense` with them, so a
+    layer states only what is its own (units, name, and where it differs: a bias-free
+    score vector, an activation). `get_config()` merges into the layer's config.
 
     `activity_regularizer` is not among them: it goes to the base `keras.layers.Layer`
     and regularizes the layer's output, as for any Keras layer.
-
-    Layers keep one of these, pass `dense_kwargs()` to every Dense sublayer they
-    create and merge `get_config()` into their own config.
     """
 
     def __init__(
         self,
+        use_bias=True,
+        dtype=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -58,42 +46,36 @@ class ProjectionSettings:
         kernel_constraint=None,
         bias_constraint=None,
     ):
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.use_bias = use_bias
+        self.dtype = dtype
+        values = locals()
+        for key, module in _SETTING_MODULES.items():
+            setattr(self, key, module.get(values[key]))
 
-    def dense_kwargs(self):
-        """Keyword arguments for a `keras.layers.Dense` sublayer (fresh objects, so
-        sublayers never share an initializer's state)."""
+    def dense(self, units, name, use_bias=None, activation=None):
+        """A `keras.layers.Dense(units)` projection named `name` with these settings;
+        `use_bias` (default: the layer's) and `activation` are per projection."""
+        return keras.layers.Dense(
+            units,
+            activation=activation,
+            use_bias=self.use_bias if use_bias is None else use_bias,
+            name=name,
+            dtype=self.dtype,
+            **self.dense_kwargs(),
+        )
+
+    def dense_kwargs(self, keys=tuple(_SETTING_MODULES)):
+        """The `keys` settings as keyword arguments for a sublayer: fresh objects, so
+        sublayers never share an initializer's state."""
         kwargs = {}
-        for key in _INITIALIZER_KEYS:
-            kwargs[key] = keras.initializers.get(
-                keras.initializers.serialize(getattr(self, key))
-            )
-        for key in _REGULARIZER_KEYS:
-            value = getattr(self, key)
-            kwargs[key] = None if value is None else keras.regularizers.get(
-                keras.regularizers.serialize(value)
-            )
-        for key in _CONSTRAINT_KEYS:
-            value = getattr(self, key)
-            kwargs[key] = None if value is None else keras.constraints.get(
-                keras.constraints.serialize(value)
-            )
+        for key in keys:
+            value, module = getattr(self, key), _SETTING_MODULES[key]
+            kwargs[key] = None if value is None else module.get(module.serialize(value))
         return kwargs
 
-    def get_config(self):
-        config = {}
-        for key in _INITIALIZER_KEYS:
-            config[key] = keras.initializers.serialize(getattr(self, key))
-        for key in _REGULARIZER_KEYS:
-            config[key] = keras.regularizers.serialize(getattr(self, key))
-        for key in _CONSTRAINT_KEYS:
-            config[key] = keras.constraints.serialize(getattr(self, key))
-        return config
+    def get_config(self, keys=tuple(_SETTING_MODULES)):
+        """The `keys` settings as config entries (`use_bias` is the layer's own)."""
+        return {key: _SETTING_MODULES[key].serialize(getattr(self, key)) for key in keys}
 
 
 def attention_output_spec(layer, output_shape, scores_shape, return_attention_scores):

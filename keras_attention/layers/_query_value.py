@@ -4,7 +4,7 @@ and `LuongAttention`."""
 import keras
 from keras import ops
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention.layers import _common
 
 
@@ -21,22 +21,22 @@ class QueryValueAttention(keras.layers.Layer):
 
     def __init__(self, dropout=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
-        _common.check_rate(dropout, "dropout")
+        _validation.check_rate(dropout, "dropout")
         self.dropout = dropout
         self.seed = seed
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
     def build(self, query_shape, value_shape, key_shape=None):
-        _common.check_rank(
+        _validation.check_rank(
             query_shape, (2, 3), "query",
             "rank 3 (batch, q_len, features) or rank 2 (batch, features)",
         )
-        _common.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
+        _validation.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
         if key_shape is None:
             key_shape = value_shape
         else:
-            _common.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
+            _validation.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
             for axis, what in ((0, "batch size"), (1, "length (axis 1, kv_len)")):
                 if None not in (key_shape[axis], value_shape[axis]) and (
                     key_shape[axis] != value_shape[axis]

@@ -9,19 +9,10 @@ mask by `keras_attention.masks.merge_attention_masks` before it is handed over.
 
 import keras
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention.layers import _common
 from keras_attention.layers.feed_forward import FeedForward
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
-
-
-def _check_sequence(shape, name):
-    _common.check_rank(shape, 3, name, "rank 3 (batch, seq, features)")
-    if shape[-1] is None:
-        raise ValueError(
-            f"The last axis of `{name}` (features) must be known. "
-            f"Received: {name}.shape={tuple(shape)}"
-        )
 
 
 def _check_padding_mask(padding_mask, sequence, name, sequence_name):
@@ -30,17 +21,13 @@ def _check_padding_mask(padding_mask, sequence, name, sequence_name):
         return None
     padding_mask = masks.validate_mask(padding_mask, name=name)
     shape, seq_shape = tuple(padding_mask.shape), tuple(sequence.shape)
-    if len(shape) != 2 or not _compatible(shape, seq_shape[:2]):
+    if len(shape) != 2 or not _validation.compatible(shape, seq_shape[:2]):
         raise ValueError(
             f"`{name}` must have shape (batch, seq) matching `{sequence_name}`, "
             f"i.e. {seq_shape[:2]}. Received: {name}.shape={shape}, "
             f"{sequence_name}.shape={seq_shape}"
         )
     return padding_mask
-
-
-def _compatible(shape_a, shape_b):
-    return all(a is None or b is None or a == b for a, b in zip(shape_a, shape_b))
 
 
 class _TransformerBlock(keras.layers.Layer):
@@ -61,18 +48,12 @@ class _TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(num_heads, "num_heads")
-        _common.check_positive_int(intermediate_dim, "intermediate_dim")
-        _common.check_positive_int(key_dim, "key_dim", allow_none=True)
-        _common.check_rate(dropout, "dropout")
-        _common.check_bool(normalize_first, "normalize_first")
-        if isinstance(layer_norm_epsilon, bool) or not isinstance(
-            layer_norm_epsilon, (int, float)
-        ) or layer_norm_epsilon <= 0:
-            raise ValueError(
-                "`layer_norm_epsilon` must be a positive float. "
-                f"Received: layer_norm_epsilon={layer_norm_epsilon!r}"
-            )
+        _validation.check_positive_int(num_heads, "num_heads")
+        _validation.check_positive_int(intermediate_dim, "intermediate_dim")
+        _validation.check_positive_int(key_dim, "key_dim", allow_none=True)
+        _validation.check_rate(dropout, "dropout")
+        _validation.check_bool(normalize_first, "normalize_first")
+        _validation.check_positive_float(layer_norm_epsilon, "layer_norm_epsilon")
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.key_dim = key_dim
@@ -80,8 +61,14 @@ class _TransformerBlock(keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.normalize_first = normalize_first
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        # Only the initializers reach the Dense layers inside (as in keras-hub).
+        self.projection = _common.ProjectionSettings(
+            dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+        )
+        self.kernel_initializer = self.projection.kernel_initializer
+        self.bias_initializer = self.projection.bias_initializer
         self.seed = seed
         self.supports_masking = True
         self._seed_offset = 0
@@ -90,20 +77,10 @@ class _TransformerBlock(keras.layers.Layer):
             activation=self.activation,
             name="feedforward",
             dtype=self.dtype_policy,
-            **self._initializers(),
+            **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
         self.feedforward_dropout = self._dropout("feedforward_dropout")
         self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
-
-    def _initializers(self):
-        return {
-            "kernel_initializer": keras.initializers.get(
-                keras.initializers.serialize(self.kernel_initializer)
-            ),
-            "bias_initializer": keras.initializers.get(
-                keras.initializers.serialize(self.bias_initializer)
-            ),
-        }
 
     def _next_seed(self):
         # Each dropout gets its own seed, so their masks are not identical.
@@ -137,7 +114,7 @@ class _TransformerBlock(keras.layers.Layer):
             name=name,
             dtype=self.dtype_policy,
             seed=self._next_seed(),
-            **self._initializers(),
+            **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
 
     def _residual(self, x, sublayer, layer_norm, dropout, training):
@@ -171,11 +148,8 @@ class _TransformerBlock(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "normalize_first": self.normalize_first,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "seed": self.seed,
+                **self.projection.get_config(_common.INITIALIZER_KEYS),
             }
         )
         return config

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 from keras_attention.layers._query_value import QueryValueAttention
@@ -72,11 +73,9 @@ class AdditiveAttention(QueryValueAttention):
         **kwargs,
     ):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
-        _common.check_positive_int(units, "units")
-        _common.check_bool(use_bias, "use_bias")
-        self.units = units
-        self.use_bias = use_bias
         self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
@@ -84,18 +83,13 @@ class AdditiveAttention(QueryValueAttention):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
         )
-        self.query_dense = self._make_dense(units, use_bias, "query")
-        self.key_dense = self._make_dense(units, use_bias, "key")
-        self.score_dense = self._make_dense(1, False, "score")
-
-    def _make_dense(self, units, use_bias, name):
-        return keras.layers.Dense(
-            units,
-            use_bias=use_bias,
-            name=name,
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+        _validation.check_positive_int(units, "units")
+        _validation.check_bool(use_bias, "use_bias")
+        self.units = units
+        self.use_bias = use_bias
+        self.query_dense = self.projection.dense(units, "query")
+        self.key_dense = self.projection.dense(units, "key")
+        self.score_dense = self.projection.dense(1, "score", use_bias=False)
 
     def _build_scores(self, query_shape, key_shape):
         self.query_dense.build(query_shape)

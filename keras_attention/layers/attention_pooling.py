@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 
@@ -72,18 +72,9 @@ class AttentionPooling(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(units, "units", allow_none=True)
-        _common.check_positive_int(num_queries, "num_queries")
-        _common.check_bool(use_bias, "use_bias")
-        _common.check_bool(scale, "scale")
-        _common.check_rate(dropout, "dropout")
-        self.units = units
-        self.num_queries = num_queries
-        self.use_bias = use_bias
-        self.scale = scale
-        self.dropout = dropout
-        self.seed = seed
         self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
@@ -91,26 +82,25 @@ class AttentionPooling(keras.layers.Layer):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
         )
+        _validation.check_positive_int(units, "units", allow_none=True)
+        _validation.check_positive_int(num_queries, "num_queries")
+        _validation.check_bool(use_bias, "use_bias")
+        _validation.check_bool(scale, "scale")
+        _validation.check_rate(dropout, "dropout")
+        self.units = units
+        self.num_queries = num_queries
+        self.use_bias = use_bias
+        self.scale = scale
+        self.dropout = dropout
+        self.seed = seed
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
         self.key_dense = None
         if units is not None:
-            self.key_dense = keras.layers.Dense(
-                units,
-                use_bias=use_bias,
-                activation="tanh",
-                name="key",
-                dtype=self.dtype_policy,
-                **self.projection.dense_kwargs(),
-            )
+            self.key_dense = self.projection.dense(units, "key", activation="tanh")
 
     def build(self, inputs_shape):
-        _common.check_rank(inputs_shape, 3, "inputs", "rank 3 (batch, seq, features)")
-        if inputs_shape[-1] is None:
-            raise ValueError(
-                "`inputs` must have a known feature size (last axis). "
-                f"Received: inputs.shape={tuple(inputs_shape)}"
-            )
+        _validation.check_sequence(inputs_shape, "inputs")
         key_size = inputs_shape[-1]
         if self.key_dense is not None:
             self.key_dense.build(inputs_shape)

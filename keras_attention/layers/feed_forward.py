@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_attention import _validation
 from keras_attention.layers import _common
 
 
@@ -34,8 +35,8 @@ class FeedForward(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> FeedForward(32)(np.zeros((2, 5, 8), "float32")).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(FeedForward(32)(np.zeros((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
     """
 
     def __init__(
@@ -54,15 +55,9 @@ class FeedForward(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(intermediate_dim, "intermediate_dim")
-        _common.check_rate(dropout, "dropout")
-        _common.check_bool(use_bias, "use_bias")
-        self.intermediate_dim = intermediate_dim
-        self.activation = keras.activations.get(activation)
-        self.dropout = dropout
-        self.use_bias = use_bias
-        self.seed = seed
         self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
@@ -70,14 +65,17 @@ class FeedForward(keras.layers.Layer):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
         )
+        _validation.check_positive_int(intermediate_dim, "intermediate_dim")
+        _validation.check_rate(dropout, "dropout")
+        _validation.check_bool(use_bias, "use_bias")
+        self.intermediate_dim = intermediate_dim
+        self.activation = keras.activations.get(activation)
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.seed = seed
         self.supports_masking = True
-        self.intermediate_dense = keras.layers.Dense(
-            intermediate_dim,
-            activation=self.activation,
-            use_bias=use_bias,
-            name="intermediate_dense",
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
+        self.intermediate_dense = self.projection.dense(
+            intermediate_dim, "intermediate_dense", activation=self.activation
         )
         self.dropout_layer = keras.layers.Dropout(
             dropout, seed=seed, name="dropout", dtype=self.dtype_policy
@@ -85,20 +83,10 @@ class FeedForward(keras.layers.Layer):
         self.output_dense = None
 
     def build(self, inputs_shape):
-        _common.check_rank(inputs_shape, (2, 3, 4), "inputs", "(batch, ..., features)")
+        _validation.check_rank(inputs_shape, (2, 3, 4), "inputs", "(batch, ..., features)")
+        _validation.check_known_features(inputs_shape, "inputs")
         features = inputs_shape[-1]
-        if features is None:
-            raise ValueError(
-                "The last axis of `inputs` (features) must be known. "
-                f"Received: inputs.shape={tuple(inputs_shape)}"
-            )
-        self.output_dense = keras.layers.Dense(
-            features,
-            use_bias=self.use_bias,
-            name="output_dense",
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+        self.output_dense = self.projection.dense(features, "output_dense")
         self.intermediate_dense.build(inputs_shape)
         self.output_dense.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
         self.built = True

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 from keras_attention.layers._query_value import QueryValueAttention
@@ -84,30 +85,9 @@ class LuongAttention(QueryValueAttention):
         **kwargs,
     ):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
-        if score not in _SCORES:
-            raise ValueError(
-                f"`score` must be one of {', '.join(repr(s) for s in _SCORES)}. "
-                f"Received: score={score!r}"
-            )
-        if score == "concat":
-            _common.check_positive_int(units, "units")
-        elif units is not None:
-            raise ValueError(
-                "`units` is only used by score='concat' and must be None for "
-                f"score={score!r}. Received: units={units!r}"
-            )
-        _common.check_bool(scale, "scale")
-        if scale and score == "concat":
-            raise ValueError(
-                "`scale=True` applies to the 'dot' and 'general' scores only. "
-                "Received: scale=True with score='concat'"
-            )
-        _common.check_bool(use_bias, "use_bias")
-        self.score = score
-        self.units = units
-        self.scale = scale
-        self.use_bias = use_bias
         self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
@@ -115,20 +95,30 @@ class LuongAttention(QueryValueAttention):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
         )
+        _validation.check_one_of(score, "score", _SCORES)
+        if score == "concat":
+            _validation.check_positive_int(units, "units")
+        elif units is not None:
+            raise ValueError(
+                "`units` is only used by score='concat' and must be None for "
+                f"score={score!r}. Received: units={units!r}"
+            )
+        _validation.check_bool(scale, "scale")
+        if scale and score == "concat":
+            raise ValueError(
+                "`scale=True` applies to the 'dot' and 'general' scores only. "
+                "Received: scale=True with score='concat'"
+            )
+        _validation.check_bool(use_bias, "use_bias")
+        self.score = score
+        self.units = units
+        self.scale = scale
+        self.use_bias = use_bias
         # `general` needs the query size, known only in build().
         self.key_dense = None
         if score == "concat":
-            self.concat_dense = self._make_dense(units, use_bias, "concat")
-            self.score_dense = self._make_dense(1, False, "score")
-
-    def _make_dense(self, units, use_bias, name):
-        return keras.layers.Dense(
-            units,
-            use_bias=use_bias,
-            name=name,
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+            self.concat_dense = self.projection.dense(units, "concat")
+            self.score_dense = self.projection.dense(1, "score", use_bias=False)
 
     def _build_scores(self, query_shape, key_shape):
         query_features, key_features = query_shape[-1], key_shape[-1]
@@ -148,7 +138,7 @@ class LuongAttention(QueryValueAttention):
                     "score='general' needs a known query size (last axis). "
                     f"Received: query.shape={query_shape}"
                 )
-            self.key_dense = self._make_dense(query_features, False, "key")
+            self.key_dense = self.projection.dense(query_features, "key", use_bias=False)
             self.key_dense.build(key_shape)
         else:
             if None in (query_features, key_features):

@@ -3,10 +3,9 @@
 import numbers
 
 import keras
-import numpy as np
 from keras import ops
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 
@@ -138,15 +137,25 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        _common.check_positive_int(num_heads, "num_heads")
-        _common.check_positive_int(key_dim, "key_dim")
-        _common.check_positive_int(value_dim, "value_dim", allow_none=True)
-        _common.check_positive_int(
+        self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
+        _validation.check_positive_int(num_heads, "num_heads")
+        _validation.check_positive_int(key_dim, "key_dim")
+        _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
+        _validation.check_positive_int(
             num_key_value_heads, "num_key_value_heads", allow_none=True
         )
-        _common.check_positive_int(output_dim, "output_dim", allow_none=True)
-        _common.check_rate(dropout, "dropout")
-        _common.check_bool(use_bias, "use_bias")
+        _validation.check_positive_int(output_dim, "output_dim", allow_none=True)
+        _validation.check_rate(dropout, "dropout")
+        _validation.check_bool(use_bias, "use_bias")
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
         ):
@@ -166,52 +175,31 @@ class MultiHeadAttention(keras.layers.Layer):
         attention_ops.check_implementation(implementation)
         self.seed = seed
         self.implementation = implementation
-        self.projection = _common.ProjectionSettings(
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
         self._value_dim = value_dim or key_dim
         self._kv_heads = num_key_value_heads or num_heads
-        self.query_dense = self._make_dense(num_heads * key_dim, "query")
-        self.key_dense = self._make_dense(self._kv_heads * key_dim, "key")
-        self.value_dense = self._make_dense(self._kv_heads * self._value_dim, "value")
+        self.query_dense = self.projection.dense(num_heads * key_dim, "query")
+        self.key_dense = self.projection.dense(self._kv_heads * key_dim, "key")
+        self.value_dense = self.projection.dense(self._kv_heads * self._value_dim, "value")
         # The output size depends on the query's features when output_dim is None,
         # so this Dense gets its units in build().
         self.output_dense = None
         if output_dim is not None:
-            self.output_dense = self._make_dense(output_dim, "attention_output")
-
-    def _make_dense(self, units, name):
-        return keras.layers.Dense(
-            units,
-            use_bias=self.use_bias,
-            name=name,
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+            self.output_dense = self.projection.dense(output_dim, "attention_output")
 
     def build(self, query_shape, value_shape, key_shape=None):
-        _common.check_rank(query_shape, 3, "query", "rank 3 (batch, q_len, features)")
-        _common.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
+        _validation.check_rank(query_shape, 3, "query", "rank 3 (batch, q_len, features)")
+        _validation.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
         if key_shape is None:
             key_shape = value_shape
-        _common.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
+        _validation.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
         for name, shape in (("query", query_shape), ("value", value_shape),
                             ("key", key_shape)):
-            if shape[-1] is None:
-                raise ValueError(
-                    f"The last dimension (features) of `{name}` must be known. "
-                    f"Received: {name}.shape={tuple(shape)}"
-                )
+            _validation.check_known_features(shape, name)
         if self.output_dense is None:
-            self.output_dense = self._make_dense(query_shape[-1], "attention_output")
+            self.output_dense = self.projection.dense(query_shape[-1], "attention_output")
         self.query_dense.build(query_shape)
         self.key_dense.build(key_shape)
         self.value_dense.build(value_shape)
@@ -239,15 +227,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 "`build(query_shape, value_shape)` first, so that the projections "
                 "exist before a cache is made."
             )
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
-                value, bool
-            ):
-                _common.check_positive_int(int(value), name)
-            elif isinstance(value, (bool, numbers.Real, str)) or value is None:
-                raise ValueError(
-                    f"`{name}` must be a positive integer. Received: {name}={value!r}"
-                )
+        batch_size = _validation.check_index(batch_size, "batch_size", positive=True)
+        max_length = _validation.check_index(max_length, "max_length", positive=True)
         return ops.zeros(
             (batch_size, max_length, self._cache_features),
             dtype=dtype or self.compute_dtype,
@@ -296,9 +277,17 @@ class MultiHeadAttention(keras.layers.Layer):
                 kv_len=kv_len,
             )
         else:
-            new_cache, keys, values, mask = self._update_cache(
-                cache, cache_index, keys, values, query_mask, value_mask, key_mask,
-                attention_mask, q_len,
+            cache, cache_index = _check_cache(
+                cache, cache_index, keys.shape, self._cache_features
+            )
+            new_cache, keys, values = _write_cache(cache, cache_index, keys, values)
+            mask = _cached_key_mask(
+                cache_index,
+                ops.shape(cache)[1],
+                q_len,
+                query_mask=query_mask,
+                key_padding=masks.combine_masks(value_mask, key_mask),
+                attention_mask=attention_mask,
             )
         if mask is not None and len(mask.shape) == 3:
             mask = ops.expand_dims(mask, 1)  # the head axis of the scores
@@ -333,85 +322,9 @@ class MultiHeadAttention(keras.layers.Layer):
         group = self.num_heads // self._kv_heads
         return x if group == 1 else ops.repeat(x, group, axis=1)
 
-    def _update_cache(self, cache, cache_index, keys, values, query_mask, value_mask,
-                      key_mask, attention_mask, q_len):
-        """Write the new keys/values into `cache` at `cache_index`; return the new
-        cache, all cached keys and values, and the mask over the cached positions."""
-        cache = ops.convert_to_tensor(cache)
-        expected = (keys.shape[0], None, self._cache_features)
-        if len(cache.shape) != 3 or any(
-            e is not None and c is not None and e != c
-            for e, c in zip(expected, cache.shape)
-        ):
-            raise ValueError(
-                "`cache` must have shape (batch, max_length, num_key_value_heads * "
-                f"(key_dim + value_dim)) = {expected}, as made by "
-                f"`get_initial_cache`. Received: cache.shape={tuple(cache.shape)}"
-            )
-        new_len = keys.shape[1]
-        max_length = cache.shape[1]
-        if isinstance(cache_index, (numbers.Integral, np.integer)):
-            if isinstance(cache_index, bool) or cache_index < 0:
-                raise ValueError(
-                    "`cache_index` must be a non-negative integer. "
-                    f"Received: cache_index={cache_index!r}"
-                )
-            if (
-                new_len is not None
-                and max_length is not None
-                and cache_index + new_len > max_length
-            ):
-                raise ValueError(
-                    f"`cache_index` + the number of new tokens ({new_len}) must not "
-                    f"exceed the cache length max_length={max_length}. "
-                    f"Received: cache_index={cache_index}"
-                )
-        else:
-            cache_index = ops.convert_to_tensor(cache_index)
-            if len(cache_index.shape) != 0 or not keras.backend.standardize_dtype(
-                cache_index.dtype
-            ).startswith(("int", "uint")):
-                raise ValueError(
-                    "`cache_index` must be an integer or a scalar integer tensor. "
-                    f"Received: cache_index with shape {tuple(cache_index.shape)} "
-                    f"and dtype {cache_index.dtype}"
-                )
-            cache_index = ops.cast(cache_index, "int32")
-
-        update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
-        zero = ops.zeros((), "int32")
-        start = [zero, ops.cast(cache_index, "int32"), zero]
-        new_cache = ops.slice_update(cache, start, update)
-        split = self._kv_heads * self.key_dim
-        all_keys = ops.cast(new_cache[..., :split], keys.dtype)
-        all_values = ops.cast(new_cache[..., split:], values.dtype)
-
-        # Keras masks of the new tokens cover only their own cache positions; earlier
-        # positions stay allowed (an attention_mask can mask them).
-        key_padding = masks.combine_masks(value_mask, key_mask)
-        if key_padding is not None:
-            key_padding = ops.cast(masks.validate_mask(key_padding), "int32")
-            batch = ops.shape(cache)[0]
-            key_padding = ops.slice_update(
-                ops.ones((batch, ops.shape(cache)[1]), "int32"),
-                [zero, start[1]],
-                key_padding,
-            )
-        kv_len = ops.shape(cache)[1]
-        mask = masks.merge_attention_masks(
-            query_mask=query_mask,
-            value_mask=key_padding,
-            attention_mask=attention_mask,
-            q_len=q_len,
-            kv_len=kv_len,
-        )
-        causal = masks.causal_mask(q_len, kv_len, offset=cache_index)
-        mask = masks.combine_masks(mask, causal)
-        return new_cache, all_keys, all_values, mask
-
     def _check_call_shapes(self, query, value, key):
         for name, tensor in (("query", query), ("value", value), ("key", key)):
-            _common.check_rank(tensor.shape, 3, name, "rank 3 (batch, seq, features)")
+            _validation.check_rank(tensor.shape, 3, name, "rank 3 (batch, seq, features)")
         k_len, v_len = key.shape[1], value.shape[1]
         if k_len is not None and v_len is not None and k_len != v_len:
             raise ValueError(
@@ -482,3 +395,78 @@ class MultiHeadAttention(keras.layers.Layer):
             }
         )
         return config
+
+
+# Incremental decoding, in three steps: check the cache and its index, write the new
+# keys/values into it, and build the mask over all the cached keys.
+
+
+def _check_cache(cache, cache_index, keys_shape, features):
+    """Check `cache` against the projected new keys `(batch, new_len, ...)` and the
+    cache's `features`; return the cache as a tensor and `cache_index` as an int or an
+    int32 scalar tensor."""
+    cache = ops.convert_to_tensor(cache)
+    expected = (keys_shape[0], None, features)
+    if len(cache.shape) != 3 or not _validation.compatible(tuple(cache.shape), expected):
+        raise ValueError(
+            "`cache` must have shape (batch, max_length, num_key_value_heads * "
+            f"(key_dim + value_dim)) = {expected}, as made by "
+            f"`get_initial_cache`. Received: cache.shape={tuple(cache.shape)}"
+        )
+    cache_index = _validation.check_index(cache_index, "cache_index")
+    new_len, max_length = keys_shape[1], cache.shape[1]
+    if (
+        isinstance(cache_index, int)
+        and new_len is not None
+        and max_length is not None
+        and cache_index + new_len > max_length
+    ):
+        raise ValueError(
+            f"`cache_index` + the number of new tokens ({new_len}) must not "
+            f"exceed the cache length max_length={max_length}. "
+            f"Received: cache_index={cache_index}"
+        )
+    return cache, cache_index
+
+
+def _write_cache(cache, cache_index, keys, values):
+    """Write `concat(keys, values)` of the new tokens at positions
+    `[cache_index, cache_index + new_len)`; return the new cache and all the cached
+    keys and values (in the dtypes of `keys` and `values`)."""
+    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
+    zero = ops.zeros((), "int32")
+    new_cache = ops.slice_update(
+        cache, [zero, ops.cast(cache_index, "int32"), zero], update
+    )
+    split = keys.shape[-1]
+    all_keys = ops.cast(new_cache[..., :split], keys.dtype)
+    all_values = ops.cast(new_cache[..., split:], values.dtype)
+    return new_cache, all_keys, all_values
+
+
+def _cached_key_mask(
+    cache_index, max_length, q_len, query_mask=None, key_padding=None, attention_mask=None
+):
+    """The mask of `q_len` new queries over the `max_length` cached keys.
+
+    New query `i` sees the cached keys `j <= cache_index + i` (causal). The padding
+    mask `key_padding` `(batch, new_len)` of the new tokens covers only their own
+    cache positions; earlier positions stay allowed (an `attention_mask`
+    `(batch, q_len, max_length)` can mask them).
+    """
+    if key_padding is not None:
+        key_padding = ops.cast(masks.validate_mask(key_padding), "int32")
+        zero = ops.zeros((), "int32")
+        key_padding = ops.slice_update(
+            ops.ones((ops.shape(key_padding)[0], max_length), "int32"),
+            [zero, ops.cast(cache_index, "int32")],
+            key_padding,
+        )
+    mask = masks.merge_attention_masks(
+        query_mask=query_mask,
+        value_mask=key_padding,
+        attention_mask=attention_mask,
+        q_len=q_len,
+        kv_len=max_length,
+    )
+    return masks.combine_masks(mask, masks.causal_mask(q_len, max_length, offset=cache_index))

@@ -12,28 +12,9 @@ import math
 import keras
 from keras import ops
 
-from keras_attention.layers import _common
+from keras_attention import _validation
 
 _POSITION_KINDS = ("learned", "sinusoidal")
-
-
-def _check_sequence_input(inputs_shape, name="inputs"):
-    _common.check_rank(inputs_shape, 3, name, "rank 3 (batch, seq, features)")
-    if inputs_shape[-1] is None:
-        raise ValueError(
-            f"The last axis of `{name}` (features) must be known. "
-            f"Received: {name}.shape={tuple(inputs_shape)}"
-        )
-
-
-def _check_start_index(start_index):
-    if isinstance(start_index, bool) or (
-        isinstance(start_index, int) and start_index < 0
-    ):
-        raise ValueError(
-            "`start_index` must be a non-negative integer (or an integer tensor). "
-            f"Received: start_index={start_index!r}"
-        )
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -62,8 +43,8 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
     Example:
     >>> import numpy as np
     >>> x = np.zeros((2, 5, 8), "float32")
-    >>> SinusoidalPositionEncoding()(x).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(SinusoidalPositionEncoding()(x).shape)
+    (2, 5, 8)
     """
 
     def __init__(self, max_wavelength=10000, **kwargs):
@@ -81,7 +62,7 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, inputs_shape):
-        _check_sequence_input(inputs_shape)
+        _validation.check_sequence(inputs_shape, "inputs")
         self.built = True
 
     def encoding(self, seq_len, features, start_index=0):
@@ -100,7 +81,7 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         return ops.where(is_even, ops.sin(angles), ops.cos(angles))
 
     def call(self, inputs, start_index=0):
-        _check_start_index(start_index)
+        start_index = _validation.check_index(start_index, "start_index")
         shape = ops.shape(inputs)
         encoding = self.encoding(shape[1], inputs.shape[-1], start_index)
         return inputs + ops.cast(encoding, inputs.dtype)
@@ -139,19 +120,19 @@ class PositionEmbedding(keras.layers.Layer):
     Example:
     >>> import numpy as np
     >>> layer = PositionEmbedding(sequence_length=16)
-    >>> layer(np.zeros((2, 5, 8), "float32")).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(layer(np.zeros((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
     """
 
     def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        _common.check_positive_int(sequence_length, "sequence_length")
+        _validation.check_positive_int(sequence_length, "sequence_length")
         self.sequence_length = sequence_length
         self.initializer = keras.initializers.get(initializer)
         self.supports_masking = True
 
     def build(self, inputs_shape):
-        _check_sequence_input(inputs_shape)
+        _validation.check_sequence(inputs_shape, "inputs")
         if inputs_shape[1] is not None and inputs_shape[1] > self.sequence_length:
             raise ValueError(
                 f"`inputs` has {inputs_shape[1]} steps but the layer was built for "
@@ -167,7 +148,7 @@ class PositionEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, start_index=0):
-        _check_start_index(start_index)
+        start_index = _validation.check_index(start_index, "start_index")
         seq_len = ops.shape(inputs)[1]
         if isinstance(inputs.shape[1], int) and isinstance(start_index, int):
             if start_index + inputs.shape[1] > self.sequence_length:
@@ -177,8 +158,10 @@ class PositionEmbedding(keras.layers.Layer):
                     f"Received: inputs.shape={tuple(inputs.shape)}, "
                     f"start_index={start_index}"
                 )
-        table = ops.convert_to_tensor(self.position_embeddings)
-        rows = ops.slice(table, (start_index, 0), (seq_len, table.shape[-1]))
+        # A gather, not `ops.slice`: slicing `seq_len` rows needs `seq_len <= table
+        # size` proven while tracing, which a symbolic length (JAX export) cannot be.
+        positions = ops.arange(seq_len, dtype="int32") + ops.cast(start_index, "int32")
+        rows = ops.take(ops.convert_to_tensor(self.position_embeddings), positions, axis=0)
         return inputs + ops.cast(rows, inputs.dtype)
 
     def compute_output_shape(self, inputs_shape):
@@ -240,8 +223,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     >>> import numpy as np
     >>> layer = TokenAndPositionEmbedding(100, 16, 8, mask_zero=True)
     >>> x = layer(np.array([[5, 7, 0]]))
-    >>> x.shape, layer(x, reverse=True).shape
-    (TensorShape([1, 3, 8]), TensorShape([1, 3, 100]))
+    >>> tuple(x.shape), tuple(layer(x, reverse=True).shape)
+    ((1, 3, 8), (1, 3, 100))
     """
 
     def __init__(
@@ -258,16 +241,12 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(vocabulary_size, "vocabulary_size")
-        _common.check_positive_int(embedding_dim, "embedding_dim")
-        _common.check_bool(mask_zero, "mask_zero")
-        _common.check_bool(scale_by_sqrt_dim, "scale_by_sqrt_dim")
-        if position not in _POSITION_KINDS:
-            raise ValueError(
-                f"`position` must be one of {_POSITION_KINDS}. "
-                f"Received: position={position!r}"
-            )
-        _common.check_positive_int(
+        _validation.check_positive_int(vocabulary_size, "vocabulary_size")
+        _validation.check_positive_int(embedding_dim, "embedding_dim")
+        _validation.check_bool(mask_zero, "mask_zero")
+        _validation.check_bool(scale_by_sqrt_dim, "scale_by_sqrt_dim")
+        _validation.check_one_of(position, "position", _POSITION_KINDS)
+        _validation.check_positive_int(
             sequence_length, "sequence_length", allow_none=position == "sinusoidal"
         )
         self.vocabulary_size = vocabulary_size
@@ -310,7 +289,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         if len(inputs_shape) == 3:
             tokens_shape = tuple(inputs_shape[:-1])
         else:
-            _common.check_rank(inputs_shape, 2, "inputs", "integer tokens (batch, seq)")
+            _validation.check_rank(inputs_shape, 2, "inputs", "integer tokens (batch, seq)")
             tokens_shape = tuple(inputs_shape)
         self.token_embedding.build(tokens_shape)
         self.position_embedding.build(tokens_shape + (self.embedding_dim,))

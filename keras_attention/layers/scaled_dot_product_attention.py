@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_attention import _validation
 from keras_attention import ops as attention_ops
 from keras_attention.layers._query_value import QueryValueAttention
 
@@ -41,14 +42,14 @@ class ScaledDotProductAttention(QueryValueAttention):
     >>> q = np.random.rand(2, 3, 16).astype("float32")
     >>> v = np.random.rand(2, 5, 16).astype("float32")
     >>> out, weights = layer(q, v, return_attention_scores=True)
-    >>> out.shape, weights.shape
-    (TensorShape([2, 3, 16]), TensorShape([2, 3, 5]))
+    >>> tuple(out.shape), tuple(weights.shape)
+    ((2, 3, 16), (2, 3, 5))
     """
 
     def __init__(self, dropout=0.0, scale=None, seed=None, **kwargs):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
         if scale is not None:
-            attention_ops._check_scale(scale)
+            _validation.check_positive_float(scale, "scale")
         self.scale = scale
 
     def _attend(self, query, key, value, mask, training, return_attention_scores):

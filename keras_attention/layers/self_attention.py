@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 
@@ -62,14 +62,9 @@ class SelfAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _common.check_positive_int(units, "units")
-        _common.check_bool(use_bias, "use_bias")
-        _common.check_rate(dropout, "dropout")
-        self.units = units
-        self.use_bias = use_bias
-        self.dropout = dropout
-        self.seed = seed
         self.projection = _common.ProjectionSettings(
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
@@ -77,23 +72,21 @@ class SelfAttention(keras.layers.Layer):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
         )
+        _validation.check_positive_int(units, "units")
+        _validation.check_bool(use_bias, "use_bias")
+        _validation.check_rate(dropout, "dropout")
+        self.units = units
+        self.use_bias = use_bias
+        self.dropout = dropout
+        self.seed = seed
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
-        self.query_dense = self._make_dense("query")
-        self.key_dense = self._make_dense("key")
-        self.value_dense = self._make_dense("value")
-
-    def _make_dense(self, role):
-        return keras.layers.Dense(
-            self.units,
-            use_bias=self.use_bias,
-            name=role,
-            dtype=self.dtype_policy,
-            **self.projection.dense_kwargs(),
-        )
+        self.query_dense = self.projection.dense(units, "query")
+        self.key_dense = self.projection.dense(units, "key")
+        self.value_dense = self.projection.dense(units, "value")
 
     def build(self, inputs_shape):
-        _common.check_rank(inputs_shape, 3, "inputs", "rank 3 (batch, seq, features)")
+        _validation.check_rank(inputs_shape, 3, "inputs", "rank 3 (batch, seq, features)")
         for dense in (self.query_dense, self.key_dense, self.value_dense):
             dense.build(inputs_shape)
         self.built = True

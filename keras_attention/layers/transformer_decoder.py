@@ -4,11 +4,9 @@ cross-attention, then a feed-forward network, with a decoding cache."""
 import keras
 from keras import ops
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention.layers._transformer_block import (
     _check_padding_mask,
-    _check_sequence,
-    _compatible,
     _TransformerBlock,
 )
 
@@ -68,8 +66,8 @@ class TransformerDecoder(_TransformerBlock):
     >>> import numpy as np
     >>> decoder = TransformerDecoder(num_heads=2, intermediate_dim=32)
     >>> target, source = np.zeros((2, 4, 8), "float32"), np.zeros((2, 6, 8), "float32")
-    >>> decoder(target, source).shape
-    TensorShape([2, 4, 8])
+    >>> tuple(decoder(target, source).shape)
+    (2, 4, 8)
     """
 
     def __init__(self, num_heads, intermediate_dim, **kwargs):
@@ -88,12 +86,12 @@ class TransformerDecoder(_TransformerBlock):
         return norms
 
     def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
-        _check_sequence(decoder_sequence_shape, "decoder_sequence")
+        _validation.check_sequence(decoder_sequence_shape, "decoder_sequence")
         features = decoder_sequence_shape[-1]
         self.self_attention = self._attention(features, "self_attention")
         self.self_attention.build(decoder_sequence_shape, decoder_sequence_shape)
         if encoder_sequence_shape is not None:
-            _check_sequence(encoder_sequence_shape, "encoder_sequence")
+            _validation.check_sequence(encoder_sequence_shape, "encoder_sequence")
             self.cross_attention = self._attention(features, "cross_attention")
             self.cross_attention.build(decoder_sequence_shape, encoder_sequence_shape)
             self.cross_attention_dropout = self._dropout("cross_attention_dropout")
@@ -225,7 +223,7 @@ class TransformerDecoder(_TransformerBlock):
         if padding_mask is not None:
             padding_mask = masks.validate_mask(padding_mask, "decoder_padding_mask")
             shape = tuple(padding_mask.shape)
-            if len(shape) != 2 or not _compatible(shape, (cache.shape[0], cache.shape[1])):
+            if len(shape) != 2 or not _validation.compatible(shape, (cache.shape[0], cache.shape[1])):
                 raise ValueError(
                     "With `self_attention_cache`, `decoder_padding_mask` must have "
                     "shape (batch, max_length) over the cache positions, i.e. "

@@ -3,10 +3,9 @@
 import keras
 from keras import ops
 
-from keras_attention import masks
+from keras_attention import _validation, masks
 from keras_attention.layers._transformer_block import (
     _check_padding_mask,
-    _check_sequence,
     _TransformerBlock,
 )
 
@@ -55,8 +54,8 @@ class TransformerEncoder(_TransformerBlock):
     Example:
     >>> import numpy as np
     >>> encoder = TransformerEncoder(num_heads=2, intermediate_dim=32)
-    >>> encoder(np.zeros((2, 5, 8), "float32")).shape
-    TensorShape([2, 5, 8])
+    >>> tuple(encoder(np.zeros((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
     """
 
     def __init__(self, num_heads, intermediate_dim, **kwargs):
@@ -69,7 +68,7 @@ class TransformerEncoder(_TransformerBlock):
         return (self.self_attention_layer_norm, self.feedforward_layer_norm)
 
     def build(self, inputs_shape):
-        _check_sequence(inputs_shape, "inputs")
+        _validation.check_sequence(inputs_shape, "inputs")
         self.self_attention = self._attention(inputs_shape[-1], "self_attention")
         self.self_attention.build(inputs_shape, inputs_shape)
         self._build_feedforward(inputs_shape)

@@ -1,0 +1,24 @@
+"""pytest setup for the docstring examples of the package (`--doctest-modules`)."""
+
+import keras
+import pytest
+
+# Docstring examples that need particular backends, with the reason.
+_BACKENDS = {
+    "keras_attention.export.export_saved_model": (
+        ("tensorflow", "jax"), "SavedModel export needs TensorFlow or JAX"),
+    "keras_attention.export.export_torch_program": (
+        ("torch",), "torch.export needs the PyTorch backend"),
+    "keras_attention.distribution.layout_map": (
+        ("jax",), "keras.distribution runs on JAX"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = keras.backend.backend()
+    for item in items:
+        if not isinstance(item, pytest.DoctestItem) or item.name not in _BACKENDS:
+            continue
+        backends, reason = _BACKENDS[item.name]
+        if backend not in backends:
+            item.add_marker(pytest.mark.skip(reason=f"{reason}; backend is {backend}"))

@@ -1,0 +1,78 @@
+"""What differs between the Keras backends, decided here and nowhere else.
+
+Every other module of the package is `keras.ops` only. The few things one backend
+needs for itself live in this package, chosen by `keras.backend.backend()`:
+
+- :func:`default_implementation`: the attention path used when a layer does not
+  name one, picked per backend by measurement (`benchmarks/bench_attention.py`,
+  tables in `docs/performance.md`).
+- :func:`fused_supports`: whether `keras.ops.dot_product_attention` accepts these
+  head sizes on this backend (JAX's needs `d_k == d_v`).
+- :func:`map_sequentially`: a loop over chunks (`keras.ops.scan`), except on
+  TensorFlow where a bounded loop keeps it differentiable under XLA.
+- :func:`to_numpy`: tensors of any backend (also PyTorch tensors that require
+  grad) as numpy arrays.
+
+Public APIs only: no `tensorflow.python` or other private imports.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = ["default_implementation", "fused_supports", "map_sequentially", "to_numpy"]
+
+# Measured forward+backward of `MultiHeadAttention` (batch 8, d_model 256, 8 heads,
+# N = 128 ... 2048) against `keras.layers.MultiHeadAttention` on CPU; see
+# docs/performance.md. PyTorch's fused kernel (`scaled_dot_product_attention`) is
+# the fastest path there; TensorFlow and JAX have no CPU kernel faster than the
+# plain einsum -> softmax -> matmul path, which XLA fuses on JAX anyway.
+_DEFAULT_IMPLEMENTATION = {"tensorflow": "plain", "jax": "plain", "torch": "fused"}
+
+
+def default_implementation():
+    """The attention path (`"plain"` or `"fused"`) this backend runs fastest."""
+    return _DEFAULT_IMPLEMENTATION.get(keras.backend.backend(), "plain")
+
+
+def fused_supports(query_shape, key_shape, value_shape):
+    """Whether the fused kernel handles these `(batch, heads, seq, dim)` shapes here.
+
+    JAX's `dot_product_attention` needs queries, keys and values of one head size
+    (`d_k == d_v`); TensorFlow's and PyTorch's do not.
+    """
+    if keras.backend.backend() == "jax":
+        return query_shape[-1] == value_shape[-1] and key_shape[-1] == value_shape[-1]
+    return True
+
+
+def map_sequentially(fn, xs, output_zeros):
+    """`fn` applied to each `xs[i]` in turn, outputs stacked on a new first axis.
+
+    One step runs at a time, so no two steps' intermediates are alive at once.
+    `output_zeros` is zeros shaped and typed like one output of `fn`. Keras'
+    TensorFlow `scan` is a `tf.while_loop` without an iteration bound, which XLA
+    cannot differentiate; `tf.scan` bounds its loop by the number of steps, so on
+    TensorFlow the loop also compiles and differentiates with `jit_compile=True`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.scan(lambda _, x: fn(x), xs, initializer=output_zeros)
+    _, outputs = ops.scan(lambda carry, x: (carry, fn(x)), output_zeros, xs)
+    return outputs
+
+
+def to_numpy(x):
+    """A numpy array from a numpy array, a list, or a tensor of any backend.
+
+    PyTorch tensors that require grad are detached first (their `.numpy()` raises),
+    and device tensors are copied to the host, as `keras.ops.convert_to_numpy` does.
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    if ops.is_tensor(x):
+        return ops.convert_to_numpy(x)
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a PyTorch tensor, other backend
+        x = x.detach().cpu()
+    return np.asarray(x)
