@@ -70,3 +70,22 @@ def test_head_axis_attention_mask_combines_with_padding_and_causal():
     expected = (attention_mask & value_keep[:, None, None, :]
                 & query_keep[:, None, :, None] & causal)
     np.testing.assert_array_equal(np.broadcast_to(got, expected.shape), expected)
+
+
+def test_split_and_merge_heads_values_and_rank_errors():
+    x = np.arange(2 * 3 * 8, dtype="float32").reshape(2, 3, 8)
+    heads = _np(ka.ops.split_heads(x, 4))
+    np.testing.assert_array_equal(heads, x.reshape(2, 3, 4, 2).transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(_np(ka.ops.merge_heads(heads)), x)
+    with pytest.raises(ValueError, match="`x` must be rank 4"):
+        ka.ops.merge_heads(x)
+    with pytest.raises(ValueError, match="`x` must be rank 3"):
+        ka.ops.split_heads(heads, 4)
+
+
+def test_dropout_rate_zero_in_training_is_the_identity():
+    rng = np.random.default_rng(2)
+    q, k, v = rng.normal(size=(1, 3, 4)), rng.normal(size=(1, 5, 4)), rng.normal(size=(1, 5, 2))
+    q, k, v = (t.astype("float32") for t in (q, k, v))
+    trained = ka.ops.scaled_dot_product_attention(q, k, v, dropout_rate=0.0, training=True)
+    np.testing.assert_allclose(_np(trained), reference.attention(q, k, v)[0], atol=1e-5)
