@@ -160,7 +160,6 @@ def export_saved_model(
     (3, 5, 8)
     """
     _check_model(model)
-    _check_saved_model_backend("export_saved_model")
     if not isinstance(endpoint_name, str) or not endpoint_name.isidentifier():
         raise ValueError(
             "`endpoint_name` must be a Python identifier. "
@@ -172,6 +171,7 @@ def export_saved_model(
             "`path` is an existing file; a SavedModel is a folder. Choose another "
             f"path or remove the file. Received: path={path!r}"
         )
+    _check_saved_model_backend("export_saved_model")
     if input_signature is None:
         input_signature = serving_signature(model)
     parent = os.path.dirname(path)

@@ -7,6 +7,23 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+if keras.backend.backend() == "torch":
+    import torch
+
+    _tensor_array = torch.Tensor.__array__
+
+    def _detached_array(self, *args, **kwargs):
+        """numpy views of PyTorch tensors that require grad, for numpy assertions.
+
+        Test-only: a layer's output requires grad on PyTorch and `np.asarray` of it
+        raises; tests compare values, so they read the detached tensor, as
+        `keras.ops.convert_to_numpy` does. The package itself never relies on this.
+        """
+        return _tensor_array(self.detach().cpu(), *args, **kwargs)
+
+    torch.Tensor.__array__ = _detached_array
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked `tensorflow_only` on the other backends, saying why."""
     backend = keras.backend.backend()
