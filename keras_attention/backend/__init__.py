@@ -12,6 +12,8 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
   TensorFlow where a bounded loop keeps it differentiable under XLA.
 - :func:`to_numpy`: tensors of any backend (also PyTorch tensors that require
   grad) as numpy arrays.
+- :mod:`keras_attention.backend.generation`: how the decoding loop is compiled
+  (`tf.function` + XLA, `jax.jit`, eager PyTorch) and its random numbers.
 
 Public APIs only: no `tensorflow.python` or other private imports.
 """

@@ -2,14 +2,6 @@
 
 import keras
 
-# The argument checks live in `keras_attention._validation`; `keras_attention.models`
-# still reads these three from here.
-from keras_attention._validation import (  # noqa: F401
-    check_bool,
-    check_positive_int,
-    check_rate,
-)
-
 # The Dense arguments a layer passes on unchanged to its projections, and the Keras
 # module that turns each into an object (and back into config).
 _SETTING_MODULES = {

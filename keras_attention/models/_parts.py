@@ -1,6 +1,6 @@
 """Argument checks and layer factories shared by the builders and model classes."""
 
-from keras_attention.layers import _common
+from keras_attention import _validation
 from keras_attention.layers.positional import TokenAndPositionEmbedding
 from keras_attention.layers.transformer_encoder import TransformerEncoder
 
@@ -15,8 +15,8 @@ def check_common(vocabulary_size, sequence_length, num_layers, embedding_dim,
         ("num_heads", num_heads),
         ("intermediate_dim", intermediate_dim),
     ):
-        _common.check_positive_int(value, name)
-    _common.check_rate(dropout, "dropout")
+        _validation.check_positive_int(value, name)
+    _validation.check_rate(dropout, "dropout")
     if embedding_dim % num_heads:
         raise ValueError(
             "`embedding_dim` must be divisible by `num_heads` (each head gets "

@@ -14,7 +14,7 @@ The layers get stable names (`token_embedding`, `encoder_embedding`,
 
 import keras
 
-from keras_attention.layers import _common
+from keras_attention import _validation
 from keras_attention.models import _parts
 from keras_attention.models.causal_language_model import CausalLanguageModel
 from keras_attention.models.seq2seq_transformer import Seq2SeqTransformer
@@ -66,7 +66,7 @@ def transformer_classifier(
     """
     _parts.check_common(vocabulary_size, sequence_length, num_layers, embedding_dim,
                   num_heads, intermediate_dim, dropout)
-    _common.check_positive_int(num_classes, "num_classes")
+    _validation.check_positive_int(num_classes, "num_classes")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     x = _parts.embedding("token_embedding", vocabulary_size, sequence_length,
                          embedding_dim, position, False)(tokens)

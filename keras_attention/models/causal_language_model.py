@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_attention.layers import _common
+from keras_attention import _validation
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
 from keras_attention.models.generation import GenerativeMixin, export_generate
@@ -66,8 +66,8 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
     ):
         _parts.check_common(vocabulary_size, sequence_length, num_layers,
                             embedding_dim, num_heads, intermediate_dim, dropout)
-        _common.check_bool(tie_embeddings, "tie_embeddings")
-        _common.check_bool(mask_zero, "mask_zero")
+        _validation.check_bool(tie_embeddings, "tie_embeddings")
+        _validation.check_bool(mask_zero, "mask_zero")
         kwargs.setdefault("name", "causal_language_model")
         # === Layers ===
         embedding = _parts.embedding(

@@ -4,7 +4,7 @@ checks, the SavedModel export of a generate signature, and the functional `gener
 The loop follows keras-hub's `CausalLM.generate`: the prompt is run once (prefill)
 into a fixed-size key/value cache, then one `keras.ops.while_loop` produces a token
 per step. The whole function (prefill, loop, sampling) is compiled once per input
-signature (`tf.function` with XLA on TensorFlow, `jax.jit` on JAX; see `_backend`)
+signature (`tf.function` with XLA on TensorFlow, `jax.jit` on JAX; see `keras_attention.backend.generation`)
 and cached on the model for calls of the same shapes and settings.
 
 Prompts of different lengths share one index: the loop starts at the shortest
@@ -21,8 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_attention.layers import _common
-from keras_attention.models import _backend
+from keras_attention import _validation
+from keras_attention.backend import generation as _backend
 from keras_attention.models import samplers as samplers_lib
 
 _Settings = collections.namedtuple(
@@ -236,7 +236,7 @@ class GenerativeMixin:
         embedding = self.decoder_embedding
         vocabulary = embedding.vocabulary_size
         tokens, lengths = prepare_prompt(prompt, prompt_mask, vocabulary)
-        _common.check_positive_int(max_new_tokens, "max_new_tokens")
+        _validation.check_positive_int(max_new_tokens, "max_new_tokens")
         sampler = samplers_lib.get(sampler)
         if isinstance(sampler, samplers_lib.BeamSampler) and sampler.num_beams > vocabulary:
             raise ValueError(
@@ -245,7 +245,7 @@ class GenerativeMixin:
             )
         stop_token_ids = _check_token_ids(stop_token_ids, "stop_token_ids", vocabulary)
         (pad_token_id,) = _check_token_ids([pad_token_id], "pad_token_id", vocabulary)
-        _common.check_bool(compile, "compile")
+        _validation.check_bool(compile, "compile")
         longest = int(lengths.max())
         if embedding.position == "learned" and longest + max_new_tokens > embedding.sequence_length:
             raise ValueError(
@@ -420,7 +420,7 @@ def export_generate(model, path, max_new_tokens, stop_token_ids=None, pad_token_
     import tensorflow as tf
 
     vocabulary = model.decoder_embedding.vocabulary_size
-    _common.check_positive_int(max_new_tokens, "max_new_tokens")
+    _validation.check_positive_int(max_new_tokens, "max_new_tokens")
     settings = _Settings(
         max_new_tokens,
         samplers_lib.GreedySampler(),
@@ -506,8 +506,8 @@ def generate(
             f"`strategy` must be one of {_STRATEGIES}. Received: strategy={strategy!r}"
         )
     samplers_lib.sampler.check_positive_float(temperature, "temperature")
-    _common.check_positive_int(top_k, "top_k", allow_none=True)
-    _common.check_bool(use_cache, "use_cache")
+    _validation.check_positive_int(top_k, "top_k", allow_none=True)
+    _validation.check_bool(use_cache, "use_cache")
     if strategy == "greedy":
         sampler = samplers_lib.GreedySampler()
     elif top_k is not None:
@@ -545,7 +545,7 @@ def generate(
 def _generate_by_recomputing(model, prompt, max_new_tokens, sampler, seed, encoder_tokens):
     vocabulary = model.output_shape[-1]
     tokens, lengths = prepare_prompt(prompt, None, vocabulary)
-    _common.check_positive_int(max_new_tokens, "max_new_tokens")
+    _validation.check_positive_int(max_new_tokens, "max_new_tokens")
     rng = np.random.default_rng(seed)
     for _ in range(max_new_tokens):
         inputs = tokens if encoder_tokens is None else [np.asarray(encoder_tokens), tokens]

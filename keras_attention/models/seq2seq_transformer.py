@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_attention.layers import _common
+from keras_attention import _validation
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
 from keras_attention.models.generation import GenerativeMixin, _Encoded, prepare_prompt
@@ -65,7 +65,7 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
                             embedding_dim, num_heads, intermediate_dim, dropout)
         for flag in ("share_embeddings", "tie_embeddings", "scale_embeddings",
                      "mask_zero"):
-            _common.check_bool(locals()[flag], flag)
+            _validation.check_bool(locals()[flag], flag)
         kwargs.setdefault("name", "transformer_seq2seq")
         # === Layers ===
         args = (vocabulary_size, sequence_length, embedding_dim, position,

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_attention.layers import _common
+from keras_attention import _validation
 from keras_attention.models.samplers.sampler import Sampler, gumbel_argmax
 
 
@@ -26,7 +26,7 @@ class TopKSampler(Sampler):
 
     def __init__(self, k=5, temperature=1.0):
         super().__init__(temperature)
-        _common.check_positive_int(k, "k")
+        _validation.check_positive_int(k, "k")
         self.k = k
 
     def next_token(self, logits, uniform_noise):

@@ -5,7 +5,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_attention.layers import _common
+from keras_attention import _validation
 from keras_attention.models.samplers.sampler import Sampler, gumbel_argmax
 
 
@@ -36,7 +36,7 @@ class TopPSampler(Sampler):
         super().__init__(temperature)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
             raise ValueError(f"`p` must be a float in (0, 1]. Received: p={p!r}")
-        _common.check_positive_int(k, "k", allow_none=True)
+        _validation.check_positive_int(k, "k", allow_none=True)
         self.p = float(p)
         self.k = k
 

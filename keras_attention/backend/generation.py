@@ -1,14 +1,13 @@
 """The backend-specific part of generation: compiling the decoding function and its
-random numbers. Everything else in `keras_attention.models` is `keras.ops` only.
+random numbers. `keras_attention.models` is `keras.ops` only and calls these.
 
-- TensorFlow: `tf.function` (XLA with `jit_compile=True`); variables are read in the graph.
+- TensorFlow: `tf.function`, with the token loop under XLA (`jit_compile=True`);
+  variables are read in the graph.
 - JAX: `jax.jit` of a pure function: the model's variables are passed in and mapped
   onto the layers with `keras.StatelessScope`, as `keras_hub` does.
 - PyTorch: no compiler; the loop runs eagerly under `torch.no_grad()` (see
   `docs/performance.md` for why and what it costs).
 """
-
-import os
 
 import keras
 from keras import ops
@@ -17,18 +16,18 @@ BACKEND = keras.backend.backend()
 
 
 # TensorFlow: XLA compiles only the token loop; the prefill (a few large matmuls, run
-# once) stays a plain graph, which halves the compile time of the first call.
-XLA_LOOP_ONLY = os.environ.get("KA_XLA_MODE", "loop") == "loop"
+# once) stays a plain graph, which halves the compile time of the first call
+# (measured with benchmarks/bench_generate.py against compiling the whole call).
 
 
-def compile_function(fn, variables, jit_compile=True):
+def compile_function(fn, variables):
     """`fn(*tensors)` compiled once per input signature; the traces are cached by the
     backend (`tf.function` / `jax.jit`) and reused for calls of the same shapes."""
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        whole = jit_compile and not XLA_LOOP_ONLY
-        return tf.function(fn, jit_compile=whole, autograph=False)
+        # A plain graph; `while_loop(..., mode="compiled")` puts the loop under XLA.
+        return tf.function(fn, autograph=False)
     if BACKEND == "jax":
         import jax
 
@@ -66,7 +65,7 @@ def while_loop(cond, body, loop_vars, mode):
     SavedModels) or `"eager"` (a Python loop: every step runs op by op and can be
     stepped through)."""
     if mode != "eager":
-        if BACKEND == "tensorflow" and XLA_LOOP_ONLY and mode == "compiled":
+        if BACKEND == "tensorflow" and mode == "compiled":
             import tensorflow as tf
 
             if tf.inside_function():
