@@ -4,14 +4,20 @@ The text is `pydoc_data.topics` (the help texts that ship with Python; no downlo
 `keras_attention.models.causal_language_model` (token + position embedding, causal
 `TransformerDecoder` blocks, next-token logits) is trained on 128-character windows;
 the script reports validation loss and perplexity (`exp(loss)`: how many characters
-the model is, on average, choosing between) and writes text from a prompt with
-`keras_attention.models.generate`, which decodes with the key/value cache (each new
-character costs one position, not the whole prefix).
+the model is, on average, choosing between) and writes text from a prompt with the
+model's own `generate`: nucleus (top-p) sampling, stopping at the end of the line
+(a stop token), decoded by one compiled loop over the key/value cache.
+
+The character vocabulary is saved beside the model (`char_language_model.vocab.json`),
+so the reloaded model writes text on its own (the script checks it writes the same).
+The learned position table holds 128 positions: a prompt plus `--new-chars` longer
+than that is an error (`ValueError` from `generate`), not a silently shorter text.
 
     python examples/char_language_model.py
     python examples/char_language_model.py --prompt "The for statement"
 """
 
+import json
 import math
 import os
 import sys
@@ -41,6 +47,21 @@ def windows(ids, count, rng):
     x = np.stack([ids[s : s + SEQUENCE_LENGTH] for s in starts])
     y = np.stack([ids[s + 1 : s + SEQUENCE_LENGTH + 1] for s in starts])
     return x, y
+
+
+def write(model, characters, prompt, new_chars, seed):
+    """Continue `prompt` by up to `new_chars` characters: top-p sampling, stopping
+    at the first newline (the stop token ends the line)."""
+    char_to_id = {c: i + 1 for i, c in enumerate(characters)}  # id 0 is padding
+    tokens = model.generate(
+        [[char_to_id[c] for c in prompt]],
+        max_new_tokens=new_chars,
+        sampler=keras_attention.models.TopPSampler(p=0.9, temperature=0.8),
+        seed=seed,
+        stop_token_ids=[char_to_id["\n"]],
+        pad_token_id=0,
+    )
+    return "".join(characters[i - 1] for i in tokens[0] if i != 0)
 
 
 def main(argv=None):
@@ -78,27 +99,31 @@ def main(argv=None):
     val_loss = float(model.evaluate(x_val, y_val, verbose=0, batch_size=128))
     perplexity = math.exp(val_loss)
 
-    # Positions are learned up to SEQUENCE_LENGTH: prompt and new text must fit.
-    new_chars = min(8 if args.smoke else args.new_chars, SEQUENCE_LENGTH - 1)
-    prompt = args.prompt[-(SEQUENCE_LENGTH - new_chars):]
-    prompt_ids = np.array([[char_to_id[c] for c in prompt]], "int32")
-    generated = keras_attention.models.generate(
-        model, prompt_ids, max_new_tokens=new_chars, strategy="sample", temperature=0.8,
-        top_k=10, seed=args.seed,
-    )
-    id_to_char = {i: c for c, i in char_to_id.items()}
-    sample = "".join(id_to_char.get(int(i), "?") for i in generated[0])
+    # Positions are learned up to SEQUENCE_LENGTH: keep the end of a long prompt so
+    # that prompt + new characters fit (more new characters raise a ValueError).
+    new_chars = 8 if args.smoke else args.new_chars
+    prompt = args.prompt[-max(1, SEQUENCE_LENGTH - new_chars):]
+    sample = write(model, characters, prompt, new_chars, args.seed)
 
     keras_path = keras_attention.export.save_model(model, os.path.join(args.output_dir, "char_language_model.keras"))
+    vocab_path = os.path.join(args.output_dir, "char_language_model.vocab.json")
+    with open(vocab_path, "w") as handle:
+        json.dump({"characters": characters, "first_id": 1}, handle)
+    # The reloaded model and its vocabulary write the same text on their own.
+    reloaded = keras.saving.load_model(keras_path)
+    with open(vocab_path) as handle:
+        reloaded_sample = write(reloaded, json.load(handle)["characters"], prompt, new_chars, args.seed)
     print("\n--- generated ---\n" + sample + "\n-----------------")
     _shared.print_summary("character language model", {
         "characters of text": f"{len(text)} ({len(characters)} distinct)",
         "validation loss": f"{val_loss:.4f} nats/char",
         "validation perplexity": f"{perplexity:.2f} (uniform guess: {len(characters)})",
         ".keras file": keras_path,
+        "vocabulary file": vocab_path,
+        "reloaded model writes the same text": reloaded_sample == sample,
     })
     return {"val_loss": val_loss, "perplexity": perplexity, "prompt": prompt, "sample": sample,
-            "keras_path": keras_path}
+            "keras_path": keras_path, "vocab_path": vocab_path, "reloaded_sample": reloaded_sample}
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ def layout_map(model, mesh, model_axis="model"):
     >>> tuple(layouts["multi_head_attention/query/kernel"].axes)
     (None, 'model')
     """
-    from keras_attention.layers.multi_head import MultiHeadAttention
-    from keras_attention.layers.transformer import FeedForward
+    from keras_attention.layers.feed_forward import FeedForward
+    from keras_attention.layers.multi_head_attention import MultiHeadAttention
 
     if not isinstance(mesh, keras.distribution.DeviceMesh):
         raise TypeError(

@@ -20,6 +20,7 @@ BACKEND = keras.backend.backend()
         ("bench_attention.py", ["--no-xla", "--backend", BACKEND], BACKEND),
         # bench_memory measures TensorFlow's allocator; it runs on TensorFlow only.
         ("bench_memory.py", ["--cases", "keras", "ours chunked"], "tensorflow"),
+        ("bench_generate.py", ["--backend", BACKEND], BACKEND),
     ],
 )
 def test_benchmark_smoke(script, extra, backend):

@@ -102,7 +102,8 @@ def test_char_language_model(tmp_path):
     result = _run("char_language_model", tmp_path)
     assert result["perplexity"] > 1.0
     assert result["sample"].startswith(result["prompt"])
-    assert os.path.isfile(result["keras_path"])
+    assert os.path.isfile(result["keras_path"]) and os.path.isfile(result["vocab_path"])
+    assert result["reloaded_sample"] == result["sample"]  # vocabulary saved with the model
 
 
 def test_scripts_have_the_common_flags():

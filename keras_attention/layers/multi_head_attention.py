@@ -96,6 +96,10 @@ class MultiHeadAttention(keras.layers.Layer):
             `attention_mask` of shape `(batch, new_len, max_length)`.
         cache_index: int or scalar int tensor, position of the first new token in
             the cache; required with `cache`.
+        key_value_cache: optional projected keys and values of `key`/`value` from
+            :meth:`compute_key_value_cache`, used instead of projecting them again
+            (a cross-attention cache: the encoder's keys/values, computed once for
+            a whole generation). Not combined with `cache`.
 
     Returns:
         `(batch, q_len, output_dim)`; with `return_attention_scores=True` also the
@@ -212,6 +216,14 @@ class MultiHeadAttention(keras.layers.Layer):
     def _cache_features(self):
         return self._kv_heads * (self.key_dim + self._value_dim)
 
+    def compute_key_value_cache(self, value, key=None):
+        """The projected keys and values of `value` (and `key`, default `value`),
+        `(batch, kv_len, num_key_value_heads * (key_dim + value_dim))` in the layout
+        of the decoding cache: pass it as `key_value_cache` to attend to the same
+        keys/values many times (cross-attention during generation)."""
+        key = value if key is None else key
+        return ops.concatenate([self.key_dense(key), self.value_dense(value)], axis=-1)
+
     def get_initial_cache(self, batch_size, max_length, dtype=None):
         """An empty decoding cache: zeros of shape
         `(batch_size, max_length, num_key_value_heads * (key_dim + value_dim))`.
@@ -248,11 +260,17 @@ class MultiHeadAttention(keras.layers.Layer):
         training=None,
         cache=None,
         cache_index=None,
+        key_value_cache=None,
     ):
         if key is None:
             key = value
             key_mask = None
         self._check_call_shapes(query, value, key)
+        if key_value_cache is not None and cache is not None:
+            raise ValueError(
+                "`key_value_cache` (fixed keys/values) and `cache` (a growing decoding "
+                "cache) cannot be combined. Received both."
+            )
         if (cache is None) != (cache_index is None):
             raise ValueError(
                 "`cache` and `cache_index` must be given together. Received: "
@@ -261,12 +279,16 @@ class MultiHeadAttention(keras.layers.Layer):
             )
 
         queries = attention_ops.split_heads(self.query_dense(query), self.num_heads)
-        keys = self.key_dense(key)
-        values = self.value_dense(value)
+        if key_value_cache is None:
+            keys = self.key_dense(key)
+            values = self.value_dense(value)
+        else:
+            split = self._kv_heads * self.key_dim
+            keys, values = key_value_cache[..., :split], key_value_cache[..., split:]
         q_len = ops.shape(query)[1]
         new_cache = None
         if cache is None:
-            kv_len = ops.shape(key)[1]
+            kv_len = ops.shape(keys)[1]
             mask = masks.merge_attention_masks(
                 query_mask=query_mask,
                 value_mask=value_mask,

@@ -29,8 +29,9 @@ class TransformerDecoder(_TransformerBlock):
     Incremental decoding: pass a `self_attention_cache` (from
     :meth:`get_initial_cache`) and `cache_index`; the new token(s) are written in
     the cache at `cache_index` and attend causally to everything before them, so
-    each step costs one position instead of the whole prefix. Cross-attention is
-    recomputed from `encoder_sequence` at each step.
+    each step costs one position instead of the whole prefix. The cross-attention
+    keys/values of `encoder_sequence` can be computed once with
+    :meth:`compute_cross_attention_cache` and passed as `cross_attention_cache`.
 
     Sublayers: `self_attention`, `self_attention_dropout`,
     `self_attention_layer_norm`, `cross_attention`, `cross_attention_dropout`,
@@ -53,6 +54,9 @@ class TransformerDecoder(_TransformerBlock):
             `(batch, max_length, num_heads * 2 * key_dim)`.
         cache_index: int or scalar int tensor, where the new tokens go in the cache
             (required with `self_attention_cache`).
+        cross_attention_cache: optional projected keys/values of `encoder_sequence`
+            from :meth:`compute_cross_attention_cache`, used instead of projecting
+            `encoder_sequence` again.
         training: whether dropout is active.
         decoder_sequence_mask, encoder_sequence_mask (or `mask` when
             `decoder_sequence` is the only tensor): Keras masks, filled in by Keras
@@ -101,6 +105,16 @@ class TransformerDecoder(_TransformerBlock):
         self._build_feedforward(decoder_sequence_shape)
         self.built = True
 
+    def compute_cross_attention_cache(self, encoder_sequence):
+        """The cross-attention keys/values of `encoder_sequence`, to pass as
+        `cross_attention_cache` at every decoding step."""
+        if self.cross_attention is None:
+            raise ValueError(
+                "This TransformerDecoder has no cross-attention (it was first called "
+                "without `encoder_sequence`)."
+            )
+        return self.cross_attention.compute_key_value_cache(encoder_sequence)
+
     def get_initial_cache(self, batch_size, max_length, dtype=None):
         """A zero self-attention cache for incremental decoding (layer must be built)."""
         if self.self_attention is None:
@@ -117,6 +131,7 @@ class TransformerDecoder(_TransformerBlock):
         encoder_padding_mask=None,
         self_attention_cache=None,
         cache_index=None,
+        cross_attention_cache=None,
         training=None,
         mask=None,
         decoder_sequence_mask=None,
@@ -180,7 +195,8 @@ class TransformerDecoder(_TransformerBlock):
 
             def cross_attention(y):
                 return self.cross_attention(
-                    y, encoder_sequence, attention_mask=cross_mask, training=training
+                    y, encoder_sequence, attention_mask=cross_mask, training=training,
+                    key_value_cache=cross_attention_cache,
                 )
 
             x = self._residual(

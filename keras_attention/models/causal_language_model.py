@@ -1,0 +1,180 @@
+"""`CausalLanguageModel`: a decoder-only (GPT-style) Transformer that owns `generate()`."""
+
+import keras
+
+from keras_attention.layers import _common
+from keras_attention.layers.transformer_decoder import TransformerDecoder
+from keras_attention.models import _parts
+from keras_attention.models.generation import GenerativeMixin, export_generate
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class CausalLanguageModel(GenerativeMixin, keras.Model):
+    """A decoder-only language model: next-token logits and compiled generation.
+
+    tokens -> `TokenAndPositionEmbedding` (`embedding`, layer name
+    `token_embedding`) -> dropout -> `num_layers` x `TransformerDecoder` without
+    cross-attention (`decoder_layers`, `decoder_layer_{i}`) -> `Dense(vocabulary_size)`
+    (`lm_head`), or with `tie_embeddings=True` the transposed token table
+    (`lm_head` is then `None`).
+
+    Built functionally in `__init__` (like keras-hub's backbones), so `summary()`,
+    `fit`, `.keras` save/load (no `custom_objects`) and `model.export` work as for
+    any functional model; the parts are attributes, never looked up by name.
+
+    Args:
+        vocabulary_size: positive int.
+        sequence_length: positive int, the longest sequence (size of the learned
+            position table; bounds prompt + new tokens in `generate`).
+        num_layers, embedding_dim, num_heads, intermediate_dim: positive ints;
+            `embedding_dim` divisible by `num_heads`.
+        dropout: float in `[0, 1)`.
+        position: `"learned"` or `"sinusoidal"` position encoding.
+        tie_embeddings: reuse the token table as the output projection.
+        mask_zero: token id 0 is padding (masked as a key, and left out of the loss
+            by `fit`); with `False` it is an ordinary token.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Call arguments:
+        tokens: int `(batch, seq)`.
+
+    Returns:
+        Next-token logits `(batch, seq, vocabulary_size)`: position `t` predicts
+        token `t + 1`.
+
+    Example:
+    >>> model = CausalLanguageModel(vocabulary_size=50, sequence_length=32)
+    >>> model.output_shape
+    (None, None, 50)
+    >>> model.generate([[1, 2, 3]], max_new_tokens=4).shape
+    (1, 7)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        sequence_length,
+        num_layers=2,
+        embedding_dim=64,
+        num_heads=4,
+        intermediate_dim=128,
+        dropout=0.1,
+        position="learned",
+        tie_embeddings=False,
+        mask_zero=True,
+        **kwargs,
+    ):
+        _parts.check_common(vocabulary_size, sequence_length, num_layers,
+                            embedding_dim, num_heads, intermediate_dim, dropout)
+        _common.check_bool(tie_embeddings, "tie_embeddings")
+        _common.check_bool(mask_zero, "mask_zero")
+        kwargs.setdefault("name", "causal_language_model")
+        # === Layers ===
+        embedding = _parts.embedding(
+            "token_embedding", vocabulary_size, sequence_length, embedding_dim,
+            position, False, mask_zero,
+        )
+        embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
+        decoder_layers = [
+            TransformerDecoder(num_heads, intermediate_dim, dropout=dropout,
+                               name=f"decoder_layer_{i}")
+            for i in range(num_layers)
+        ]
+        lm_head = (
+            None if tie_embeddings
+            else keras.layers.Dense(vocabulary_size, name="lm_head")
+        )
+        # === Functional model ===
+        tokens = keras.Input((None,), dtype="int32", name="tokens")
+        x = embedding_dropout(embedding(tokens))
+        for layer in decoder_layers:
+            x = layer(x)
+        logits = embedding(x, reverse=True) if lm_head is None else lm_head(x)
+        super().__init__(inputs=tokens, outputs=logits, **kwargs)
+        # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
+        self.decoder_layers = decoder_layers
+        self.embedding = embedding
+        self.embedding_dropout = embedding_dropout
+        self.lm_head = lm_head
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.sequence_length = sequence_length
+        self.num_layers = num_layers
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.position = position
+        self.tie_embeddings = tie_embeddings
+        self.mask_zero = mask_zero
+
+    @property
+    def decoder_embedding(self):
+        return self.embedding
+
+    def generate(
+        self,
+        prompt,
+        max_new_tokens,
+        prompt_mask=None,
+        sampler="greedy",
+        seed=None,
+        stop_token_ids=None,
+        pad_token_id=0,
+        compile=True,
+    ):
+        """Continue each prompt by up to `max_new_tokens` tokens.
+
+        One prefill call runs the prompt into the key/value cache; then the token
+        loop runs inside one compiled function (`tf.function` with XLA, `jax.jit`),
+        compiled on the first call of each input shape and setting and reused after.
+
+        Args:
+            prompt: int `(batch, length)`, or a list of token lists of different
+                lengths.
+            max_new_tokens: positive int, new tokens per sequence.
+            prompt_mask: optional boolean `(batch, length)`, `True` for the prompt's
+                tokens (right padding, left padding or holes). Without it every
+                token is part of the prompt; token 0 is never treated as padding
+                here (the model masks it itself only with `mask_zero=True`).
+            sampler: a `keras_attention.models.samplers.Sampler` or one of
+                `"greedy"`, `"random"`, `"top_k"`, `"top_p"`, `"beam"`.
+            seed: int for reproducible sampling; `None` draws a fresh seed.
+            stop_token_ids: token ids that end a sequence (the stop token is kept,
+                the positions after it get `pad_token_id`); the loop ends when every
+                sequence has stopped.
+            pad_token_id: int, written after a sequence's last token.
+            compile: `False` runs the same loop eagerly, op by op (for debugging).
+
+        Returns:
+            Numpy int32 `(batch, longest prompt + max_new_tokens)`: row `i` holds its
+            prompt tokens, its new tokens, then `pad_token_id`.
+        """
+        return self._run_generate(prompt, max_new_tokens, prompt_mask, sampler, seed,
+                                  stop_token_ids, pad_token_id, compile)
+
+    def export_generate(self, path, max_new_tokens, stop_token_ids=None,
+                        pad_token_id=0):
+        """See :func:`keras_attention.models.export_generate`."""
+        return export_generate(self, path, max_new_tokens, stop_token_ids,
+                               pad_token_id)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "vocabulary_size": self.vocabulary_size,
+            "sequence_length": self.sequence_length,
+            "num_layers": self.num_layers,
+            "embedding_dim": self.embedding_dim,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "position": self.position,
+            "tie_embeddings": self.tie_embeddings,
+            "mask_zero": self.mask_zero,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,221 @@
+"""`Seq2SeqTransformer`: an encoder-decoder Transformer that owns `generate()`."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_attention.layers import _common
+from keras_attention.layers.transformer_decoder import TransformerDecoder
+from keras_attention.models import _parts
+from keras_attention.models.generation import GenerativeMixin, _Encoded, prepare_prompt
+
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+class Seq2SeqTransformer(GenerativeMixin, keras.Model):
+    """An encoder-decoder Transformer ("Attention Is All You Need") with `generate()`.
+
+    encoder tokens -> `encoder_embedding` -> `encoder_layers` (`TransformerEncoder`,
+    `encoder_layer_{i}`); decoder tokens -> `decoder_embedding` -> `decoder_layers`
+    (`TransformerDecoder` with cross-attention to the encoder output,
+    `decoder_layer_{i}`) -> `lm_head` (or the tied token table) -> next-token logits.
+    Built functionally in `__init__`, like :class:`CausalLanguageModel`.
+
+    Args:
+        vocabulary_size, sequence_length, num_layers, embedding_dim, num_heads,
+        intermediate_dim, dropout, position, mask_zero: as for
+            :class:`CausalLanguageModel`; the vocabulary and the longest sequence
+            are those of both sides.
+        share_embeddings: one token table (`shared_embedding`) for source and target.
+        tie_embeddings: the output projection is the decoder's token table.
+        scale_embeddings: multiply token embeddings by `sqrt(embedding_dim)`.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Call arguments:
+        inputs: `[encoder_tokens (batch, src_seq), decoder_tokens (batch, tgt_seq)]`.
+
+    Returns:
+        Next-token logits `(batch, tgt_seq, vocabulary_size)`. Train with teacher
+        forcing: decoder tokens `[start, y_1, ..., y_{n-1}]`, targets `[y_1, ..., y_n]`.
+
+    Example:
+    >>> model = Seq2SeqTransformer(vocabulary_size=50, sequence_length=16)
+    >>> model.output_shape
+    (None, None, 50)
+    >>> model.generate([[5, 6, 7]], [[1]], max_new_tokens=3).shape
+    (1, 4)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        sequence_length,
+        num_layers=2,
+        embedding_dim=64,
+        num_heads=4,
+        intermediate_dim=128,
+        dropout=0.1,
+        position="learned",
+        share_embeddings=False,
+        tie_embeddings=False,
+        scale_embeddings=False,
+        mask_zero=True,
+        **kwargs,
+    ):
+        _parts.check_common(vocabulary_size, sequence_length, num_layers,
+                            embedding_dim, num_heads, intermediate_dim, dropout)
+        for flag in ("share_embeddings", "tie_embeddings", "scale_embeddings",
+                     "mask_zero"):
+            _common.check_bool(locals()[flag], flag)
+        kwargs.setdefault("name", "transformer_seq2seq")
+        # === Layers ===
+        args = (vocabulary_size, sequence_length, embedding_dim, position,
+                scale_embeddings, mask_zero)
+        if share_embeddings:
+            encoder_embedding = _parts.embedding("shared_embedding", *args)
+            decoder_embedding = encoder_embedding
+        else:
+            encoder_embedding = _parts.embedding("encoder_embedding", *args)
+            decoder_embedding = _parts.embedding("decoder_embedding", *args)
+        encoder_embedding_dropout = keras.layers.Dropout(
+            dropout, name="encoder_embedding_dropout"
+        )
+        decoder_embedding_dropout = keras.layers.Dropout(
+            dropout, name="decoder_embedding_dropout"
+        )
+        encoder_layers = _parts.encoder_layers(
+            num_layers, num_heads, intermediate_dim, dropout
+        )
+        decoder_layers = [
+            TransformerDecoder(num_heads, intermediate_dim, dropout=dropout,
+                               name=f"decoder_layer_{i}")
+            for i in range(num_layers)
+        ]
+        lm_head = (
+            None if tie_embeddings
+            else keras.layers.Dense(vocabulary_size, name="lm_head")
+        )
+        # === Functional model ===
+        encoder_tokens = keras.Input((None,), dtype="int32", name="encoder_tokens")
+        decoder_tokens = keras.Input((None,), dtype="int32", name="decoder_tokens")
+        x = encoder_embedding_dropout(encoder_embedding(encoder_tokens))
+        for layer in encoder_layers:
+            x = layer(x)
+        y = decoder_embedding_dropout(decoder_embedding(decoder_tokens))
+        for layer in decoder_layers:
+            y = layer(y, x)
+        logits = (
+            decoder_embedding(y, reverse=True) if lm_head is None else lm_head(y)
+        )
+        super().__init__(inputs=[encoder_tokens, decoder_tokens], outputs=logits,
+                         **kwargs)
+        # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
+        self.decoder_embedding = decoder_embedding
+        self.decoder_embedding_dropout = decoder_embedding_dropout
+        self.decoder_layers = decoder_layers
+        self.encoder_embedding = encoder_embedding
+        self.encoder_embedding_dropout = encoder_embedding_dropout
+        self.encoder_layers = encoder_layers
+        self.lm_head = lm_head
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.sequence_length = sequence_length
+        self.num_layers = num_layers
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.position = position
+        self.share_embeddings = share_embeddings
+        self.tie_embeddings = tie_embeddings
+        self.scale_embeddings = scale_embeddings
+        self.mask_zero = mask_zero
+
+    def encode(self, encoder_tokens, encoder_padding_mask):
+        """Run the encoder once: its outputs, padding mask, and the cross-attention
+        keys/values of every decoder layer (reused at every decoding step)."""
+        mask = ops.cast(encoder_padding_mask, "bool")
+        if self.encoder_embedding.mask_zero:
+            mask = ops.logical_and(mask, ops.not_equal(encoder_tokens, 0))
+        x = self.encoder_embedding(encoder_tokens)
+        for layer in self.encoder_layers:
+            x = layer(x, padding_mask=mask, training=False)
+        cross_caches = [layer.compute_cross_attention_cache(x) for layer in self.decoder_layers]
+        return _Encoded(x, mask, cross_caches)
+
+    def generate(
+        self,
+        encoder_tokens,
+        prompt,
+        max_new_tokens,
+        encoder_padding_mask=None,
+        prompt_mask=None,
+        sampler="greedy",
+        seed=None,
+        stop_token_ids=None,
+        pad_token_id=0,
+        compile=True,
+    ):
+        """Decode a target for each source sequence; the encoder runs once.
+
+        Args:
+            encoder_tokens: int `(batch, src_len)`, the source sequences.
+            prompt: int `(batch, length)` decoder start (e.g. a start token), or a
+                list of token lists.
+            max_new_tokens: positive int.
+            encoder_padding_mask: optional boolean `(batch, src_len)`, `True` for
+                real source tokens (with `mask_zero=True`, token 0 is padding too).
+            prompt_mask, sampler, seed, stop_token_ids, pad_token_id, compile: as
+                in :meth:`CausalLanguageModel.generate`.
+
+        Returns:
+            Numpy int32 `(batch, longest prompt + max_new_tokens)`.
+        """
+        source, _ = prepare_prompt(encoder_tokens, None, self.vocabulary_size,
+                                   name="encoder_tokens")
+        if encoder_padding_mask is None:
+            encoder_padding_mask = np.ones(source.shape, bool)
+        encoder_padding_mask = np.asarray(encoder_padding_mask)
+        if encoder_padding_mask.shape != source.shape:
+            raise ValueError(
+                "`encoder_padding_mask` must have the shape of `encoder_tokens`, "
+                f"{source.shape}. Received: encoder_padding_mask.shape="
+                f"{encoder_padding_mask.shape}"
+            )
+        if self.position == "learned" and source.shape[1] > self.sequence_length:
+            raise ValueError(
+                "`encoder_tokens` must fit the learned position table "
+                f"(sequence_length={self.sequence_length}). "
+                f"Received: encoder_tokens.shape={source.shape}"
+            )
+        batch = np.shape(prompt)[0] if not isinstance(prompt, list) else len(prompt)
+        if batch != source.shape[0]:
+            raise ValueError(
+                "`encoder_tokens` and `prompt` must have the same batch size. Received: "
+                f"encoder_tokens.shape={source.shape}, prompt batch={batch}"
+            )
+        return self._run_generate(
+            prompt, max_new_tokens, prompt_mask, sampler, seed, stop_token_ids,
+            pad_token_id, compile, encoder_inputs=(source, encoder_padding_mask.astype(bool)),
+        )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "vocabulary_size": self.vocabulary_size,
+            "sequence_length": self.sequence_length,
+            "num_layers": self.num_layers,
+            "embedding_dim": self.embedding_dim,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "position": self.position,
+            "share_embeddings": self.share_embeddings,
+            "tie_embeddings": self.tie_embeddings,
+            "scale_embeddings": self.scale_embeddings,
+            "mask_zero": self.mask_zero,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
