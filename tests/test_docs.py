@@ -38,6 +38,8 @@ def _python_blocks(path):
     return [code for sketch, code in blocks if not sketch]
 
 
+@pytest.mark.tensorflow_only("the documents' code blocks use the default backend "
+                             "(tf.distribute, SavedModel, .numpy())")
 @pytest.mark.parametrize("document", ["README.md", "docs/guide.md"])
 def test_code_blocks_run_from_another_folder_without_warnings(document, tmp_path):
     import json
