@@ -19,7 +19,10 @@ if keras.backend.backend() == "torch":
         raises; tests compare values, so they read the detached tensor, as
         `keras.ops.convert_to_numpy` does. The package itself never relies on this.
         """
-        return _tensor_array(self.detach().cpu(), *args, **kwargs)
+        tensor = self.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: read it as float32
+            tensor = tensor.float()
+        return _tensor_array(tensor, *args, **kwargs)
 
     torch.Tensor.__array__ = _detached_array
 
