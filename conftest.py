@@ -6,11 +6,14 @@ import pytest
 # Docstring examples that need particular backends, with the reason.
 _BACKENDS = {
     "keras_attention.export.export_saved_model": (
-        ("tensorflow", "jax"), "SavedModel export needs TensorFlow or JAX"),
+        ("tensorflow", "jax"),
+        "SavedModel export needs TensorFlow or JAX",
+    ),
     "keras_attention.export.export_torch_program": (
-        ("torch",), "torch.export needs the PyTorch backend"),
-    "keras_attention.distribution.layout_map": (
-        ("jax",), "keras.distribution runs on JAX"),
+        ("torch",),
+        "torch.export needs the PyTorch backend",
+    ),
+    "keras_attention.distribution.layout_map": (("jax",), "keras.distribution runs on JAX"),
 }
 
 

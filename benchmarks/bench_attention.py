@@ -35,7 +35,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default="tensorflow")
     parser.add_argument(
-        "--implementation", nargs="+", default=["default"],
+        "--implementation",
+        nargs="+",
+        default=["default"],
         choices=["default", "plain", "fused", "chunked"],
         help="our attention paths to time (default: the backend's default path)",
     )
@@ -140,10 +142,12 @@ def main(argv=None):
 
     keras.config.set_dtype_policy(args.dtype)
     width = args.heads * args.head_dim
-    runners = {"tensorflow": tensorflow_runners, "jax": jax_runners,
-               "torch": torch_runners}[args.backend]
-    modes = [({"tensorflow": "tf.function", "jax": "jax.jit", "torch": "eager"}[args.backend],
-              False)]
+    runners = {"tensorflow": tensorflow_runners, "jax": jax_runners, "torch": torch_runners}[
+        args.backend
+    ]
+    modes = [
+        ({"tensorflow": "tf.function", "jax": "jax.jit", "torch": "eager"}[args.backend], False)
+    ]
     if args.backend == "tensorflow" and not args.no_xla:
         modes.append(("XLA", True))
 
@@ -152,11 +156,15 @@ def main(argv=None):
 
     versions = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
     backend_module = __import__(versions[args.backend])
-    print(f"batch {args.batch}, d_model {width}, {args.heads} heads x {args.head_dim}, "
-          f"median of {args.repeats} interleaved runs after warm-up, Keras {keras.__version__}, "
-          f"{args.backend} {backend_module.__version__}, default path here: "
-          f"{backend_lib.default_implementation()!r}\n")
-    print("| N | mode | ours | pass | keras ms | ours ms | ours/keras | keras GFLOP/s | ours GFLOP/s |")
+    print(
+        f"batch {args.batch}, d_model {width}, {args.heads} heads x {args.head_dim}, "
+        f"median of {args.repeats} interleaved runs after warm-up, Keras {keras.__version__}, "
+        f"{args.backend} {backend_module.__version__}, default path here: "
+        f"{backend_lib.default_implementation()!r}\n"
+    )
+    print(
+        "| N | mode | ours | pass | keras ms | ours ms | ours/keras | keras GFLOP/s | ours GFLOP/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for length in args.lengths:
@@ -167,7 +175,8 @@ def main(argv=None):
         theirs(x, x)
         for implementation in args.implementation:
             ours = ka.MultiHeadAttention(
-                args.heads, args.head_dim,
+                args.heads,
+                args.head_dim,
                 implementation=None if implementation == "default" else implementation,
             )
             ours(x, x)
@@ -175,16 +184,16 @@ def main(argv=None):
                 keras_fns, ours_fns = runners(theirs, x, jit), runners(ours, x, jit)
                 for index, label in enumerate(("fwd", "fwd+bwd")):
                     try:
-                        k_ms, o_ms = median_ms(
-                            [keras_fns[index], ours_fns[index]], args.repeats
-                        )
+                        k_ms, o_ms = median_ms([keras_fns[index], ours_fns[index]], args.repeats)
                     except Exception as error:  # noqa: BLE001 - report OOM etc. in the table
                         print(f"<!-- N={length} {mode} {label} failed: {error!r:.200} -->")
                         k_ms = o_ms = float("nan")
                     work = flops(args.batch, length, width) * (3 if index else 1)
-                    print(f"| {length} | {mode} | {implementation} | {label} | {k_ms:.2f} | "
-                          f"{o_ms:.2f} | {o_ms / k_ms:.2f} | {work / k_ms / 1e6:.0f} | "
-                          f"{work / o_ms / 1e6:.0f} |")
+                    print(
+                        f"| {length} | {mode} | {implementation} | {label} | {k_ms:.2f} | "
+                        f"{o_ms:.2f} | {o_ms / k_ms:.2f} | {work / k_ms / 1e6:.0f} | "
+                        f"{work / o_ms / 1e6:.0f} |"
+                    )
         sys.stdout.flush()
 
     if args.backend == "tensorflow":
@@ -197,8 +206,7 @@ def core_table(args, rng):
     from keras_attention import ops as attention_ops
 
     print("\n# Attention core: ops.scaled_dot_product_attention vs hand-written TF\n")
-    print(f"(batch {args.batch}, {args.heads} heads, N, {args.head_dim}), forward, "
-          "tf.function\n")
+    print(f"(batch {args.batch}, {args.heads} heads, N, {args.head_dim}), forward, tf.function\n")
     print("| N | hand-written ms | ops ms | ops/hand |")
     print("|---|---|---|---|")
     scale = 1.0 / args.head_dim**0.5
@@ -214,12 +222,19 @@ def core_table(args, rng):
 
     for length in args.lengths:
         q, k, v = (
-            tf.constant(rng.standard_normal(
-                (args.batch, args.heads, length, args.head_dim)).astype("float32"))
+            tf.constant(
+                rng.standard_normal((args.batch, args.heads, length, args.head_dim)).astype(
+                    "float32"
+                )
+            )
             for _ in range(3)
         )
         hand_ms, ops_ms = median_ms(
-            [lambda: hand(q, k, v).numpy(), lambda: ours(q, k, v).numpy()], args.repeats  # noqa: B023  (timed in this iteration)
+            [
+                lambda q=q, k=k, v=v: hand(q, k, v).numpy(),
+                lambda q=q, k=k, v=v: ours(q, k, v).numpy(),
+            ],
+            args.repeats,
         )
         print(f"| {length} | {hand_ms:.2f} | {ops_ms:.2f} | {ops_ms / hand_ms:.2f} |")
 

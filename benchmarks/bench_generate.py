@@ -29,19 +29,20 @@ CASES = [(4, 16, 64), (1, 32, 128), (16, 64, 64)]
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
-                        default="tensorflow")
-    parser.add_argument("--cases", nargs="+", default=None,
-                        help="batch,prompt,new triples, e.g. 4,16,64")
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default="tensorflow")
+    parser.add_argument(
+        "--cases", nargs="+", default=None, help="batch,prompt,new triples, e.g. 4,16,64"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-keras-hub", action="store_true", help="time ours only")
-    parser.add_argument("--no-xla", action="store_true",
-                        help="TensorFlow: compile ours with tf.function but without XLA")
+    parser.add_argument(
+        "--no-xla",
+        action="store_true",
+        help="TensorFlow: compile ours with tf.function but without XLA",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, two cases, ours only")
     args = parser.parse_args(argv)
-    args.cases = (
-        [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
-    )
+    args.cases = [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
     if args.smoke:
         args.cases, args.repeats, args.no_keras_hub = [(2, 4, 4), (1, 3, 5)], 1, True
     return args
@@ -63,32 +64,41 @@ def main(argv=None):
         size = dict(vocabulary=50, layers=1, heads=2, width=16, ff=32, length=16)
     keras.utils.set_random_seed(0)
     ours = models.causal_language_model(
-        vocabulary_size=size["vocabulary"], sequence_length=size["length"],
-        num_layers=size["layers"], embedding_dim=size["width"], num_heads=size["heads"],
-        intermediate_dim=size["ff"], dropout=0.0,
+        vocabulary_size=size["vocabulary"],
+        sequence_length=size["length"],
+        num_layers=size["layers"],
+        embedding_dim=size["width"],
+        num_heads=size["heads"],
+        intermediate_dim=size["ff"],
+        dropout=0.0,
     )
     if args.no_xla:
         compile_function = _backend.compile_function
-        _backend.compile_function = (
-            lambda fn, variables, jit_compile=True: compile_function(fn, variables, False)
+        _backend.compile_function = lambda fn, variables, jit_compile=True: compile_function(
+            fn, variables, False
         )
     hub = None
     if not args.no_keras_hub:
         import keras_hub
 
         backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=size["vocabulary"], num_layers=size["layers"],
-            num_heads=size["heads"], hidden_dim=size["width"],
-            intermediate_dim=size["ff"], dropout=0.0,
+            vocabulary_size=size["vocabulary"],
+            num_layers=size["layers"],
+            num_heads=size["heads"],
+            hidden_dim=size["width"],
+            intermediate_dim=size["ff"],
+            dropout=0.0,
             max_sequence_length=size["length"],
         )
         hub = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
         hub.compile(sampler="greedy")
 
     rng = np.random.default_rng(0)
-    print(f"backend {keras.backend.backend()}, keras {keras.__version__}"
-          + ("" if hub is None else f", keras-hub {keras_hub.__version__}")
-          + f", {os.cpu_count()} CPUs; model {size}")
+    print(
+        f"backend {keras.backend.backend()}, keras {keras.__version__}"
+        + ("" if hub is None else f", keras-hub {keras_hub.__version__}")
+        + f", {os.cpu_count()} CPUs; model {size}"
+    )
     rows = []
     for batch, prompt_len, new in args.cases:
         prompt = rng.integers(1, size["vocabulary"], (batch, prompt_len)).astype("int32")
@@ -99,9 +109,7 @@ def main(argv=None):
         }
         runs = {"ours": lambda prompt=prompt, new=new: ours.generate(prompt, new)}
         if hub is not None:
-            runs["keras-hub"] = lambda inputs=hub_inputs: hub.generate(
-                inputs, stop_token_ids=None
-            )
+            runs["keras-hub"] = lambda inputs=hub_inputs: hub.generate(inputs, stop_token_ids=None)
         first, times = {}, {name: [] for name in runs}
         for name, run in runs.items():
             start = time.perf_counter()
@@ -115,8 +123,10 @@ def main(argv=None):
         speed = {name: batch * new / statistics.median(t) for name, t in times.items()}
         rows.append((batch, prompt_len, new, speed, first))
     print()
-    print("| batch, prompt, new | ours tokens/s | keras-hub tokens/s | ours / keras-hub "
-          "| ours first call s | keras-hub first call s | first-call ratio |")
+    print(
+        "| batch, prompt, new | ours tokens/s | keras-hub tokens/s | ours / keras-hub "
+        "| ours first call s | keras-hub first call s | first-call ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for batch, prompt_len, new, speed, first in rows:
         hub_speed, hub_first = speed.get("keras-hub"), first.get("keras-hub")

@@ -67,7 +67,9 @@ def rss(pid):
 def run_case(layer_expr, length, limit_bytes, timeout):
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD.format(layer=layer_expr), str(length)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     start = time.monotonic()
     while proc.poll() is None:
@@ -90,8 +92,7 @@ def run_case(layer_expr, length, limit_bytes, timeout):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+",
-                        default=[2048, 4096, 8192, 16384, 32768])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
     parser.add_argument("--limit-gib", type=float, default=16.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -111,8 +112,7 @@ def main(argv=None):
                 print(f"| {case} | {length} | {failure} | |")
                 sys.stdout.flush()
                 break
-            print(f"| {case} | {length} | {result['peak'] / 2**30:.2f} | "
-                  f"{result['seconds']:.1f} |")
+            print(f"| {case} | {length} | {result['peak'] / 2**30:.2f} | {result['seconds']:.1f} |")
             sys.stdout.flush()
 
 

@@ -32,11 +32,20 @@ def variance_table(dims=(4, 16, 64, 256, 1024), samples=20_000, seed=0):
         q = rng.standard_normal((samples, d))
         k = rng.standard_normal((samples, 16, d))
         scores = np.einsum("nd,nkd->nk", q, k)
+
         def top_weight(s):
             e = np.exp(s - s.max(-1, keepdims=True))
             return float((e / e.sum(-1, keepdims=True)).max(-1).mean())
-        rows.append((d, float(scores.var()), float((scores / np.sqrt(d)).var()),
-                     top_weight(scores), top_weight(scores / np.sqrt(d))))
+
+        rows.append(
+            (
+                d,
+                float(scores.var()),
+                float((scores / np.sqrt(d)).var()),
+                top_weight(scores),
+                top_weight(scores / np.sqrt(d)),
+            )
+        )
     return rows
 
 
@@ -73,10 +82,15 @@ def main():
     padding = np.broadcast_to(padding, (6, 6))
     combined = np.stack([causal, padding, causal & padding]).astype("float32")
     labels = ["t0", "t1", "t2", "t3", "pad", "pad"]
-    fig = plot_attention(combined, x_labels=labels, y_labels=labels, cmap="Greys",
-                         path=os.path.join(IMAGES, "masks.png"),
-                         panel_titles=["causal", "padding", "both (causal AND padding)"],
-                         title="True = may attend (black); white = masked")
+    fig = plot_attention(
+        combined,
+        x_labels=labels,
+        y_labels=labels,
+        cmap="Greys",
+        path=os.path.join(IMAGES, "masks.png"),
+        panel_titles=["causal", "padding", "both (causal AND padding)"],
+        title="True = may attend (black); white = masked",
+    )
     plt.close(fig)
 
     # 3. Attention weights of a toy self-attention: softmax(Q K^T / sqrt(d_k)) with
@@ -86,32 +100,52 @@ def main():
     vocab = {w: i for i, w in enumerate(sorted(set(words)))}
     x = np.eye(len(vocab), dtype="float32")[[vocab[w] for w in words]][None] * 3.0
     _, weights = ops.scaled_dot_product_attention(x, x, x, return_attention_scores=True)
-    fig = plot_attention(np.asarray(weights)[0], x_labels=words, y_labels=words,
-                         path=os.path.join(IMAGES, "self_attention.png"),
-                         title="softmax(Q K^T / sqrt(d_k)), Q = K = V = 3 x one-hot")
+    fig = plot_attention(
+        np.asarray(weights)[0],
+        x_labels=words,
+        y_labels=words,
+        path=os.path.join(IMAGES, "self_attention.png"),
+        title="softmax(Q K^T / sqrt(d_k)), Q = K = V = 3 x one-hot",
+    )
     plt.close(fig)
 
     # 4. Causal weights of a (random, untrained) 4-head MultiHeadAttention.
     layer = keras_attention.MultiHeadAttention(num_heads=4, key_dim=8)
     sequence = np.random.default_rng(1).standard_normal((1, 6, 16)).astype("float32")
     _, scores = layer(sequence, sequence, use_causal_mask=True, return_attention_scores=True)
-    fig = plot_attention(np.asarray(scores), path=os.path.join(IMAGES, "multi_head.png"),
-                         title="4 heads, causal mask (untrained layer)")
+    fig = plot_attention(
+        np.asarray(scores),
+        path=os.path.join(IMAGES, "multi_head.png"),
+        title="4 heads, causal mask (untrained layer)",
+    )
     plt.close(fig)
 
     # 5. Additive vs dot-product scores for one query over 8 keys.
     rng = np.random.default_rng(2)
-    query, keys = rng.standard_normal((1, 1, 16)).astype("float32"), rng.standard_normal((1, 8, 16)).astype("float32")
+    query, keys = (
+        rng.standard_normal((1, 1, 16)).astype("float32"),
+        rng.standard_normal((1, 8, 16)).astype("float32"),
+    )
     additive = keras_attention.AdditiveAttention(units=16)
     _, additive_weights = additive(query, keys, return_attention_scores=True)
-    _, dot_weights = ops.scaled_dot_product_attention(query, keys, keys, return_attention_scores=True)
+    _, dot_weights = ops.scaled_dot_product_attention(
+        query, keys, keys, return_attention_scores=True
+    )
     both = np.concatenate([np.asarray(dot_weights)[0], np.asarray(additive_weights).reshape(1, -1)])
-    fig = plot_attention(both, x_labels=[f"k{i}" for i in range(8)],
-                         y_labels=["dot / sqrt(d)", "additive"],
-                         path=os.path.join(IMAGES, "additive_vs_dot.png"),
-                         title="one query, 8 keys (untrained additive layer)")
+    fig = plot_attention(
+        both,
+        x_labels=[f"k{i}" for i in range(8)],
+        y_labels=["dot / sqrt(d)", "additive"],
+        path=os.path.join(IMAGES, "additive_vs_dot.png"),
+        title="one query, 8 keys (untrained additive layer)",
+    )
     plt.close(fig)
-    print("pictures written to", IMAGES, ":", ", ".join(sorted(f for f in os.listdir(IMAGES) if f.endswith(".png"))))
+    print(
+        "pictures written to",
+        IMAGES,
+        ":",
+        ", ".join(sorted(f for f in os.listdir(IMAGES) if f.endswith(".png"))),
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ except ModuleNotFoundError:  # run from a source checkout: `python examples/quic
 def parse_args(description, argv, epochs, extra=None):
     """`--epochs`, `--output-dir` (default `saved_models/`), `--smoke`, `--seed`."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    parser.add_argument(
+        "--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})"
+    )
     parser.add_argument(
         "--output-dir",
         default=os.path.join(REPO_ROOT, "saved_models"),
@@ -102,10 +104,18 @@ def serve_in_fresh_process(export_dir, inputs, workdir):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     result = subprocess.run(
-        [sys.executable, "-c",
-         _SERVE_TORCH_SCRIPT if export_dir.endswith(".pt2") else _SERVE_SCRIPT,
-         export_dir, inputs_file, outputs_file],
-        cwd=workdir, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            _SERVE_TORCH_SCRIPT if export_dir.endswith(".pt2") else _SERVE_SCRIPT,
+            export_dir,
+            inputs_file,
+            outputs_file,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise RuntimeError("serving in a fresh process failed:\n" + result.stderr[-3000:])

@@ -66,7 +66,9 @@ def write(model, characters, prompt, new_chars, seed):
 
 def main(argv=None):
     def extra(parser):
-        parser.add_argument("--prompt", default="The with statement", help="start of the generated text")
+        parser.add_argument(
+            "--prompt", default="The with statement", help="start of the generated text"
+        )
         parser.add_argument("--new-chars", type=int, default=100, help="characters to generate")
 
     args = _shared.parse_args(__doc__.splitlines()[0], argv, epochs=6, extra=extra)
@@ -92,38 +94,59 @@ def main(argv=None):
         intermediate_dim=64 if args.smoke else 256,
         dropout=0.1,
     )
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=64,
-              verbose=2 if args.smoke else 1)
+    model.compile(
+        keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=args.epochs,
+        batch_size=64,
+        verbose=2 if args.smoke else 1,
+    )
     val_loss = float(model.evaluate(x_val, y_val, verbose=0, batch_size=128))
     perplexity = math.exp(val_loss)
 
     # Positions are learned up to SEQUENCE_LENGTH: keep the end of a long prompt so
     # that prompt + new characters fit (more new characters raise a ValueError).
     new_chars = 8 if args.smoke else args.new_chars
-    prompt = args.prompt[-max(1, SEQUENCE_LENGTH - new_chars):]
+    prompt = args.prompt[-max(1, SEQUENCE_LENGTH - new_chars) :]
     sample = write(model, characters, prompt, new_chars, args.seed)
 
-    keras_path = keras_attention.export.save_model(model, os.path.join(args.output_dir, "char_language_model.keras"))
+    keras_path = keras_attention.export.save_model(
+        model, os.path.join(args.output_dir, "char_language_model.keras")
+    )
     vocab_path = os.path.join(args.output_dir, "char_language_model.vocab.json")
     with open(vocab_path, "w") as handle:
         json.dump({"characters": characters, "first_id": 1}, handle)
     # The reloaded model and its vocabulary write the same text on their own.
     reloaded = keras.saving.load_model(keras_path)
     with open(vocab_path) as handle:
-        reloaded_sample = write(reloaded, json.load(handle)["characters"], prompt, new_chars, args.seed)
+        reloaded_sample = write(
+            reloaded, json.load(handle)["characters"], prompt, new_chars, args.seed
+        )
     print("\n--- generated ---\n" + sample + "\n-----------------")
-    _shared.print_summary("character language model", {
-        "characters of text": f"{len(text)} ({len(characters)} distinct)",
-        "validation loss": f"{val_loss:.4f} nats/char",
-        "validation perplexity": f"{perplexity:.2f} (uniform guess: {len(characters)})",
-        ".keras file": keras_path,
-        "vocabulary file": vocab_path,
-        "reloaded model writes the same text": reloaded_sample == sample,
-    })
-    return {"val_loss": val_loss, "perplexity": perplexity, "prompt": prompt, "sample": sample,
-            "keras_path": keras_path, "vocab_path": vocab_path, "reloaded_sample": reloaded_sample}
+    _shared.print_summary(
+        "character language model",
+        {
+            "characters of text": f"{len(text)} ({len(characters)} distinct)",
+            "validation loss": f"{val_loss:.4f} nats/char",
+            "validation perplexity": f"{perplexity:.2f} (uniform guess: {len(characters)})",
+            ".keras file": keras_path,
+            "vocabulary file": vocab_path,
+            "reloaded model writes the same text": reloaded_sample == sample,
+        },
+    )
+    return {
+        "val_loss": val_loss,
+        "perplexity": perplexity,
+        "prompt": prompt,
+        "sample": sample,
+        "keras_path": keras_path,
+        "vocab_path": vocab_path,
+        "reloaded_sample": reloaded_sample,
+    }
 
 
 if __name__ == "__main__":

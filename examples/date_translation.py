@@ -33,14 +33,14 @@ TARGET_LEN = 10  # YYYY-MM-DD
 SOURCE_LEN = 32
 
 FORMATS = [
-    "{d} {B} {Y}",        # 22 November 2026
-    "{a}, {b} {d} {y}",   # Sun, Nov 22 26
-    "{m}/{d}/{Y}",        # 11/22/2026
-    "{Y}.{m}.{d}",        # 2026.11.22
-    "{B} {d}, {Y}",       # November 22, 2026
-    "{d} {b} {Y}",        # 22 Nov 2026
-    "{A} {d} {B} {Y}",    # Sunday 22 November 2026
-    "{d}.{m}.{y}",        # 22.11.26
+    "{d} {B} {Y}",  # 22 November 2026
+    "{a}, {b} {d} {y}",  # Sun, Nov 22 26
+    "{m}/{d}/{Y}",  # 11/22/2026
+    "{Y}.{m}.{d}",  # 2026.11.22
+    "{B} {d}, {Y}",  # November 22, 2026
+    "{d} {b} {Y}",  # 22 Nov 2026
+    "{A} {d} {B} {Y}",  # Sunday 22 November 2026
+    "{d}.{m}.{y}",  # 22.11.26
 ]
 
 
@@ -48,8 +48,13 @@ def spell(date, rng):
     fmt = FORMATS[rng.integers(len(FORMATS))]
     text = fmt.format(
         d=str(date.day) if rng.random() < 0.5 else f"{date.day:02d}",
-        m=f"{date.month:02d}", Y=f"{date.year}", y=f"{date.year % 100:02d}",
-        B=date.strftime("%B"), b=date.strftime("%b"), A=date.strftime("%A"), a=date.strftime("%a"),
+        m=f"{date.month:02d}",
+        Y=f"{date.year}",
+        y=f"{date.year % 100:02d}",
+        B=date.strftime("%B"),
+        b=date.strftime("%b"),
+        A=date.strftime("%A"),
+        a=date.strftime("%a"),
     )
     return text.lower() if rng.random() < 0.3 else text
 
@@ -91,7 +96,9 @@ def build_models(embedding_dim=64, num_heads=4, intermediate_dim=128):
     x = keras_attention.TokenAndPositionEmbedding(
         len(SOURCE_VOCAB) + 1, SOURCE_LEN, embedding_dim, mask_zero=True, name="source_embed"
     )(source)
-    encoded = keras_attention.TransformerEncoder(num_heads, intermediate_dim, dropout=0.0, name="encoder")(x)
+    encoded = keras_attention.TransformerEncoder(
+        num_heads, intermediate_dim, dropout=0.0, name="encoder"
+    )(x)
 
     y = keras_attention.TokenAndPositionEmbedding(
         len(TARGET_CHARS) + 1, TARGET_LEN, embedding_dim, name="target_embed"
@@ -103,9 +110,9 @@ def build_models(embedding_dim=64, num_heads=4, intermediate_dim=128):
     y = keras.layers.LayerNormalization(name="norm1")(keras.layers.Add()([y, self_attended]))
     # Cross-attention: decoder positions (queries) look at the encoded characters
     # (keys/values); padded source characters get no weight through the Keras mask.
-    cross, cross_weights = keras_attention.MultiHeadAttention(num_heads, head_dim, name="cross_attention")(
-        y, encoded, return_attention_scores=True
-    )
+    cross, cross_weights = keras_attention.MultiHeadAttention(
+        num_heads, head_dim, name="cross_attention"
+    )(y, encoded, return_attention_scores=True)
     y = keras.layers.LayerNormalization(name="norm2")(keras.layers.Add()([y, cross]))
     hidden = keras_attention.FeedForward(intermediate_dim, name="feed_forward")(y)
     y = keras.layers.LayerNormalization(name="norm3")(keras.layers.Add()([y, hidden]))
@@ -129,10 +136,18 @@ def decode_text(ids):
 
 def main(argv=None):
     def sizes(parser):
-        parser.add_argument("--train-size", type=int, default=12000,
-                            help="training dates (default 12000; 128 with --smoke)")
-        parser.add_argument("--test-size", type=int, default=1000,
-                            help="held-out dates (default 1000; 32 with --smoke)")
+        parser.add_argument(
+            "--train-size",
+            type=int,
+            default=12000,
+            help="training dates (default 12000; 128 with --smoke)",
+        )
+        parser.add_argument(
+            "--test-size",
+            type=int,
+            default=1000,
+            help="held-out dates (default 1000; 32 with --smoke)",
+        )
 
     args = _shared.parse_args(__doc__.splitlines()[0], argv, epochs=12, extra=sizes)
     keras.utils.set_random_seed(args.seed)
@@ -142,13 +157,24 @@ def main(argv=None):
     train_texts, train_isos = make_dates(train_days, rng)
     test_texts, test_isos = make_dates(test_days, rng)
     x_train, y_train = encode_source(train_texts), encode_target(train_isos)
-    decoder_in = np.concatenate([np.full((len(y_train), 1), START, "int32"), y_train[:, :-1]], axis=1)
+    decoder_in = np.concatenate(
+        [np.full((len(y_train), 1), START, "int32"), y_train[:, :-1]], axis=1
+    )
 
     model, cross_model = build_models()
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit([x_train, decoder_in], y_train, epochs=args.epochs, batch_size=64,
-              validation_split=0.05, verbose=2 if args.smoke else 1)
+    model.compile(
+        keras.optimizers.Adam(2e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(
+        [x_train, decoder_in],
+        y_train,
+        epochs=args.epochs,
+        batch_size=64,
+        validation_split=0.05,
+        verbose=2 if args.smoke else 1,
+    )
 
     x_test = encode_source(test_texts)
     predictions = [decode_text(ids) for ids in greedy_decode(model, x_test)]
@@ -170,21 +196,38 @@ def main(argv=None):
         path = os.path.join(args.output_dir, f"date_cross_attention_{i}.png")
         heads = np.concatenate([weights[0], weights[0].mean(0, keepdims=True)])
         titles = [f"head {h}" for h in range(len(weights[0]))] + ["mean over heads"]
-        fig = plot_attention(heads, x_labels=list(text), y_labels=list(predictions[i]),
-                             path=path, title=f"{text!r} -> {predictions[i]}",
-                             panel_titles=titles, max_columns=len(heads))
+        fig = plot_attention(
+            heads,
+            x_labels=list(text),
+            y_labels=list(predictions[i]),
+            path=path,
+            title=f"{text!r} -> {predictions[i]}",
+            panel_titles=titles,
+            max_columns=len(heads),
+        )
         plt.close(fig)
         pictures.append(path)
 
-    keras_path = keras_attention.export.save_model(model, os.path.join(args.output_dir, "date_translation.keras"))
-    _shared.print_summary("date translation", {
-        "exact match (held-out dates)": f"{exact_match:.4f} ({len(test_texts)} dates)",
-        ".keras file": keras_path,
-        "cross-attention pictures": ", ".join(pictures),
-    })
-    return {"exact_match": exact_match, "predictions": predictions, "keras_path": keras_path,
-            "pictures": pictures, "train_texts": train_texts, "test_texts": test_texts,
-            "test_isos": test_isos}
+    keras_path = keras_attention.export.save_model(
+        model, os.path.join(args.output_dir, "date_translation.keras")
+    )
+    _shared.print_summary(
+        "date translation",
+        {
+            "exact match (held-out dates)": f"{exact_match:.4f} ({len(test_texts)} dates)",
+            ".keras file": keras_path,
+            "cross-attention pictures": ", ".join(pictures),
+        },
+    )
+    return {
+        "exact_match": exact_match,
+        "predictions": predictions,
+        "keras_path": keras_path,
+        "pictures": pictures,
+        "train_texts": train_texts,
+        "test_texts": test_texts,
+        "test_isos": test_isos,
+    }
 
 
 if __name__ == "__main__":

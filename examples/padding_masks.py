@@ -42,7 +42,9 @@ def build_model(embedding_dim=32, num_heads=2):
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(VOCABULARY, embedding_dim, mask_zero=True, name="embed")(tokens)
     x = keras_attention.SinusoidalPositionEncoding(name="positions")(x)
-    attention = keras_attention.MultiHeadAttention(num_heads, embedding_dim // num_heads, name="attention")
+    attention = keras_attention.MultiHeadAttention(
+        num_heads, embedding_dim // num_heads, name="attention"
+    )
     # `layers.Add` (not `+`) carries the Keras mask on to the pooling layer.
     x = keras.layers.LayerNormalization()(keras.layers.Add()([x, attention(x, x)]))
     pooled = keras_attention.AttentionPooling(embedding_dim, name="pool")(x)
@@ -71,8 +73,14 @@ def main(argv=None):
 
     model = build_model()
     model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, validation_split=0.1,
-              verbose=2 if args.smoke else 1)
+    model.fit(
+        x_train,
+        y_train,
+        epochs=args.epochs,
+        batch_size=64,
+        validation_split=0.1,
+        verbose=2 if args.smoke else 1,
+    )
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
 
     # 1. Padded keys get exactly zero weight, for every real query and every head.
@@ -82,15 +90,19 @@ def main(argv=None):
     padded_weight = float(np.max(np.where(key_is_pad & query_is_real, weights, 0.0)))
 
     # 2. Predictions do not depend on how much padding there is or what it holds.
-    reference = np.array([
-        model.predict(x_test[i : i + 1, :length], verbose=0)[0, 0]
-        for i, length in enumerate(test_lengths[:16])
-    ])
+    reference = np.array(
+        [
+            model.predict(x_test[i : i + 1, :length], verbose=0)[0, 0]
+            for i, length in enumerate(test_lengths[:16])
+        ]
+    )
     long_padding = np.pad(x_test[:16], ((0, 0), (0, 20)))
     padded = model.predict(long_padding, verbose=0)[:, 0]
     pad_diff = float(np.max(np.abs(padded - reference)))
 
-    path = keras_attention.export.save_model(model, os.path.join(args.output_dir, "padding_masks.keras"))
+    path = keras_attention.export.save_model(
+        model, os.path.join(args.output_dir, "padding_masks.keras")
+    )
     _shared.print_summary(
         "padding masks",
         {

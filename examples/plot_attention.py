@@ -15,9 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _shared  # noqa: E402
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
-import keras_attention  # noqa: E402
 from keras_attention.plot import plot_attention  # noqa: E402
 
 import quickstart  # noqa: E402  (same data and model)
@@ -25,7 +23,9 @@ import quickstart  # noqa: E402  (same data and model)
 
 def attention_maps(model, images):
     """Self-attention `(batch, heads, 8, 8)` and pooling weights `(batch, 8)`."""
-    inner = keras.Model(model.input, [model.get_layer("positions").output, model.get_layer("norm2").output])
+    inner = keras.Model(
+        model.input, [model.get_layer("positions").output, model.get_layer("norm2").output]
+    )
     x, encoded = inner(images)
     _, self_weights = model.get_layer("attention")(x, x, return_attention_scores=True)
     _, pool_weights = model.get_layer("pool")(encoded, return_attention_scores=True)
@@ -44,8 +44,11 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     x_train, y_train, x_test, y_test = quickstart.load_data(args.smoke, args.seed)
     model = quickstart.build_model()
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(2e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=2 if args.smoke else 1)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
 
@@ -55,8 +58,13 @@ def main(argv=None):
     paths = []
     for i in range(count):
         path = os.path.join(args.output_dir, f"attention_digit{i}_label{y_test[i]}.png")
-        fig = plot_attention(self_weights[i], x_labels=rows, y_labels=rows, path=path,
-                             title=f"digit {y_test[i]}: self-attention per head")
+        fig = plot_attention(
+            self_weights[i],
+            x_labels=rows,
+            y_labels=rows,
+            path=path,
+            title=f"digit {y_test[i]}: self-attention per head",
+        )
         plt.close(fig)
         # The pooling query is one row of weights over the 8 pixel rows; show it next
         # to the image it summarises.
@@ -70,7 +78,9 @@ def main(argv=None):
         fig.savefig(pool_path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         paths += [path, pool_path]
-    _shared.print_summary("attention maps", {"test accuracy": f"{accuracy:.4f}", "pictures": ", ".join(paths)})
+    _shared.print_summary(
+        "attention maps", {"test accuracy": f"{accuracy:.4f}", "pictures": ", ".join(paths)}
+    )
     return {"accuracy": accuracy, "paths": paths}
 
 

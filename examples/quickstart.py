@@ -50,7 +50,9 @@ def build_model(embedding_dim=64, num_heads=4, dropout=0.1):
     # One Transformer encoder block written out: attention, then a feed-forward
     # network, each with a residual connection and LayerNorm.
     attended = keras_attention.MultiHeadAttention(
-        num_heads=num_heads, key_dim=embedding_dim // num_heads, dropout=dropout,
+        num_heads=num_heads,
+        key_dim=embedding_dim // num_heads,
+        dropout=dropout,
         name="attention",
     )(x, x)
     x = keras.layers.LayerNormalization(name="norm1")(x + keras.layers.Dropout(dropout)(attended))
@@ -82,7 +84,11 @@ def main(argv=None):
         metrics=["accuracy"],
     )
     model.fit(
-        x_train, y_train, validation_split=0.1, epochs=args.epochs, batch_size=batch_size,
+        x_train,
+        y_train,
+        validation_split=0.1,
+        epochs=args.epochs,
+        batch_size=batch_size,
         verbose=2 if args.smoke else 1,
     )
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
@@ -123,8 +129,13 @@ def main(argv=None):
     )
     if keras_diff > 1e-5 or served_diff > 1e-5:
         raise SystemExit("reloaded models disagree with the trained one")
-    return {"accuracy": accuracy, "keras_path": keras_path, "export_dir": export_dir,
-            "keras_diff": keras_diff, "served_diff": served_diff}
+    return {
+        "accuracy": accuracy,
+        "keras_path": keras_path,
+        "export_dir": export_dir,
+        "keras_diff": keras_diff,
+        "served_diff": served_diff,
+    }
 
 
 if __name__ == "__main__":

@@ -56,8 +56,7 @@ def save_model(model, path, **kwargs):
     path = os.path.abspath(os.fspath(path))
     if not path.endswith(".keras"):
         raise ValueError(
-            "`path` must end in `.keras` (the Keras v3 format). "
-            f"Received: path={path!r}"
+            f"`path` must end in `.keras` (the Keras v3 format). Received: path={path!r}"
         )
     if os.path.isdir(path):
         raise ValueError(f"`path` must be a file path, but it is a folder. Received: path={path!r}")
@@ -190,7 +189,9 @@ def export_saved_model(
         archive.write_out(tmp_dir, verbose=verbose)
         os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp made it private (0700)
         if os.path.isdir(path):
-            old_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
+            old_dir = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent
+            )
             os.rmdir(old_dir)  # only the unique name is wanted; rename needs it free
             os.rename(path, old_dir)
         try:
@@ -314,10 +315,14 @@ def export_torch_program(model, path, dynamic_axes=(0, 1), verbose=False):
         )
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.pt2", dir=folder)
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp.pt2", dir=folder
+    )
     os.close(fd)
     try:
-        model.export(tmp_path, format="torch", dynamic_shapes=tuple(dynamic_shapes), verbose=verbose)
+        model.export(
+            tmp_path, format="torch", dynamic_shapes=tuple(dynamic_shapes), verbose=verbose
+        )
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:

@@ -171,14 +171,18 @@ def merge_attention_masks(
     key_padding = combine_masks(value_mask, key_mask)
     if key_padding is not None:
         check_broadcastable(
-            (None, _static(kv_len)), tuple(key_padding.shape), "keys (batch, kv_len)",
+            (None, _static(kv_len)),
+            tuple(key_padding.shape),
+            "keys (batch, kv_len)",
             "value_mask" if key_mask is None else "key_mask",
         )
         parts.append(padding_mask(key_padding))
     if query_mask is not None:
         query_mask = _keras_mask(query_mask, "query_mask", "q_len")
         check_broadcastable(
-            (None, _static(q_len)), tuple(query_mask.shape), "queries (batch, q_len)",
+            (None, _static(q_len)),
+            tuple(query_mask.shape),
+            "queries (batch, q_len)",
             "query_mask",
         )
         parts.append(ops.expand_dims(query_mask, -1))
@@ -197,7 +201,9 @@ def merge_attention_masks(
             )
         expected = (None,) * (rank - 2) + (_static(q_len), _static(kv_len))
         check_broadcastable(
-            expected, tuple(attention_mask.shape), "scores (batch, q_len, kv_len)",
+            expected,
+            tuple(attention_mask.shape),
+            "scores (batch, q_len, kv_len)",
             "attention_mask",
         )
         if rank == 4:
@@ -205,8 +211,10 @@ def merge_attention_masks(
         combined = combine_masks(*parts)
         if combined is not None:
             check_broadcastable(
-                tuple(combined.shape), tuple(attention_mask.shape),
-                "mask from the inputs' Keras masks", "attention_mask",
+                tuple(combined.shape),
+                tuple(attention_mask.shape),
+                "mask from the inputs' Keras masks",
+                "attention_mask",
             )
         return combine_masks(combined, attention_mask)
     return combine_masks(*parts)

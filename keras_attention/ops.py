@@ -269,7 +269,9 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
 
     chunked_mask = None
     if mask is not None:
-        mask = ops.reshape(mask, (1,) * (len(query.shape) - len(mask.shape)) + tuple(ops.shape(mask)))
+        mask = ops.reshape(
+            mask, (1,) * (len(query.shape) - len(mask.shape)) + tuple(ops.shape(mask))
+        )
         if mask.shape[-2] != 1:
             chunked_mask = to_chunks(ops.cast(mask, "int8"))
             mask = None
@@ -322,9 +324,7 @@ def _fused_attention(query, key, value, mask, causal):
     to_bshd = lambda x: ops.transpose(x, (0, 2, 1, 3))  # noqa: E731
     full_mask = None
     if mask is not None:
-        full_mask = ops.broadcast_to(
-            mask, tuple(ops.shape(query)[:-1]) + (ops.shape(key)[-2],)
-        )
+        full_mask = ops.broadcast_to(mask, tuple(ops.shape(query)[:-1]) + (ops.shape(key)[-2],))
     output = ops.dot_product_attention(
         to_bshd(query), to_bshd(key), to_bshd(value), mask=full_mask, scale=1.0
     )

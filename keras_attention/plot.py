@@ -113,7 +113,10 @@ def plot_attention(
     # The constrained layout keeps panel titles, tick labels and the colour bar
     # from overlapping (tight_layout cannot place a colour bar shared by panels).
     fig, axes = plt.subplots(
-        rows, columns, figsize=(panel * columns + 1.0, panel * rows + 0.6), squeeze=False,
+        rows,
+        columns,
+        figsize=(panel * columns + 1.0, panel * rows + 0.6),
+        squeeze=False,
         layout="constrained",
     )
     vmax = float(weights[head_ids].max()) if weights.size else 1.0
@@ -144,9 +147,7 @@ def plot_attention(
 def _to_heads(weights):
     array = backend_lib.to_numpy(weights)
     if not np.issubdtype(array.dtype, np.number):
-        raise TypeError(
-            f"`weights` must hold numbers. Received: weights with dtype {array.dtype}"
-        )
+        raise TypeError(f"`weights` must hold numbers. Received: weights with dtype {array.dtype}")
     array = array.astype("float32")
     if array.ndim == 4:
         if array.shape[0] != 1:
@@ -173,7 +174,11 @@ def _select_heads(heads, num_heads):
     if not ids:
         raise ValueError(f"`heads` must not be empty. Received: heads={heads!r}")
     for head in ids:
-        if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 0 <= head < num_heads:
+        if (
+            isinstance(head, bool)
+            or not isinstance(head, (int, np.integer))
+            or not 0 <= head < num_heads
+        ):
             raise ValueError(
                 f"`heads` must be integers in [0, {num_heads}) (the weights have "
                 f"{num_heads} heads). Received: heads={heads!r}"

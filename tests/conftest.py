@@ -6,7 +6,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-
 if keras.backend.backend() == "torch":
     import torch
 

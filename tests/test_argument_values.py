@@ -42,9 +42,7 @@ def _layer_norm(x, gamma, beta, epsilon):
 @pytest.mark.parametrize("scale", [None, 0.3, 2.0])  # default: 1/sqrt(4) = 0.5
 def test_scaled_dot_product_attention_scale(scale):
     q, k, v = _rand(2, 3, 4), _rand(2, 5, 4), _rand(2, 5, 6)
-    out, w = ka.ScaledDotProductAttention(scale=scale)(
-        q, v, key=k, return_attention_scores=True
-    )
+    out, w = ka.ScaledDotProductAttention(scale=scale)(q, v, key=k, return_attention_scores=True)
     expected_scale = 1 / np.sqrt(4) if scale is None else scale
     ref_out, ref_w = reference.attention(q, k, v, scale=expected_scale)
     np.testing.assert_allclose(_np(out), ref_out, atol=ATOL)
@@ -56,8 +54,9 @@ def test_self_attention_use_bias(use_bias):
     layer = ka.SelfAttention(4, use_bias=use_bias, bias_initializer="ones")
     x = _rand(2, 5, 3)
     out = _np(layer(x))
-    q, k, v = (_dense(d, x, use_bias)
-               for d in (layer.query_dense, layer.key_dense, layer.value_dense))
+    q, k, v = (
+        _dense(d, x, use_bias) for d in (layer.query_dense, layer.key_dense, layer.value_dense)
+    )
     np.testing.assert_allclose(out, reference.attention(q, k, v)[0], atol=ATOL)
 
 
@@ -66,8 +65,10 @@ def test_additive_attention_use_bias(use_bias):
     layer = ka.AdditiveAttention(5, use_bias=use_bias, bias_initializer="ones")
     q, v, k = _rand(2, 3, 4), _rand(2, 6, 2), _rand(2, 6, 3)
     out = _np(layer(q, v, key=k))
-    hidden = np.tanh(_dense(layer.query_dense, q, use_bias)[:, :, None]
-                     + _dense(layer.key_dense, k, use_bias)[:, None])
+    hidden = np.tanh(
+        _dense(layer.query_dense, q, use_bias)[:, :, None]
+        + _dense(layer.key_dense, k, use_bias)[:, None]
+    )
     scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
     weights = reference.softmax(scores)
     np.testing.assert_allclose(out, weights @ v, atol=ATOL)
@@ -88,13 +89,10 @@ def test_luong_scale(score, scale):
 
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_luong_concat_use_bias(use_bias):
-    layer = ka.LuongAttention(score="concat", units=5, use_bias=use_bias,
-                              bias_initializer="ones")
+    layer = ka.LuongAttention(score="concat", units=5, use_bias=use_bias, bias_initializer="ones")
     q, v, k = _rand(2, 3, 4), _rand(2, 6, 2), _rand(2, 6, 3)
     out = _np(layer(q, v, key=k))
-    pairs = np.concatenate(
-        [np.repeat(q[:, :, None], 6, 2), np.repeat(k[:, None], 3, 1)], axis=-1
-    )
+    pairs = np.concatenate([np.repeat(q[:, :, None], 6, 2), np.repeat(k[:, None], 3, 1)], axis=-1)
     hidden = np.tanh(_dense(layer.concat_dense, pairs, use_bias))
     scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
     np.testing.assert_allclose(out, reference.softmax(scores) @ v, atol=ATOL)
@@ -138,8 +136,10 @@ def _numpy_mha(layer, query, value, num_heads, kv_heads, use_bias, query_keep=No
     v = heads(_dense(layer.value_dense, value, use_bias), kv_heads)
     group = num_heads // kv_heads
     mask = None if query_keep is None else query_keep[:, :, None]
-    outs = [reference.attention(q[:, h], k[:, h // group], v[:, h // group], mask=mask)[0]
-            for h in range(num_heads)]
+    outs = [
+        reference.attention(q[:, h], k[:, h // group], v[:, h // group], mask=mask)[0]
+        for h in range(num_heads)
+    ]
     return _dense(layer.output_dense, np.concatenate(outs, axis=-1), use_bias)
 
 
@@ -147,8 +147,13 @@ def _numpy_mha(layer, query, value, num_heads, kv_heads, use_bias, query_keep=No
 @pytest.mark.parametrize("kv_heads", [None, 1])
 def test_multi_head_attention_use_bias_and_kv_heads(use_bias, kv_heads):
     layer = ka.MultiHeadAttention(
-        num_heads=2, key_dim=3, value_dim=4, output_dim=5, num_key_value_heads=kv_heads,
-        use_bias=use_bias, bias_initializer="random_normal",
+        num_heads=2,
+        key_dim=3,
+        value_dim=4,
+        output_dim=5,
+        num_key_value_heads=kv_heads,
+        use_bias=use_bias,
+        bias_initializer="random_normal",
     )
     query, value = _rand(2, 3, 6), _rand(2, 4, 7)
     out = _np(layer(query, value))
@@ -169,16 +174,15 @@ def test_multi_head_attention_padded_query_rows_hold_the_output_bias():
     np.testing.assert_allclose(out[0, 2:], np.ones((2, 6)), atol=ATOL)
 
     no_bias = ka.MultiHeadAttention(num_heads=2, key_dim=3, use_bias=False)
-    np.testing.assert_array_equal(
-        _np(no_bias(query, value, query_mask=query_keep))[0, 2:], 0.0
-    )
+    np.testing.assert_array_equal(_np(no_bias(query, value, query_mask=query_keep))[0, 2:], 0.0)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_feedforward_activation_and_use_bias(activation, use_bias):
-    layer = ka.FeedForward(7, activation=activation, use_bias=use_bias,
-                           bias_initializer="random_normal")
+    layer = ka.FeedForward(
+        7, activation=activation, use_bias=use_bias, bias_initializer="random_normal"
+    )
     x = _rand(2, 3, 4)
     out = _np(layer(x))
     act = {"tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z))}[activation]
@@ -190,8 +194,12 @@ def test_feedforward_activation_and_use_bias(activation, use_bias):
 def test_transformer_encoder_epsilon_activation_and_norm_order(normalize_first):
     epsilon = 0.5  # large, so an ignored epsilon changes the output visibly
     layer = ka.TransformerEncoder(
-        num_heads=2, intermediate_dim=5, activation="tanh", layer_norm_epsilon=epsilon,
-        normalize_first=normalize_first, dropout=0.0,
+        num_heads=2,
+        intermediate_dim=5,
+        activation="tanh",
+        layer_norm_epsilon=epsilon,
+        normalize_first=normalize_first,
+        dropout=0.0,
         bias_initializer="random_normal",
     )
     x = _rand(2, 4, 6)
@@ -205,8 +213,7 @@ def test_transformer_encoder_epsilon_activation_and_norm_order(normalize_first):
 
     def feedforward(y):
         ffn = layer.feedforward
-        return _dense(ffn.output_dense, np.tanh(_dense(ffn.intermediate_dense, y, True)),
-                      True)
+        return _dense(ffn.output_dense, np.tanh(_dense(ffn.intermediate_dense, y, True)), True)
 
     def block(y, fn, norm_layer):
         if normalize_first:
@@ -220,8 +227,12 @@ def test_transformer_encoder_epsilon_activation_and_norm_order(normalize_first):
 
 def test_token_and_position_embedding_scale_and_sinusoid():
     layer = ka.TokenAndPositionEmbedding(
-        vocabulary_size=9, sequence_length=None, embedding_dim=4, position="sinusoidal",
-        scale_by_sqrt_dim=True, max_wavelength=50,
+        vocabulary_size=9,
+        sequence_length=None,
+        embedding_dim=4,
+        position="sinusoidal",
+        scale_by_sqrt_dim=True,
+        max_wavelength=50,
     )
     tokens = np.array([[1, 2, 3, 4, 5], [8, 7, 6, 5, 4]])
     out = _np(layer(tokens))
@@ -261,14 +272,14 @@ def test_large_inputs_self_attention():
     layer = ka.SelfAttention(8, bias_initializer="random_normal")
     x = _big(2, 5, 6)
     out = _np(layer(x, use_causal_mask=True))
-    q, k, v = (_dense(d, x, True)
-               for d in (layer.query_dense, layer.key_dense, layer.value_dense))
+    q, k, v = (_dense(d, x, True) for d in (layer.query_dense, layer.key_dense, layer.value_dense))
     _assert_close_large(out, reference.attention(q, k, v, causal=True)[0])
 
 
 def test_large_inputs_multi_head_attention():
-    layer = ka.MultiHeadAttention(num_heads=4, key_dim=2, num_key_value_heads=2,
-                                  bias_initializer="random_normal")
+    layer = ka.MultiHeadAttention(
+        num_heads=4, key_dim=2, num_key_value_heads=2, bias_initializer="random_normal"
+    )
     query, value = _big(2, 4, 8), _big(2, 5, 8)
     out = _np(layer(query, value))
     _assert_close_large(out, _numpy_mha(layer, query, value, 4, 2, True))
@@ -278,8 +289,9 @@ def test_large_inputs_additive_attention():
     layer = ka.AdditiveAttention(6)
     q, v, k = _big(2, 3, 4), _big(2, 5, 2), _big(2, 5, 3)
     out = _np(layer(q, v, key=k))
-    hidden = np.tanh(_dense(layer.query_dense, q, True)[:, :, None]
-                     + _dense(layer.key_dense, k, True)[:, None])
+    hidden = np.tanh(
+        _dense(layer.query_dense, q, True)[:, :, None] + _dense(layer.key_dense, k, True)[:, None]
+    )
     scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
     _assert_close_large(out, reference.softmax(scores) @ v)
 

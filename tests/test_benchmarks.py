@@ -27,7 +27,11 @@ def test_benchmark_smoke(script, extra, backend):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *extra],
-        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]

@@ -61,8 +61,9 @@ def test_additive_matches_numpy(single_step):
     out, weights = layer(q, v, key=k, value_mask=value_keep, return_attention_scores=True)
 
     q3 = q[:, None] if single_step else q
-    hidden = np.tanh(_dense(layer.query_dense, q3)[:, :, None]
-                     + _dense(layer.key_dense, k)[:, None])
+    hidden = np.tanh(
+        _dense(layer.query_dense, q3)[:, :, None] + _dense(layer.key_dense, k)[:, None]
+    )
     scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
     ref_out, ref_w = _masked_attention(scores, v, value_keep[:, None, :])
     if single_step:
@@ -163,8 +164,7 @@ def test_luong_dot_matches_keras_attention(masked):
     masks = {}
     if masked:
         masks = {"query_mask": _keep(2, 4, {1: [3]}), "value_mask": _keep(2, 5, {0: [1, 4]})}
-    out, weights = ka.LuongAttention("dot")(q, v, key=k, return_attention_scores=True,
-                                            **masks)
+    out, weights = ka.LuongAttention("dot")(q, v, key=k, return_attention_scores=True, **masks)
     keras_mask = [masks["query_mask"], masks["value_mask"]] if masked else None
     expected, expected_w = keras.layers.Attention()(
         [q, v, k], mask=keras_mask, return_attention_scores=True
@@ -200,15 +200,20 @@ def test_pooling_invariant_to_masked_content_and_fully_masked_is_zero():
 
 @pytest.mark.parametrize(
     "layer",
-    [lambda: ka.AdditiveAttention(4), lambda: ka.LuongAttention("dot"),
-     lambda: ka.LuongAttention("general"), lambda: ka.LuongAttention("concat", units=3)],
+    [
+        lambda: ka.AdditiveAttention(4),
+        lambda: ka.LuongAttention("dot"),
+        lambda: ka.LuongAttention("general"),
+        lambda: ka.LuongAttention("concat", units=3),
+    ],
 )
 def test_fully_masked_rows_give_zeros(layer):
     q, v = _rand(2, 3, 4), _rand(2, 5, 4)
     value_keep = _keep(2, 5, {1: [0, 1, 2, 3, 4]})
     query_keep = _keep(2, 3, {0: [2]})
-    out, weights = layer()(q, v, query_mask=query_keep, value_mask=value_keep,
-                           return_attention_scores=True)
+    out, weights = layer()(
+        q, v, query_mask=query_keep, value_mask=value_keep, return_attention_scores=True
+    )
     out, weights = _np(out), _np(weights)
     assert np.all(np.isfinite(out))
     assert np.all(out[1] == 0) and np.all(weights[1] == 0)
@@ -253,11 +258,14 @@ def test_additive_helper(tmp_path, call_kwargs):
     )
 
 
-@pytest.mark.parametrize("layer_cls, init_kwargs", [
-    (ka.AdditiveAttention, {"units": 5}),
-    (ka.LuongAttention, {"score": "general"}),
-    (ka.LuongAttention, {"score": "concat", "units": 3}),
-])
+@pytest.mark.parametrize(
+    "layer_cls, init_kwargs",
+    [
+        (ka.AdditiveAttention, {"units": 5}),
+        (ka.LuongAttention, {"score": "general"}),
+        (ka.LuongAttention, {"score": "concat", "units": 3}),
+    ],
+)
 def test_single_step_query_helper(tmp_path, layer_cls, init_kwargs):
     run_layer_test(
         layer_cls,
@@ -271,19 +279,21 @@ def test_single_step_query_helper(tmp_path, layer_cls, init_kwargs):
     )
 
 
-@pytest.mark.parametrize("init_kwargs, num_weights", [
-    ({"score": "dot"}, 0),
-    ({"score": "dot", "scale": True}, 0),
-    ({"score": "general"}, 1),
-    ({"score": "concat", "units": 3}, 3),
-])
+@pytest.mark.parametrize(
+    "init_kwargs, num_weights",
+    [
+        ({"score": "dot"}, 0),
+        ({"score": "dot", "scale": True}, 0),
+        ({"score": "general"}, 1),
+        ({"score": "concat", "units": 3}, 3),
+    ],
+)
 def test_luong_helper(tmp_path, init_kwargs, num_weights):
     key_features = 7 if init_kwargs["score"] == "dot" else 5
     run_layer_test(
         ka.LuongAttention,
         init_kwargs,
-        {"query": _rand(2, 4, 7), "value": _rand(2, 6, 3),
-         "key": _rand(2, 6, key_features)},
+        {"query": _rand(2, 4, 7), "value": _rand(2, 6, 3), "key": _rand(2, 6, key_features)},
         {"return_attention_scores": True},
         tmp_path=tmp_path,
         expected_num_trainable_weights=num_weights,
@@ -291,11 +301,14 @@ def test_luong_helper(tmp_path, init_kwargs, num_weights):
     )
 
 
-@pytest.mark.parametrize("init_kwargs, call_kwargs, shape, num_weights", [
-    ({}, {}, (2, 6), 1),
-    ({"units": 4}, {"return_attention_scores": True}, (2, 6), 3),
-    ({"units": 4, "num_queries": 3, "use_bias": False}, {}, (2, 3, 6), 2),
-])
+@pytest.mark.parametrize(
+    "init_kwargs, call_kwargs, shape, num_weights",
+    [
+        ({}, {}, (2, 6), 1),
+        ({"units": 4}, {"return_attention_scores": True}, (2, 6), 3),
+        ({"units": 4, "num_queries": 3, "use_bias": False}, {}, (2, 3, 6), 2),
+    ],
+)
 def test_pooling_helper(tmp_path, init_kwargs, call_kwargs, shape, num_weights):
     run_layer_test(
         ka.AttentionPooling,
@@ -332,16 +345,16 @@ def test_gru_encoder_decoder_trains_saves_and_reloads(tmp_path):
     src = rng.integers(1, vocab, (16, src_len))
     src[::2, -2:] = 0  # padding, seen by the attention through the GRU's mask
     tgt = rng.integers(1, vocab, (16, tgt_len))
-    history = model.fit([src, tgt], np.roll(tgt, -1, axis=1), epochs=3, batch_size=8,
-                        verbose=0)
+    history = model.fit([src, tgt], np.roll(tgt, -1, axis=1), epochs=3, batch_size=8, verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
     path = os.path.join(str(tmp_path), "seq2seq.keras")
     model.save(path)
     reloaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(model.predict([src, tgt], verbose=0),
-                               reloaded.predict([src, tgt], verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict([src, tgt], verbose=0), reloaded.predict([src, tgt], verbose=0), atol=1e-6
+    )
 
 
 def test_single_step_decoder_state_in_a_model():
@@ -367,8 +380,11 @@ def test_pooling_classifier_replaces_global_average_pooling():
 def test_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     q, v = _rand(2, 3, 4), _rand(2, 5, 4)
-    for layer in (ka.AdditiveAttention(4), ka.LuongAttention("concat", units=4),
-                  ka.LuongAttention("general")):
+    for layer in (
+        ka.AdditiveAttention(4),
+        ka.LuongAttention("concat", units=4),
+        ka.LuongAttention("general"),
+    ):
         out, weights = layer(q, v, return_attention_scores=True)
         assert keras.backend.standardize_dtype(out.dtype) == "float16"
         assert np.all(np.isfinite(_np(out)))
@@ -408,13 +424,16 @@ def test_reference_helper_agrees_with_shared_reference():
         (ka.AdditiveAttention, {"units": -3}, ValueError, "units"),
         (ka.AdditiveAttention, {"units": 4, "dropout": 1.0}, ValueError, "dropout"),
         (ka.AdditiveAttention, {"units": 4, "use_bias": 1}, TypeError, "use_bias"),
-        (ka.LuongAttention, {"score": "cosine"}, ValueError,
-         r"'dot', 'general', 'concat'.*Received: score='cosine'"),
+        (
+            ka.LuongAttention,
+            {"score": "cosine"},
+            ValueError,
+            r"'dot', 'general', 'concat'.*Received: score='cosine'",
+        ),
         (ka.LuongAttention, {"score": "concat"}, ValueError, "units"),
         (ka.LuongAttention, {"score": "concat", "units": 0}, ValueError, "units"),
         (ka.LuongAttention, {"score": "dot", "units": 4}, ValueError, "units"),
-        (ka.LuongAttention, {"score": "concat", "units": 4, "scale": True}, ValueError,
-         "scale"),
+        (ka.LuongAttention, {"score": "concat", "units": 4, "scale": True}, ValueError, "scale"),
         (ka.LuongAttention, {"dropout": -0.1}, ValueError, "dropout"),
         (ka.AttentionPooling, {"units": 0}, ValueError, "units"),
         (ka.AttentionPooling, {"num_queries": 0}, ValueError, "num_queries"),

@@ -15,8 +15,9 @@ def _rand(*shape):
     return RNG.standard_normal(shape).astype("float32")
 
 
-@pytest.mark.parametrize("call_kwargs", [{}, {"use_causal_mask": True},
-                                         {"return_attention_scores": True}])
+@pytest.mark.parametrize(
+    "call_kwargs", [{}, {"use_causal_mask": True}, {"return_attention_scores": True}]
+)
 def test_scaled_dot_product_layer(tmp_path, call_kwargs):
     q, v = _rand(2, 4, 8), _rand(2, 6, 8)
     layer = ka.ScaledDotProductAttention()

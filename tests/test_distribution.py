@@ -105,12 +105,16 @@ def child_results():
         PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
     )
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", _CHILD],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.parametrize("name", ["data_parallel", "model_parallel"])

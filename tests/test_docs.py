@@ -38,21 +38,29 @@ def _python_blocks(path):
     return [code for sketch, code in blocks if not sketch]
 
 
-@pytest.mark.tensorflow_only("the documents' code blocks use the default backend "
-                             "(tf.distribute, SavedModel, .numpy())")
+@pytest.mark.tensorflow_only(
+    "the documents' code blocks use the default backend (tf.distribute, SavedModel, .numpy())"
+)
 @pytest.mark.parametrize("document", ["README.md", "docs/guide.md"])
 def test_code_blocks_run_from_another_folder_without_warnings(document, tmp_path):
     import json
 
-    blocks = [(f"{document} block {i + 1}", code)
-              for i, code in enumerate(_python_blocks(os.path.join(ROOT, document)))]
+    blocks = [
+        (f"{document} block {i + 1}", code)
+        for i, code in enumerate(_python_blocks(os.path.join(ROOT, document)))
+    ]
     assert blocks
     blocks_file = tmp_path / "blocks.json"
     blocks_file.write_text(json.dumps(blocks))
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
     result = subprocess.run(
         [sys.executable, "-c", _RUNNER, str(blocks_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     failures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -67,8 +75,13 @@ def test_guide_figures_are_committed_small_and_referenced():
     with open(os.path.join(ROOT, "docs", "guide.md")) as handle:
         guide = handle.read()
     referenced = set(re.findall(r"\]\(images/([\w.-]+\.png)\)", guide))
-    assert referenced == {"self_attention.png", "scaling.png", "masks.png",
-                          "multi_head.png", "additive_vs_dot.png"}
+    assert referenced == {
+        "self_attention.png",
+        "scaling.png",
+        "masks.png",
+        "multi_head.png",
+        "additive_vs_dot.png",
+    }
     total = 0
     for name in referenced:
         path = os.path.join(ROOT, "docs", "images", name)

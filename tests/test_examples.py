@@ -20,7 +20,9 @@ def _run(name, tmp_path, *args):
     """
     sys.path.insert(0, EXAMPLES)
     try:
-        spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
+        spec = importlib.util.spec_from_file_location(
+            f"example_{name}", os.path.join(EXAMPLES, f"{name}.py")
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module.main(list(args or ["--smoke"]) + ["--output-dir", str(tmp_path)])
@@ -40,8 +42,10 @@ def test_quickstart(tmp_path, monkeypatch):
     assert result["keras_diff"] <= 1e-5 and result["served_diff"] <= 1e-5
     out = tmp_path / "some" / "relative" / "dir"
     if keras.backend.backend() == "torch":  # a torch.export program instead
-        assert sorted(os.listdir(out)) == ["quickstart_digits.keras",
-                                           "quickstart_digits_savedmodel.pt2"]
+        assert sorted(os.listdir(out)) == [
+            "quickstart_digits.keras",
+            "quickstart_digits_savedmodel.pt2",
+        ]
         return
     assert sorted(os.listdir(out)) == ["quickstart_digits.keras", "quickstart_digits_savedmodel"]
     assert os.path.isfile(os.path.join(result["export_dir"], "saved_model.pb"))
@@ -71,8 +75,9 @@ def test_date_translation(tmp_path):
     # 3000 training dates, 3 epochs, 200 held-out dates (~50 s): measured exact match
     # 0.695 (0.994 for the documented run). A decoder that ignores the source (no
     # working cross-attention) can only guess: 1 in 36500 dates.
-    result = _run("date_translation", tmp_path, "--epochs", "3", "--train-size", "3000",
-                  "--test-size", "200")
+    result = _run(
+        "date_translation", tmp_path, "--epochs", "3", "--train-size", "3000", "--test-size", "200"
+    )
     assert result["exact_match"] >= 0.4
     assert all(len(p) == 10 for p in result["predictions"])  # YYYY-MM-DD length
     assert not set(result["train_texts"]) & set(result["test_texts"])
@@ -83,7 +88,8 @@ def test_date_translation_held_out_dates_are_never_trained_on():
     sys.path.insert(0, EXAMPLES)
     try:
         spec = importlib.util.spec_from_file_location(
-            "example_dates", os.path.join(EXAMPLES, "date_translation.py"))
+            "example_dates", os.path.join(EXAMPLES, "date_translation.py")
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -107,7 +113,13 @@ def test_char_language_model(tmp_path):
 
 
 def test_scripts_have_the_common_flags():
-    for name in ["quickstart", "date_translation", "char_language_model", "padding_masks", "plot_attention"]:
+    for name in [
+        "quickstart",
+        "date_translation",
+        "char_language_model",
+        "padding_masks",
+        "plot_attention",
+    ]:
         with open(os.path.join(EXAMPLES, f"{name}.py")) as handle:
             source = handle.read()
         assert "_shared.parse_args(" in source, name  # --epochs, --output-dir, --smoke

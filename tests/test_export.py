@@ -17,8 +17,9 @@ FEATURES = 6
 BACKEND = keras.backend.backend()
 # SavedModels are traced by TensorFlow; Keras converts JAX functions with jax2tf.
 saved_model_backends = pytest.mark.skipif(
-    BACKEND == "torch", reason="SavedModel export needs TensorFlow or JAX; PyTorch "
-    "exports with export_torch_program (tested below)"
+    BACKEND == "torch",
+    reason="SavedModel export needs TensorFlow or JAX; PyTorch "
+    "exports with export_torch_program (tested below)",
 )
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torch.export needs PyTorch")
 
@@ -58,7 +59,9 @@ def test_save_model_round_trip_without_custom_objects(tmp_path):
     path = export.save_model(model, tmp_path / "sub" / "model.keras")
     assert path == str(tmp_path / "sub" / "model.keras")
     reloaded = keras.saving.load_model(path)  # safe_mode on, no custom_objects
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
     assert [f for f in os.listdir(tmp_path / "sub")] == ["model.keras"]  # no temp files left
 
 
@@ -97,7 +100,9 @@ def test_failure_mid_save_keeps_previous_file(tmp_path, monkeypatch):
 
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model.keras"]  # the temporary file was removed
-    np.testing.assert_allclose(keras.saving.load_model(path).predict(x, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.saving.load_model(path).predict(x, verbose=0), expected, atol=1e-6
+    )
 
 
 def test_interrupt_mid_save_keeps_previous_file(tmp_path, monkeypatch):
@@ -125,7 +130,9 @@ def test_save_model_rejects_other_suffixes(tmp_path, name):
 
 
 def test_save_model_rejects_non_models(tmp_path):
-    with pytest.raises(TypeError, match="`model` must be a `keras.Model`. Received: model of type Dense"):
+    with pytest.raises(
+        TypeError, match="`model` must be a `keras.Model`. Received: model of type Dense"
+    ):
         export.save_model(keras.layers.Dense(2), tmp_path / "m.keras")
 
 
@@ -135,7 +142,10 @@ def test_save_model_rejects_non_models(tmp_path):
 @saved_model_backends
 def test_serving_signature_has_dynamic_batch_and_sequence():
     specs = export.serving_signature(_two_input_model())
-    assert [tuple(spec.shape.as_list()) for spec in specs] == [(None, None, FEATURES), (None, None, 4)]
+    assert [tuple(spec.shape.as_list()) for spec in specs] == [
+        (None, None, FEATURES),
+        (None, None, 4),
+    ]
     assert [spec.dtype.name for spec in specs] == ["float32", "float32"]
 
 
@@ -200,8 +210,14 @@ def test_saved_model_serves_in_subprocess_without_package(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     result = subprocess.run(
-        [sys.executable, "-c", _SERVE_WITHOUT_PACKAGE, export_dir,
-         str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz")],
+        [
+            sys.executable,
+            "-c",
+            _SERVE_WITHOUT_PACKAGE,
+            export_dir,
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "outputs.npz"),
+        ],
         cwd=tmp_path,  # not the repository root: the package is not on sys.path
         env=env,
         capture_output=True,
@@ -215,7 +231,9 @@ def test_saved_model_serves_in_subprocess_without_package(tmp_path):
         expected = model.predict(x, verbose=0)
         assert served[name].shape == expected.shape
         np.testing.assert_allclose(served[name], expected, atol=1e-5)
-    np.testing.assert_allclose(served["signature_b2_len5"], model.predict(cases["b2_len5"], verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        served["signature_b2_len5"], model.predict(cases["b2_len5"], verbose=0), atol=1e-5
+    )
 
 
 @saved_model_backends
@@ -241,6 +259,7 @@ def test_failed_export_keeps_previous_export(tmp_path, monkeypatch, failure):
     export.export_saved_model(first, path)
 
     if failure == "tracing":
+
         def broken_serving_fn(model):
             def serve(*inputs):
                 raise RuntimeError("export failed (simulated)")
@@ -329,8 +348,10 @@ def test_positional_transformer_exports_with_dynamic_lengths(tmp_path):
 @pytest.mark.skipif(BACKEND != "torch", reason="the refusal is PyTorch's")
 def test_saved_model_export_on_torch_names_the_alternatives(tmp_path):
     model = _self_attention_model()
-    for call in (lambda: export.export_saved_model(model, tmp_path / "export"),
-                 lambda: export.serving_signature(model)):
+    for call in (
+        lambda: export.export_saved_model(model, tmp_path / "export"),
+        lambda: export.serving_signature(model),
+    ):
         with pytest.raises(ValueError, match="export_torch_program.*Received: keras.backend"):
             call()
     assert os.listdir(tmp_path) == []
@@ -367,14 +388,27 @@ def test_torch_program_serves_in_subprocess_without_package(tmp_path):
     model = _self_attention_model()
     path = export.export_torch_program(model, tmp_path / "sub" / "model.pt2")
     assert os.listdir(tmp_path / "sub") == ["model.pt2"]  # no temporary file left
-    cases = {"b2_len5": _inputs(2, 5, seed=1), "b7_len11": _inputs(7, 11, seed=2),
-             "b1_len1": _inputs(1, 1, seed=3)}
+    cases = {
+        "b2_len5": _inputs(2, 5, seed=1),
+        "b7_len11": _inputs(7, 11, seed=2),
+        "b1_len1": _inputs(1, 1, seed=3),
+    }
     np.savez(tmp_path / "inputs.npz", **cases)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", _RUN_TORCH_PROGRAM_WITHOUT_PACKAGE, path,
-         str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            _RUN_TORCH_PROGRAM_WITHOUT_PACKAGE,
+            path,
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "outputs.npz"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -22,8 +22,15 @@ from keras_attention.models import samplers
 
 BACKEND = keras.backend.backend()
 VOCAB = 13
-TINY = dict(vocabulary_size=VOCAB, sequence_length=40, num_layers=2, embedding_dim=16,
-            num_heads=2, intermediate_dim=24, dropout=0.0)
+TINY = dict(
+    vocabulary_size=VOCAB,
+    sequence_length=40,
+    num_layers=2,
+    embedding_dim=16,
+    num_heads=2,
+    intermediate_dim=24,
+    dropout=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +95,7 @@ def test_causal_lm_compiled_eager_recompute(lm, lengths, new):
     for i, length in enumerate(lengths):
         expected = _reference(lm, prompt[i, :length], new)
         assert list(compiled[i, : length + new]) == expected
-        assert (compiled[i, length + new:] == 0).all()  # pad_token_id
+        assert (compiled[i, length + new :] == 0).all()  # pad_token_id
 
 
 def test_left_padded_and_ragged_prompts(lm):
@@ -140,10 +147,10 @@ def test_cross_attention_cache_equals_recompute():
     plain = decoder(target, source, encoder_padding_mask=source_mask)
     cross = decoder.compute_cross_attention_cache(source)
     assert tuple(cross.shape) == (2, 6, 16)
-    cached = decoder(target, source, encoder_padding_mask=source_mask,
-                     cross_attention_cache=cross)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(cached),
-                               keras.ops.convert_to_numpy(plain), atol=1e-6)
+    cached = decoder(target, source, encoder_padding_mask=source_mask, cross_attention_cache=cross)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(cached), keras.ops.convert_to_numpy(plain), atol=1e-6
+    )
 
 
 # -- samplers ------------------------------------------------------------------------
@@ -156,8 +163,7 @@ LOGITS = np.array([1.5, 0.8, 0.3, 0.0, -0.5, -1.2, 2.0, -2.0], "float32")
 @pytest.fixture(scope="module")
 def fixed_lm():
     model = models.causal_language_model(
-        **{**TINY, "vocabulary_size": len(LOGITS), "sequence_length": 64,
-           "num_layers": 1}
+        **{**TINY, "vocabulary_size": len(LOGITS), "sequence_length": 64, "num_layers": 1}
     )
     kernel, _ = model.lm_head.get_weights()
     model.lm_head.set_weights([np.zeros_like(kernel), LOGITS])
@@ -236,9 +242,13 @@ def test_seeded_sampling_reproducible_and_seed_dependent(lm):
 
 
 def test_sampler_configs_round_trip():
-    for sampler in [samplers.GreedySampler(), samplers.RandomSampler(0.7),
-                    samplers.TopKSampler(4, 1.3), samplers.TopPSampler(0.8, k=5),
-                    samplers.BeamSampler(3, length_penalty=0.5)]:
+    for sampler in [
+        samplers.GreedySampler(),
+        samplers.RandomSampler(0.7),
+        samplers.TopKSampler(4, 1.3),
+        samplers.TopPSampler(0.8, k=5),
+        samplers.BeamSampler(3, length_penalty=0.5),
+    ]:
         assert samplers.get(samplers.serialize(sampler)) == sampler
         assert type(sampler).from_config(sampler.get_config()) == sampler
     assert samplers.get("top_k") == samplers.TopKSampler()
@@ -255,13 +265,14 @@ def test_beam_search(lm):
     np.testing.assert_array_equal(one_beam, greedy)
     beams = samplers.BeamSampler(4, length_penalty=0.0)
     beam = lm.generate(prompt, 6, prompt_mask=mask, sampler=beams)
-    np.testing.assert_array_equal(beam, lm.generate(prompt, 6, prompt_mask=mask,
-                                                    sampler=beams, compile=False))
+    np.testing.assert_array_equal(
+        beam, lm.generate(prompt, 6, prompt_mask=mask, sampler=beams, compile=False)
+    )
     for i, length in enumerate((2, 4, 3)):
         head = prompt[i, :length]
         np.testing.assert_array_equal(beam[i, :length], head)
-        beam_lp = _log_prob(lm, head, beam[i, length:length + 6])
-        greedy_lp = _log_prob(lm, head, greedy[i, length:length + 6])
+        beam_lp = _log_prob(lm, head, beam[i, length : length + 6])
+        greedy_lp = _log_prob(lm, head, greedy[i, length : length + 6])
         assert beam_lp >= greedy_lp - 1e-4
 
 
@@ -273,13 +284,14 @@ def test_stop_tokens_stop_each_row_and_pad(lm):
     prompt, mask = _mixed_prompts(rng, (2, 5, 3), 5, fill=None)
     free = lm.generate(prompt, 12, prompt_mask=mask)
     stop = int(free[0, 2 + 2])  # the third new token of row 0
-    stopped = lm.generate(prompt, 12, prompt_mask=mask, stop_token_ids=[stop],
-                          pad_token_id=VOCAB - 1)
+    stopped = lm.generate(
+        prompt, 12, prompt_mask=mask, stop_token_ids=[stop], pad_token_id=VOCAB - 1
+    )
     for i, length in enumerate((2, 5, 3)):
-        new = list(free[i, length:length + 12])
+        new = list(free[i, length : length + 12])
         end = new.index(stop) + 1 if stop in new else 12
         assert list(stopped[i, : length + end]) == list(free[i, : length + end])
-        assert (stopped[i, length + end:] == VOCAB - 1).all()
+        assert (stopped[i, length + end :] == VOCAB - 1).all()
     assert list(stopped[0, 4:]).count(stop) == 1 and stopped[0, 5] == VOCAB - 1
 
 
@@ -327,8 +339,14 @@ def test_exported_generate_serves_without_the_package(lm, tmp_path):
         "print(json.dumps(out['tokens'].numpy().tolist()))\n"
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH="")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                            text=True, env=env, cwd=str(tmp_path), timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     served = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     expected = lm.generate(prompt, 5, prompt_mask=mask, stop_token_ids=[3])

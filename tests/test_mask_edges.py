@@ -1,4 +1,4 @@
-"""Mask and attention edge cases found by mutation testing (`scripts/mutation_test.py`):
+"""Mask and attention edge cases found by mutation testing (`.ci/mutation_test.py`):
 each test kills mutants of `masks.py`/`ops.py` that the other tests let through."""
 
 import keras
@@ -22,8 +22,9 @@ def test_mask_bias_is_negative_finite_with_headroom_and_exp_zero(dtype):
     assert bias[1] == 0.0
     assert bias[0] < 0 and np.isfinite(bias[0])
     doubled = keras.ops.convert_to_numpy(
-        keras.ops.cast(keras.ops.multiply(masks.mask_to_bias(np.array([False]), dtype), 2.0),
-                       "float64")
+        keras.ops.cast(
+            keras.ops.multiply(masks.mask_to_bias(np.array([False]), dtype), 2.0), "float64"
+        )
     )
     assert np.all(np.isfinite(doubled)), f"no headroom in {dtype}"
     assert float(np.exp(np.float64(bias[0]))) == 0.0
@@ -34,8 +35,7 @@ def test_float64_attention_with_a_mask_matches_numpy():
     q, k, v = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 5, 2))
     keep = rng.random((2, 3, 5)) > 0.4
     keep[:, :, 0] = True
-    out, w = ka.ops.scaled_dot_product_attention(q, k, v, mask=keep,
-                                                 return_attention_scores=True)
+    out, w = ka.ops.scaled_dot_product_attention(q, k, v, mask=keep, return_attention_scores=True)
     ref_out, ref_w = reference.attention(q, k, v, mask=keep)
     assert keras.backend.standardize_dtype(out.dtype) == "float64"
     np.testing.assert_allclose(_np(w), ref_w, atol=1e-12)
@@ -62,13 +62,18 @@ def test_head_axis_attention_mask_combines_with_padding_and_causal():
     attention_mask = rng.random((2, 3, 4, 4)) > 0.3
     value_keep = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
     query_keep = np.array([[1, 1, 1, 1], [1, 0, 1, 1]], bool)
-    got = _np(masks.merge_attention_masks(
-        query_mask=query_keep, value_mask=value_keep, attention_mask=attention_mask,
-        use_causal_mask=True, q_len=4, kv_len=4,
-    ))
+    got = _np(
+        masks.merge_attention_masks(
+            query_mask=query_keep,
+            value_mask=value_keep,
+            attention_mask=attention_mask,
+            use_causal_mask=True,
+            q_len=4,
+            kv_len=4,
+        )
+    )
     causal = np.tril(np.ones((4, 4), bool))
-    expected = (attention_mask & value_keep[:, None, None, :]
-                & query_keep[:, None, :, None] & causal)
+    expected = attention_mask & value_keep[:, None, None, :] & query_keep[:, None, :, None] & causal
     np.testing.assert_array_equal(np.broadcast_to(got, expected.shape), expected)
 
 

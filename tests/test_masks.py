@@ -10,9 +10,7 @@ def test_causal_mask_square_and_offset():
     np.testing.assert_array_equal(masks.causal_mask(3), np.tril(np.ones((3, 3), bool)))
     expected = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
     np.testing.assert_array_equal(masks.causal_mask(2, 5, offset=2), expected)
-    np.testing.assert_array_equal(
-        masks.causal_mask(2, 3), np.array([[1, 0, 0], [1, 1, 0]], bool)
-    )
+    np.testing.assert_array_equal(masks.causal_mask(2, 3), np.array([[1, 0, 0], [1, 1, 0]], bool))
 
 
 def test_sliding_window_mask():

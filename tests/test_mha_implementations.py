@@ -20,7 +20,9 @@ def _outputs_and_grads(implementation, weights, query, value, **call_kwargs):
     out = keras.ops.convert_to_numpy(layer(query, value, **call_kwargs))
     _, grads = value_and_gradients(
         lambda: keras.ops.sum(keras.ops.sin(layer(query, value, **call_kwargs))),
-        [], layer.trainable_variables)
+        [],
+        layer.trainable_variables,
+    )
     return [out] + grads
 
 
@@ -45,8 +47,9 @@ def test_paths_agree_with_masks_causal_and_gqa(implementation, causal):
 def test_default_switches_to_chunked_above_threshold(monkeypatch):
     used = []
     original = attention_ops._chunked_attention
-    monkeypatch.setattr(attention_ops, "_chunked_attention",
-                        lambda *a, **k: used.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        attention_ops, "_chunked_attention", lambda *a, **k: used.append(1) or original(*a, **k)
+    )
     monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 1000)
     layer = ka.MultiHeadAttention(num_heads=2, key_dim=4)
     x = RNG.standard_normal((2, 30, 8)).astype("float32")

@@ -7,8 +7,15 @@ import pytest
 from keras_attention import models
 
 RNG = np.random.default_rng(606)
-TINY = dict(vocabulary_size=23, sequence_length=12, num_layers=2, embedding_dim=16,
-            num_heads=2, intermediate_dim=24, dropout=0.1)
+TINY = dict(
+    vocabulary_size=23,
+    sequence_length=12,
+    num_layers=2,
+    embedding_dim=16,
+    num_heads=2,
+    intermediate_dim=24,
+    dropout=0.1,
+)
 
 
 def _tokens(batch, length, low=1):
@@ -39,14 +46,16 @@ def test_classifier_fits_saves_reloads(tmp_path):
     _fit_save_reload(model, tokens, labels, tmp_path, LOSS)
     assert model.output_shape == (None, 3)
     # Padding is invisible: trailing padding gives the logits of the unpadded tokens.
-    np.testing.assert_allclose(model.predict(tokens[:4], verbose=0),
-                               model.predict(tokens[:4, :7], verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict(tokens[:4], verbose=0), model.predict(tokens[:4, :7], verbose=0), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_causal_lm_fits_saves_reloads(tmp_path, tie):
-    model = models.causal_language_model(**TINY, tie_embeddings=tie,
-                                         position="sinusoidal" if tie else "learned")
+    model = models.causal_language_model(
+        **TINY, tie_embeddings=tie, position="sinusoidal" if tie else "learned"
+    )
     tokens = _tokens(8, 9)
     tokens[:2, 6:] = 0
     reloaded = _fit_save_reload(model, tokens[:, :-1], tokens[:, 1:], tmp_path, LOSS)
@@ -58,8 +67,9 @@ def test_causal_lm_fits_saves_reloads(tmp_path, tie):
 
 
 def test_seq2seq_fits_saves_reloads(tmp_path):
-    model = models.transformer_seq2seq(**TINY, share_embeddings=True,
-                                       tie_embeddings=True, scale_embeddings=True)
+    model = models.transformer_seq2seq(
+        **TINY, share_embeddings=True, tie_embeddings=True, scale_embeddings=True
+    )
     source, target = _tokens(8, 7), _tokens(8, 6)
     source[:3, 5:] = 0
     names = [layer.name for layer in model.layers]
@@ -95,8 +105,9 @@ def test_causal_lm_keras_export(tmp_path):
 
     loaded = tf.saved_model.load(str(tmp_path / "lm"))
     served = loaded.serve(tokens)
-    np.testing.assert_allclose(np.asarray(served), keras.ops.convert_to_numpy(lm(tokens)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(served), keras.ops.convert_to_numpy(lm(tokens)), atol=1e-5
+    )
 
 
 def test_seq2seq_untied_param_count():

@@ -45,8 +45,7 @@ PARITY_CASES = {
 
 
 def _parity_pair(q_shape, value_dim, output_dim):
-    kwargs = dict(num_heads=2, key_dim=4, value_dim=value_dim,
-                  bias_initializer="random_normal")
+    kwargs = dict(num_heads=2, key_dim=4, value_dim=value_dim, bias_initializer="random_normal")
     theirs = keras.layers.MultiHeadAttention(output_shape=output_dim, **kwargs)
     ours = ka.MultiHeadAttention(output_dim=output_dim, **kwargs)
     return theirs, ours
@@ -77,8 +76,12 @@ def test_parity_with_keras_explicit_padding_masks():
     value_mask = np.ones((2, 6), bool)
     value_mask[1, 4:] = False
     theirs, ours = _parity_pair(query.shape, None, None)
-    call = dict(query_mask=query_mask, value_mask=value_mask, use_causal_mask=True,
-                return_attention_scores=True)
+    call = dict(
+        query_mask=query_mask,
+        value_mask=value_mask,
+        use_causal_mask=True,
+        return_attention_scores=True,
+    )
     ref_out, ref_scores = theirs(query, value, **call)
     ours(query, value)
     _transplant(theirs, ours)
@@ -130,8 +133,7 @@ def _numpy_mha(layer, query, value, mask=None):
     outs, weights = [], []
     for h in range(layer.num_heads):
         head_mask = None if mask is None else mask[:, h]
-        o, w = reference.attention(q[:, h], k[:, h // group], v[:, h // group],
-                                   mask=head_mask)
+        o, w = reference.attention(q[:, h], k[:, h // group], v[:, h // group], mask=head_mask)
         outs.append(o)
         weights.append(w)
     merged = np.concatenate(outs, axis=-1)
@@ -139,13 +141,13 @@ def _numpy_mha(layer, query, value, mask=None):
 
 
 def test_matches_numpy_reference_from_own_weights():
-    layer = ka.MultiHeadAttention(4, 3, value_dim=5, num_key_value_heads=2,
-                                  output_dim=7, bias_initializer="random_normal")
+    layer = ka.MultiHeadAttention(
+        4, 3, value_dim=5, num_key_value_heads=2, output_dim=7, bias_initializer="random_normal"
+    )
     query, value = _rand(2, 4, 6), _rand(2, 5, 9)
     attention_mask = RNG.random((2, 4, 5)) > 0.3
     attention_mask[0, 1] = False  # a fully masked row
-    out, scores = layer(query, value, attention_mask=attention_mask,
-                        return_attention_scores=True)
+    out, scores = layer(query, value, attention_mask=attention_mask, return_attention_scores=True)
     ref_out, ref_scores = _numpy_mha(layer, query, value, mask=attention_mask[:, None])
     assert out.shape == (2, 4, 7) and scores.shape == (2, 4, 4, 5)
     np.testing.assert_allclose(out, ref_out, atol=1e-5)
@@ -165,22 +167,27 @@ def test_attention_mask_with_head_axis():
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_gqa_equals_mha_with_repeated_kv_heads(kv_heads):
     num_heads, key_dim, value_dim = 4, 3, 2
-    gqa = ka.MultiHeadAttention(num_heads, key_dim, value_dim=value_dim,
-                                num_key_value_heads=kv_heads,
-                                bias_initializer="random_normal")
+    gqa = ka.MultiHeadAttention(
+        num_heads,
+        key_dim,
+        value_dim=value_dim,
+        num_key_value_heads=kv_heads,
+        bias_initializer="random_normal",
+    )
     mha = ka.MultiHeadAttention(num_heads, key_dim, value_dim=value_dim)
     query, value = _rand(2, 4, 6), _rand(2, 5, 6)
     gqa(query, value)
     mha(query, value)
     group = num_heads // kv_heads
-    for src, dst, dim in ((gqa.key_dense, mha.key_dense, key_dim),
-                          (gqa.value_dense, mha.value_dense, value_dim)):
+    for src, dst, dim in (
+        (gqa.key_dense, mha.key_dense, key_dim),
+        (gqa.value_dense, mha.value_dense, value_dim),
+    ):
         kernel = _np(src.kernel).reshape(6, kv_heads, dim)
         dst.kernel.assign(np.repeat(kernel, group, axis=1).reshape(6, -1))
         bias = _np(src.bias).reshape(kv_heads, dim)
         dst.bias.assign(np.repeat(bias, group, axis=0).reshape(-1))
-    for src, dst in ((gqa.query_dense, mha.query_dense),
-                     (gqa.output_dense, mha.output_dense)):
+    for src, dst in ((gqa.query_dense, mha.query_dense), (gqa.output_dense, mha.output_dense)):
         dst.kernel.assign(src.kernel)
         dst.bias.assign(src.bias)
     assert tuple(gqa.key_dense.kernel.shape) == (6, kv_heads * key_dim)
@@ -191,8 +198,9 @@ def test_gqa_equals_mha_with_repeated_kv_heads(kv_heads):
 
 
 def _full_and_layer(kv_heads=2):
-    layer = ka.MultiHeadAttention(4, 3, value_dim=2, num_key_value_heads=kv_heads,
-                                  bias_initializer="random_normal")
+    layer = ka.MultiHeadAttention(
+        4, 3, value_dim=2, num_key_value_heads=kv_heads, bias_initializer="random_normal"
+    )
     x = _rand(2, 6, 8)
     full, full_scores = layer(x, x, use_causal_mask=True, return_attention_scores=True)
     return layer, x, _np(full), _np(full_scores)
@@ -205,9 +213,10 @@ def test_cache_decoding_equals_full_causal_call():
     assert keras.backend.standardize_dtype(cache.dtype) == "float32"
     steps = []
     for i in range(6):
-        token = x[:, i:i + 1]
-        out, scores, cache = layer(token, token, cache=cache, cache_index=i,
-                                   return_attention_scores=True)
+        token = x[:, i : i + 1]
+        out, scores, cache = layer(
+            token, token, cache=cache, cache_index=i, return_attention_scores=True
+        )
         assert out.shape == (2, 1, 8) and scores.shape == (2, 4, 1, 6)
         np.testing.assert_allclose(scores[:, :, 0], full_scores[:, :, i], atol=1e-5)
         steps.append(_np(out))
@@ -239,7 +248,7 @@ def test_cache_in_tf_function_with_tensor_index():
     cache = layer.get_initial_cache(2, 6)
     steps = []
     for i in range(6):
-        out, cache = step(cache, tf.constant(i), x[:, i:i + 1])
+        out, cache = step(cache, tf.constant(i), x[:, i : i + 1])
         steps.append(_np(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
     assert step.experimental_get_tracing_count() == 1
@@ -250,8 +259,9 @@ def test_cache_in_functional_model_symbolic_shapes():
     token = keras.Input((1, 8))
     layer.build(token.shape, token.shape)
     cache = keras.Input((5, layer.get_initial_cache(1, 5).shape[-1]))
-    out, scores, new_cache = layer(token, token, cache=cache, cache_index=2,
-                                   return_attention_scores=True)
+    out, scores, new_cache = layer(
+        token, token, cache=cache, cache_index=2, return_attention_scores=True
+    )
     assert out.shape == (None, 1, 8)
     assert scores.shape == (None, 2, 1, 5)
     assert new_cache.shape == (None, 5, 16)
@@ -262,8 +272,14 @@ def test_cache_padding_mask_covers_new_positions():
     cache = layer.get_initial_cache(2, 6)
     _, cache = layer(x[:, :3], x[:, :3], cache=cache, cache_index=0)
     keep = np.array([[True], [False]])
-    out, scores, _ = layer(x[:, 3:4], x[:, 3:4], cache=cache, cache_index=3,
-                           value_mask=keep, return_attention_scores=True)
+    out, scores, _ = layer(
+        x[:, 3:4],
+        x[:, 3:4],
+        cache=cache,
+        cache_index=3,
+        value_mask=keep,
+        return_attention_scores=True,
+    )
     scores = _np(scores)
     assert np.all(scores[1, :, 0, 3:] == 0) and np.all(scores[0, :, 0, 4:] == 0)
     assert np.all(scores[0, :, 0, 3] > 0)
@@ -284,17 +300,30 @@ def test_dropout_only_in_training():
 
 
 RUN_CASES = {
-    "self": ({"num_heads": 2, "key_dim": 4},
-             {"query": (2, 5, 8), "value": (2, 5, 8)}, {}, (2, 5, 8)),
-    "cross": ({"num_heads": 2, "key_dim": 3, "value_dim": 5, "output_dim": 6},
-              {"query": (2, 4, 7), "value": (2, 6, 5), "key": (2, 6, 3)},
-              {"use_causal_mask": True}, (2, 4, 6)),
-    "gqa": ({"num_heads": 4, "key_dim": 2, "num_key_value_heads": 2},
-            {"query": (2, 5, 8), "value": (2, 5, 8)}, {"use_causal_mask": True},
-            (2, 5, 8)),
-    "scores": ({"num_heads": 2, "key_dim": 4, "dropout": 0.1, "seed": 3},
-               {"query": (2, 4, 8), "value": (2, 6, 8)},
-               {"return_attention_scores": True}, (2, 4, 8)),
+    "self": (
+        {"num_heads": 2, "key_dim": 4},
+        {"query": (2, 5, 8), "value": (2, 5, 8)},
+        {},
+        (2, 5, 8),
+    ),
+    "cross": (
+        {"num_heads": 2, "key_dim": 3, "value_dim": 5, "output_dim": 6},
+        {"query": (2, 4, 7), "value": (2, 6, 5), "key": (2, 6, 3)},
+        {"use_causal_mask": True},
+        (2, 4, 6),
+    ),
+    "gqa": (
+        {"num_heads": 4, "key_dim": 2, "num_key_value_heads": 2},
+        {"query": (2, 5, 8), "value": (2, 5, 8)},
+        {"use_causal_mask": True},
+        (2, 5, 8),
+    ),
+    "scores": (
+        {"num_heads": 2, "key_dim": 4, "dropout": 0.1, "seed": 3},
+        {"query": (2, 4, 8), "value": (2, 6, 8)},
+        {"return_attention_scores": True},
+        (2, 4, 8),
+    ),
 }
 
 
@@ -321,15 +350,19 @@ def test_symbolic_scores_shape_equals_eager_for_different_lengths():
     _, eager = layer(_rand(1, 5, 8), _rand(1, 7, 8), return_attention_scores=True)
     assert scores.shape == (None, 2, 5, 7) and tuple(eager.shape) == (1, 2, 5, 7)
     assert layer.compute_output_shape((1, 5, 8), (1, 7, 6)) == (1, 5, 8)
-    assert ka.MultiHeadAttention(2, 4, output_dim=3).compute_output_shape(
-        (1, 5, 8), (1, 7, 6)) == (1, 5, 3)
+    assert ka.MultiHeadAttention(2, 4, output_dim=3).compute_output_shape((1, 5, 8), (1, 7, 6)) == (
+        1,
+        5,
+        3,
+    )
 
 
 def test_functional_model_trains_saves_and_reloads(tmp_path):
     inputs = keras.Input((None,), dtype="int32")
     x = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)
     x = ka.MultiHeadAttention(2, 4, num_key_value_heads=1, dropout=0.1, seed=0)(
-        x, x, use_causal_mask=True)
+        x, x, use_causal_mask=True
+    )
     x = keras.layers.GlobalAveragePooling1D()(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     model = keras.Model(inputs, outputs)
@@ -366,8 +399,16 @@ def test_mixed_precision(policy):
 
 def test_config_round_trip():
     layer = ka.MultiHeadAttention(
-        4, 3, value_dim=2, num_key_value_heads=2, dropout=0.2, use_bias=False,
-        output_dim=5, kernel_regularizer="l2", activity_regularizer="l1", seed=7,
+        4,
+        3,
+        value_dim=2,
+        num_key_value_heads=2,
+        dropout=0.2,
+        use_bias=False,
+        output_dim=5,
+        kernel_regularizer="l2",
+        activity_regularizer="l1",
+        seed=7,
         name="mha",
     )
     config = layer.get_config()
@@ -387,10 +428,8 @@ def test_config_round_trip():
         ({"num_heads": 2.0, "key_dim": 4}, "num_heads=2.0"),
         ({"num_heads": 2, "key_dim": -1}, "key_dim=-1"),
         ({"num_heads": 2, "key_dim": 4, "value_dim": 0}, "value_dim=0"),
-        ({"num_heads": 2, "key_dim": 4, "num_key_value_heads": 0},
-         "num_key_value_heads=0"),
-        ({"num_heads": 4, "key_dim": 4, "num_key_value_heads": 3},
-         "num_key_value_heads=3"),
+        ({"num_heads": 2, "key_dim": 4, "num_key_value_heads": 0}, "num_key_value_heads=0"),
+        ({"num_heads": 4, "key_dim": 4, "num_key_value_heads": 3}, "num_key_value_heads=3"),
         ({"num_heads": 2, "key_dim": 4, "dropout": 1.0}, "dropout=1.0"),
         ({"num_heads": 2, "key_dim": 4, "dropout": -0.1}, "dropout=-0.1"),
         ({"num_heads": 2, "key_dim": 4, "output_dim": 0}, "output_dim=0"),
@@ -450,8 +489,9 @@ def test_cache_with_attention_mask_over_cached_positions():
     cache = layer.get_initial_cache(2, 6)
     steps = []
     for i in range(6):
-        token = x[:, i:i + 1]
-        out, cache = layer(token, token, cache=cache, cache_index=i,
-                           attention_mask=allowed[:, i:i + 1])
+        token = x[:, i : i + 1]
+        out, cache = layer(
+            token, token, cache=cache, cache_index=i, attention_mask=allowed[:, i : i + 1]
+        )
         steps.append(_np(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)

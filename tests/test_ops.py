@@ -181,16 +181,12 @@ def test_dynamic_shapes_in_tf_function():
     )
     for length in (3, 7):
         x = _rand(2, length, 8)
-        np.testing.assert_allclose(
-            fn(x), reference.attention(x, x, x, causal=True)[0], atol=1e-5
-        )
+        np.testing.assert_allclose(fn(x), reference.attention(x, x, x, causal=True)[0], atol=1e-5)
 
 
 # Property tests ---------------------------------------------------------------
 
-shapes = st.tuples(
-    st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 8)
-)
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 8))
 
 
 def _arrays(seed, batch, q_len, kv_len, dim):
@@ -233,9 +229,7 @@ def test_causal_output_ignores_the_future(shape, seed, data):
     x, _, _, _ = _arrays(seed, batch, length, length, dim)
     i = data.draw(st.integers(0, length - 1))
     changed = x.copy()
-    changed[:, i + 1 :] = np.random.default_rng(seed + 1).standard_normal(
-        changed[:, i + 1 :].shape
-    )
+    changed[:, i + 1 :] = np.random.default_rng(seed + 1).standard_normal(changed[:, i + 1 :].shape)
     a = _run(x, x, x, causal=True)[0]
     b = _run(changed, changed, changed, causal=True)[0]
     np.testing.assert_allclose(a[:, : i + 1], b[:, : i + 1], atol=1e-6)
@@ -273,8 +267,9 @@ def _grads(implementation, q, k, v, **kwargs):
     return [_np(attend(q, k, v))] + grads
 
 
-@pytest.mark.parametrize("implementation, extra", [("chunked", {"chunk_size": 4}),
-                                                   ("chunked", {}), ("fused", {})])
+@pytest.mark.parametrize(
+    "implementation, extra", [("chunked", {"chunk_size": 4}), ("chunked", {}), ("fused", {})]
+)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 9), (2, 1, 11, 9), (11, 9)])
 def test_implementations_match_plain(implementation, extra, causal, mask_shape):
@@ -304,16 +299,15 @@ def test_chunked_with_dynamic_length_in_tf_function():
     )
     for length in (5, 70):
         x = _rand(2, length, 8)
-        np.testing.assert_allclose(
-            fn(x), reference.attention(x, x, x, causal=True)[0], atol=1e-5
-        )
+        np.testing.assert_allclose(fn(x), reference.attention(x, x, x, causal=True)[0], atol=1e-5)
 
 
 def test_default_switches_to_chunked_for_large_scores(monkeypatch):
     calls = []
     original = attention_ops._chunked_attention
     monkeypatch.setattr(
-        attention_ops, "_chunked_attention",
+        attention_ops,
+        "_chunked_attention",
         lambda *a, **k: calls.append(1) or original(*a, **k),
     )
     monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 100)
@@ -325,12 +319,15 @@ def test_default_switches_to_chunked_for_large_scores(monkeypatch):
     assert len(calls) == 1, "weights need the plain path"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(implementation="flash"), "implementation"),
-    (dict(implementation="chunked", return_attention_scores=True), "weights"),
-    (dict(implementation="fused", dropout_rate=0.1, training=True), "dropout"),
-    (dict(implementation="chunked", chunk_size=0), "chunk_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(implementation="flash"), "implementation"),
+        (dict(implementation="chunked", return_attention_scores=True), "weights"),
+        (dict(implementation="fused", dropout_rate=0.1, training=True), "dropout"),
+        (dict(implementation="chunked", chunk_size=0), "chunk_size"),
+    ],
+)
 def test_bad_implementation_arguments(kwargs, match):
     q = _rand(1, 3, 2, 4)
     with pytest.raises(ValueError, match=match):

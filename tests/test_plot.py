@@ -36,7 +36,9 @@ def _panels(fig):
 def test_one_panel_per_head_with_labels_and_png(tmp_path):
     weights = _weights(3, 4, 5)
     path = tmp_path / "maps" / "attention.png"
-    fig = plot_attention(weights, x_labels=list("abcde"), y_labels=list("wxyz"), path=path, title="t")
+    fig = plot_attention(
+        weights, x_labels=list("abcde"), y_labels=list("wxyz"), path=path, title="t"
+    )
     panels = _panels(fig)
     assert [axis.get_title() for axis in panels] == ["head 0", "head 1", "head 2"]
     assert [t.get_text() for t in panels[0].get_xticklabels()] == list("abcde")
@@ -81,12 +83,20 @@ def test_accepts_scores_that_carry_gradients():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"weights": np.zeros((2, 1, 3, 3))}, ValueError, r"batch of 1.*Received: weights.shape=\(2, 1, 3, 3\)"),
+        (
+            {"weights": np.zeros((2, 1, 3, 3))},
+            ValueError,
+            r"batch of 1.*Received: weights.shape=\(2, 1, 3, 3\)",
+        ),
         ({"weights": np.zeros(3)}, ValueError, r"Received: weights.shape=\(3,\)"),
         ({"weights": np.array([["a"]])}, TypeError, "must hold numbers"),
         ({"heads": 2}, ValueError, r"integers in \[0, 2\).*Received: heads=2"),
         ({"heads": []}, ValueError, "must not be empty"),
-        ({"x_labels": ["a"]}, ValueError, r"`x_labels` must have one label per position \(kv_len=4\). Received: 1"),
+        (
+            {"x_labels": ["a"]},
+            ValueError,
+            r"`x_labels` must have one label per position \(kv_len=4\). Received: 1",
+        ),
         ({"y_labels": list("abcd")}, ValueError, r"`y_labels`.*\(q_len=3\). Received: 4"),
         ({"max_columns": 0}, ValueError, "Received: max_columns=0"),
     ],

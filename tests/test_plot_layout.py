@@ -28,8 +28,7 @@ def _text_boxes(fig):
 
 
 def _overlap(a, b, slack=0.5):
-    return (min(a.x1, b.x1) - max(a.x0, b.x0) > slack
-            and min(a.y1, b.y1) - max(a.y0, b.y0) > slack)
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack
 
 
 @pytest.mark.parametrize("num_heads,length", [(4, 10), (6, 16), (3, 24)])
@@ -44,7 +43,7 @@ def test_multi_panel_titles_and_ticks_do_not_overlap(num_heads, length):
         assert titles == [f"head {h}" for h in range(num_heads)]
         boxes = _text_boxes(fig)
         for i, (owner_a, kind_a, a) in enumerate(boxes):
-            for owner_b, kind_b, b in boxes[i + 1:]:
+            for owner_b, kind_b, b in boxes[i + 1 :]:
                 if owner_a == owner_b and kind_a == kind_b:
                     continue  # neighbouring ticks of one axis: checked below
                 assert not _overlap(a, b), (owner_a, kind_a, owner_b, kind_b)

@@ -33,16 +33,16 @@ def _numpy_sinusoid(length, depth, start=0, max_wavelength=10000.0):
 def test_sinusoidal_matches_paper_formula(depth):
     x = _rand(2, 6, depth)
     out = keras.ops.convert_to_numpy(ka.SinusoidalPositionEncoding()(x))
-    np.testing.assert_allclose(out - x, np.broadcast_to(_numpy_sinusoid(6, depth), x.shape),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out - x, np.broadcast_to(_numpy_sinusoid(6, depth), x.shape), atol=1e-5
+    )
 
 
 def test_sinusoidal_start_index_and_long_sequences():
     layer = ka.SinusoidalPositionEncoding(max_wavelength=100)
     zeros = np.zeros((1, 300, 4), "float32")
     full = keras.ops.convert_to_numpy(layer(zeros))
-    np.testing.assert_allclose(full[0], _numpy_sinusoid(300, 4, max_wavelength=100),
-                               atol=1e-4)
+    np.testing.assert_allclose(full[0], _numpy_sinusoid(300, 4, max_wavelength=100), atol=1e-4)
     # One step at position 7 sees the same encoding as position 7 of the full sequence.
     step = keras.ops.convert_to_numpy(layer(zeros[:, :1], start_index=7))
     np.testing.assert_allclose(step[0, 0], full[0, 7], atol=1e-6)
@@ -126,8 +126,12 @@ def test_position_embedding_errors_name_the_argument():
 
 def test_token_and_position_embedding_matches_numpy():
     layer = ka.TokenAndPositionEmbedding(
-        vocabulary_size=11, sequence_length=6, embedding_dim=4, mask_zero=True,
-        scale_by_sqrt_dim=True, position_initializer="random_normal",
+        vocabulary_size=11,
+        sequence_length=6,
+        embedding_dim=4,
+        mask_zero=True,
+        scale_by_sqrt_dim=True,
+        position_initializer="random_normal",
     )
     tokens = np.array([[3, 5, 1, 0, 0], [10, 2, 7, 4, 9]])
     out = layer(tokens)
@@ -158,8 +162,13 @@ def test_token_and_position_embedding_sinusoidal_any_length():
 def test_token_and_position_embedding_layer_helper(tmp_path, position):
     run_layer_test(
         ka.TokenAndPositionEmbedding,
-        {"vocabulary_size": 13, "sequence_length": 7, "embedding_dim": 4,
-         "position": position, "mask_zero": True},
+        {
+            "vocabulary_size": 13,
+            "sequence_length": 7,
+            "embedding_dim": 4,
+            "position": position,
+            "mask_zero": True,
+        },
         {"inputs": RNG.integers(1, 13, (2, 5)).astype("int32")},
         tmp_path=tmp_path,
         expected_output_shape=(2, 5, 4),
@@ -180,8 +189,9 @@ def test_token_and_position_embedding_tied_model_saves(tmp_path):
     path = str(tmp_path / "tied.keras")
     model.save(path)
     reloaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(model.predict(data, verbose=0),
-                               reloaded.predict(data, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(data, verbose=0), reloaded.predict(data, verbose=0), atol=1e-6
+    )
     assert reloaded.count_params() == model.count_params()
 
 

@@ -24,15 +24,22 @@ def _rng(seed=0):
 
 def _child_env(backend=None):
     env = dict(os.environ)
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend or keras.backend.backend(),
-               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        TF_CPP_MIN_LOG_LEVEL="3",
+        KERAS_BACKEND=backend or keras.backend.backend(),
+        PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     return env
 
 
 def _run_child(script, timeout=240, backend=None):
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=_child_env(backend),
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=REPO,
+        env=_child_env(backend),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
@@ -41,6 +48,7 @@ def _run_child(script, timeout=240, backend=None):
 # ---------------------------------------------------------------------------------
 # Numerics: fully masked query rows, large logits
 # ---------------------------------------------------------------------------------
+
 
 def _query_value_mask():
     """(B, T, S) attention mask: batch 0, query 1 may attend nothing."""
@@ -78,13 +86,20 @@ def _pool_call(layer, scale=1.0):
 NUMERIC_CASES = [
     ("scaled_dot_product", lambda: ka.ScaledDotProductAttention(), _qv_call, (0, 1)),
     ("self_attention", lambda: ka.SelfAttention(units=D), _self_call, (0, 1)),
-    ("multi_head", lambda: ka.MultiHeadAttention(num_heads=2, key_dim=4,
-                                                 bias_initializer="ones"),
-     _qv_call, (0, 1)),
-    ("multi_head_gqa", lambda: ka.MultiHeadAttention(num_heads=4, key_dim=2,
-                                                     num_key_value_heads=2,
-                                                     bias_initializer="ones"),
-     _qv_call, (0, 1)),
+    (
+        "multi_head",
+        lambda: ka.MultiHeadAttention(num_heads=2, key_dim=4, bias_initializer="ones"),
+        _qv_call,
+        (0, 1),
+    ),
+    (
+        "multi_head_gqa",
+        lambda: ka.MultiHeadAttention(
+            num_heads=4, key_dim=2, num_key_value_heads=2, bias_initializer="ones"
+        ),
+        _qv_call,
+        (0, 1),
+    ),
     ("additive", lambda: ka.AdditiveAttention(units=6), _qv_call, (0, 1)),
     ("luong_dot", lambda: ka.LuongAttention(score="dot"), _qv_call, (0, 1)),
     ("luong_general", lambda: ka.LuongAttention(score="general"), _qv_call, (0, 1)),
@@ -100,8 +115,7 @@ def test_fully_masked_row_is_zero_with_finite_gradients(factory, make_call, row)
     layer = factory()
     inputs, call = make_call(layer)
     output = keras.ops.convert_to_numpy(call(*inputs))
-    projection = keras.ops.convert_to_tensor(
-        _rng(3).normal(size=output.shape).astype("float32"))
+    projection = keras.ops.convert_to_tensor(_rng(3).normal(size=output.shape).astype("float32"))
     expected = np.zeros(output[row].shape, "float32")
     if isinstance(layer, ka.MultiHeadAttention):
         # The attended heads are zeros; output_dense then adds its bias.
@@ -110,7 +124,8 @@ def test_fully_masked_row_is_zero_with_finite_gradients(factory, make_call, row)
     np.testing.assert_allclose(output[row], expected, atol=1e-6)
     assert np.isfinite(output).all()
     _, grads = value_and_gradients(
-        lambda *x: keras.ops.sum(call(*x) * projection), inputs, layer.trainable_weights)
+        lambda *x: keras.ops.sum(call(*x) * projection), inputs, layer.trainable_weights
+    )
     for grad in grads:
         if grad is not None:
             assert np.isfinite(grad).all()
@@ -144,8 +159,7 @@ def test_mixed_precision_outputs_finite_and_masks_hold(policy):
 
         attention_mask = np.tril(np.ones((T, T), bool))[None].repeat(B, 0)
         self_attention = ka.SelfAttention(units=D)
-        out, scores = self_attention(q, use_causal_mask=True,
-                                     return_attention_scores=True)
+        out, scores = self_attention(q, use_causal_mask=True, return_attention_scores=True)
         out, scores = _float32(out), _float32(scores)
         assert np.isfinite(out).all() and np.isfinite(scores).all()
         assert scores[~attention_mask].max() < 1e-6
@@ -161,10 +175,12 @@ def _float32(x):
 # Determinism and XLA
 # ---------------------------------------------------------------------------------
 
+
 def _mha_model(seq_len=T, dropout=0.1):
     inputs = keras.Input((seq_len, D))
     x = ka.MultiHeadAttention(num_heads=2, key_dim=4, dropout=dropout)(
-        inputs, inputs, use_causal_mask=True)
+        inputs, inputs, use_causal_mask=True
+    )
     outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(x))
     return keras.Model(inputs, outputs)
 
@@ -196,7 +212,8 @@ def test_jit_compiled_fit_with_dynamic_length(which):
     inputs = keras.Input((None, D))
     if which == "multi_head":
         x = ka.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.1)(
-            inputs, inputs, use_causal_mask=True)
+            inputs, inputs, use_causal_mask=True
+        )
     else:
         x = ka.SelfAttention(units=D, dropout=0.1)(inputs, use_causal_mask=True)
     outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(x))
@@ -208,9 +225,11 @@ def test_jit_compiled_fit_with_dynamic_length(which):
         assert np.isfinite(history.history["loss"]).all()
     eager = keras.Model(inputs, outputs)  # same layers, no XLA
     x_data, _ = _data(seq_len=T + 2)
-    np.testing.assert_allclose(model.predict(x_data, verbose=0),
-                               keras.ops.convert_to_numpy(eager(x_data, training=False)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict(x_data, verbose=0),
+        keras.ops.convert_to_numpy(eager(x_data, training=False)),
+        atol=1e-5,
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -261,7 +280,7 @@ print("RESULT " + json.dumps(losses))
 def test_mirrored_strategy_matches_single_device():
     out = _run_child(_DISTRIBUTED_SCRIPT, backend="tensorflow")
     line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
-    losses = json.loads(line[len("RESULT "):])
+    losses = json.loads(line[len("RESULT ") :])
     assert losses["replicas"] == 2
     np.testing.assert_allclose(losses["mirrored"], losses["single"], rtol=1e-4)
 
@@ -270,11 +289,11 @@ def test_mirrored_strategy_matches_single_device():
 # Saved models survive faults
 # ---------------------------------------------------------------------------------
 
+
 def _all_layers_model():
     query = keras.Input((T, D), name="query")
     value = keras.Input((S, D), name="value")
-    x = ka.MultiHeadAttention(num_heads=2, key_dim=4, num_key_value_heads=1)(
-        query, value)
+    x = ka.MultiHeadAttention(num_heads=2, key_dim=4, num_key_value_heads=1)(query, value)
     x = ka.ScaledDotProductAttention()(x, value)
     x = ka.SelfAttention(units=D)(x, use_causal_mask=True)
     x = x + ka.AdditiveAttention(units=6)(x, value)
@@ -284,8 +303,10 @@ def _all_layers_model():
 
 
 def _model_inputs():
-    return [_rng(7).normal(size=(B, T, D)).astype("float32"),
-            _rng(8).normal(size=(B, S, D)).astype("float32")]
+    return [
+        _rng(7).normal(size=(B, T, D)).astype("float32"),
+        _rng(8).normal(size=(B, S, D)).astype("float32"),
+    ]
 
 
 def test_truncated_and_garbage_keras_files_give_clear_errors(tmp_path):
@@ -309,8 +330,9 @@ def test_truncated_and_garbage_keras_files_give_clear_errors(tmp_path):
 CONFIG_LAYERS = [
     lambda: ka.ScaledDotProductAttention(dropout=0.1, scale=0.5, seed=3),
     lambda: ka.SelfAttention(units=4, kernel_regularizer="l2", bias_constraint="non_neg"),
-    lambda: ka.MultiHeadAttention(num_heads=4, key_dim=2, num_key_value_heads=2,
-                                  output_dim=6, kernel_initializer="he_normal"),
+    lambda: ka.MultiHeadAttention(
+        num_heads=4, key_dim=2, num_key_value_heads=2, output_dim=6, kernel_initializer="he_normal"
+    ),
     lambda: ka.AdditiveAttention(units=4, dropout=0.2, seed=1),
     lambda: ka.LuongAttention(score="general", scale=True),
     lambda: ka.LuongAttention(score="concat", units=4),
@@ -324,9 +346,25 @@ CONFIG_LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("factory", CONFIG_LAYERS, ids=[
-    "sdpa", "self", "mha", "additive", "luong_general", "luong_concat", "pooling",
-    "sinusoidal", "position", "token_position", "feedforward", "encoder", "decoder"])
+@pytest.mark.parametrize(
+    "factory",
+    CONFIG_LAYERS,
+    ids=[
+        "sdpa",
+        "self",
+        "mha",
+        "additive",
+        "luong_general",
+        "luong_concat",
+        "pooling",
+        "sinusoidal",
+        "position",
+        "token_position",
+        "feedforward",
+        "encoder",
+        "decoder",
+    ],
+)
 def test_get_config_is_json(factory):
     layer = factory()
     config = layer.get_config()
@@ -359,31 +397,32 @@ def test_saved_model_reloads_in_fresh_process_with_safe_mode(tmp_path):
 
 # (id, layer factory, call taking (layer, x, y) where x is (B, L, D) and y (B, L+1, D))
 XLA_CASES = [
-    ("sdpa", lambda: ka.ScaledDotProductAttention(),
-     lambda l, x, y: l(x, y)),
-    ("self_attention", lambda: ka.SelfAttention(units=D),
-     lambda l, x, y: l(x, use_causal_mask=True)),
-    ("multi_head", lambda: ka.MultiHeadAttention(num_heads=2, key_dim=4),
-     lambda l, x, y: l(x, y)),
-    ("additive", lambda: ka.AdditiveAttention(units=6),
-     lambda l, x, y: l(x, y)),
-    ("luong_concat", lambda: ka.LuongAttention(score="concat", units=6),
-     lambda l, x, y: l(x, y)),
-    ("pooling", lambda: ka.AttentionPooling(units=6),
-     lambda l, x, y: l(y)),
-    ("sinusoidal", lambda: ka.SinusoidalPositionEncoding(),
-     lambda l, x, y: x + l(x)),
-    ("feedforward", lambda: ka.FeedForward(intermediate_dim=16),
-     lambda l, x, y: l(x)),
-    ("encoder", lambda: ka.TransformerEncoder(num_heads=2, intermediate_dim=16),
-     lambda l, x, y: l(x)),
-    ("decoder", lambda: ka.TransformerDecoder(num_heads=2, intermediate_dim=16),
-     lambda l, x, y: l(x, y)),
+    ("sdpa", lambda: ka.ScaledDotProductAttention(), lambda l, x, y: l(x, y)),
+    (
+        "self_attention",
+        lambda: ka.SelfAttention(units=D),
+        lambda l, x, y: l(x, use_causal_mask=True),
+    ),
+    ("multi_head", lambda: ka.MultiHeadAttention(num_heads=2, key_dim=4), lambda l, x, y: l(x, y)),
+    ("additive", lambda: ka.AdditiveAttention(units=6), lambda l, x, y: l(x, y)),
+    ("luong_concat", lambda: ka.LuongAttention(score="concat", units=6), lambda l, x, y: l(x, y)),
+    ("pooling", lambda: ka.AttentionPooling(units=6), lambda l, x, y: l(y)),
+    ("sinusoidal", lambda: ka.SinusoidalPositionEncoding(), lambda l, x, y: x + l(x)),
+    ("feedforward", lambda: ka.FeedForward(intermediate_dim=16), lambda l, x, y: l(x)),
+    (
+        "encoder",
+        lambda: ka.TransformerEncoder(num_heads=2, intermediate_dim=16),
+        lambda l, x, y: l(x),
+    ),
+    (
+        "decoder",
+        lambda: ka.TransformerDecoder(num_heads=2, intermediate_dim=16),
+        lambda l, x, y: l(x, y),
+    ),
 ]
 
 
-@pytest.mark.parametrize("factory, call", [c[1:] for c in XLA_CASES],
-                         ids=[c[0] for c in XLA_CASES])
+@pytest.mark.parametrize("factory, call", [c[1:] for c in XLA_CASES], ids=[c[0] for c in XLA_CASES])
 @pytest.mark.tensorflow_only("XLA through tf.function(jit_compile=True)")
 def test_every_layer_under_xla_with_two_lengths(factory, call):
     import tensorflow as tf
@@ -410,8 +449,9 @@ def test_transformer_and_positional_layers_reload_in_safe_mode(tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(reloaded.predict(data, verbose=0),
-                               model.predict(data, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(data, verbose=0), model.predict(data, verbose=0), atol=1e-6
+    )
 
 
 MIXED_LAYERS = [
@@ -424,8 +464,7 @@ MIXED_LAYERS = [
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("factory", [c[1] for c in MIXED_LAYERS],
-                         ids=[c[0] for c in MIXED_LAYERS])
+@pytest.mark.parametrize("factory", [c[1] for c in MIXED_LAYERS], ids=[c[0] for c in MIXED_LAYERS])
 def test_other_layers_mixed_precision_finite_and_masked(factory, policy):
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -437,8 +476,7 @@ def test_other_layers_mixed_precision_finite_and_masked(factory, policy):
         if isinstance(layer, ka.AttentionPooling):
             out, scores = layer(v, mask=value_mask, return_attention_scores=True)
         else:
-            out, scores = layer(q, v, value_mask=value_mask,
-                                return_attention_scores=True)
+            out, scores = layer(q, v, value_mask=value_mask, return_attention_scores=True)
         out, scores = _float32(out), _float32(scores)
         assert np.isfinite(out).all() and np.isfinite(scores).all()
         assert scores[..., -2:].max() < 1e-6

@@ -38,8 +38,9 @@ def _sdpa():
     key = np.broadcast_to(_random((1, KV_LEN, 5), 2), (BATCH, KV_LEN, 5)).copy()
 
     def run(training):
-        out, w = layer(query, _eye_batch(KV_LEN), key=key,
-                       return_attention_scores=True, training=training)
+        out, w = layer(
+            query, _eye_batch(KV_LEN), key=key, return_attention_scores=True, training=training
+        )
         return _np(out), _np(w)
 
     return run
@@ -51,8 +52,9 @@ def _additive():
     key = np.broadcast_to(_random((1, KV_LEN, 3), 2), (BATCH, KV_LEN, 3)).copy()
 
     def run(training):
-        out, w = layer(query, _eye_batch(KV_LEN), key=key,
-                       return_attention_scores=True, training=training)
+        out, w = layer(
+            query, _eye_batch(KV_LEN), key=key, return_attention_scores=True, training=training
+        )
         return _np(out), _np(w)
 
     return run
@@ -66,8 +68,9 @@ def _luong(score):
         key = np.broadcast_to(_random((1, KV_LEN, 5), 2), (BATCH, KV_LEN, 5)).copy()
 
         def run(training):
-            out, w = layer(query, _eye_batch(KV_LEN), key=key,
-                           return_attention_scores=True, training=training)
+            out, w = layer(
+                query, _eye_batch(KV_LEN), key=key, return_attention_scores=True, training=training
+            )
             return _np(out), _np(w)
 
         return run
@@ -111,8 +114,13 @@ def _self_attention():
 def _multi_head():
     heads = 2
     layer = ka.MultiHeadAttention(
-        num_heads=heads, key_dim=4, value_dim=KV_LEN, output_dim=heads * KV_LEN,
-        use_bias=False, dropout=RATE, seed=1,
+        num_heads=heads,
+        key_dim=4,
+        value_dim=KV_LEN,
+        output_dim=heads * KV_LEN,
+        use_bias=False,
+        dropout=RATE,
+        seed=1,
     )
     query = np.broadcast_to(_random((1, 3, 5), 1), (BATCH, 3, 5)).copy()
     value = _eye_batch(KV_LEN)

@@ -35,12 +35,15 @@ def _np_layer_norm(layer, x):
 
 def _np_mha(mha, query, value, mask=None):
     """Per-head attention with the numpy reference, heads contiguous in the kernels."""
+
     def heads(x):
         b, n, _ = x.shape
         return x.reshape(b, n, mha.num_heads, -1).transpose(0, 2, 1, 3)
 
-    q, k, v = (heads(_dense(d, t)) for d, t in
-               ((mha.query_dense, query), (mha.key_dense, value), (mha.value_dense, value)))
+    q, k, v = (
+        heads(_dense(d, t))
+        for d, t in ((mha.query_dense, query), (mha.key_dense, value), (mha.value_dense, value))
+    )
     if mask is not None:
         mask = np.asarray(mask)[:, None]
     out, _ = reference.attention(q, k, v, mask=mask)
@@ -60,22 +63,36 @@ def _np_sublayer(block, x, fn, norm):
 
 def _np_encoder(block, x, key_keep=None):
     mask = None if key_keep is None else key_keep[:, None, :]
-    x = _np_sublayer(block, x, lambda y: _np_mha(block.self_attention, y, y, mask),
-                     block.self_attention_layer_norm)
-    return _np_sublayer(block, x, lambda y: _np_ffn(block.feedforward, y),
-                        block.feedforward_layer_norm)
+    x = _np_sublayer(
+        block,
+        x,
+        lambda y: _np_mha(block.self_attention, y, y, mask),
+        block.self_attention_layer_norm,
+    )
+    return _np_sublayer(
+        block, x, lambda y: _np_ffn(block.feedforward, y), block.feedforward_layer_norm
+    )
 
 
 def _np_decoder(block, x, enc=None):
     n = x.shape[1]
     causal = np.tril(np.ones((n, n), bool))[None]
-    x = _np_sublayer(block, x, lambda y: _np_mha(block.self_attention, y, y, causal),
-                     block.self_attention_layer_norm)
+    x = _np_sublayer(
+        block,
+        x,
+        lambda y: _np_mha(block.self_attention, y, y, causal),
+        block.self_attention_layer_norm,
+    )
     if enc is not None:
-        x = _np_sublayer(block, x, lambda y: _np_mha(block.cross_attention, y, enc),
-                         block.cross_attention_layer_norm)
-    return _np_sublayer(block, x, lambda y: _np_ffn(block.feedforward, y),
-                        block.feedforward_layer_norm)
+        x = _np_sublayer(
+            block,
+            x,
+            lambda y: _np_mha(block.cross_attention, y, enc),
+            block.cross_attention_layer_norm,
+        )
+    return _np_sublayer(
+        block, x, lambda y: _np_ffn(block.feedforward, y), block.feedforward_layer_norm
+    )
 
 
 def _mha_params(d_query, d_kv, heads, key_dim):
@@ -124,8 +141,9 @@ def test_feedforward_errors():
 
 @pytest.mark.parametrize("normalize_first", [False, True])
 def test_encoder_matches_numpy(normalize_first):
-    layer = ka.TransformerEncoder(2, 16, normalize_first=normalize_first,
-                                  bias_initializer="random_normal")
+    layer = ka.TransformerEncoder(
+        2, 16, normalize_first=normalize_first, bias_initializer="random_normal"
+    )
     x = _rand(3, 5, 8)
     keep = np.ones((3, 5), bool)
     keep[1, 3:] = False
@@ -149,8 +167,7 @@ def test_encoder_param_count_formula():
 def test_encoder_layer_helper(tmp_path, normalize_first):
     run_layer_test(
         ka.TransformerEncoder,
-        {"num_heads": 2, "intermediate_dim": 12, "normalize_first": normalize_first,
-         "seed": 1},
+        {"num_heads": 2, "intermediate_dim": 12, "normalize_first": normalize_first, "seed": 1},
         {"inputs": _rand(2, 5, 8)},
         tmp_path=tmp_path,
         expected_output_shape=(2, 5, 8),
@@ -199,10 +216,15 @@ def test_encoder_attention_mask_and_fully_padded_rows():
 
 
 def _np_encoder_band(block, x, band):
-    x = _np_sublayer(block, x, lambda y: _np_mha(block.self_attention, y, y, band),
-                     block.self_attention_layer_norm)
-    return _np_sublayer(block, x, lambda y: _np_ffn(block.feedforward, y),
-                        block.feedforward_layer_norm)
+    x = _np_sublayer(
+        block,
+        x,
+        lambda y: _np_mha(block.self_attention, y, y, band),
+        block.self_attention_layer_norm,
+    )
+    return _np_sublayer(
+        block, x, lambda y: _np_ffn(block.feedforward, y), block.feedforward_layer_norm
+    )
 
 
 def test_encoder_errors_name_argument_and_shape():
@@ -229,8 +251,9 @@ def test_encoder_errors_name_argument_and_shape():
 @pytest.mark.parametrize("normalize_first", [False, True])
 @pytest.mark.parametrize("cross", [False, True])
 def test_decoder_matches_numpy(normalize_first, cross):
-    layer = ka.TransformerDecoder(2, 16, normalize_first=normalize_first,
-                                  bias_initializer="random_normal")
+    layer = ka.TransformerDecoder(
+        2, 16, normalize_first=normalize_first, bias_initializer="random_normal"
+    )
     x, enc = _rand(2, 5, 8), (_rand(2, 3, 6) if cross else None)
     out = layer(x, enc)
     np.testing.assert_allclose(_np(out), _np_decoder(layer, x, enc), atol=1e-4)
@@ -272,8 +295,12 @@ def test_decoder_cache_matches_full_sequence(cross):
     out, cache = layer(x[:, :2], enc, self_attention_cache=cache, cache_index=0)
     steps = [_np(out)]
     for i in range(2, 6):
-        out, cache = layer(x[:, i:i + 1], enc, self_attention_cache=cache,
-                           cache_index=keras.ops.convert_to_tensor(i))
+        out, cache = layer(
+            x[:, i : i + 1],
+            enc,
+            self_attention_cache=cache,
+            cache_index=keras.ops.convert_to_tensor(i),
+        )
         steps.append(_np(out))
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
     assert tuple(cache.shape) == (2, 8, 2 * 8)
@@ -286,15 +313,21 @@ def test_decoder_cache_with_padding_over_cache_positions():
     keep = np.array([[True, False, True, True]])
     # Reference: the full sequence with cache slot 1 masked as a key for every query.
     full_mask = np.tril(np.ones((4, 4), bool))[None] & keep[:, None, :]
-    ref = _np_sublayer(layer, x, lambda y: _np_mha(layer.self_attention, y, y, full_mask),
-                       layer.self_attention_layer_norm)
-    ref = _np_sublayer(layer, ref, lambda y: _np_ffn(layer.feedforward, y),
-                       layer.feedforward_layer_norm)
+    ref = _np_sublayer(
+        layer,
+        x,
+        lambda y: _np_mha(layer.self_attention, y, y, full_mask),
+        layer.self_attention_layer_norm,
+    )
+    ref = _np_sublayer(
+        layer, ref, lambda y: _np_ffn(layer.feedforward, y), layer.feedforward_layer_norm
+    )
     cache = layer.get_initial_cache(1, 4)
     outs = []
     for i in range(4):
-        out, cache = layer(x[:, i:i + 1], decoder_padding_mask=keep,
-                           self_attention_cache=cache, cache_index=i)
+        out, cache = layer(
+            x[:, i : i + 1], decoder_padding_mask=keep, self_attention_cache=cache, cache_index=i
+        )
         outs.append(_np(out))
     outs = np.concatenate(outs, 1)
     np.testing.assert_allclose(outs[keep], ref[keep], atol=1e-4)
@@ -370,8 +403,9 @@ def test_decoder_errors_name_argument_and_shape():
     with pytest.raises(ValueError, match="cache_index=None"):
         self_only(x, self_attention_cache=cache)
     with pytest.raises(ValueError, match=r"decoder_padding_mask.shape=\(1, 3\)"):
-        self_only(x, self_attention_cache=cache, cache_index=0,
-                  decoder_padding_mask=np.ones((1, 3), bool))
+        self_only(
+            x, self_attention_cache=cache, cache_index=0, decoder_padding_mask=np.ones((1, 3), bool)
+        )
     with pytest.raises(ValueError, match="must be built"):
         ka.TransformerDecoder(2, 8).get_initial_cache(1, 5)
 

@@ -99,9 +99,7 @@ def run_layer_test(
     # Symbolic shapes agree with eager shapes, with static and dynamic lengths.
     for axes in ((), tuple(dynamic_axes)):
         symbolic_inputs = _symbolic_inputs(inputs, axes)
-        symbolic = _flat(
-            call(layer_cls(**init_kwargs), [symbolic_inputs[n] for n in names])
-        )
+        symbolic = _flat(call(layer_cls(**init_kwargs), [symbolic_inputs[n] for n in names]))
         assert len(symbolic) == len(eager)
         for sym, eag in zip(symbolic, eager):
             _assert_shape_matches(sym.shape, eag.shape)
@@ -134,8 +132,16 @@ def run_layer_test(
     _check_gradients(layer, arrays, lambda *tensors: call(layer, tensors, training=True))
 
     if masked_inputs:
-        _check_masks(layer_cls, init_kwargs, inputs, names, call_kwargs,
-                     masked_inputs, expect_output_mask, atol)
+        _check_masks(
+            layer_cls,
+            init_kwargs,
+            inputs,
+            names,
+            call_kwargs,
+            masked_inputs,
+            expect_output_mask,
+            atol,
+        )
     return layer, eager
 
 
@@ -169,7 +175,7 @@ def _check_gradients(layer, arrays, forward):
     if layer.trainable_weights:
         names = [w.path for w in layer.trainable_weights]
         _, grads = value_and_gradients(loss, float_arrays, layer.trainable_weights)
-        grads = grads[len(float_arrays):]
+        grads = grads[len(float_arrays) :]
     else:
         names = [f"input {i}" for i in floating]
         _, grads = value_and_gradients(loss, float_arrays)
@@ -227,13 +233,13 @@ def value_and_gradients(fn, inputs, variables=()):
         grads = tape.gradient(value, inputs + [v.value for v in variables])
     else:
         raise ValueError(f"Unsupported backend: {backend!r}")
-    grads = [None if g is None else ops.convert_to_numpy(ops.convert_to_tensor(g))
-             for g in grads]
+    grads = [None if g is None else ops.convert_to_numpy(ops.convert_to_tensor(g)) for g in grads]
     return float(ops.convert_to_numpy(value)), grads
 
 
-def _check_masks(layer_cls, init_kwargs, inputs, names, call_kwargs, masked_inputs,
-                 expect_output_mask, atol):
+def _check_masks(
+    layer_cls, init_kwargs, inputs, names, call_kwargs, masked_inputs, expect_output_mask, atol
+):
     """Masked positions may hold anything: outputs at unmasked positions stay the same,
     and the output carries the query's mask on."""
     data, masks = {}, {}
@@ -245,8 +251,9 @@ def _check_masks(layer_cls, init_kwargs, inputs, names, call_kwargs, masked_inpu
             masks[name] = keep
     layer = layer_cls(**init_kwargs)
     sym = _symbolic_inputs(inputs)
-    mask_sym = {n: keras.Input(shape=masks[n].shape[1:], dtype="bool", name=f"{n}_keep")
-                for n in masks}
+    mask_sym = {
+        n: keras.Input(shape=masks[n].shape[1:], dtype="bool", name=f"{n}_keep") for n in masks
+    }
     tensors = [MaskFrom()([sym[n], mask_sym[n]]) if n in masks else sym[n] for n in names]
     outputs = layer(tensors[0], **dict(zip(names[1:], tensors[1:])), **call_kwargs)
     first = _flat(outputs)[0]

@@ -71,7 +71,8 @@ def while_loop(cond, body, loop_vars, mode):
             if tf.inside_function():
                 loop = tf.function(
                     lambda loop_vars: ops.while_loop(cond, body, loop_vars),
-                    jit_compile=True, autograph=False,
+                    jit_compile=True,
+                    autograph=False,
                 )
                 return loop(loop_vars)
         return ops.while_loop(cond, body, loop_vars)

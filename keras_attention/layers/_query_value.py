@@ -29,7 +29,9 @@ class QueryValueAttention(keras.layers.Layer):
 
     def build(self, query_shape, value_shape, key_shape=None):
         _validation.check_rank(
-            query_shape, (2, 3), "query",
+            query_shape,
+            (2, 3),
+            "query",
             "rank 3 (batch, q_len, features) or rank 2 (batch, features)",
         )
         _validation.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
@@ -84,9 +86,7 @@ class QueryValueAttention(keras.layers.Layer):
             q_len=ops.shape(query)[1],
             kv_len=ops.shape(key)[1],
         )
-        outputs = self._attend(
-            query, key, value, mask, bool(training), return_attention_scores
-        )
+        outputs = self._attend(query, key, value, mask, bool(training), return_attention_scores)
         if not single_step:
             return outputs
         if return_attention_scores:
@@ -105,9 +105,7 @@ class QueryValueAttention(keras.layers.Layer):
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         return tuple(query_shape[:-1]) + (value_shape[-1],)
 
-    def compute_output_spec(
-        self, query, value, key=None, return_attention_scores=False, **kwargs
-    ):
+    def compute_output_spec(self, query, value, key=None, return_attention_scores=False, **kwargs):
         key = value if key is None else key
         scores_shape = tuple(query.shape[:-1]) + (key.shape[1],)
         return _common.attention_output_spec(

@@ -99,8 +99,7 @@ class AdditiveAttention(QueryValueAttention):
     def _attend(self, query, key, value, mask, training, return_attention_scores):
         # (batch, q_len, 1, units) + (batch, 1, kv_len, units): every pair at once.
         hidden = ops.tanh(
-            ops.expand_dims(self.query_dense(query), 2)
-            + ops.expand_dims(self.key_dense(key), 1)
+            ops.expand_dims(self.query_dense(query), 2) + ops.expand_dims(self.key_dense(key), 1)
         )
         scores = ops.squeeze(self.score_dense(hidden), -1)
         return attention_ops.attention_from_scores(

@@ -123,9 +123,7 @@ class LuongAttention(QueryValueAttention):
     def _build_scores(self, query_shape, key_shape):
         query_features, key_features = query_shape[-1], key_shape[-1]
         if self.score == "dot":
-            if None not in (query_features, key_features) and (
-                query_features != key_features
-            ):
+            if None not in (query_features, key_features) and (query_features != key_features):
                 raise ValueError(
                     "score='dot' needs queries and keys of the same size (last "
                     f"axis). Received: query.shape={query_shape}, "
@@ -161,8 +159,12 @@ class LuongAttention(QueryValueAttention):
                 key = self.key_dense(key)
             # scale=None is the default 1/sqrt(d_k); 1.0 leaves the scores as q . k.
             return attention_ops.scaled_dot_product_attention(
-                query, key, value, mask=mask,
-                scale=None if self.scale else 1.0, **dropout,
+                query,
+                key,
+                value,
+                mask=mask,
+                scale=None if self.scale else 1.0,
+                **dropout,
             )
         # Pair every query with every key: (batch, q_len, kv_len, q_f + k_f).
         q_len, kv_len = ops.shape(query)[1], ops.shape(key)[1]

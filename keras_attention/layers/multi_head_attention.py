@@ -154,15 +154,11 @@ class MultiHeadAttention(keras.layers.Layer):
         _validation.check_positive_int(num_heads, "num_heads")
         _validation.check_positive_int(key_dim, "key_dim")
         _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
-        _validation.check_positive_int(
-            num_key_value_heads, "num_key_value_heads", allow_none=True
-        )
+        _validation.check_positive_int(num_key_value_heads, "num_key_value_heads", allow_none=True)
         _validation.check_positive_int(output_dim, "output_dim", allow_none=True)
         _validation.check_rate(dropout, "dropout")
         _validation.check_bool(use_bias, "use_bias")
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-        ):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
         if num_key_value_heads is not None and num_heads % num_key_value_heads:
             raise ValueError(
@@ -199,17 +195,14 @@ class MultiHeadAttention(keras.layers.Layer):
         if key_shape is None:
             key_shape = value_shape
         _validation.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
-        for name, shape in (("query", query_shape), ("value", value_shape),
-                            ("key", key_shape)):
+        for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
             _validation.check_known_features(shape, name)
         if self.output_dense is None:
             self.output_dense = self.projection.dense(query_shape[-1], "attention_output")
         self.query_dense.build(query_shape)
         self.key_dense.build(key_shape)
         self.value_dense.build(value_shape)
-        self.output_dense.build(
-            tuple(query_shape[:-1]) + (self.num_heads * self._value_dim,)
-        )
+        self.output_dense.build(tuple(query_shape[:-1]) + (self.num_heads * self._value_dim,))
         self.built = True
 
     @property
@@ -299,9 +292,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 kv_len=kv_len,
             )
         else:
-            cache, cache_index = _check_cache(
-                cache, cache_index, keys.shape, self._cache_features
-            )
+            cache, cache_index = _check_cache(cache, cache_index, keys.shape, self._cache_features)
             new_cache, keys, values = _write_cache(cache, cache_index, keys, values)
             mask = _cached_key_mask(
                 cache_index,
@@ -315,9 +306,7 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = ops.expand_dims(mask, 1)  # the head axis of the scores
 
         keys = self._repeat_kv_heads(attention_ops.split_heads(keys, self._kv_heads))
-        values = self._repeat_kv_heads(
-            attention_ops.split_heads(values, self._kv_heads)
-        )
+        values = self._repeat_kv_heads(attention_ops.split_heads(values, self._kv_heads))
         result = attention_ops.scaled_dot_product_attention(
             queries,
             keys,
@@ -457,9 +446,7 @@ def _write_cache(cache, cache_index, keys, values):
     keys and values (in the dtypes of `keys` and `values`)."""
     update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
     zero = ops.zeros((), "int32")
-    new_cache = ops.slice_update(
-        cache, [zero, ops.cast(cache_index, "int32"), zero], update
-    )
+    new_cache = ops.slice_update(cache, [zero, ops.cast(cache_index, "int32"), zero], update)
     split = keys.shape[-1]
     all_keys = ops.cast(new_cache[..., :split], keys.dtype)
     all_values = ops.cast(new_cache[..., split:], values.dtype)

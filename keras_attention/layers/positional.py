@@ -349,12 +349,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 "position": self.position,
                 "scale_by_sqrt_dim": self.scale_by_sqrt_dim,
                 "max_wavelength": self.max_wavelength,
-                "embeddings_initializer": keras.initializers.serialize(
-                    self.embeddings_initializer
-                ),
-                "position_initializer": keras.initializers.serialize(
-                    self.position_initializer
-                ),
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+                "position_initializer": keras.initializers.serialize(self.position_initializer),
             }
         )
         return config

@@ -99,9 +99,7 @@ class TransformerDecoder(_TransformerBlock):
             self.cross_attention = self._attention(features, "cross_attention")
             self.cross_attention.build(decoder_sequence_shape, encoder_sequence_shape)
             self.cross_attention_dropout = self._dropout("cross_attention_dropout")
-            self.cross_attention_layer_norm = self._layer_norm(
-                "cross_attention_layer_norm"
-            )
+            self.cross_attention_layer_norm = self._layer_norm("cross_attention_layer_norm")
         self._build_feedforward(decoder_sequence_shape)
         self.built = True
 
@@ -118,9 +116,7 @@ class TransformerDecoder(_TransformerBlock):
     def get_initial_cache(self, batch_size, max_length, dtype=None):
         """A zero self-attention cache for incremental decoding (layer must be built)."""
         if self.self_attention is None:
-            raise ValueError(
-                "The decoder must be built (called once) before `get_initial_cache`."
-            )
+            raise ValueError("The decoder must be built (called once) before `get_initial_cache`.")
         return self.self_attention.get_initial_cache(batch_size, max_length, dtype)
 
     def call(
@@ -148,7 +144,9 @@ class TransformerDecoder(_TransformerBlock):
         else:
             decoder_padding_mask = masks.combine_masks(
                 _check_padding_mask(
-                    decoder_padding_mask, decoder_sequence, "decoder_padding_mask",
+                    decoder_padding_mask,
+                    decoder_sequence,
+                    "decoder_padding_mask",
                     "decoder_sequence",
                 ),
                 decoder_mask,
@@ -165,24 +163,31 @@ class TransformerDecoder(_TransformerBlock):
 
         def self_attention(x):
             if not use_cache:
-                return self.self_attention(
-                    x, x, attention_mask=self_mask, training=training
-                )
+                return self.self_attention(x, x, attention_mask=self_mask, training=training)
             output, cache = self.self_attention(
-                x, x, attention_mask=self_mask, cache=self_attention_cache,
-                cache_index=cache_index, training=training,
+                x,
+                x,
+                attention_mask=self_mask,
+                cache=self_attention_cache,
+                cache_index=cache_index,
+                training=training,
             )
             new_cache.append(cache)
             return output
 
         x = self._residual(
-            decoder_sequence, self_attention, self.self_attention_layer_norm,
-            self.self_attention_dropout, training,
+            decoder_sequence,
+            self_attention,
+            self.self_attention_layer_norm,
+            self.self_attention_dropout,
+            training,
         )
         if encoder_sequence is not None:
             encoder_padding_mask = masks.combine_masks(
                 _check_padding_mask(
-                    encoder_padding_mask, encoder_sequence, "encoder_padding_mask",
+                    encoder_padding_mask,
+                    encoder_sequence,
+                    "encoder_padding_mask",
                     "encoder_sequence",
                 ),
                 encoder_sequence_mask,
@@ -195,17 +200,26 @@ class TransformerDecoder(_TransformerBlock):
 
             def cross_attention(y):
                 return self.cross_attention(
-                    y, encoder_sequence, attention_mask=cross_mask, training=training,
+                    y,
+                    encoder_sequence,
+                    attention_mask=cross_mask,
+                    training=training,
                     key_value_cache=cross_attention_cache,
                 )
 
             x = self._residual(
-                x, cross_attention, self.cross_attention_layer_norm,
-                self.cross_attention_dropout, training,
+                x,
+                cross_attention,
+                self.cross_attention_layer_norm,
+                self.cross_attention_dropout,
+                training,
             )
         x = self._residual(
-            x, lambda y: self.feedforward(y, training=training),
-            self.feedforward_layer_norm, self.feedforward_dropout, training,
+            x,
+            lambda y: self.feedforward(y, training=training),
+            self.feedforward_layer_norm,
+            self.feedforward_dropout,
+            training,
         )
         return (x, new_cache[0]) if use_cache else x
 
@@ -223,8 +237,7 @@ class TransformerDecoder(_TransformerBlock):
             )
         if cache is not None and cache_index is None:
             raise ValueError(
-                "`cache_index` is required with `self_attention_cache`. "
-                "Received: cache_index=None"
+                "`cache_index` is required with `self_attention_cache`. Received: cache_index=None"
             )
         if cache is None and cache_index is not None:
             raise ValueError(
@@ -239,7 +252,9 @@ class TransformerDecoder(_TransformerBlock):
         if padding_mask is not None:
             padding_mask = masks.validate_mask(padding_mask, "decoder_padding_mask")
             shape = tuple(padding_mask.shape)
-            if len(shape) != 2 or not _validation.compatible(shape, (cache.shape[0], cache.shape[1])):
+            if len(shape) != 2 or not _validation.compatible(
+                shape, (cache.shape[0], cache.shape[1])
+            ):
                 raise ValueError(
                     "With `self_attention_cache`, `decoder_padding_mask` must have "
                     "shape (batch, max_length) over the cache positions, i.e. "

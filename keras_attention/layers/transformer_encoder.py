@@ -101,17 +101,21 @@ class TransformerEncoder(_TransformerBlock):
         )
 
         def self_attention(x):
-            return self.self_attention(
-                x, x, attention_mask=attention_mask, training=training
-            )
+            return self.self_attention(x, x, attention_mask=attention_mask, training=training)
 
         x = self._residual(
-            inputs, self_attention, self.self_attention_layer_norm,
-            self.self_attention_dropout, training,
+            inputs,
+            self_attention,
+            self.self_attention_layer_norm,
+            self.self_attention_dropout,
+            training,
         )
         return self._residual(
-            x, lambda y: self.feedforward(y, training=training),
-            self.feedforward_layer_norm, self.feedforward_dropout, training,
+            x,
+            lambda y: self.feedforward(y, training=training),
+            self.feedforward_layer_norm,
+            self.feedforward_dropout,
+            training,
         )
 
     def compute_output_shape(self, inputs_shape):

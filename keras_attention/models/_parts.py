@@ -5,8 +5,15 @@ from keras_attention.layers.positional import TokenAndPositionEmbedding
 from keras_attention.layers.transformer_encoder import TransformerEncoder
 
 
-def check_common(vocabulary_size, sequence_length, num_layers, embedding_dim,
-                 num_heads, intermediate_dim, dropout):
+def check_common(
+    vocabulary_size,
+    sequence_length,
+    num_layers,
+    embedding_dim,
+    num_heads,
+    intermediate_dim,
+    dropout,
+):
     for name, value in (
         ("vocabulary_size", vocabulary_size),
         ("sequence_length", sequence_length),
@@ -25,8 +32,9 @@ def check_common(vocabulary_size, sequence_length, num_layers, embedding_dim,
         )
 
 
-def embedding(name, vocabulary_size, sequence_length, embedding_dim, position,
-              scale, mask_zero=True):
+def embedding(
+    name, vocabulary_size, sequence_length, embedding_dim, position, scale, mask_zero=True
+):
     return TokenAndPositionEmbedding(
         vocabulary_size,
         sequence_length,
@@ -40,7 +48,6 @@ def embedding(name, vocabulary_size, sequence_length, embedding_dim, position,
 
 def encoder_layers(num_layers, num_heads, intermediate_dim, dropout):
     return [
-        TransformerEncoder(num_heads, intermediate_dim, dropout=dropout,
-                           name=f"encoder_layer_{i}")
+        TransformerEncoder(num_heads, intermediate_dim, dropout=dropout, name=f"encoder_layer_{i}")
         for i in range(num_layers)
     ]

@@ -64,12 +64,20 @@ def transformer_classifier(
     >>> model.output_shape
     (None, 3)
     """
-    _parts.check_common(vocabulary_size, sequence_length, num_layers, embedding_dim,
-                  num_heads, intermediate_dim, dropout)
+    _parts.check_common(
+        vocabulary_size,
+        sequence_length,
+        num_layers,
+        embedding_dim,
+        num_heads,
+        intermediate_dim,
+        dropout,
+    )
     _validation.check_positive_int(num_classes, "num_classes")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
-    x = _parts.embedding("token_embedding", vocabulary_size, sequence_length,
-                         embedding_dim, position, False)(tokens)
+    x = _parts.embedding(
+        "token_embedding", vocabulary_size, sequence_length, embedding_dim, position, False
+    )(tokens)
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
     for layer in _parts.encoder_layers(num_layers, num_heads, intermediate_dim, dropout):
         x = layer(x)
@@ -197,8 +205,9 @@ def transformer_seq2seq(
     )
 
 
-def transformer_base(vocabulary_size=37000, sequence_length=256, dropout=0.1,
-                     name="transformer_base"):
+def transformer_base(
+    vocabulary_size=37000, sequence_length=256, dropout=0.1, name="transformer_base"
+):
     """The base Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
 
     N = 6 encoder and 6 decoder blocks, d_model = 512, d_ff = 2048, h = 8,

@@ -64,26 +64,36 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         mask_zero=True,
         **kwargs,
     ):
-        _parts.check_common(vocabulary_size, sequence_length, num_layers,
-                            embedding_dim, num_heads, intermediate_dim, dropout)
+        _parts.check_common(
+            vocabulary_size,
+            sequence_length,
+            num_layers,
+            embedding_dim,
+            num_heads,
+            intermediate_dim,
+            dropout,
+        )
         _validation.check_bool(tie_embeddings, "tie_embeddings")
         _validation.check_bool(mask_zero, "mask_zero")
         kwargs.setdefault("name", "causal_language_model")
         # === Layers ===
         embedding = _parts.embedding(
-            "token_embedding", vocabulary_size, sequence_length, embedding_dim,
-            position, False, mask_zero,
+            "token_embedding",
+            vocabulary_size,
+            sequence_length,
+            embedding_dim,
+            position,
+            False,
+            mask_zero,
         )
         embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         decoder_layers = [
-            TransformerDecoder(num_heads, intermediate_dim, dropout=dropout,
-                               name=f"decoder_layer_{i}")
+            TransformerDecoder(
+                num_heads, intermediate_dim, dropout=dropout, name=f"decoder_layer_{i}"
+            )
             for i in range(num_layers)
         ]
-        lm_head = (
-            None if tie_embeddings
-            else keras.layers.Dense(vocabulary_size, name="lm_head")
-        )
+        lm_head = None if tie_embeddings else keras.layers.Dense(vocabulary_size, name="lm_head")
         # === Functional model ===
         tokens = keras.Input((None,), dtype="int32", name="tokens")
         x = embedding_dropout(embedding(tokens))
@@ -150,14 +160,20 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
             Numpy int32 `(batch, longest prompt + max_new_tokens)`: row `i` holds its
             prompt tokens, its new tokens, then `pad_token_id`.
         """
-        return self._run_generate(prompt, max_new_tokens, prompt_mask, sampler, seed,
-                                  stop_token_ids, pad_token_id, compile)
+        return self._run_generate(
+            prompt,
+            max_new_tokens,
+            prompt_mask,
+            sampler,
+            seed,
+            stop_token_ids,
+            pad_token_id,
+            compile,
+        )
 
-    def export_generate(self, path, max_new_tokens, stop_token_ids=None,
-                        pad_token_id=0):
+    def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):
         """See :func:`keras_attention.models.export_generate`."""
-        return export_generate(self, path, max_new_tokens, stop_token_ids,
-                               pad_token_id)
+        return export_generate(self, path, max_new_tokens, stop_token_ids, pad_token_id)
 
     def get_config(self):
         return {

@@ -121,8 +121,7 @@ class GenerativeMixin:
         caches = [layer.get_initial_cache(batch, total) for layer in self.decoder_layers]
         # The prompt in one call; rows' padding is overwritten by the loop before any
         # real token attends to it (the loop starts at the shortest prompt).
-        _, caches = self._decode(tokens, 0, caches, self._key_mask(buffer), encoded,
-                                 logits=False)
+        _, caches = self._decode(tokens, 0, caches, self._key_mask(buffer), encoded, logits=False)
         return buffer, caches, total
 
     def _sample(self, settings, mode, tokens, lengths, seed, encoded):
@@ -182,9 +181,7 @@ class GenerativeMixin:
         # first, or the search would pick the same continuation `beams` times.
         first = ops.cast(ops.arange(beams) == 0, "float32")
         scores = ops.tile((first - 1.0)[None, :] * 1e9, (batch, 1))
-        only_pad = ops.where(
-            ops.arange(vocabulary) == settings.pad_token_id, 0.0, -1e9
-        )[None, :]
+        only_pad = ops.where(ops.arange(vocabulary) == settings.pad_token_id, 0.0, -1e9)[None, :]
         batch_offset = (ops.arange(batch, dtype="int32") * beams)[:, None]
 
         def cond(index, buffer, caches, done, count, scores):
@@ -225,14 +222,24 @@ class GenerativeMixin:
         )
         _, buffer, _, _, count, scores = _backend.while_loop(cond, body, loop_vars, mode)
         length = ops.cast(ops.maximum(ops.reshape(count, (batch, beams)), 1), "float32")
-        ranking = scores / length ** settings.sampler.length_penalty
+        ranking = scores / length**settings.sampler.length_penalty
         best = ops.cast(ops.argmax(ranking, axis=-1), "int32") + batch_offset[:, 0]
         return ops.take(buffer, best, axis=0)
 
     # -- the public entry ----------------------------------------------------------
 
-    def _run_generate(self, prompt, max_new_tokens, prompt_mask, sampler, seed,
-                      stop_token_ids, pad_token_id, compile, encoder_inputs=()):
+    def _run_generate(
+        self,
+        prompt,
+        max_new_tokens,
+        prompt_mask,
+        sampler,
+        seed,
+        stop_token_ids,
+        pad_token_id,
+        compile,
+        encoder_inputs=(),
+    ):
         embedding = self.decoder_embedding
         vocabulary = embedding.vocabulary_size
         tokens, lengths = prepare_prompt(prompt, prompt_mask, vocabulary)
@@ -282,9 +289,7 @@ def _advance(buffer, index, lengths, sampled, done, count, stop_ids, settings):
     batch = ops.shape(buffer)[0]
     prompt_token = ops.slice(buffer, [0, index], [batch, 1])[:, 0]
     in_prompt = index < lengths
-    token = ops.where(
-        in_prompt, prompt_token, ops.where(done, settings.pad_token_id, sampled)
-    )
+    token = ops.where(in_prompt, prompt_token, ops.where(done, settings.pad_token_id, sampled))
     generated = ops.logical_not(ops.logical_or(in_prompt, done))
     count = count + ops.cast(generated, "int32")
     is_stop = ops.any(token[:, None] == stop_ids[None, :], axis=-1)
@@ -301,8 +306,11 @@ def prepare_prompt(prompt, prompt_mask, vocabulary_size, name="prompt"):
     lists of different lengths.
     """
     mask_name = f"{name}_mask"
-    if prompt_mask is None and isinstance(prompt, (list, tuple)) and prompt and all(
-        isinstance(row, (list, tuple, np.ndarray)) for row in prompt
+    if (
+        prompt_mask is None
+        and isinstance(prompt, (list, tuple))
+        and prompt
+        and all(isinstance(row, (list, tuple, np.ndarray)) for row in prompt)
     ):
         widths = [len(row) for row in prompt]
         if len(set(widths)) > 1:  # ragged: pad and mask
@@ -367,8 +375,10 @@ def _check_token_ids(ids, name, vocabulary_size):
         ids = [ids]
     ids = list(ids)
     bad = [
-        i for i in ids
-        if isinstance(i, bool) or not isinstance(i, (numbers.Integral, np.integer))
+        i
+        for i in ids
+        if isinstance(i, bool)
+        or not isinstance(i, (numbers.Integral, np.integer))
         or not 0 <= i < vocabulary_size
     ]
     if bad:
@@ -414,8 +424,7 @@ def export_generate(model, path, max_new_tokens, stop_token_ids=None, pad_token_
         )
     if not isinstance(model, GenerativeMixin) or getattr(model, "encode", None):
         raise ValueError(
-            "`model` must be a CausalLanguageModel. Received: "
-            f"model of type {type(model).__name__}"
+            f"`model` must be a CausalLanguageModel. Received: model of type {type(model).__name__}"
         )
     import tensorflow as tf
 
@@ -537,9 +546,7 @@ def generate(
         if is_seq2seq:
             return model.generate(encoder_tokens, prompt, max_new_tokens, **kwargs)
         return model.generate(prompt, max_new_tokens, **kwargs)
-    return _generate_by_recomputing(
-        model, prompt, max_new_tokens, sampler, seed, encoder_tokens
-    )
+    return _generate_by_recomputing(model, prompt, max_new_tokens, sampler, seed, encoder_tokens)
 
 
 def _generate_by_recomputing(model, prompt, max_new_tokens, sampler, seed, encoder_tokens):

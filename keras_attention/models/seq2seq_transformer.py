@@ -61,39 +61,43 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         mask_zero=True,
         **kwargs,
     ):
-        _parts.check_common(vocabulary_size, sequence_length, num_layers,
-                            embedding_dim, num_heads, intermediate_dim, dropout)
-        for flag in ("share_embeddings", "tie_embeddings", "scale_embeddings",
-                     "mask_zero"):
+        _parts.check_common(
+            vocabulary_size,
+            sequence_length,
+            num_layers,
+            embedding_dim,
+            num_heads,
+            intermediate_dim,
+            dropout,
+        )
+        for flag in ("share_embeddings", "tie_embeddings", "scale_embeddings", "mask_zero"):
             _validation.check_bool(locals()[flag], flag)
         kwargs.setdefault("name", "transformer_seq2seq")
         # === Layers ===
-        args = (vocabulary_size, sequence_length, embedding_dim, position,
-                scale_embeddings, mask_zero)
+        args = (
+            vocabulary_size,
+            sequence_length,
+            embedding_dim,
+            position,
+            scale_embeddings,
+            mask_zero,
+        )
         if share_embeddings:
             encoder_embedding = _parts.embedding("shared_embedding", *args)
             decoder_embedding = encoder_embedding
         else:
             encoder_embedding = _parts.embedding("encoder_embedding", *args)
             decoder_embedding = _parts.embedding("decoder_embedding", *args)
-        encoder_embedding_dropout = keras.layers.Dropout(
-            dropout, name="encoder_embedding_dropout"
-        )
-        decoder_embedding_dropout = keras.layers.Dropout(
-            dropout, name="decoder_embedding_dropout"
-        )
-        encoder_layers = _parts.encoder_layers(
-            num_layers, num_heads, intermediate_dim, dropout
-        )
+        encoder_embedding_dropout = keras.layers.Dropout(dropout, name="encoder_embedding_dropout")
+        decoder_embedding_dropout = keras.layers.Dropout(dropout, name="decoder_embedding_dropout")
+        encoder_layers = _parts.encoder_layers(num_layers, num_heads, intermediate_dim, dropout)
         decoder_layers = [
-            TransformerDecoder(num_heads, intermediate_dim, dropout=dropout,
-                               name=f"decoder_layer_{i}")
+            TransformerDecoder(
+                num_heads, intermediate_dim, dropout=dropout, name=f"decoder_layer_{i}"
+            )
             for i in range(num_layers)
         ]
-        lm_head = (
-            None if tie_embeddings
-            else keras.layers.Dense(vocabulary_size, name="lm_head")
-        )
+        lm_head = None if tie_embeddings else keras.layers.Dense(vocabulary_size, name="lm_head")
         # === Functional model ===
         encoder_tokens = keras.Input((None,), dtype="int32", name="encoder_tokens")
         decoder_tokens = keras.Input((None,), dtype="int32", name="decoder_tokens")
@@ -103,11 +107,8 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         y = decoder_embedding_dropout(decoder_embedding(decoder_tokens))
         for layer in decoder_layers:
             y = layer(y, x)
-        logits = (
-            decoder_embedding(y, reverse=True) if lm_head is None else lm_head(y)
-        )
-        super().__init__(inputs=[encoder_tokens, decoder_tokens], outputs=logits,
-                         **kwargs)
+        logits = decoder_embedding(y, reverse=True) if lm_head is None else lm_head(y)
+        super().__init__(inputs=[encoder_tokens, decoder_tokens], outputs=logits, **kwargs)
         # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
         self.decoder_embedding = decoder_embedding
         self.decoder_embedding_dropout = decoder_embedding_dropout
@@ -170,8 +171,9 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`.
         """
-        source, _ = prepare_prompt(encoder_tokens, None, self.vocabulary_size,
-                                   name="encoder_tokens")
+        source, _ = prepare_prompt(
+            encoder_tokens, None, self.vocabulary_size, name="encoder_tokens"
+        )
         if encoder_padding_mask is None:
             encoder_padding_mask = np.ones(source.shape, bool)
         encoder_padding_mask = np.asarray(encoder_padding_mask)
@@ -194,8 +196,15 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
                 f"encoder_tokens.shape={source.shape}, prompt batch={batch}"
             )
         return self._run_generate(
-            prompt, max_new_tokens, prompt_mask, sampler, seed, stop_token_ids,
-            pad_token_id, compile, encoder_inputs=(source, encoder_padding_mask.astype(bool)),
+            prompt,
+            max_new_tokens,
+            prompt_mask,
+            sampler,
+            seed,
+            stop_token_ids,
+            pad_token_id,
+            compile,
+            encoder_inputs=(source, encoder_padding_mask.astype(bool)),
         )
 
     def get_config(self):

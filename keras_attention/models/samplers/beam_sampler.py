@@ -34,19 +34,17 @@ class BeamSampler(Sampler):
 
     def __init__(self, num_beams=4, length_penalty=1.0):
         super().__init__(temperature=1.0)
-        if isinstance(num_beams, bool) or not isinstance(
-            num_beams, numbers.Integral
-        ) or num_beams < 1:
-            raise ValueError(
-                "`num_beams` must be a positive integer. "
-                f"Received: num_beams={num_beams!r}"
-            )
-        if isinstance(length_penalty, bool) or not isinstance(
-            length_penalty, numbers.Real
+        if (
+            isinstance(num_beams, bool)
+            or not isinstance(num_beams, numbers.Integral)
+            or num_beams < 1
         ):
             raise ValueError(
-                "`length_penalty` must be a float. "
-                f"Received: length_penalty={length_penalty!r}"
+                f"`num_beams` must be a positive integer. Received: num_beams={num_beams!r}"
+            )
+        if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
+            raise ValueError(
+                f"`length_penalty` must be a float. Received: length_penalty={length_penalty!r}"
             )
         self.num_beams = int(num_beams)
         self.length_penalty = float(length_penalty)

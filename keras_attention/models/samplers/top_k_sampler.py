@@ -37,9 +37,7 @@ class TopKSampler(Sampler):
         top_logits, top_ids = ops.top_k(logits, k)
         noise = ops.convert_to_tensor(uniform_noise)[:, :k]
         choice = gumbel_argmax(top_logits, noise)
-        return ops.cast(
-            ops.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0], "int32"
-        )
+        return ops.cast(ops.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0], "int32")
 
     def get_config(self):
         return {"k": self.k, **super().get_config()}

@@ -53,9 +53,7 @@ class TopPSampler(Sampler):
         sorted_logits = ops.where(keep, sorted_logits, float("-inf"))
         noise = ops.convert_to_tensor(uniform_noise)[:, :k]
         choice = gumbel_argmax(sorted_logits, noise)
-        return ops.cast(
-            ops.take_along_axis(sorted_ids, choice[:, None], axis=-1)[:, 0], "int32"
-        )
+        return ops.cast(ops.take_along_axis(sorted_ids, choice[:, None], axis=-1)[:, 0], "int32")
 
     def get_config(self):
         return {"p": self.p, "k": self.k, **super().get_config()}

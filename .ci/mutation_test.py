@@ -5,7 +5,7 @@ or error messages), the module is reloaded in place and the selected tests run
 with `-x`; a mutant survives when every test passes. TensorFlow is imported once,
 so a mutant costs only its tests. Prints one line per surviving mutant and a score.
 
-    python scripts/mutation_test.py [--modules ops masks] [--tests tests/test_ops.py ...]
+    python .ci/mutation_test.py [--modules ops masks] [--tests tests/test_ops.py ...]
 
 (mutmut 3 copies the project into `mutants/` and runs pytest there, which conflicts
 with the editable install of this repository; this script is the bounded
@@ -27,11 +27,25 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SWAPS = {
-    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
-    ast.FloorDiv: ast.Mult, ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult,
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
-    ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
-    ast.In: ast.NotIn, ast.NotIn: ast.In, ast.And: ast.Or, ast.Or: ast.And,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.And: ast.Or,
+    ast.Or: ast.And,
 }
 
 
@@ -42,9 +56,13 @@ def _skip_nodes(tree):
         if isinstance(node, ast.Raise):
             skip.update(id(n) for n in ast.walk(node))
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
-            getattr(body[0], "value", None), ast.Constant
-        ) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             skip.update(id(n) for n in ast.walk(body[0]))
     return skip
 
@@ -69,8 +87,11 @@ def _sites(tree):
             sites.append((node, "unary", f"line {line}: drop {type(node.op).__name__}"))
         elif isinstance(node, ast.Constant) and type(node.value) in (bool, int, float):
             value = node.value
-            new = (not value) if isinstance(value, bool) else (
-                value + 1 if isinstance(value, int) else value * 2 if value else 1.0)
+            new = (
+                (not value)
+                if isinstance(value, bool)
+                else (value + 1 if isinstance(value, int) else value * 2 if value else 1.0)
+            )
             sites.append((node, ("const", new), f"line {line}: {value!r} -> {new!r}"))
     return sites
 
@@ -128,15 +149,21 @@ def run_tests(pytest, tests, deselect, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", nargs="+", default=["ops", "masks"])
-    parser.add_argument("--tests", nargs="+",
-                        default=["tests/test_masks.py", "tests/test_ops.py"])
-    parser.add_argument("--deselect", default="not xla and not tf_function",
-                        help="pytest -k expression (default skips the slow XLA tests)")
+    parser.add_argument("--tests", nargs="+", default=["tests/test_masks.py", "tests/test_ops.py"])
+    parser.add_argument(
+        "--deselect",
+        default="not xla and not tf_function",
+        help="pytest -k expression (default skips the slow XLA tests)",
+    )
     parser.add_argument("--timeout", type=int, default=120)
     parser.add_argument("--only", type=int, nargs="*", help="mutant indices to run")
-    parser.add_argument("--sample", type=int, default=None,
-                        help="run a random sample of this many mutants per module "
-                             "(seeded; bounds the time on a busy machine)")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="run a random sample of this many mutants per module "
+        "(seeded; bounds the time on a busy machine)",
+    )
     args = parser.parse_args()
     os.chdir(ROOT)
 
@@ -148,7 +175,8 @@ def main():
     tests = list(args.tests)
     start = time.time()
     assert run_tests(pytest, tests, args.deselect, args.timeout * 3) == "survived", (
-        "the tests fail without mutations")
+        "the tests fail without mutations"
+    )
     print(f"baseline: {time.time() - start:.0f} s", flush=True)
     totals = {"killed": 0, "survived": 0, "timeout": 0}
     for name, module in modules.items():
@@ -172,8 +200,9 @@ def main():
                 try:
                     importlib.reload(module)
                     if name == "masks":
-                        importlib.reload(modules.get("ops") or importlib.import_module(
-                            "keras_attention.ops"))
+                        importlib.reload(
+                            modules.get("ops") or importlib.import_module("keras_attention.ops")
+                        )
                     outcome = run_tests(pytest, tests, args.deselect, args.timeout)
                 except Exception as error:  # noqa: BLE001  (a mutant that cannot import)
                     outcome = "killed"
@@ -186,9 +215,12 @@ def main():
             importlib.reload(module)
             importlib.reload(importlib.import_module("keras_attention.ops"))
     done = sum(totals.values())
-    print(f"mutants {done}: killed {totals['killed']}, survived {totals['survived']}, "
-          f"timeout {totals['timeout']}; score {totals['killed'] / max(done, 1):.1%} "
-          f"({time.time() - start:.0f} s)", flush=True)
+    print(
+        f"mutants {done}: killed {totals['killed']}, survived {totals['survived']}, "
+        f"timeout {totals['timeout']}; score {totals['killed'] / max(done, 1):.1%} "
+        f"({time.time() - start:.0f} s)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
