@@ -70,6 +70,12 @@ def main(argv=None):
             "--prompt", default="The with statement", help="start of the generated text"
         )
         parser.add_argument("--new-chars", type=int, default=100, help="characters to generate")
+        parser.add_argument(
+            "--train-windows",
+            type=int,
+            default=None,
+            help="training windows of 128 characters (default 12000; 64 with --smoke)",
+        )
 
     args = _shared.parse_args(__doc__.splitlines()[0], argv, epochs=6, extra=extra)
     keras.utils.set_random_seed(args.seed)
@@ -82,6 +88,13 @@ def main(argv=None):
     ids = np.array([char_to_id[c] for c in text], "int32")
     split = int(0.9 * len(ids))  # the last 10% of the text is never trained on
     train_count, val_count = (64, 32) if args.smoke else (12_000, 500)
+    if args.train_windows is not None:
+        if args.train_windows < 1:
+            raise ValueError(
+                "`--train-windows` must be a positive integer. "
+                f"Received: --train-windows={args.train_windows}"
+            )
+        train_count = args.train_windows
     x_train, y_train = windows(ids[:split], train_count, rng)
     x_val, y_val = windows(ids[split:], val_count, rng)
 
@@ -141,6 +154,7 @@ def main(argv=None):
     return {
         "val_loss": val_loss,
         "perplexity": perplexity,
+        "uniform_perplexity": len(characters),
         "prompt": prompt,
         "sample": sample,
         "keras_path": keras_path,

@@ -105,8 +105,10 @@ def test_date_translation_held_out_dates_are_never_trained_on():
 
 
 def test_char_language_model(tmp_path):
-    result = _run("char_language_model", tmp_path)
-    assert result["perplexity"] > 1.0
+    # 2048 windows, 1 epoch (~20 s): measured validation perplexity 18.9 against 86
+    # for a uniform guess; a model that learns nothing stays near 86.
+    result = _run("char_language_model", tmp_path, "--smoke", "--train-windows", "2048")
+    assert result["perplexity"] < 0.5 * result["uniform_perplexity"]
     assert result["sample"].startswith(result["prompt"])
     assert os.path.isfile(result["keras_path"]) and os.path.isfile(result["vocab_path"])
     assert result["reloaded_sample"] == result["sample"]  # vocabulary saved with the model
