@@ -35,11 +35,6 @@ def parse_args(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-keras-hub", action="store_true", help="time ours only")
-    parser.add_argument(
-        "--no-xla",
-        action="store_true",
-        help="TensorFlow: compile ours with tf.function but without XLA",
-    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, two cases, ours only")
     args = parser.parse_args(argv)
     args.cases = [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
@@ -57,7 +52,6 @@ def main(argv=None):
     import numpy as np
 
     from keras_attention import models
-    from keras_attention.models import _backend
 
     size = dict(vocabulary=1000, layers=4, heads=4, width=256, ff=1024, length=256)
     if args.smoke:
@@ -72,11 +66,6 @@ def main(argv=None):
         intermediate_dim=size["ff"],
         dropout=0.0,
     )
-    if args.no_xla:
-        compile_function = _backend.compile_function
-        _backend.compile_function = lambda fn, variables, jit_compile=True: compile_function(
-            fn, variables, False
-        )
     hub = None
     if not args.no_keras_hub:
         import keras_hub
