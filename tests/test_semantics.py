@@ -160,7 +160,9 @@ def test_attention_dropout_semantics(name):
     # Without dropout the output is the weight matrix itself (the setup is right).
     np.testing.assert_allclose(inference_out, weights, atol=1e-5)
     assert np.all(weights[0] == weights), "the batch rows should be identical"
-    assert weights.min() > 1e-3, "every weight should be visible after dropout"
+    # Kept entries must stand well clear of the 1e-7 "dropped" threshold below
+    # (the initial kernels, and so the weights, differ between backends).
+    assert weights.min() > 1e-5, "every weight should be visible after dropout"
 
     dropped, train_weights = run(True)
     # The returned weights are the ones before dropout.
