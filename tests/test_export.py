@@ -384,6 +384,11 @@ _RUN_TORCH_PROGRAM_WITHOUT_PACKAGE = textwrap.dedent(
 
 
 @torch_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, open in issue 13: the exported program specializes the sequence "
+    "length of the example input (torch.export guard 'args_0.size()[1] == 2')",
+)
 def test_torch_program_serves_in_subprocess_without_package(tmp_path):
     model = _self_attention_model()
     path = export.export_torch_program(model, tmp_path / "sub" / "model.pt2")
