@@ -15,7 +15,7 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
 - :mod:`keras_attention.backend.generation`: how the decoding loop is compiled
   (`tf.function` + XLA, `jax.jit`, eager PyTorch) and its random numbers.
 
-Public APIs only: no `tensorflow.python` or other private imports.
+Public APIs only: no private TensorFlow modules or other private imports.
 """
 
 import keras
