@@ -73,7 +73,9 @@ def _pair(keras_cls, ours_cls, kwargs, build_args, seed=0, ours_kwargs=None):
     """A Keras layer with random weights and ours with the same weights."""
     keras_layer = keras_cls(**kwargs)
     ours = ours_cls(**(kwargs if ours_kwargs is None else ours_kwargs))
-    keras_layer(*build_args)
+    # With the scores Keras runs its einsum path (its fused one refuses
+    # key_dim != value_dim on JAX).
+    keras_layer(*build_args, return_attention_scores=True)
     ours(*build_args)
     _randomize(keras_layer, seed)
     transplant(keras_layer, ours)
@@ -96,16 +98,66 @@ MHA_CASES = {
         6,
     ),
     "rank4_default_axes": ({"num_heads": 2, "key_dim": 4}, (B, 3, 4, 8), (B, 2, 3, 8), None),
-    "rank4_axis2": ({"num_heads": 2, "key_dim": 4, "attention_axes": (2,)}, (B, 3, 4, 8), (B, 3, 5, 8), None),
-    "rank4_axis_negative": ({"num_heads": 2, "key_dim": 4, "attention_axes": -2}, (B, 3, 4, 8), (B, 3, 5, 8), None),
-    "rank4_axis1": ({"num_heads": 2, "key_dim": 4, "attention_axes": 1}, (B, 3, 4, 8), (B, 5, 4, 8), None),
-    "rank5_axes_1_3": ({"num_heads": 2, "key_dim": 4, "attention_axes": (1, 3)}, (B, 2, 3, 4, 8), (B, 3, 3, 2, 8), None),
-    "rank5_axes_3_2": ({"num_heads": 2, "key_dim": 4, "attention_axes": (3, -3)}, (B, 2, 3, 4, 8), (B, 2, 2, 3, 8), None),
-    "use_gate": ({"num_heads": 2, "key_dim": 4, "value_dim": 3, "use_gate": True}, (B, 5, 8), (B, 6, 8), None),
-    "use_gate_rank4": ({"num_heads": 2, "key_dim": 4, "use_gate": True, "attention_axes": (2,)}, (B, 3, 4, 8), (B, 3, 4, 8), None),
-    "output_shape_int": ({"num_heads": 2, "key_dim": 4, "output_shape": 6}, (B, 5, 8), (B, 5, 8), None),
-    "output_shape_tuple": ({"num_heads": 2, "key_dim": 4, "output_shape": (3, 2)}, (B, 5, 8), (B, 4, 8), None),
-    "output_shape_tuple_rank4": ({"num_heads": 2, "key_dim": 4, "output_shape": (2, 3)}, (B, 3, 4, 8), (B, 2, 2, 8), None),
+    "rank4_axis2": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": (2,)},
+        (B, 3, 4, 8),
+        (B, 3, 5, 8),
+        None,
+    ),
+    "rank4_axis_negative": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": -2},
+        (B, 3, 4, 8),
+        (B, 3, 5, 8),
+        None,
+    ),
+    "rank4_axis1": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": 1},
+        (B, 3, 4, 8),
+        (B, 5, 4, 8),
+        None,
+    ),
+    "rank5_axes_1_3": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": (1, 3)},
+        (B, 2, 3, 4, 8),
+        (B, 3, 3, 2, 8),
+        None,
+    ),
+    "rank5_axes_3_2": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": (3, -3)},
+        (B, 2, 3, 4, 8),
+        (B, 2, 2, 3, 8),
+        None,
+    ),
+    "use_gate": (
+        {"num_heads": 2, "key_dim": 4, "value_dim": 3, "use_gate": True},
+        (B, 5, 8),
+        (B, 6, 8),
+        None,
+    ),
+    "use_gate_rank4": (
+        {"num_heads": 2, "key_dim": 4, "use_gate": True, "attention_axes": (2,)},
+        (B, 3, 4, 8),
+        (B, 3, 4, 8),
+        None,
+    ),
+    "output_shape_int": (
+        {"num_heads": 2, "key_dim": 4, "output_shape": 6},
+        (B, 5, 8),
+        (B, 5, 8),
+        None,
+    ),
+    "output_shape_tuple": (
+        {"num_heads": 2, "key_dim": 4, "output_shape": (3, 2)},
+        (B, 5, 8),
+        (B, 4, 8),
+        None,
+    ),
+    "output_shape_tuple_rank4": (
+        {"num_heads": 2, "key_dim": 4, "output_shape": (2, 3)},
+        (B, 3, 4, 8),
+        (B, 2, 2, 8),
+        None,
+    ),
 }
 
 
@@ -176,7 +228,9 @@ def test_multi_head_attention_masks_match_keras(case):
     mask = _mask(mask_shape, seed=7).astype(dtype)
     args = (query, value) if key is None else (query, value, key)
     keras_layer, ours = _pair(keras.layers.MultiHeadAttention, ka.MultiHeadAttention, kwargs, args)
-    expected, expected_scores = keras_layer(*args, attention_mask=mask, return_attention_scores=True)
+    expected, expected_scores = keras_layer(
+        *args, attention_mask=mask, return_attention_scores=True
+    )
     output, scores = ours(*args, attention_mask=mask, return_attention_scores=True)
     _close(output, expected)
     _close(scores, expected_scores)
@@ -195,13 +249,35 @@ def test_causal_mask_and_padding_match_keras(implementation):
         (query, value),
     )
     ours.implementation = implementation
-    _close(ours(query, value, use_causal_mask=True), keras_layer(query, value, use_causal_mask=True))
+    _close(
+        ours(query, value, use_causal_mask=True), keras_layer(query, value, use_causal_mask=True)
+    )
     value_mask = np.ones((B, 5), bool)
     value_mask[0, 3:] = False
     _close(
         ours(query, value, value_mask=value_mask, use_causal_mask=True),
         keras_layer(query, value, value_mask=value_mask, use_causal_mask=True),
     )
+
+
+@pytest.mark.parametrize("attention_axes", [(2,), None])
+def test_causal_mask_over_attention_axes_is_the_documented_difference(attention_axes):
+    """Documented difference: with `attention_axes` (or rank > 3) ours makes the
+    causal mask over the attention positions in row-major order; Keras builds it
+    from axis 1 whatever the attention axes. Ours equals Keras given that mask."""
+    x = _rand(B, 3, 4, 8, seed=1)
+    kwargs = {"num_heads": 2, "key_dim": 4, "attention_axes": attention_axes}
+    keras_layer, ours = _pair(
+        keras.layers.MultiHeadAttention, ka.MultiHeadAttention, kwargs, (x, x)
+    )
+    positions = 4 if attention_axes else 12
+    causal = np.tril(np.ones((positions, positions), bool))
+    if attention_axes is None:
+        causal = causal.reshape(3, 4, 3, 4)
+    expected = keras_layer(x, x, attention_mask=causal)
+    for implementation in IMPLEMENTATIONS:
+        ours.implementation = implementation
+        _close(ours(x, x, use_causal_mask=True), expected)
 
 
 def test_query_rows_without_keys_are_the_documented_difference():
@@ -211,11 +287,16 @@ def test_query_rows_without_keys_are_the_documented_difference():
     fused `dot_product_attention` path) the mean of the projected values."""
     query, value = _rand(B, 4, 8, seed=1), _rand(B, 4, 8, seed=2)
     keras_layer, ours = _pair(
-        keras.layers.MultiHeadAttention, ka.MultiHeadAttention, {"num_heads": 2, "key_dim": 4}, (query, value)
+        keras.layers.MultiHeadAttention,
+        ka.MultiHeadAttention,
+        {"num_heads": 2, "key_dim": 4},
+        (query, value),
     )
     mask = np.ones((B, 4, 4), bool)
     mask[0, 2] = False  # query 2 of batch 0 may attend nothing
-    expected, expected_scores = keras_layer(query, value, attention_mask=mask, return_attention_scores=True)
+    expected, expected_scores = keras_layer(
+        query, value, attention_mask=mask, return_attention_scores=True
+    )
     output, scores = ours(query, value, attention_mask=mask, return_attention_scores=True)
     _close(output, expected)
     _close(scores, expected_scores)
@@ -234,7 +315,9 @@ def test_symbolic_scores_shape_for_cross_attention():
     the keys too; ours gives the eager shape."""
     query, value = keras.Input((5, 8)), keras.Input((7, 8))
     _, scores = ka.MultiHeadAttention(2, 4)(query, value, return_attention_scores=True)
-    _, keras_scores = keras.layers.MultiHeadAttention(2, 4)(query, value, return_attention_scores=True)
+    _, keras_scores = keras.layers.MultiHeadAttention(2, 4)(
+        query, value, return_attention_scores=True
+    )
     assert tuple(scores.shape) == (None, 2, 5, 7)
     assert tuple(keras_scores.shape) == (None, 2, 5, 5)
 
@@ -287,9 +370,13 @@ def test_grouped_query_attention_matches_keras(heads, use_gate):
         "use_gate": use_gate,
     }
     query, value = _rand(B, 5, 8, seed=1), _rand(B, 6, 8, seed=2)
-    keras_layer, ours = _pair(keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (query, value))
+    keras_layer, ours = _pair(
+        keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (query, value)
+    )
     mask = _mask((B, 5, 6), seed=3)
-    expected, expected_scores = keras_layer(query, value, attention_mask=mask, return_attention_scores=True)
+    expected, expected_scores = keras_layer(
+        query, value, attention_mask=mask, return_attention_scores=True
+    )
     output, scores = ours(query, value, attention_mask=mask, return_attention_scores=True)
     _close(output, expected)
     _close(scores, expected_scores)
@@ -301,7 +388,9 @@ def test_grouped_query_attention_matches_keras(heads, use_gate):
 def test_grouped_query_attention_decoding_cache_matches_keras_causal():
     kwargs = {"head_dim": 4, "num_query_heads": 4, "num_key_value_heads": 2, "use_gate": True}
     x = _rand(B, 5, 8, seed=1)
-    keras_layer, ours = _pair(keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (x, x))
+    keras_layer, ours = _pair(
+        keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (x, x)
+    )
     expected = _np(keras_layer(x, x, use_causal_mask=True))
     cache = ours.get_initial_cache(B, 5)
     for index in range(5):
@@ -329,9 +418,17 @@ def test_grouped_query_attention_layer_test(tmp_path):
 # Keras layer -> (our class, Keras constructor kwargs, our constructor kwargs)
 LIST_CASES = {
     "attention": (keras.layers.Attention, ka.LuongAttention, {}),
-    "attention_use_scale": (keras.layers.Attention, ka.LuongAttention, {"use_scale": True, "score_mode": "dot"}),
+    "attention_use_scale": (
+        keras.layers.Attention,
+        ka.LuongAttention,
+        {"use_scale": True, "score_mode": "dot"},
+    ),
     "additive": (keras.layers.AdditiveAttention, ka.AdditiveAttention, {}),
-    "additive_no_scale": (keras.layers.AdditiveAttention, ka.AdditiveAttention, {"use_scale": False}),
+    "additive_no_scale": (
+        keras.layers.AdditiveAttention,
+        ka.AdditiveAttention,
+        {"use_scale": False},
+    ),
 }
 
 
@@ -362,7 +459,10 @@ def test_list_calls_match_keras(case, with_key):
     np.testing.assert_allclose(scores[query_mask], expected_scores[query_mask], atol=ATOL, rtol=0)
     np.testing.assert_array_equal(scores[0, 3], 0.0)
     # The keyword form gives the same as the list form.
-    _close(ours(query, value, key if with_key else None, query_mask=query_mask, value_mask=value_mask), output)
+    _close(
+        ours(query, value, key if with_key else None, query_mask=query_mask, value_mask=value_mask),
+        output,
+    )
 
 
 @pytest.mark.parametrize("case", ["attention_use_scale", "additive"])
@@ -390,7 +490,9 @@ def test_list_calls_in_functional_models(case, tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path)
     np.testing.assert_allclose(
-        reloaded.predict([query, value], verbose=0), model.predict([query, value], verbose=0), atol=1e-6
+        reloaded.predict([query, value], verbose=0),
+        model.predict([query, value], verbose=0),
+        atol=1e-6,
     )
 
 
@@ -414,10 +516,14 @@ def test_transformer_blocks_return_attention_scores():
     np.testing.assert_allclose(_np(cross_scores).sum(-1), 1.0, atol=1e-5)
 
     symbolic = decoder.compute_output_spec(
-        keras.KerasTensor((None, 5, 8)), keras.KerasTensor((None, 6, 8)), return_attention_scores=True
+        keras.KerasTensor((None, 5, 8)),
+        keras.KerasTensor((None, 6, 8)),
+        return_attention_scores=True,
     )
     assert [tuple(t.shape) for t in symbolic] == [(None, 5, 8), (None, 2, 5, 5), (None, 2, 5, 6)]
-    symbolic = encoder.compute_output_spec(keras.KerasTensor((None, 5, 8)), return_attention_scores=True)
+    symbolic = encoder.compute_output_spec(
+        keras.KerasTensor((None, 5, 8)), return_attention_scores=True
+    )
     assert [tuple(t.shape) for t in symbolic] == [(None, 5, 8), (None, 2, 5, 5)]
 
 
@@ -440,35 +546,139 @@ def test_transformer_decoder_scores_with_cache():
 # ------------------------------------------------------------------ bad inputs
 
 BAD_CASES = [
-    (lambda: ka.MultiHeadAttention(2, 4, output_shape=0), ValueError, r"`output_shape`.*Received: output_shape=0"),
-    (lambda: ka.MultiHeadAttention(2, 4, output_shape=(3, -1)), ValueError, r"`output_shape`.*\(3, -1\)"),
-    (lambda: ka.MultiHeadAttention(2, 4, output_shape=(4,), output_dim=4), ValueError, r"`output_dim` or `output_shape`"),
-    (lambda: ka.MultiHeadAttention(2, 4, attention_axes=0), ValueError, r"`attention_axes`.*Received: attention_axes=0"),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, output_shape=0),
+        ValueError,
+        r"`output_shape`.*Received: output_shape=0",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, output_shape=(3, -1)),
+        ValueError,
+        r"`output_shape`.*\(3, -1\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, output_shape=(4,), output_dim=4),
+        ValueError,
+        r"`output_dim` or `output_shape`",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=0),
+        ValueError,
+        r"`attention_axes`.*Received: attention_axes=0",
+    ),
     (lambda: ka.MultiHeadAttention(2, 4, attention_axes="1"), ValueError, r"`attention_axes`.*'1'"),
-    (lambda: ka.MultiHeadAttention(2, 4, attention_axes=(1, 1)), ValueError, r"`attention_axes`.*\(1, 1\)"),
-    (lambda: ka.MultiHeadAttention(2, 4, use_gate=1), TypeError, r"`use_gate`.*Received: use_gate=1"),
-    (lambda: ka.MultiHeadAttention(2, 4, attention_axes=3)(_rand(2, 3, 8), _rand(2, 3, 8)), ValueError, r"`attention_axes`.*\[1, 1\].*Received: attention_axes=\(3,\)"),
-    (lambda: ka.MultiHeadAttention(2, 4, attention_axes=-1)(_rand(2, 3, 4, 8), _rand(2, 3, 4, 8)), ValueError, r"`attention_axes`.*Received: attention_axes=\(-1,\)"),
-    (lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 4, 8), _rand(2, 3, 8)), ValueError, r"`value` must be rank 4, the rank of `query`"),
-    (lambda: ka.MultiHeadAttention(2, 4, attention_axes=2)(_rand(2, 3, 4, 8), _rand(2, 5, 4, 8)), ValueError, r"`query` and `value` must agree.*\(0, 1\)"),
-    (lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 4, 8), _rand(2, 3, 4, 8), query_mask=np.ones((2, 3), bool)), ValueError, r"Keras masks.*attention_mask"),
-    (lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((3,), bool)), ValueError, r"`attention_mask` must have between 4 and 6 axes"),
-    (lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((2, 3, 4, 3, 5), bool)), ValueError, r"`attention_mask` of shape \(2, 1, 3, 4, 3, 5\)"),
-    (lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 8), _rand(2, 5, 8), attention_mask=np.full((3, 5), 0.5, "float32")), ValueError, r"`attention_mask`.*holding 0.5"),
-    (lambda: ka.GroupedQueryAttention(4, 6, 4), ValueError, r"`num_query_heads` must be divisible by `num_key_value_heads`.*num_query_heads=6"),
-    (lambda: ka.GroupedQueryAttention(0, 4, 2), ValueError, r"`head_dim` must be a positive integer. Received: head_dim=0"),
-    (lambda: ka.GroupedQueryAttention(4, 4, 2, num_heads=4), TypeError, r"not `num_heads`.*num_heads=4"),
-    (lambda: ka.LuongAttention(score_mode="concat"), ValueError, r"`score_mode`.*AdditiveAttention.*score_mode='concat'"),
-    (lambda: ka.LuongAttention(score="general", score_mode="dot"), ValueError, r"`score` or `score_mode`"),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=(1, 1)),
+        ValueError,
+        r"`attention_axes`.*\(1, 1\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, use_gate=1),
+        TypeError,
+        r"`use_gate`.*Received: use_gate=1",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=3)(_rand(2, 3, 8), _rand(2, 3, 8)),
+        ValueError,
+        r"`attention_axes`.*\[1, 1\].*Received: attention_axes=\(3,\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=-1)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8)
+        ),
+        ValueError,
+        r"`attention_axes`.*Received: attention_axes=\(-1,\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 4, 8), _rand(2, 3, 8)),
+        ValueError,
+        r"`value` must be rank 4, the rank of `query`",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=2)(_rand(2, 3, 4, 8), _rand(2, 5, 4, 8)),
+        ValueError,
+        r"`query` and `value` must agree.*\(0, 1\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), query_mask=np.ones((2, 3), bool)
+        ),
+        ValueError,
+        r"Keras masks.*attention_mask",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((3,), bool)
+        ),
+        ValueError,
+        r"`attention_mask` must have between 4 and 6 axes",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((2, 3, 4, 3, 5), bool)
+        ),
+        ValueError,
+        r"`attention_mask` of shape \(2, 1, 3, 4, 3, 5\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 8), _rand(2, 5, 8), attention_mask=np.full((3, 5), 0.5, "float32")
+        ),
+        ValueError,
+        r"`attention_mask`.*holding 0.5",
+    ),
+    (
+        lambda: ka.GroupedQueryAttention(4, 6, 4),
+        ValueError,
+        r"`num_query_heads` must be divisible by `num_key_value_heads`.*num_query_heads=6",
+    ),
+    (
+        lambda: ka.GroupedQueryAttention(0, 4, 2),
+        ValueError,
+        r"`head_dim` must be a positive integer. Received: head_dim=0",
+    ),
+    (
+        lambda: ka.GroupedQueryAttention(4, 4, 2, num_heads=4),
+        TypeError,
+        r"not `num_heads`.*num_heads=4",
+    ),
+    (
+        lambda: ka.LuongAttention(score_mode="concat"),
+        ValueError,
+        r"`score_mode`.*AdditiveAttention.*score_mode='concat'",
+    ),
+    (
+        lambda: ka.LuongAttention(score="general", score_mode="dot"),
+        ValueError,
+        r"`score` or `score_mode`",
+    ),
     (lambda: ka.LuongAttention(use_scale="yes"), TypeError, r"`use_scale`.*'yes'"),
-    (lambda: ka.AdditiveAttention(units=4, use_scale=True), ValueError, r"`use_scale` is only used without `units`"),
-    (lambda: ka.AdditiveAttention()([_rand(2, 3, 4), _rand(2, 5, 6)]), ValueError, r"Without `units`.*query.shape=\(2, 3, 4\)"),
-    (lambda: ka.LuongAttention()([_rand(2, 3, 4)]), ValueError, r"`inputs` must be a list \[query, value\].*length 1"),
-    (lambda: ka.LuongAttention()([_rand(2, 3, 4)] * 2, mask=np.ones((2, 3), bool)), ValueError, r"`mask` must be a list \[query_mask, value_mask\]"),
+    (
+        lambda: ka.AdditiveAttention(units=4, use_scale=True),
+        ValueError,
+        r"`use_scale` is only used without `units`",
+    ),
+    (
+        lambda: ka.AdditiveAttention()([_rand(2, 3, 4), _rand(2, 5, 6)]),
+        ValueError,
+        r"Without `units`.*query.shape=\(2, 3, 4\)",
+    ),
+    (
+        lambda: ka.LuongAttention()([_rand(2, 3, 4)]),
+        ValueError,
+        r"`inputs` must be a list \[query, value\].*length 1",
+    ),
+    (
+        lambda: ka.LuongAttention()([_rand(2, 3, 4)] * 2, mask=np.ones((2, 3), bool)),
+        ValueError,
+        r"`mask` must be a list \[query_mask, value_mask\]",
+    ),
 ]
 
 
-@pytest.mark.parametrize("make, error, pattern", BAD_CASES, ids=[str(i) for i in range(len(BAD_CASES))])
+@pytest.mark.parametrize(
+    "make, error, pattern", BAD_CASES, ids=[str(i) for i in range(len(BAD_CASES))]
+)
 def test_bad_keras_arguments_raise_clear_errors(make, error, pattern):
     with pytest.raises(error, match=pattern):
         make()

@@ -97,6 +97,6 @@ def test_mask_dtypes():
     with pytest.raises(ValueError, match="mask.*-1000000000.0"):
         masks.validate_mask(np.array([0.0, -1e9], "float32"))
     with pytest.raises(TypeError, match="mask"):
-        masks.validate_mask(np.array(["a", "b"]))
+        masks.validate_mask(np.array([1j, 0j], "complex64"))
     with pytest.raises(TypeError, match="dtype"):
         masks.large_negative_number("int32")

@@ -33,8 +33,10 @@ class MultiHeadAttention(keras.layers.Layer):
     `(batch, seq, heads, dim)`), and rows `h * value_dim:(h + 1) * value_dim` of the
     output kernel. A `keras.layers.MultiHeadAttention` kernel of shape
     `(features, heads, dim)` becomes ours with `kernel.reshape(features, heads * dim)`;
-    its output kernel `(heads, dim, out)` with `kernel.reshape(heads * dim, out)`; its
-    biases `(heads, dim)` with `bias.reshape(-1)`.
+    its output kernel `(heads, dim, *output_shape)` with
+    `kernel.reshape(heads * dim, -1)`; its biases with `bias.reshape(-1)`. With
+    `use_gate`, `gate_dense` has a kernel `(query_features, num_heads * value_dim)`
+    (Keras' `gate` kernel `(features, heads, dim)` reshaped the same way).
 
     Grouped-query attention (GQA; multi-query attention for `num_key_value_heads=1`):
     query heads come in contiguous groups of `num_heads // num_key_value_heads`, and
@@ -61,6 +63,21 @@ class MultiHeadAttention(keras.layers.Layer):
         use_bias: whether the four projections have biases.
         output_dim: positive int, size of the output; defaults to the query's feature
             size.
+        output_shape: Keras' name: a positive int (the same as `output_dim`) or a
+            tuple of them, the trailing output axes (the output projection is one
+            `Dense` to `prod(output_shape)` units, reshaped). Give at most one of
+            `output_dim` and `output_shape`.
+        attention_axes: int or tuple of ints, the axes of rank-`r` inputs
+            `(batch, ..., features)` attended over, negative axes counted from the
+            end (`-2` is the last non-feature axis); `None` (default) attends over
+            every axis but the batch and the features. The other axes act as batch
+            axes. As in `keras.layers.MultiHeadAttention`; internally the other axes
+            move next to the batch axis and the attention axes are flattened
+            (row-major) into one sequence axis.
+        use_gate: if `True`, gated attention (Qiu et al., 2025, as in Keras):
+            each head's output is multiplied by `sigmoid(query W_g + b_g)`, from a
+            `Dense(num_heads * value_dim)` sublayer `gate_dense`, before the output
+            projection.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         kernel_constraint, bias_constraint: passed to the four `Dense` projections.
         activity_regularizer: regularizer on the layer's output.
@@ -76,8 +93,9 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        query: `(batch, q_len, query_features)`.
-        value: `(batch, kv_len, value_features)`.
+        query: `(batch, q_len, query_features)`, or with more axes (see
+            `attention_axes`).
+        value: `(batch, kv_len, value_features)`, the rank of `query`.
         key: optional `(batch, kv_len, key_features)`; defaults to `value`.
         query_mask, value_mask, key_mask: Keras masks `(batch, len)`, filled in by
             Keras (e.g. from `Embedding(mask_zero=True)`). Padded keys get no weight;
@@ -85,9 +103,13 @@ class MultiHeadAttention(keras.layers.Layer):
             output rows equal the output projection's bias (zeros only with
             `use_bias=False`), in every implementation path. The query's mask
             travels on.
-        attention_mask: boolean `(batch, q_len, kv_len)` or
-            `(batch, num_heads, q_len, kv_len)`, `True` = may attend.
-        use_causal_mask: if `True`, query `i` attends only keys `j <= i`.
+        attention_mask: boolean (or 0/1) `(q_len, kv_len)`, `(batch, q_len, kv_len)`
+            or `(batch, num_heads, q_len, kv_len)`, `True` = may attend; size-1 axes
+            broadcast. With `attention_axes` / rank > 3, as in Keras:
+            `(batch, other axes..., num_heads, query axes..., key axes...)`, leading
+            axes optional. Keras masks then are refused (pass this instead).
+        use_causal_mask: if `True`, query `i` attends only keys `j <= i` (with
+            several attention axes: positions in row-major order).
         return_attention_scores: if `True`, also return the attention weights.
         training: whether dropout is active.
         cache: optional cache tensor (see above); `value` (and `key`) are then the new
@@ -103,8 +125,10 @@ class MultiHeadAttention(keras.layers.Layer):
             a whole generation). Not combined with `cache`.
 
     Returns:
-        `(batch, q_len, output_dim)`; with `return_attention_scores=True` also the
-        weights `(batch, num_heads, q_len, kv_len)`; with `cache`, the updated cache
+        `(batch, q_len, output_dim)` (`query.shape[:-1] + output_shape` in general);
+        with `return_attention_scores=True` also the weights
+        `(batch, num_heads, q_len, kv_len)` (with `attention_axes`:
+        `(batch, other axes..., num_heads, query axes..., key axes...)`); with `cache`, the updated cache
         comes last: `(output, new_cache)` or `(output, scores, new_cache)` (scores then
         cover all `max_length` positions). The output carries the query's Keras mask.
 
@@ -490,9 +514,7 @@ class MultiHeadAttention(keras.layers.Layer):
         q_dims = [q_shape[axis] for axis in axes]
         kv_dims = [kv_shape[axis] for axis in axes]
 
-        flat_query = ops.reshape(
-            ops.transpose(query, perm), (-1, _prod(q_dims), query.shape[-1])
-        )
+        flat_query = ops.reshape(ops.transpose(query, perm), (-1, _prod(q_dims), query.shape[-1]))
         flat_value = ops.reshape(ops.transpose(value, perm), (-1, _prod(kv_dims), value.shape[-1]))
         flat_key = ops.reshape(ops.transpose(key, perm), (-1, _prod(kv_dims), key.shape[-1]))
         if attention_mask is not None:

@@ -109,9 +109,7 @@ class TransformerEncoder(_TransformerBlock):
 
         def self_attention(x):
             if not return_attention_scores:
-                return self.self_attention(
-                    x, x, attention_mask=attention_mask, training=training
-                )
+                return self.self_attention(x, x, attention_mask=attention_mask, training=training)
             output, weights = self.self_attention(
                 x,
                 x,
