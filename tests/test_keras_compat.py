@@ -340,7 +340,7 @@ def test_functional_model_with_keras_arguments_saves_and_reloads(tmp_path):
 
 
 def test_lora_and_int8_reach_the_gate():
-    """The gate is a `Dense`, so LoRA and `Model.quantize("int8")` apply to it."""
+    """The gate is a `Dense`, so LoRA and int8 quantization apply to it."""
     inputs = keras.Input((5, 8))
     layer = ka.MultiHeadAttention(num_heads=2, key_dim=4, use_gate=True)
     model = keras.Model(inputs, layer(inputs, inputs))
@@ -349,7 +349,8 @@ def test_lora_and_int8_reach_the_gate():
     layer.gate_dense.enable_lora(2)
     assert layer.gate_dense.lora_enabled
     np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-6)  # B = 0
-    model.quantize("int8")
+    for dense in (layer.query_dense, layer.key_dense, layer.value_dense, layer.gate_dense):
+        dense.quantize("int8")
     assert layer.gate_dense.quantization_mode == "int8"
     np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=0.1)
 
