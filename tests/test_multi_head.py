@@ -466,8 +466,9 @@ def test_bad_call_arguments():
         layer(x[:, :1], x[:, :1], cache=_rand(2, 5, 7), cache_index=0)
     with pytest.raises(ValueError, match="attention_mask"):
         layer(x, x, attention_mask=np.ones((2, 5, 4), bool))
-    with pytest.raises(TypeError, match="attention_mask"):
-        layer(x, x, attention_mask=np.ones((2, 5, 5), "float32"))
+    # Float masks are read as in Keras (`!= 0`), but only 0 and 1 are taken.
+    with pytest.raises(ValueError, match="attention_mask.*0.5"):
+        layer(x, x, attention_mask=np.full((2, 5, 5), 0.5, "float32"))
 
 
 def test_initial_cache_requires_built_layer():
