@@ -1,5 +1,6 @@
 """`keras_attention.masks`."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -79,7 +80,9 @@ def test_merge_attention_masks():
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_mask_to_bias_is_finite_and_blocks(dtype):
-    bias = np.asarray(masks.mask_to_bias(np.array([True, False]), dtype)).astype("float32")
+    bias = keras.ops.convert_to_numpy(
+        keras.ops.cast(masks.mask_to_bias(np.array([True, False]), dtype), "float32")
+    )
     assert bias[0] == 0
     assert np.isfinite(bias[1]) and bias[1] <= -3e4
     # Adding the most negative score representable after scaling never overflows.
