@@ -96,8 +96,8 @@ def causal_mask(q_len, kv_len=None, offset=0):
     return ops.less_equal(cols, rows + ops.cast(offset, "int32"))
 
 
-def sliding_window_mask(q_len, kv_len, window):
-    """Local-attention band: `True` where `|i - j| < window`.
+def sliding_window_mask(q_len, kv_len, window, offset=0):
+    """Local-attention band: `True` where `|i + offset - j| < window`.
 
     Query `i` sees the `window - 1` keys on each side of position `i` and key `i`
     itself. Combine it with :func:`causal_mask` (through :func:`combine_masks`) for a
@@ -107,12 +107,14 @@ def sliding_window_mask(q_len, kv_len, window):
         q_len: number of queries.
         kv_len: number of keys.
         window: positive integer, half-width of the band plus one.
+        offset: position of the first query among the keys (int or scalar tensor),
+            as in :func:`causal_mask`.
 
     Returns:
         Boolean tensor of shape `(q_len, kv_len)`.
     """
     _validation.check_positive_int(window, "window")
-    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
+    rows = ops.expand_dims(ops.arange(q_len, dtype="int32") + ops.cast(offset, "int32"), -1)
     cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
     return ops.less(ops.abs(rows - cols), window)
 

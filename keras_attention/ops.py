@@ -6,6 +6,7 @@ reshapes shared by the multi-head layers live here too.
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -37,6 +38,9 @@ def scaled_dot_product_attention(
     return_attention_scores=False,
     implementation=None,
     chunk_size=None,
+    bias=None,
+    soft_cap=None,
+    sliding_window=None,
 ):
     """Scaled dot-product attention: `softmax(Q K^T * scale + bias) V`.
 
@@ -78,6 +82,25 @@ def scaled_dot_product_attention(
             scores, so `"chunked"`/`"fused"` refuse them.
         chunk_size: query rows per chunk for `"chunked"`; by default chosen so one
             chunk's scores hold about `CHUNK_ELEMENTS` numbers.
+        bias: optional additive score bias (ALiBi, T5 relative positions, ...):
+            either a tensor broadcastable to the scores `(..., q_len, kv_len)`
+            (each of its dimensions 1 or equal to the scores'), or a callable
+            `bias(query_positions, key_positions)` taking two int32 vectors of
+            0-based positions and returning a tensor broadcastable to
+            `(..., len(query_positions), len(key_positions))`. A callable lets the
+            chunked path compute the bias a block at a time instead of
+            materialising `(q_len, kv_len)`. Added after the soft cap.
+        soft_cap: optional positive float `c`: the scaled scores become
+            `c * tanh(scores / c)` (logit soft-capping, as in Gemma 2) before the
+            bias and the mask. Not available on `"fused"` (no backend kernel has it).
+        sliding_window: optional positive int `w`: query `i` sees only keys `j`
+            with `|i - j| < w` (`keras_attention.masks.sliding_window_mask`);
+            with `causal=True` that is the `w` most recent keys, `i - w < j <= i`.
+            Combined with `mask` by logical AND.
+
+        The logits are therefore
+        `mask(bias + soft_cap(scale * Q K^T))`, computed in float32 under
+        mixed precision.
 
     Returns:
         `(..., q_len, d_v)`, or `(output, weights)` with weights
@@ -102,27 +125,41 @@ def scaled_dot_product_attention(
     else:
         _validation.check_positive_float(scale, "scale")
 
+    if soft_cap is not None:
+        _validation.check_positive_float(soft_cap, "soft_cap")
+    _validation.check_positive_int(sliding_window, "sliding_window", allow_none=True)
+
     scores_shape = tuple(query.shape[:-1]) + (key.shape[-2],)
     mask = _check_mask(mask, scores_shape)
+    bias = _check_bias(bias, scores_shape)
     implementation = _choose_implementation(
-        implementation, scores_shape, return_attention_scores, training and dropout_rate > 0
+        implementation,
+        scores_shape,
+        return_attention_scores,
+        training and dropout_rate > 0,
+        soft_cap is not None,
     )
     if implementation == "fused" and len(query.shape) != 4:
         raise ValueError(
             "implementation='fused' needs (batch, heads, seq, dim) inputs. "
             f"Received: query.shape={tuple(query.shape)}"
         )
+    score_mod = _ScoreModifier(bias, soft_cap, sliding_window, causal)
+    if implementation == "fused" and isinstance(scale, numbers.Real):
+        # The kernel scales inside; a separate pass over the queries costs ~5 %.
+        return _fused_attention(query, key, value, mask, score_mod, float(scale))
     # Scaling the queries (q_len * d_k numbers) is cheaper than scaling the scores
     # (q_len * kv_len) and keeps float16 products further from overflow.
     query = query * ops.cast(scale, query.dtype)
     if implementation == "chunked":
-        return _chunked_attention(query, key, value, mask, causal, chunk_size)
+        return _chunked_attention(query, key, value, mask, score_mod, chunk_size)
     if implementation == "fused":
-        return _fused_attention(query, key, value, mask, causal)
+        return _fused_attention(query, key, value, mask, score_mod, 1.0)
 
-    if causal:
-        mask = _with_causal(mask, query, key)
-    scores = ops.einsum("...qd,...kd->...qk", query, key)
+    q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
+    mask = masks_lib.combine_masks(mask, score_mod.mask(q_len, kv_len))
+    bias = score_mod.block_bias(q_len, kv_len, scores_shape=scores_shape)
+    scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", query, key), bias)
     return attention_from_scores(
         scores,
         value,
@@ -204,13 +241,21 @@ def check_implementation(implementation):
     _validation.check_one_of(implementation, "implementation", _IMPLEMENTATIONS)
 
 
-def _choose_implementation(implementation, scores_shape, need_weights, need_dropout):
+def _choose_implementation(
+    implementation, scores_shape, need_weights, need_dropout, need_soft_cap=False
+):
     check_implementation(implementation)
     if implementation in ("chunked", "fused") and (need_weights or need_dropout):
         raise ValueError(
             f"implementation={implementation!r} cannot return attention weights or "
             "apply attention dropout (both need the full score matrix); use "
             "implementation='plain' or None."
+        )
+    if implementation == "fused" and need_soft_cap:
+        raise ValueError(
+            "implementation='fused' cannot apply `soft_cap` (no backend's fused kernel "
+            "computes `c * tanh(scores / c)`); use implementation='plain', 'chunked' "
+            "or None."
         )
     if implementation is not None:
         return implementation
@@ -221,8 +266,8 @@ def _choose_implementation(implementation, scores_shape, need_weights, need_drop
     if _all_static(scores_shape) and math.prod(scores_shape) > CHUNKED_THRESHOLD:
         return "chunked"
     default = backend_lib.default_implementation()
-    if default == "fused" and len(scores_shape) != 4:
-        return "plain"  # the fused kernel wants (batch, heads, seq, dim)
+    if default == "fused" and (len(scores_shape) != 4 or need_soft_cap):
+        return "plain"  # the fused kernel wants (batch, heads, seq, dim), no soft cap
     return default
 
 
@@ -234,7 +279,63 @@ def _static(dim):
     return isinstance(dim, int) and not isinstance(dim, bool)
 
 
-def _chunked_attention(query, key, value, mask, causal, chunk_size):
+class _ScoreModifier:
+    """The position-dependent parts of the logits: soft cap, bias, causal and window.
+
+    Every path asks it for one block of queries `[q_offset, q_offset + q_len)`
+    against all `kv_len` keys, so the chunked path never builds a `(q_len, kv_len)`
+    bias or mask for the whole sequence.
+    """
+
+    def __init__(self, bias, soft_cap, sliding_window, causal):
+        self.bias = bias
+        self.soft_cap = soft_cap
+        self.sliding_window = sliding_window
+        self.causal = causal
+
+    @property
+    def bias_has_rows(self):
+        """Whether a tensor bias varies along the query axis (must be chunked)."""
+        return (
+            self.bias is not None
+            and not callable(self.bias)
+            and len(self.bias.shape) >= 2
+            and self.bias.shape[-2] != 1
+        )
+
+    def mask(self, q_len, kv_len, q_offset=0):
+        """Causal and sliding-window mask of the block, or `None`."""
+        causal = masks_lib.causal_mask(q_len, kv_len, q_offset) if self.causal else None
+        window = None
+        if self.sliding_window is not None:
+            window = masks_lib.sliding_window_mask(q_len, kv_len, self.sliding_window, q_offset)
+        return masks_lib.combine_masks(causal, window)
+
+    def block_bias(self, q_len, kv_len, q_offset=0, scores_shape=None):
+        """The bias of the block (`None` without one); a callable is evaluated here."""
+        if not callable(self.bias):
+            return self.bias
+        q_positions = ops.arange(q_len, dtype="int32") + ops.cast(q_offset, "int32")
+        bias = ops.convert_to_tensor(self.bias(q_positions, ops.arange(kv_len, dtype="int32")))
+        if scores_shape is not None:
+            _check_bias(bias, scores_shape)
+        return bias
+
+    def apply(self, scores, bias=None):
+        """Soft cap, then `bias`, on raw scaled scores (float32 under mixed precision)."""
+        if self.soft_cap is None and bias is None:
+            return scores
+        if keras.backend.standardize_dtype(scores.dtype) in _LOW_PRECISION:
+            scores = ops.cast(scores, "float32")
+        if self.soft_cap is not None:
+            cap = ops.cast(self.soft_cap, scores.dtype)
+            scores = cap * ops.tanh(scores / cap)
+        if bias is not None:
+            scores = scores + ops.cast(bias, scores.dtype)
+        return scores
+
+
+def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
     """Exact attention, `chunk_size` query rows at a time, recomputed in the backward.
 
     Each chunk sees every key, so its softmax is exact; a scan runs the
@@ -261,7 +362,8 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
     padded = num_chunks * chunk_size
 
     def to_chunks(x):
-        # (..., q_len, f) -> (num_chunks, ..., chunk_size, f)
+        # (..., q_len, f) -> (num_chunks, ..., chunk_size, f), x padded to query rank
+        x = ops.reshape(x, (1,) * (len(query.shape) - len(x.shape)) + tuple(ops.shape(x)))
         pad = [(0, 0)] * (len(x.shape) - 2) + [(0, padded - q_len), (0, 0)]
         x = ops.pad(x, pad)
         x = ops.reshape(x, ops.shape(x)[:-2] + (num_chunks, chunk_size, ops.shape(x)[-1]))
@@ -275,27 +377,35 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
         if mask.shape[-2] != 1:
             chunked_mask = to_chunks(ops.cast(mask, "int8"))
             mask = None
-
+    chunked_bias = to_chunks(score_mod.bias) if score_mod.bias_has_rows else None
     has_row_mask = chunked_mask is not None
+    has_row_bias = chunked_bias is not None
 
     @keras.remat
-    def attend_chunk(q_chunk, key, value, offset, mask_chunk):
+    def attend_chunk(q_chunk, key, value, offset, mask_chunk, bias_chunk):
+        kv = ops.shape(key)[-2]
         chunk_mask = masks_lib.combine_masks(
             mask,
             ops.cast(mask_chunk, "bool") if has_row_mask else None,
-            masks_lib.causal_mask(chunk_size, ops.shape(key)[-2], offset) if causal else None,
+            score_mod.mask(chunk_size, kv, offset),
         )
-        scores = ops.einsum("...qd,...kd->...qk", q_chunk, key)
+        bias = bias_chunk if has_row_bias else score_mod.block_bias(chunk_size, kv, offset)
+        scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", q_chunk, key), bias)
         return attention_from_scores(scores, value, mask=chunk_mask)
 
     offsets = ops.arange(num_chunks, dtype="int32") * chunk_size
-    mask_xs = chunked_mask if has_row_mask else ops.zeros((num_chunks,), "int8")
+    placeholder = ops.zeros((num_chunks,), "int8")
     output_zeros = ops.zeros(
         tuple(ops.shape(query)[:-2]) + (chunk_size, value.shape[-1]), value.dtype
     )
     outputs = backend_lib.map_sequentially(
-        lambda xs: attend_chunk(xs[0], key, value, xs[1], xs[2]),
-        (to_chunks(query), offsets, mask_xs),
+        lambda xs: attend_chunk(xs[0], key, value, xs[1], xs[2], xs[3]),
+        (
+            to_chunks(query),
+            offsets,
+            chunked_mask if has_row_mask else placeholder,
+            chunked_bias if has_row_bias else placeholder,
+        ),
         output_zeros,
     )
     # (num_chunks, ..., chunk_size, d_v) -> (..., q_len, d_v)
@@ -304,29 +414,43 @@ def _chunked_attention(query, key, value, mask, causal, chunk_size):
     return outputs[..., :q_len, :]
 
 
-def _fused_attention(query, key, value, mask, causal):
+def _fused_attention(query, key, value, mask, score_mod, scale):
     """`keras.ops.dot_product_attention` with this package's semantics.
 
-    The queries arrive already scaled. Keras' function wants `(batch, seq, heads,
-    dim)`; its fully masked rows average the values, so they are zeroed here.
+    `scale` multiplies `Q K^T` in the kernel (1.0 when the queries arrive scaled). Keras' function wants `(batch, seq, heads,
+    dim)`; its fully masked rows average the values, so they are zeroed here. A
+    score bias is passed as Keras' `bias`, with the mask folded into it (Keras'
+    PyTorch backend takes one or the other).
     """
     d_k, d_v = query.shape[-1], value.shape[-1]
     if not backend_lib.fused_supports(query.shape, key.shape, value.shape):
         # The kernel needs one head size: zero features change no dot product (the
-        # queries are already scaled) and zero value features give zero outputs,
-        # sliced off below.
+        # scale is explicit) and zero value features give zero outputs, sliced off
+        # below.
         size = max(d_k, d_v)
         query, key, value = (
             ops.pad(x, [(0, 0)] * 3 + [(0, size - x.shape[-1])]) for x in (query, key, value)
         )
-    if causal:
-        mask = _with_causal(mask, query, key)
+    q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
+    mask = masks_lib.combine_masks(mask, score_mod.mask(q_len, kv_len))
     to_bshd = lambda x: ops.transpose(x, (0, 2, 1, 3))  # noqa: E731
+    scores_shape = tuple(ops.shape(query)[:-1]) + (kv_len,)
     full_mask = None
     if mask is not None:
-        full_mask = ops.broadcast_to(mask, tuple(ops.shape(query)[:-1]) + (ops.shape(key)[-2],))
+        full_mask = ops.broadcast_to(mask, scores_shape)
+    bias = score_mod.block_bias(q_len, kv_len)
+    if bias is not None:
+        bias = ops.cast(bias, query.dtype)
+        if full_mask is not None:
+            bias = bias + masks_lib.mask_to_bias(full_mask, query.dtype)
+        bias = ops.broadcast_to(bias, scores_shape)
     output = ops.dot_product_attention(
-        to_bshd(query), to_bshd(key), to_bshd(value), mask=full_mask, scale=1.0
+        to_bshd(query),
+        to_bshd(key),
+        to_bshd(value),
+        bias=bias,
+        mask=full_mask if bias is None else None,
+        scale=scale,
     )
     output = to_bshd(output)
     if output.shape[-1] != d_v:
@@ -372,10 +496,29 @@ def merge_heads(x):
     return ops.reshape(x, (shape[0], shape[2], x.shape[2] * x.shape[3]))
 
 
-def _with_causal(mask, query, key):
-    """`mask` AND the top-left aligned causal mask of `query` against `key`."""
-    q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
-    return masks_lib.combine_masks(mask, masks_lib.causal_mask(q_len, kv_len))
+def _check_bias(bias, scores_shape):
+    """Validate a score bias: a callable, or a tensor each of whose dimensions is 1 or
+    the scores' (a bias never broadcasts the scores to a larger shape)."""
+    if bias is None or callable(bias):
+        return bias
+    bias = ops.convert_to_tensor(bias)
+    if not keras.backend.is_float_dtype(bias.dtype):
+        raise TypeError(
+            "`bias` must be a float tensor (or a callable returning one). "
+            f"Received: bias.dtype={keras.backend.standardize_dtype(bias.dtype)}"
+        )
+    shape = tuple(bias.shape)
+    fits = len(shape) <= len(scores_shape) and all(
+        b in (None, 1) or s is None or b == s
+        for b, s in zip(reversed(shape), reversed(scores_shape))
+    )
+    if not fits:
+        raise ValueError(
+            "`bias` must broadcast to the attention scores of shape "
+            f"{tuple(scores_shape)} (each dimension 1 or equal). "
+            f"Received: bias.shape={shape}"
+        )
+    return bias
 
 
 def _check_mask(mask, scores_shape):
