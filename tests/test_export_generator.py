@@ -179,6 +179,13 @@ def test_saved_model_prefill_decode_and_generate_equal_generate(tmp_path):
     for row, expected_row in enumerate(_expected_rows(expected, lengths)):
         np.testing.assert_array_equal(served["tokens"][row, : len(expected_row)], expected_row)
         np.testing.assert_array_equal(served["generate"][row, : len(expected_row)], expected_row)
+    import tensorflow as tf
+
+    too_wide = np.ones((1, MAX_LENGTH), "int32")
+    loaded = tf.saved_model.load(path)
+    for name in ("prefill", "generate"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="max_length=12"):
+            loaded.signatures[name](tokens=too_wide, mask=too_wide.astype(bool))
 
 
 # ------------------------------------------------------------------- bad input

@@ -173,7 +173,8 @@ def export_generator(
 def _write_saved_model(model, folder, max_length, prompt_length, with_generate):
     import tensorflow as tf
 
-    steps = _Steps(model, max_length)
+    # LiteRT drops assertions; the app checks the width (see examples/litert_app.py).
+    steps = _Steps(model, max_length, check_width=with_generate)
     width = prompt_length
     tokens = [
         tf.TensorSpec((None, width), tf.int32, name="tokens"),
@@ -207,9 +208,10 @@ def _write_saved_model(model, folder, max_length, prompt_length, with_generate):
 class _Steps:
     """The traced functions; `keras.ops` over the model's own decoding step."""
 
-    def __init__(self, model, max_length):
+    def __init__(self, model, max_length, check_width):
         self.model = model
         self.max_length = max_length
+        self.check_width = check_width
         self.seq2seq = hasattr(model, "encode")
         self.mask_zero = model.decoder_embedding.mask_zero
         self.num_layers = len(model.decoder_layers)
@@ -238,12 +240,28 @@ class _Steps:
         sequence = ops.zeros((batch, length, self.model.embedding_dim), "float32")
         return _Encoded(sequence, mask, caches)
 
+    def _checked(self, tokens):
+        """`tokens`, after a run-time check that the prompt leaves room in the cache."""
+        if not self.check_width:
+            return tokens
+        import tensorflow as tf
+
+        width = tf.shape(tokens)[1]
+        check = tf.debugging.assert_less(
+            width,
+            self.max_length,
+            message=f"The prompt width must be smaller than max_length={self.max_length} "
+            "(prompt plus new tokens); received a wider `tokens`",
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(tokens)
+
     # -- prefill and decode -----------------------------------------------------------
 
     def _prefill(self, tokens, mask, encoded):
         from keras_attention.models.generation import _left_align
 
-        tokens, lengths = _left_align(tokens, mask)
+        tokens, lengths = _left_align(self._checked(tokens), mask)
         batch, width = ops.shape(tokens)[0], ops.shape(tokens)[1]
         columns = ops.arange(self.max_length, dtype="int32")[None, :]
         padded = ops.pad(tokens, [[0, 0], [0, self.max_length - width]])
@@ -291,7 +309,7 @@ class _Steps:
         from keras_attention.models import samplers
         from keras_attention.models.generation import _left_align, _Settings
 
-        tokens, lengths = _left_align(tokens, mask)
+        tokens, lengths = _left_align(self._checked(tokens), mask)
         new_tokens = self.max_length - ops.shape(tokens)[1]
         settings = _Settings(new_tokens, samplers.GreedySampler(), (), 0)
         seed = ops.zeros((2,), "int32")
