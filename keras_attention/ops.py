@@ -476,12 +476,16 @@ def split_heads(x, num_heads):
             f"The last dimension of `x` must be divisible by `num_heads`. Received: "
             f"x.shape={tuple(x.shape)}, num_heads={num_heads}"
         )
-    # Split and stack, not reshape and transpose: tf2onnx (1.17) fuses a reshape to
-    # (batch, seq, heads, head_dim) with the 2-D reshape inside TensorFlow's Dense on
-    # sequences and gets the shape wrong at run time (see docs/deployment.md).
-    if num_heads == 1:
-        return ops.expand_dims(x, 1)
-    return ops.stack(ops.split(x, num_heads, axis=-1), axis=1)
+    shape = ops.shape(x)
+    head_dim = x.shape[-1] // num_heads
+    # Through (batch * seq, heads, head_dim): tf2onnx (1.17) rewrites a reshape whose
+    # sizes come from its own input's shape with "copy this dimension" zeros, then
+    # merges it into the 2-D reshape inside TensorFlow's Dense on sequences, where the
+    # zeros copy the wrong dimensions (ONNX Runtime fails; see docs/deployment.md).
+    # Both reshapes are free (views) on every backend.
+    x = ops.reshape(x, (-1, num_heads, head_dim))
+    x = ops.reshape(x, (shape[0], shape[1], num_heads, head_dim))
+    return ops.transpose(x, (0, 2, 1, 3))
 
 
 def merge_heads(x):
