@@ -80,7 +80,7 @@ def test_unknown_case_is_named():
 @pytest.mark.slow
 @pytest.mark.tensorflow_only("the table in docs/deployment.md is the TensorFlow backend's")
 def test_full_matrix_matches_the_table_in_the_docs(tmp_path):
-    # About 5 minutes on 2 cores: 15 cases x 4 formats, one runtime process.
+    # 5 to 11 minutes on 2 cores: 16 cases x 4 formats, one runtime process.
     _runtimes_installed(matrix.BACKEND_FORMATS[BACKEND])
     text = matrix.table(matrix.run_matrix(workdir=tmp_path))
     with open(DOCS) as handle:
