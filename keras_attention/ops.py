@@ -428,8 +428,8 @@ class _FlashTile:
         return logits, capped, allowed
 
     def forward(self, state, q, k, v, q_offset, k_offset):
-        """One online-softmax step: fold key block `k, v` into `(m, l, acc)`."""
-        m, l, acc = state
+        """One online-softmax step: fold key block `k, v` into `(max, sum, acc)`."""
+        m, total, acc = state
         logits, _, allowed = self.logits(q, k, q_offset, k_offset)
         if allowed is not None:
             logits = ops.where(allowed, logits, _FLASH_NEG)
@@ -438,14 +438,14 @@ class _FlashTile:
         if allowed is not None:
             p = ops.where(allowed, p, 0.0)
         alpha = ops.exp(m - m_new)
-        l = alpha * l + ops.sum(p, axis=-1)
+        total = alpha * total + ops.sum(p, axis=-1)
         pv = ops.matmul(ops.cast(p, v.dtype), v)
         acc = ops.expand_dims(alpha, -1) * acc + ops.cast(pv, "float32")
-        return m_new, l, acc
+        return m_new, total, acc
 
     @staticmethod
     def initial_state(q, d_v):
-        """`(m, l, acc)` before the first key block of query block `q`."""
+        """`(max, sum, acc)` before the first key block of query block `q`."""
         rows = tuple(ops.shape(q)[:-1])
         return (
             ops.full(rows, _FLASH_NEG, "float32"),
@@ -456,9 +456,9 @@ class _FlashTile:
     @staticmethod
     def finish(state, dtype):
         """`(output, lse)` of a query block; rows that saw no key give zeros."""
-        m, l, acc = state
-        seen = ops.greater(l, 0.0)
-        safe = ops.where(seen, l, 1.0)
+        m, total, acc = state
+        seen = ops.greater(total, 0.0)
+        safe = ops.where(seen, total, 1.0)
         output = ops.cast(acc / ops.expand_dims(safe, -1), dtype)
         return output, ops.where(seen, m + ops.log(safe), 0.0)
 

@@ -93,14 +93,24 @@ def flash_attention(query, key, value, tile, block_q, block_k):
             (lo,) + tuple(state),
         )[1:]
 
-    @tf.custom_gradient
-    def attend(query, key, value):
+    def split(query, key, value):
+        """The padded query, key and value blocks as TensorArrays."""
         batch = tf.shape(query)[0]
         q5 = tf.reshape(query, [batch, kv_heads or tf.shape(query)[1], group, q_len, d_k])
         k5, v5 = tf.expand_dims(key, 2), tf.expand_dims(value, 2)
-        q_blocks = blocks(pad_rows(q5, nq * bq), nq, bq)
-        k_blocks = blocks(pad_rows(k5, nk * bk), nk, bk)
-        v_blocks = blocks(pad_rows(v5, nk * bk), nk, bk)
+        return (
+            blocks(pad_rows(q5, nq * bq), nq, bq),
+            blocks(pad_rows(k5, nk * bk), nk, bk),
+            blocks(pad_rows(v5, nk * bk), nk, bk),
+        )
+
+    # The log-sum-exp is a second output so that the gradient function reads only
+    # the inputs and outputs of `attend` (a SavedModel saves that function, and it
+    # cannot capture the forward pass's intermediate TensorArrays).
+    @tf.custom_gradient
+    def attend(query, key, value):
+        batch = tf.shape(query)[0]
+        q_blocks, k_blocks, v_blocks = split(query, key, value)
 
         def forward_block(i, arrays):
             out_array, lse_array = arrays
@@ -127,10 +137,15 @@ def flash_attention(query, key, value, tile, block_q, block_k):
             ),
         )
         out5 = unblocks(out_blocks, q_len)
-        lse = lse_blocks
+        lse5 = unblocks(lse_blocks, nq * bq)
         output = tf.reshape(out5, [batch, tf.shape(query)[1], q_len, d_v])
 
-        def grad(d_output):
+        def grad(d_output, d_lse):
+            del d_lse  # the log-sum-exp is an output only for the gradient's sake
+            q_blocks, k_blocks, v_blocks = split(query, key, value)
+            batch = tf.shape(query)[0]
+            out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
+            lse = blocks(lse5, nq, bq)
             d5 = tf.reshape(d_output, tf.shape(out5))
             delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
             d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
@@ -183,9 +198,9 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 tf.cast(dv, value.dtype),
             )
 
-        return output, grad
+        return (output, lse5), grad
 
-    return attend(query, key, value)
+    return attend(query, key, value)[0]
 
 
 def _length(x):
