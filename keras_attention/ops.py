@@ -51,7 +51,10 @@ def scaled_dot_product_attention(
 
     Args:
         query: `(..., q_len, d_k)`.
-        key: `(..., kv_len, d_k)`.
+        key: `(..., kv_len, d_k)`. For `(batch, heads, seq, dim)` inputs, keys
+            and values may have fewer heads than the queries, a divisor of them
+            (grouped-query attention): query head `h` uses key/value head
+            `h // (heads / kv_heads)`.
         value: `(..., kv_len, d_v)`.
         mask: optional boolean tensor broadcastable to `(..., q_len, kv_len)`,
             `True` where the query may attend the key (0/1 integers are accepted).
@@ -64,21 +67,32 @@ def scaled_dot_product_attention(
         training: whether dropout is active.
         return_attention_scores: if `True`, also return the attention probabilities
             (after softmax and masking, before dropout).
-        implementation: `None` (choose), `"plain"`, `"chunked"` or `"fused"`.
+        implementation: `None` (choose), `"plain"`, `"chunked"`, `"flash"` or
+            `"fused"`.
             `"plain"` materialises the `(..., q_len, kv_len)` scores. `"chunked"` is
             exact and memory-efficient: queries are processed `chunk_size` rows at a
             time and the backward pass recomputes each chunk's scores instead of
             storing them, so memory grows with `chunk_size * kv_len`, not
-            `q_len * kv_len`. `"fused"` calls `keras.ops.dot_product_attention` (the
+            `q_len * kv_len`. `"flash"` is exact and memory-efficient too, and
+            faster: FlashAttention-2 tiles of `FLASH_BLOCK_Q` queries by
+            `FLASH_BLOCK_K` keys with an online softmax, a hand-written backward
+            pass from the saved log-sum-exp, and the tiles the causal mask or the
+            sliding window hide skipped (time and memory `O(q_len * window)`);
+            keys and values with fewer heads than the queries (grouped-query
+            attention) are shared without copies. It runs TensorFlow's kernel
+            (`keras_attention.backend.flash_tensorflow`); on JAX and PyTorch, and
+            for a tensor `bias` or a callable one with trainable weights, it runs
+            the chunked path. `"fused"` calls `keras.ops.dot_product_attention` (the
             backend's fused kernel where it has one) and keeps this function's
             semantics (fully masked rows give zeros; where the backend's kernel needs
             `d_k == d_v`, as JAX's does, the smaller of the two is zero-padded, which
-            changes no number). `None` picks `"chunked"` when the scores would exceed
+            changes no number). `None` picks `"flash"` (`"chunked"` where the
+            backend has no flash kernel) when the scores would exceed
             `CHUNKED_THRESHOLD` elements and neither weights nor dropout are
             requested, else the backend's fastest path (measured:
             `keras_attention.backend.default_implementation()`; `"fused"` only for
             `(batch, heads, seq, dim)` inputs). The weights and dropout need the full
-            scores, so `"chunked"`/`"fused"` refuse them.
+            scores, so `"chunked"`/`"flash"`/`"fused"` refuse them.
         chunk_size: query rows per chunk for `"chunked"`; by default chosen so one
             chunk's scores hold about `CHUNK_ELEMENTS` numbers.
         bias: optional additive score bias (ALiBi, T5 relative positions, ...):
@@ -354,11 +368,15 @@ class _ScoreModifier:
 
 # Flash attention: one tile at a time -------------------------------------------
 
-# Query and key rows per tile of the flash path (`implementation="flash"`), measured
-# on this project's 2-core AVX-512 machine (benchmarks/bench_memory.py): a tile's
-# scores, probabilities and their gradients (8 heads) stay in the caches.
+# Tile sizes of the flash path (`implementation="flash"`), measured on this project's
+# 2-core AVX-512 machine (docs/performance.md): key blocks of FLASH_BLOCK_K keys, and
+# query blocks of at most FLASH_BLOCK_Q queries, fewer when there are many (batch,
+# head) pairs, so one tile's scores (batch * heads * block_q * block_k numbers) stay
+# near FLASH_TILE_ELEMENTS: 256 x 512 was fastest for 8 heads at batch 1, 64 x 512
+# for 8 heads at batch 8 (1.3x and 1.7x faster than 128 x 256 and 256 x 512).
 FLASH_BLOCK_Q = 256
 FLASH_BLOCK_K = 512
+FLASH_TILE_ELEMENTS = 2**21
 # A finite "minus infinity" for masked logits and the initial running maximum:
 # exp(_FLASH_NEG - _FLASH_NEG) = 1 keeps a fully masked row free of NaN (its
 # probabilities are zeroed by `where`, not by the exponent).
@@ -597,8 +615,11 @@ def _flash_attention(query, key, value, mask, score_mod):
         kv_len=ops.shape(key)[-2],
         pad_keys=True,
     )
+    pairs = math.prod(d for d in ops.shape(query)[:-2] if _static(d))
+    block_q = FLASH_TILE_ELEMENTS // (pairs * FLASH_BLOCK_K)
+    block_q = min(FLASH_BLOCK_Q, 2 ** max(4, block_q.bit_length() - 1))
     output = backend_lib.flash_attention(
-        to_4d(query), to_4d(key), to_4d(value), tile, FLASH_BLOCK_Q, FLASH_BLOCK_K
+        to_4d(query), to_4d(key), to_4d(value), tile, block_q, FLASH_BLOCK_K
     )
     return ops.reshape(output, tuple(ops.shape(query)[:-1]) + (value.shape[-1],))
 
