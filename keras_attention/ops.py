@@ -157,12 +157,9 @@ def scaled_dot_product_attention(
             "implementation='fused' needs (batch, heads, seq, dim) inputs. "
             f"Received: query.shape={tuple(query.shape)}"
         )
-    if len(query.shape) == 4 and _kv_heads_divide(query.shape, key.shape, value.shape):
-        if implementation != "flash":
-            # Query head h uses key/value head h // group (contiguous groups); the
-            # flash path reads the shared keys without this copy.
-            group = query.shape[1] // key.shape[1]
-            key, value = ops.repeat(key, group, axis=1), ops.repeat(value, group, axis=1)
+    if implementation != "flash":
+        # The flash path reads grouped-query keys without this copy.
+        key, value = _repeat_kv_heads(query, key, value)
     # Scaling the queries (q_len * d_k numbers) is cheaper than scaling the scores
     # (q_len * kv_len) and keeps float16 products further from overflow.
     query = query * ops.cast(scale, query.dtype)
@@ -603,6 +600,7 @@ def _flash_attention(query, key, value, mask, score_mod):
         or (bias is not None and not callable(bias))
         or (callable(bias) and backend_lib.reads_trainable_variables(bias))
     ):
+        key, value = _repeat_kv_heads(query, key, value)
         return _chunked_attention(query, key, value, mask, score_mod, None)
     # (q_len, d) and (batch, q_len, d) become (1, 1, q_len, d) and (1, batch, q_len,
     # d): masks and biases broadcast from the right, so they need no change.
@@ -780,6 +778,15 @@ def _check_qkv_shapes(q_shape, k_shape, v_shape):
                 f"dimensions. Received: query.shape={tuple(q_shape)}, "
                 f"key.shape={tuple(k_shape)}, value.shape={tuple(v_shape)}"
             )
+
+
+def _repeat_kv_heads(query, key, value):
+    """Grouped-query keys and values repeated to the queries' heads: query head `h`
+    uses key/value head `h // group` (contiguous groups)."""
+    if len(query.shape) != 4 or not _kv_heads_divide(query.shape, key.shape, value.shape):
+        return key, value
+    group = query.shape[1] // key.shape[1]
+    return ops.repeat(key, group, axis=1), ops.repeat(value, group, axis=1)
 
 
 def _kv_heads_divide(q_shape, k_shape, v_shape):

@@ -86,11 +86,17 @@ def flash_attention(query, key, value, tile, block_q, block_k):
         return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
 
     def loop(lo, hi, body, state):
-        """`for index in range(lo, hi): state = body(index, state)`."""
+        """`for index in range(lo, hi): state = body(index, state)`.
+
+        One iteration at a time: running several blocks at once (TensorFlow's
+        default of 10) multiplies the memory of the tiles in flight and gains nothing
+        (every matmul already uses all cores).
+        """
         return tf.while_loop(
             lambda index, *_: index < hi,
             lambda index, *state: (index + 1,) + tuple(body(index, state)),
             (lo,) + tuple(state),
+            parallel_iterations=1,
         )[1:]
 
     def split(query, key, value):
