@@ -9,6 +9,12 @@ attention core alone:
 `keras_attention.ops.scaled_dot_product_attention` vs a hand-written
 `tf.matmul -> tf.nn.softmax -> tf.matmul`.
 
+With `--sliding-window W`: the sliding-window table instead. Causal self-attention
+of the attention core (`ops.scaled_dot_product_attention`, `implementation="flash"`,
+batch 1, 8 heads of 64), forward+backward, each case in its own subprocess (peak
+resident memory): window W against full causal attention, with the ratio of time
+and memory between successive N (linear growth: 2x per doubling).
+
 FLOP formula (multiply-add = 2 FLOPs), B batch, N length, D model width:
     forward = 8 * B * N * D^2   (four D x D projections)
             + 4 * B * N^2 * D   (Q K^T and weights @ V over all heads)
@@ -20,6 +26,7 @@ Usage:
     python benchmarks/bench_attention.py --smoke    # seconds; used by the tests
     python benchmarks/bench_attention.py --backend jax      # or --backend torch
     python benchmarks/bench_attention.py --backend torch --implementation fused plain
+    python benchmarks/bench_attention.py --sliding-window 512   # N = 4096 ... 32768
     KERAS_BACKEND=jax python benchmarks/bench_attention.py --backend jax --dtype bfloat16 \
         --batch 4 --heads 16 --head-dim 64 --lengths 1024 4096 16384   # on a GPU
 """
@@ -38,7 +45,7 @@ def parse_args(argv=None):
         "--implementation",
         nargs="+",
         default=["default"],
-        choices=["default", "plain", "fused", "chunked"],
+        choices=["default", "plain", "fused", "chunked", "flash"],
         help="our attention paths to time (default: the backend's default path)",
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048])
@@ -50,6 +57,13 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="N = 128, 512 only")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat")
     parser.add_argument("--no-xla", action="store_true", help="skip jit_compile=True")
+    parser.add_argument(
+        "--sliding-window",
+        type=int,
+        default=None,
+        help="instead: the sliding-window table (TensorFlow) with this window",
+    )
+    parser.add_argument("--window-lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths = [128, 512]
@@ -131,8 +145,80 @@ def torch_runners(layer, x, jit_compile):
     return forward, forward_backward
 
 
+WINDOW_CHILD = r"""
+import json, os, resource, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
+from keras_attention import ops
+length, window = int(sys.argv[1]), int(sys.argv[2]) or None
+q, k, v = (tf.random.normal((1, 8, length, 64)) for _ in range(3))
+
+@tf.function
+def step(q, k, v):
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out = ops.scaled_dot_product_attention(
+            q, k, v, causal=True, sliding_window=window, implementation="flash"
+        )
+        loss = tf.reduce_sum(out * out)
+    return tape.gradient(loss, [q, k, v])
+
+[g.numpy() for g in step(q, k, v)]  # tracing
+start = time.perf_counter()
+[g.numpy() for g in step(q, k, v)]
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak": peak, "seconds": seconds}))
+"""
+
+
+def window_table(args):
+    import json
+    import subprocess
+
+    window = args.sliding_window
+    print(f"# Sliding window {window} vs full causal attention (flash path, TensorFlow)\n")
+    print("causal self-attention core, batch 1, 8 heads of 64, forward+backward, one")
+    print("subprocess per case (time of the second call; peak RSS includes TensorFlow)\n")
+    print(
+        "| N | window s | window GiB | s ratio to N/2 | GiB ratio to N/2 | full causal s "
+        "| full / window | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    previous = None
+    for length in args.window_lengths:
+        results = []
+        for w in (window, 0):
+            proc = subprocess.run(
+                [sys.executable, "-c", WINDOW_CHILD, str(length), str(w)],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr[-2000:])
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        windowed, full = results
+        ratios = ("", "")
+        if previous is not None:
+            ratios = (
+                f"{windowed['seconds'] / previous['seconds']:.2f}",
+                f"{windowed['peak'] / previous['peak']:.2f}",
+            )
+        print(
+            f"| {length} | {windowed['seconds']:.2f} | {windowed['peak'] / 2**30:.2f} | "
+            f"{ratios[0]} | {ratios[1]} | {full['seconds']:.2f} | "
+            f"{full['seconds'] / windowed['seconds']:.1f} | {os.getloadavg()[0]:.1f} |"
+        )
+        sys.stdout.flush()
+        previous = windowed
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.sliding_window is not None:
+        if args.smoke:
+            args.window_lengths = [64, 128]
+        return window_table(args)
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras

@@ -4,20 +4,31 @@ Prints a markdown table (not a test). Each case runs in its own subprocess, whic
 reports its peak resident set size (ru_maxrss); the parent kills a case that passes
 the limit (16 GiB by default) and stops that series at the first failure.
 
-Cases, at batch 1, 8 heads, head dim 64 (d_model 512), N = 2048 ... 32768:
+Cases, at batch 1, 8 heads, head dim 64 (d_model 512), N = 2048 ... 65536:
 - keras: `keras.layers.MultiHeadAttention(8, 64)`
 - ours plain: `keras_attention.MultiHeadAttention(8, 64, implementation="plain")`
-- ours default: `keras_attention.MultiHeadAttention(8, 64)` (switches to the chunked
+- ours default: `keras_attention.MultiHeadAttention(8, 64)` (switches to the flash
   path by itself above `keras_attention.ops.CHUNKED_THRESHOLD` score elements)
-- ours chunked: `implementation="chunked"` (exact, memory-efficient)
+- ours chunked: `implementation="chunked"` (query chunks, recomputed by `keras.remat`)
+- ours flash: `implementation="flash"` (FlashAttention-2 tiles, custom gradient)
+- pytorch sdpa: `torch.nn.functional.scaled_dot_product_attention` on separate
+  `(1, 8, N, 64)` query, key and value (PyTorch's CPU flash kernel), the reference
+  users compare with; PyTorch is an optional dependency of this benchmark only: the
+  row says "skipped" when it is not installed.
+
+Each child times one forward+backward after a warm-up call on 8 tokens (ours traces
+its `tf.function` in the timed call, which adds about a second).
 
 Usage:
-    python benchmarks/bench_memory.py                 # N = 2048 ... 32768
+    python benchmarks/bench_memory.py                 # N = 2048 ... 65536
+    python benchmarks/bench_memory.py --cases "ours flash" "pytorch sdpa" --lengths 16384
     python benchmarks/bench_memory.py --smoke         # one tiny case per series
 """
 
 import argparse
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +38,23 @@ CASES = {
     "ours plain": "ka.MultiHeadAttention(8, 64, implementation='plain')",
     "ours default": "ka.MultiHeadAttention(8, 64)",
     "ours chunked": "ka.MultiHeadAttention(8, 64, implementation='chunked')",
+    "ours flash": "ka.MultiHeadAttention(8, 64, implementation='flash')",
+    "pytorch sdpa": None,
 }
+
+TORCH_CHILD = r"""
+import json, resource, sys, time
+import torch
+length = int(sys.argv[1])
+q, k, v = (torch.randn(1, 8, length, 64, requires_grad=True) for _ in range(3))
+sdpa = torch.nn.functional.scaled_dot_product_attention
+(sdpa(q[:, :, :8], k[:, :, :8], v[:, :, :8]) ** 2).sum().backward()  # warm-up
+start = time.perf_counter()
+(sdpa(q, k, v) ** 2).sum().backward()
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak": peak, "seconds": seconds}))
+"""
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -65,8 +92,9 @@ def rss(pid):
 
 
 def run_case(layer_expr, length, limit_bytes, timeout):
+    code = TORCH_CHILD if layer_expr is None else CHILD.format(layer=layer_expr)
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(layer=layer_expr), str(length)],
+        [sys.executable, "-c", code, str(length)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -92,7 +120,9 @@ def run_case(layer_expr, length, limit_bytes, timeout):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
+    parser.add_argument(
+        "--lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768, 65536]
+    )
     parser.add_argument("--limit-gib", type=float, default=16.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -103,16 +133,24 @@ def main(argv=None):
     limit = args.limit_gib * 2**30
 
     print("# Peak RSS of MHA forward+backward (batch 1, 8 heads, head dim 64)\n")
-    print("| case | N | peak RSS GiB | seconds |")
-    print("|---|---|---|---|")
+    print("(load: the machine's 1-minute load average when the case ended; the timings")
+    print("are only comparable between rows measured at a similar load)\n")
+    print("| case | N | peak RSS GiB | seconds | load |")
+    print("|---|---|---|---|---|")
     for case in args.cases:
+        if case == "pytorch sdpa" and importlib.util.find_spec("torch") is None:
+            print(f"| {case} | | skipped: PyTorch is not installed | |")
+            continue
         for length in args.lengths:
             result, failure = run_case(CASES[case], length, limit, args.timeout)
             if failure:
                 print(f"| {case} | {length} | {failure} | |")
                 sys.stdout.flush()
                 break
-            print(f"| {case} | {length} | {result['peak'] / 2**30:.2f} | {result['seconds']:.1f} |")
+            print(
+                f"| {case} | {length} | {result['peak'] / 2**30:.2f} | "
+                f"{result['seconds']:.1f} | {os.getloadavg()[0]:.1f} |"
+            )
             sys.stdout.flush()
 
 

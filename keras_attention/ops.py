@@ -52,7 +52,10 @@ def scaled_dot_product_attention(
 
     Args:
         query: `(..., q_len, d_k)`.
-        key: `(..., kv_len, d_k)`.
+        key: `(..., kv_len, d_k)`. For `(batch, heads, seq, dim)` inputs, keys
+            and values may have fewer heads than the queries, a divisor of them
+            (grouped-query attention): query head `h` uses key/value head
+            `h // (heads / kv_heads)`.
         value: `(..., kv_len, d_v)`.
         mask: optional boolean tensor broadcastable to `(..., q_len, kv_len)`,
             `True` where the query may attend the key (0/1 integers are accepted).
@@ -65,21 +68,32 @@ def scaled_dot_product_attention(
         training: whether dropout is active.
         return_attention_scores: if `True`, also return the attention probabilities
             (after softmax and masking, before dropout).
-        implementation: `None` (choose), `"plain"`, `"chunked"` or `"fused"`.
+        implementation: `None` (choose), `"plain"`, `"chunked"`, `"flash"` or
+            `"fused"`.
             `"plain"` materialises the `(..., q_len, kv_len)` scores. `"chunked"` is
             exact and memory-efficient: queries are processed `chunk_size` rows at a
             time and the backward pass recomputes each chunk's scores instead of
             storing them, so memory grows with `chunk_size * kv_len`, not
-            `q_len * kv_len`. `"fused"` calls `keras.ops.dot_product_attention` (the
+            `q_len * kv_len`. `"flash"` is exact and memory-efficient too, and
+            faster: FlashAttention-2 tiles of `FLASH_BLOCK_Q` queries by
+            `FLASH_BLOCK_K` keys with an online softmax, a hand-written backward
+            pass from the saved log-sum-exp, and the tiles the causal mask or the
+            sliding window hide skipped (time and memory `O(q_len * window)`);
+            keys and values with fewer heads than the queries (grouped-query
+            attention) are shared without copies. It runs TensorFlow's kernel
+            (`keras_attention.backend.flash_tensorflow`); on JAX and PyTorch, and
+            for a tensor `bias` or a callable one with trainable weights, it runs
+            the chunked path. `"fused"` calls `keras.ops.dot_product_attention` (the
             backend's fused kernel where it has one) and keeps this function's
             semantics (fully masked rows give zeros; where the backend's kernel needs
             `d_k == d_v`, as JAX's does, the smaller of the two is zero-padded, which
-            changes no number). `None` picks `"chunked"` when the scores would exceed
+            changes no number). `None` picks `"flash"` (`"chunked"` where the
+            backend has no flash kernel) when the scores would exceed
             `CHUNKED_THRESHOLD` elements and neither weights nor dropout are
             requested, else the backend's fastest path (measured:
             `keras_attention.backend.default_implementation()`; `"fused"` only for
             `(batch, heads, seq, dim)` inputs). The weights and dropout need the full
-            scores, so `"chunked"`/`"fused"` refuse them.
+            scores, so `"chunked"`/`"flash"`/`"fused"` refuse them.
         chunk_size: query rows per chunk for `"chunked"`; by default chosen so one
             chunk's scores hold about `CHUNK_ELEMENTS` numbers.
         bias: optional additive score bias (ALiBi, T5 relative positions, ...):
@@ -144,6 +158,9 @@ def scaled_dot_product_attention(
             "implementation='fused' needs (batch, heads, seq, dim) inputs. "
             f"Received: query.shape={tuple(query.shape)}"
         )
+    if implementation != "flash":
+        # The flash path reads grouped-query keys without this copy.
+        key, value = _repeat_kv_heads(query, key, value)
     score_mod = _ScoreModifier(bias, soft_cap, sliding_window, causal)
     if implementation == "fused" and isinstance(scale, numbers.Real):
         # The kernel scales inside; a separate pass over the queries costs ~5 %.
@@ -153,6 +170,8 @@ def scaled_dot_product_attention(
     query = query * ops.cast(scale, query.dtype)
     if implementation == "chunked":
         return _chunked_attention(query, key, value, mask, score_mod, chunk_size)
+    if implementation == "flash":
+        return _flash_attention(query, key, value, mask, score_mod)
     if implementation == "fused":
         return _fused_attention(query, key, value, mask, score_mod, 1.0)
 
@@ -233,7 +252,7 @@ CHUNKED_THRESHOLD = 2**28
 CHUNK_ELEMENTS = 2**23
 # Number of chunks when the query length is only known at run time.
 DYNAMIC_NUM_CHUNKS = 32
-_IMPLEMENTATIONS = (None, "plain", "chunked", "fused")
+_IMPLEMENTATIONS = (None, "plain", "chunked", "flash", "fused")
 
 
 def check_implementation(implementation):
@@ -245,7 +264,7 @@ def _choose_implementation(
     implementation, scores_shape, need_weights, need_dropout, need_soft_cap=False
 ):
     check_implementation(implementation)
-    if implementation in ("chunked", "fused") and (need_weights or need_dropout):
+    if implementation in ("chunked", "flash", "fused") and (need_weights or need_dropout):
         raise ValueError(
             f"implementation={implementation!r} cannot return attention weights or "
             "apply attention dropout (both need the full score matrix); use "
@@ -264,7 +283,7 @@ def _choose_implementation(
     # Only Python ints are compared: a symbolic dimension (JAX export with dynamic
     # shapes) cannot be compared with a number while tracing.
     if _all_static(scores_shape) and math.prod(scores_shape) > CHUNKED_THRESHOLD:
-        return "chunked"
+        return "flash" if backend_lib.has_flash_attention() else "chunked"
     default = backend_lib.default_implementation()
     if default == "fused" and (len(scores_shape) != 4 or need_soft_cap):
         return "plain"  # the fused kernel wants (batch, heads, seq, dim), no soft cap
@@ -303,23 +322,38 @@ class _ScoreModifier:
             and self.bias.shape[-2] != 1
         )
 
-    def mask(self, q_len, kv_len, q_offset=0):
-        """Causal and sliding-window mask of the block, or `None`."""
-        causal = masks_lib.causal_mask(q_len, kv_len, q_offset) if self.causal else None
+    def mask(self, q_len, kv_len, q_offset=0, k_offset=0):
+        """Causal and sliding-window mask of the block, or `None`.
+
+        The block holds queries `[q_offset, q_offset + q_len)` and keys
+        `[k_offset, k_offset + kv_len)`; both masks depend only on the difference.
+        """
+        if not (self.causal or self.sliding_window is not None):
+            return None
+        offset = q_offset - k_offset
+        causal = masks_lib.causal_mask(q_len, kv_len, offset) if self.causal else None
         window = None
         if self.sliding_window is not None:
-            window = masks_lib.sliding_window_mask(q_len, kv_len, self.sliding_window, q_offset)
+            window = masks_lib.sliding_window_mask(q_len, kv_len, self.sliding_window, offset)
         return masks_lib.combine_masks(causal, window)
 
-    def block_bias(self, q_len, kv_len, q_offset=0, scores_shape=None):
+    def block_bias(self, q_len, kv_len, q_offset=0, scores_shape=None, k_offset=0):
         """The bias of the block (`None` without one); a callable is evaluated here."""
         if not callable(self.bias):
             return self.bias
         q_positions = ops.arange(q_len, dtype="int32") + ops.cast(q_offset, "int32")
-        bias = ops.convert_to_tensor(self.bias(q_positions, ops.arange(kv_len, dtype="int32")))
+        k_positions = ops.arange(kv_len, dtype="int32") + ops.cast(k_offset, "int32")
+        bias = ops.convert_to_tensor(self.bias(q_positions, k_positions))
         if scores_shape is not None:
             _check_bias(bias, scores_shape)
         return bias
+
+    def cap(self, scores):
+        """`soft_cap * tanh(scores / soft_cap)`, or `scores` without a cap."""
+        if self.soft_cap is None:
+            return scores
+        cap = ops.cast(self.soft_cap, scores.dtype)
+        return cap * ops.tanh(scores / cap)
 
     def apply(self, scores, bias=None):
         """Soft cap, then `bias`, on raw scaled scores (float32 under mixed precision)."""
@@ -327,12 +361,142 @@ class _ScoreModifier:
             return scores
         if keras.backend.standardize_dtype(scores.dtype) in _LOW_PRECISION:
             scores = ops.cast(scores, "float32")
-        if self.soft_cap is not None:
-            cap = ops.cast(self.soft_cap, scores.dtype)
-            scores = cap * ops.tanh(scores / cap)
+        scores = self.cap(scores)
         if bias is not None:
             scores = scores + ops.cast(bias, scores.dtype)
         return scores
+
+
+# Flash attention: one tile at a time -------------------------------------------
+
+# Tile sizes of the flash path (`implementation="flash"`), measured on this project's
+# 2-core AVX-512 machine (docs/performance.md): key blocks of FLASH_BLOCK_K keys, and
+# query blocks of at most FLASH_BLOCK_Q queries, fewer when there are many (batch,
+# head) pairs, so one tile's scores (batch * heads * block_q * block_k numbers) stay
+# near FLASH_TILE_ELEMENTS: 256 x 512 was fastest for 8 heads at batch 1, 64 x 512
+# for 8 heads at batch 8 (1.3x and 1.7x faster than 128 x 256 and 256 x 512).
+FLASH_BLOCK_Q = 256
+FLASH_BLOCK_K = 512
+FLASH_TILE_ELEMENTS = 2**21
+# A finite "minus infinity" for masked logits and the initial running maximum:
+# exp(_FLASH_NEG - _FLASH_NEG) = 1 keeps a fully masked row free of NaN (its
+# probabilities are zeroed by `where`, not by the exponent).
+_FLASH_NEG = -1e30
+
+
+class _FlashTile:
+    """The math of one (query block, key block) tile of flash attention, in keras.ops.
+
+    FlashAttention-2 (Dao, 2023): the forward pass visits the key blocks of a query
+    block with an online softmax (a running maximum `m`, sum `l` and unnormalised
+    output), and keeps only the output and the log-sum-exp `m + log(l)` per query;
+    the backward pass recomputes a tile's probabilities `P = exp(logits - lse)` from
+    it, so no score matrix is ever stored. The backend module runs the loops.
+
+    Layout: queries `(B, Hk, G, q_len, d)`, keys and values `(B, Hk, 1, kv_len, d)`
+    (`Hk` key/value heads, `G` query heads per key/value head, so grouped-query
+    heads share their keys without a copy); masks are 5-D and broadcast the same way.
+    Queries arrive scaled. All softmax math is float32.
+    """
+
+    def __init__(self, score_mod, mask, num_heads, num_kv_heads, kv_len, pad_keys):
+        self.score_mod = score_mod
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.kv_len = kv_len
+        self.pad_keys = pad_keys
+        self.mask = None if mask is None else self.to_5d(mask)
+
+    def to_5d(self, x):
+        """A mask or bias broadcastable to `(B, H, q, k)` as `(B, Hk|1, G|1, q, k)`."""
+        x = ops.reshape(x, (1,) * (4 - len(x.shape)) + tuple(ops.shape(x)))
+        shape = tuple(ops.shape(x))
+        if x.shape[1] == 1 or self.num_heads == self.num_kv_heads:
+            return ops.expand_dims(x, 2)
+        group = self.num_heads // self.num_kv_heads
+        return ops.reshape(x, (shape[0], self.num_kv_heads, group) + shape[2:])
+
+    def block(self, x, q_offset, k_offset, q_size, k_size):
+        """The tile of a 5-D mask or bias, sliced only along its non-broadcast axes."""
+        start = [0, 0, 0, 0, 0]
+        size = list(ops.shape(x))
+        if x.shape[3] != 1:
+            start[3], size[3] = q_offset, q_size
+        if x.shape[4] != 1:
+            start[4], size[4] = k_offset, k_size
+        return ops.slice(x, start, size)
+
+    def logits(self, q, k, q_offset, k_offset):
+        """`(logits, capped scores, allowed)` of a tile, float32."""
+        q_size, k_size = q.shape[-2], k.shape[-2]
+        scores = ops.einsum("...qd,...kd->...qk", q, k)
+        scores = ops.cast(scores, "float32")
+        capped = self.score_mod.cap(scores)
+        logits = capped
+        if self.score_mod.bias is not None:
+            bias = self.score_mod.block_bias(q_size, k_size, q_offset, k_offset=k_offset)
+            logits = logits + ops.cast(self.to_5d(bias), "float32")
+        allowed = self.score_mod.mask(q_size, k_size, q_offset, k_offset)
+        if self.mask is not None:
+            allowed = masks_lib.combine_masks(
+                allowed, self.block(self.mask, q_offset, k_offset, q_size, k_size)
+            )
+        if self.pad_keys:
+            keys = ops.arange(k_size, dtype="int32") + ops.cast(k_offset, "int32")
+            allowed = masks_lib.combine_masks(allowed, ops.less(keys, self.kv_len))
+        return logits, capped, allowed
+
+    def forward(self, state, q, k, v, q_offset, k_offset):
+        """One online-softmax step: fold key block `k, v` into `(max, sum, acc)`."""
+        m, total, acc = state
+        logits, _, allowed = self.logits(q, k, q_offset, k_offset)
+        if allowed is not None:
+            logits = ops.where(allowed, logits, _FLASH_NEG)
+        m_new = ops.maximum(m, ops.max(logits, axis=-1))
+        p = ops.exp(logits - ops.expand_dims(m_new, -1))
+        if allowed is not None:
+            p = ops.where(allowed, p, 0.0)
+        alpha = ops.exp(m - m_new)
+        total = alpha * total + ops.sum(p, axis=-1)
+        pv = ops.matmul(ops.cast(p, v.dtype), v)
+        acc = ops.expand_dims(alpha, -1) * acc + ops.cast(pv, "float32")
+        return m_new, total, acc
+
+    @staticmethod
+    def initial_state(q, d_v):
+        """`(max, sum, acc)` before the first key block of query block `q`."""
+        rows = tuple(ops.shape(q)[:-1])
+        return (
+            ops.full(rows, _FLASH_NEG, "float32"),
+            ops.zeros(rows, "float32"),
+            ops.zeros(rows + (d_v,), "float32"),
+        )
+
+    @staticmethod
+    def finish(state, dtype):
+        """`(output, lse)` of a query block; rows that saw no key give zeros."""
+        m, total, acc = state
+        seen = ops.greater(total, 0.0)
+        safe = ops.where(seen, total, 1.0)
+        output = ops.cast(acc / ops.expand_dims(safe, -1), dtype)
+        return output, ops.where(seen, m + ops.log(safe), 0.0)
+
+    def backward(self, q, k, v, d_out, lse, delta, q_offset, k_offset):
+        """`(P, dS)` of a tile: `dS = P * (dO V^T - delta)` through the soft cap.
+
+        `delta = rowsum(dO * O)`; the gradient with respect to the scaled scores is
+        `dS`, with respect to the queries `dS K`, the keys `dS^T Q`, the values `P^T dO`.
+        """
+        logits, capped, allowed = self.logits(q, k, q_offset, k_offset)
+        p = ops.exp(logits - ops.expand_dims(lse, -1))
+        if allowed is not None:
+            p = ops.where(allowed, p, 0.0)
+        dp = ops.cast(ops.einsum("...qd,...kd->...qk", d_out, v), "float32")
+        ds = p * (dp - ops.expand_dims(delta, -1))
+        if self.score_mod.soft_cap is not None:
+            # d/ds [c tanh(s / c)] = 1 - tanh(s / c)^2
+            ds = ds * (1.0 - ops.square(capped / self.score_mod.soft_cap))
+        return p, ds
 
 
 def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
@@ -381,17 +545,26 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
     has_row_mask = chunked_mask is not None
     has_row_bias = chunked_bias is not None
 
-    @keras.remat
-    def attend_chunk(q_chunk, key, value, offset, mask_chunk, bias_chunk):
-        kv = ops.shape(key)[-2]
-        chunk_mask = masks_lib.combine_masks(
-            mask,
-            ops.cast(mask_chunk, "bool") if has_row_mask else None,
-            score_mod.mask(chunk_size, kv, offset),
-        )
-        bias = bias_chunk if has_row_bias else score_mod.block_bias(chunk_size, kv, offset)
-        scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", q_chunk, key), bias)
-        return attention_from_scores(scores, value, mask=chunk_mask)
+    def attend_chunk(q_chunk, offset, mask_chunk, bias_chunk):
+        # Only floating tensors enter the recomputed function (TensorFlow's
+        # `recompute_grad` warns for every integer or boolean input it watches); the
+        # offset and the mask chunk are constants of the recomputation, closed over.
+        @keras.remat
+        def attend(q_chunk, key, value, *bias_chunk):
+            kv = ops.shape(key)[-2]
+            chunk_mask = masks_lib.combine_masks(
+                mask,
+                ops.cast(mask_chunk, "bool") if has_row_mask else None,
+                score_mod.mask(chunk_size, kv, offset),
+            )
+            if has_row_bias:
+                bias = bias_chunk[0]
+            else:
+                bias = score_mod.block_bias(chunk_size, kv, offset)
+            scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", q_chunk, key), bias)
+            return attention_from_scores(scores, value, mask=chunk_mask)
+
+        return attend(q_chunk, key, value, *((bias_chunk,) if has_row_bias else ()))
 
     offsets = ops.arange(num_chunks, dtype="int32") * chunk_size
     placeholder = ops.zeros((num_chunks,), "int8")
@@ -399,7 +572,7 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
         tuple(ops.shape(query)[:-2]) + (chunk_size, value.shape[-1]), value.dtype
     )
     outputs = backend_lib.map_sequentially(
-        lambda xs: attend_chunk(xs[0], key, value, xs[1], xs[2], xs[3]),
+        lambda xs: attend_chunk(*xs),
         (
             to_chunks(query),
             offsets,
@@ -412,6 +585,45 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
     outputs = ops.moveaxis(outputs, 0, -3)
     outputs = ops.reshape(outputs, ops.shape(outputs)[:-3] + (padded, value.shape[-1]))
     return outputs[..., :q_len, :]
+
+
+def _flash_attention(query, key, value, mask, score_mod):
+    """Exact attention a (query block, key block) tile at a time (FlashAttention-2).
+
+    Runs the backend's kernel (`keras_attention.backend.flash_attention`, around
+    :class:`_FlashTile`); where there is none (JAX, PyTorch), or for what the
+    kernel's hand-written gradient does not cover (a tensor `bias`, a callable
+    `bias` with trainable weights, or inputs of rank above 4), the chunked path,
+    which is exact too and differentiates by autodiff.
+    """
+    rank = len(query.shape)
+    bias = score_mod.bias
+    if (
+        not backend_lib.has_flash_attention()
+        or rank > 4
+        or (bias is not None and not callable(bias))
+        or (callable(bias) and backend_lib.reads_trainable_variables(bias))
+    ):
+        key, value = _repeat_kv_heads(query, key, value)
+        return _chunked_attention(query, key, value, mask, score_mod, None)
+    # (q_len, d) and (batch, q_len, d) become (1, 1, q_len, d) and (1, batch, q_len,
+    # d): masks and biases broadcast from the right, so they need no change.
+    to_4d = lambda x: ops.reshape(x, (1,) * (4 - rank) + tuple(ops.shape(x)))  # noqa: E731
+    tile = _FlashTile(
+        score_mod,
+        mask,
+        num_heads=query.shape[-3] if rank == 4 else None,
+        num_kv_heads=key.shape[-3] if rank == 4 else None,
+        kv_len=ops.shape(key)[-2],
+        pad_keys=True,
+    )
+    pairs = math.prod(d for d in ops.shape(query)[:-2] if _static(d))
+    block_q = FLASH_TILE_ELEMENTS // (pairs * FLASH_BLOCK_K)
+    block_q = min(FLASH_BLOCK_Q, 2 ** max(4, block_q.bit_length() - 1))
+    output = backend_lib.flash_attention(
+        to_4d(query), to_4d(key), to_4d(value), tile, block_q, FLASH_BLOCK_K
+    )
+    return ops.reshape(output, tuple(ops.shape(query)[:-1]) + (value.shape[-1],))
 
 
 def _fused_attention(query, key, value, mask, score_mod, scale):
@@ -567,6 +779,8 @@ def _check_qkv_shapes(q_shape, k_shape, v_shape):
         )
     for axis in range(len(q_shape) - 2):
         dims = (q_shape[axis], k_shape[axis], v_shape[axis])
+        if axis == 1 and len(q_shape) == 4 and _kv_heads_divide(q_shape, k_shape, v_shape):
+            continue  # grouped-query heads
         known = {d for d in dims if _static(d)}
         if len(known) > 1:
             raise ValueError(
@@ -574,6 +788,28 @@ def _check_qkv_shapes(q_shape, k_shape, v_shape):
                 f"dimensions. Received: query.shape={tuple(q_shape)}, "
                 f"key.shape={tuple(k_shape)}, value.shape={tuple(v_shape)}"
             )
+
+
+def _repeat_kv_heads(query, key, value):
+    """Grouped-query keys and values repeated to the queries' heads: query head `h`
+    uses key/value head `h // group` (contiguous groups)."""
+    if len(query.shape) != 4 or not _kv_heads_divide(query.shape, key.shape, value.shape):
+        return key, value
+    group = query.shape[1] // key.shape[1]
+    return ops.repeat(key, group, axis=1), ops.repeat(value, group, axis=1)
+
+
+def _kv_heads_divide(q_shape, k_shape, v_shape):
+    """Whether `(batch, heads, seq, dim)` keys and values have fewer heads than the
+    queries, a divisor of them (grouped-query attention)."""
+    heads, kv_heads = q_shape[1], k_shape[1]
+    return (
+        _static(heads)
+        and _static(kv_heads)
+        and v_shape[1] == kv_heads
+        and kv_heads < heads
+        and heads % kv_heads == 0
+    )
 
 
 def _differ(a, b):

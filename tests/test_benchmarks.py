@@ -19,7 +19,11 @@ BACKEND = keras.backend.backend()
     [
         ("bench_attention.py", ["--no-xla", "--backend", BACKEND], BACKEND),
         # bench_memory measures TensorFlow's allocator; it runs on TensorFlow only.
-        ("bench_memory.py", ["--cases", "keras", "ours chunked"], "tensorflow"),
+        ("bench_memory.py", ["--cases", "keras", "ours chunked", "ours flash"], "tensorflow"),
+        # The PyTorch SDPA row runs beside ours, or says it was skipped.
+        ("bench_memory.py", ["--cases", "ours flash", "pytorch sdpa"], "tensorflow"),
+        # The sliding-window table runs the flash path of TensorFlow.
+        ("bench_attention.py", ["--sliding-window", "16"], "tensorflow"),
         ("bench_generate.py", ["--backend", BACKEND], BACKEND),
     ],
 )

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
+from keras_attention import backend as backend_lib
 from keras_attention import ops as attention_ops
 from tests.utils import value_and_gradients
 
@@ -26,7 +27,7 @@ def _outputs_and_grads(implementation, weights, query, value, **call_kwargs):
     return [out] + grads
 
 
-@pytest.mark.parametrize("implementation", ["chunked", "fused"])
+@pytest.mark.parametrize("implementation", ["chunked", "flash", "fused"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_paths_agree_with_masks_causal_and_gqa(implementation, causal):
     query = RNG.standard_normal((2, 9, 16)).astype("float32")
@@ -44,17 +45,19 @@ def test_paths_agree_with_masks_causal_and_gqa(implementation, causal):
         np.testing.assert_allclose(b, a, atol=1e-5)
 
 
-def test_default_switches_to_chunked_above_threshold(monkeypatch):
+def test_default_switches_to_a_memory_efficient_path_above_threshold(monkeypatch):
+    # The flash path where the backend has a kernel for it (TensorFlow), else chunked.
+    expected = "_flash_attention" if backend_lib.has_flash_attention() else "_chunked_attention"
     used = []
-    original = attention_ops._chunked_attention
+    original = getattr(attention_ops, expected)
     monkeypatch.setattr(
-        attention_ops, "_chunked_attention", lambda *a, **k: used.append(1) or original(*a, **k)
+        attention_ops, expected, lambda *a, **k: used.append(1) or original(*a, **k)
     )
     monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 1000)
     layer = ka.MultiHeadAttention(num_heads=2, key_dim=4)
     x = RNG.standard_normal((2, 30, 8)).astype("float32")
     out = layer(x, x)
-    assert used, "2 * 2 * 30 * 30 scores exceed the threshold: chunked expected"
+    assert used, "2 * 2 * 30 * 30 scores exceed the threshold: flash/chunked expected"
     _, scores = layer(x, x, return_attention_scores=True)
     assert len(used) == 1, "returning scores needs the plain path"
     forced = ka.MultiHeadAttention(num_heads=2, key_dim=4, implementation="plain")
@@ -68,7 +71,7 @@ def test_default_switches_to_chunked_above_threshold(monkeypatch):
 
 def test_implementation_is_validated_and_serialized():
     with pytest.raises(ValueError, match="implementation"):
-        ka.MultiHeadAttention(2, 4, implementation="flash")
+        ka.MultiHeadAttention(2, 4, implementation="flashy")
     layer = ka.MultiHeadAttention(2, 4, implementation="chunked")
     clone = ka.MultiHeadAttention.from_config(layer.get_config())
     assert clone.implementation == "chunked"

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keras_attention import backend as backend_lib
 from keras_attention import ops as attention_ops
 from tests import reference
 from tests.utils import value_and_gradients
@@ -279,7 +280,8 @@ def _grads(implementation, q, k, v, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "implementation, extra", [("chunked", {"chunk_size": 4}), ("chunked", {}), ("fused", {})]
+    "implementation, extra",
+    [("chunked", {"chunk_size": 4}), ("chunked", {}), ("flash", {}), ("fused", {})],
 )
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 9), (2, 1, 11, 9), (11, 9)])
@@ -313,18 +315,18 @@ def test_chunked_with_dynamic_length_in_tf_function():
         np.testing.assert_allclose(fn(x), reference.attention(x, x, x, causal=True)[0], atol=1e-5)
 
 
-def test_default_switches_to_chunked_for_large_scores(monkeypatch):
+def test_default_switches_to_a_memory_efficient_path_for_large_scores(monkeypatch):
+    # The flash path where the backend has a kernel for it (TensorFlow), else chunked.
+    expected = "_flash_attention" if backend_lib.has_flash_attention() else "_chunked_attention"
     calls = []
-    original = attention_ops._chunked_attention
+    original = getattr(attention_ops, expected)
     monkeypatch.setattr(
-        attention_ops,
-        "_chunked_attention",
-        lambda *a, **k: calls.append(1) or original(*a, **k),
+        attention_ops, expected, lambda *a, **k: calls.append(1) or original(*a, **k)
     )
     monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 100)
     q = _rand(1, 16, 8)
     out = attention_ops.scaled_dot_product_attention(q, q, q)
-    assert calls, "large scores should use the chunked path"
+    assert calls, "large scores should use a memory-efficient path"
     np.testing.assert_allclose(out, reference.attention(q, q, q)[0], atol=1e-5)
     attention_ops.scaled_dot_product_attention(q, q, q, return_attention_scores=True)
     assert len(calls) == 1, "weights need the plain path"
@@ -333,7 +335,8 @@ def test_default_switches_to_chunked_for_large_scores(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(implementation="flash"), "implementation"),
+        (dict(implementation="flashy"), "implementation"),
+        (dict(implementation="flash", return_attention_scores=True), "weights"),
         (dict(implementation="chunked", return_attention_scores=True), "weights"),
         (dict(implementation="fused", dropout_rate=0.1, training=True), "dropout"),
         (dict(implementation="chunked", chunk_size=0), "chunk_size"),

@@ -14,7 +14,7 @@ from tests.utils import value_and_gradients
 
 _np = keras.ops.convert_to_numpy
 RNG = np.random.default_rng(7)
-PATHS = ["plain", "chunked", "fused"]
+PATHS = ["plain", "chunked", "flash", "fused"]
 
 
 def _rand(*shape, scale=1.0):
@@ -68,7 +68,7 @@ def test_callable_bias_sees_absolute_positions(implementation):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["plain", "chunked"])
+@pytest.mark.parametrize("implementation", ["plain", "chunked", "flash"])
 def test_soft_cap(implementation):
     q, k, v = _qkv()
     out = _attend(q, k, v, implementation, soft_cap=2.0, causal=True)

@@ -10,6 +10,9 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
   head sizes on this backend (JAX's needs `d_k == d_v`).
 - :func:`map_sequentially`: a loop over chunks (`keras.ops.scan`), except on
   TensorFlow where a bounded loop keeps it differentiable under XLA.
+- :func:`has_flash_attention`, :func:`flash_attention`: the flash-attention kernel
+  (`tf.custom_gradient` and `tf.while_loop` around `ops`' tile math), TensorFlow only
+  (:mod:`keras_attention.backend.flash_tensorflow`).
 - :func:`is_symbolic_size`: a size that is only known when the program runs
   (PyTorch's `SymInt` while `torch.export` traces), kept as is rather than turned
   into a tensor (which would fix it to the example's value).
@@ -30,9 +33,12 @@ from keras import ops
 __all__ = [
     "concrete_value",
     "default_implementation",
+    "flash_attention",
     "fused_supports",
+    "has_flash_attention",
     "is_symbolic_size",
     "map_sequentially",
+    "reads_trainable_variables",
     "to_numpy",
 ]
 
@@ -48,6 +54,27 @@ _DEFAULT_IMPLEMENTATION = {"tensorflow": "plain", "jax": "plain", "torch": "fuse
 def default_implementation():
     """The attention path (`"plain"` or `"fused"`) this backend runs fastest."""
     return _DEFAULT_IMPLEMENTATION.get(keras.backend.backend(), "plain")
+
+
+def has_flash_attention():
+    """Whether this backend has a flash attention kernel (TensorFlow's, in
+    :mod:`keras_attention.backend.flash_tensorflow`); elsewhere `implementation="flash"`
+    runs the chunked path."""
+    return keras.backend.backend() == "tensorflow"
+
+
+def flash_attention(query, key, value, tile, block_q, block_k):
+    """The backend's flash attention kernel around `ops._FlashTile` (TensorFlow only)."""
+    from keras_attention.backend import flash_tensorflow
+
+    return flash_tensorflow.flash_attention(query, key, value, tile, block_q, block_k)
+
+
+def reads_trainable_variables(fn):
+    """Whether the callable score bias `fn` reads trainable variables (TensorFlow)."""
+    from keras_attention.backend import flash_tensorflow
+
+    return flash_tensorflow.reads_trainable_variables(fn)
 
 
 def fused_supports(query_shape, key_shape, value_shape):

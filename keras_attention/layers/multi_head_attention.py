@@ -84,12 +84,13 @@ class MultiHeadAttention(keras.layers.Layer):
         seed: int, seed for dropout.
         implementation: how the attention core runs (see
             `keras_attention.ops.scaled_dot_product_attention`): `None` (default)
-            uses the plain path and switches by itself to the exact,
-            memory-efficient `"chunked"` path when the score tensor
-            `(batch, num_heads, q_len, kv_len)` would exceed
+            uses the plain path and switches by itself to an exact,
+            memory-efficient path (`"flash"` on TensorFlow, `"chunked"` elsewhere)
+            when the score tensor `(batch, num_heads, q_len, kv_len)` would exceed
             `keras_attention.ops.CHUNKED_THRESHOLD` (2**28) elements and neither
-            scores nor dropout are needed; `"plain"`, `"chunked"` or `"fused"` force
-            a path (calls that need the scores or dropout always use `"plain"`).
+            scores nor dropout are needed; `"plain"`, `"chunked"`, `"flash"` or
+            `"fused"` force a path (calls that need the scores or dropout always use
+            `"plain"`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -448,8 +449,10 @@ class MultiHeadAttention(keras.layers.Layer):
         if mask is not None and len(mask.shape) == 3:
             mask = ops.expand_dims(mask, 1)  # the head axis of the scores
 
-        keys = self._repeat_kv_heads(attention_ops.split_heads(keys, self._kv_heads))
-        values = self._repeat_kv_heads(attention_ops.split_heads(values, self._kv_heads))
+        # Grouped-query heads: the attention function shares each key/value head with
+        # its group of query heads (the flash path without copying them).
+        keys = attention_ops.split_heads(keys, self._kv_heads)
+        values = attention_ops.split_heads(values, self._kv_heads)
         result = attention_ops.scaled_dot_product_attention(
             queries,
             keys,
@@ -474,12 +477,6 @@ class MultiHeadAttention(keras.layers.Layer):
         if new_cache is not None:
             outputs += (new_cache,)
         return outputs[0] if len(outputs) == 1 else outputs
-
-    def _repeat_kv_heads(self, x):
-        # Contiguous groups: repeat(axis=1) turns heads [k0, k1] into [k0, k0, k1, k1],
-        # so query head h uses key/value head h // group.
-        group = self.num_heads // self._kv_heads
-        return x if group == 1 else ops.repeat(x, group, axis=1)
 
     def _needs_flattening(self, rank):
         return rank > 3 or self._attention_axes_for(rank) != (1,)

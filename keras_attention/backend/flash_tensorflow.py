@@ -1,0 +1,227 @@
+"""Flash attention on TensorFlow: the loops and the custom gradient around `ops`' tiles.
+
+The tile math (scores, soft cap, bias, masks, the online softmax and the backward
+tile) is `keras_attention.ops._FlashTile`, written with `keras.ops`; this module only
+adds what TensorFlow needs for itself: `tf.while_loop`s over the blocks (with bounds
+that skip the tiles the causal mask or the sliding window hide), `tf.TensorArray`s for
+the blocks' results, and `tf.custom_gradient` for FlashAttention-2's backward pass.
+
+Forward: for each query block, an online softmax over its key blocks; only the output
+and the log-sum-exp per query are kept. Backward, from the saved log-sum-exp: a loop
+over key blocks accumulating `dK`, `dV` over their query blocks, then a loop over
+query blocks accumulating `dQ` over their key blocks (two loops, so every block's
+gradient is written once and nothing is scattered into a full-size tensor).
+"""
+
+import tensorflow as tf
+
+
+def reads_trainable_variables(fn):
+    """Whether the callable bias `fn(query_positions, key_positions)` reads a
+    trainable variable (such a bias needs autodiff, not the flash gradient)."""
+    with tf.GradientTape(watch_accessed_variables=True) as tape:
+        fn(tf.range(1), tf.range(1))
+    return any(v.trainable for v in tape.watched_variables())
+
+
+def flash_attention(query, key, value, tile, block_q, block_k):
+    """Exact attention of `(B, H, q_len, d)` queries (already scaled) on
+    `(B, Hk, kv_len, d)` keys and values, `H` a multiple of `Hk`.
+
+    `tile` is an `ops._FlashTile` holding the masks and score modifiers.
+    """
+    heads, kv_heads = query.shape[1], key.shape[1]
+    group = 1 if heads == kv_heads else heads // kv_heads
+    d_k, d_v = query.shape[-1], value.shape[-1]
+    q_len, kv_len = _length(query), _length(key)
+    bq = min(block_q, q_len) if isinstance(q_len, int) else block_q
+    bk = min(block_k, kv_len) if isinstance(kv_len, int) else block_k
+    nq, nk = _ceil_div(q_len, bq), _ceil_div(kv_len, bk)
+    tile.pad_keys = not (isinstance(kv_len, int) and kv_len % bk == 0)
+    if tile.mask is not None:
+        tile.mask = _pad_mask(tile.mask, nq * bq, nk * bk)
+    mod = tile.score_mod
+    causal, window = mod.causal, mod.sliding_window
+
+    def key_blocks(i):
+        """Key blocks `[lo, hi)` that query block `i` can see."""
+        first, last = i * bq, tf.minimum((i + 1) * bq, q_len) - 1
+        lo, hi = tf.constant(0), tf.cast(nk, tf.int32)
+        if causal:
+            hi = tf.minimum(hi, last // bk + 1)
+        if window is not None:
+            lo = tf.maximum(first - window + 1, 0) // bk
+            if not causal:
+                hi = tf.minimum(hi, (last + window - 1) // bk + 1)
+        return lo, hi
+
+    def query_blocks(j):
+        """Query blocks `[lo, hi)` that see key block `j`."""
+        first, last = j * bk, tf.minimum((j + 1) * bk, kv_len) - 1
+        lo, hi = tf.constant(0), tf.cast(nq, tf.int32)
+        if causal:
+            lo = first // bq
+        if window is not None:
+            hi = tf.minimum(hi, (last + window - 1) // bq + 1)
+            if not causal:
+                lo = tf.maximum(first - window + 1, 0) // bq
+        return lo, hi
+
+    def blocks(x, n, size):
+        """`(B, Hk, G, n * size, f)` as a TensorArray of n `(B, Hk, G, size, f)` blocks."""
+        shape = tf.shape(x)
+        x = tf.reshape(x, tf.concat([shape[:3], [n, size], shape[4:]], 0))
+        x = tf.transpose(x, (3, 0, 1, 2, 4, 5))
+        return tf.TensorArray(x.dtype, size=n, clear_after_read=False).unstack(x)
+
+    def unblocks(array, length):
+        """The stacked `(n, B, Hk, G, size, f)` blocks as `(B, Hk, G, length, f)`."""
+        x = array.stack()
+        x = tf.transpose(x, (1, 2, 3, 0, 4, 5))
+        shape = tf.shape(x)
+        x = tf.reshape(x, tf.concat([shape[:3], [shape[3] * shape[4], shape[5]]], 0))
+        return x[:, :, :, :length]
+
+    def pad_rows(x, length):
+        return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
+
+    def loop(lo, hi, body, state):
+        """`for index in range(lo, hi): state = body(index, state)`.
+
+        One iteration at a time: running several blocks at once (TensorFlow's
+        default of 10) multiplies the memory of the tiles in flight and gains nothing
+        (every matmul already uses all cores).
+        """
+        return tf.while_loop(
+            lambda index, *_: index < hi,
+            lambda index, *state: (index + 1,) + tuple(body(index, state)),
+            (lo,) + tuple(state),
+            parallel_iterations=1,
+        )[1:]
+
+    def split(query, key, value):
+        """The padded query, key and value blocks as TensorArrays."""
+        batch = tf.shape(query)[0]
+        q5 = tf.reshape(query, [batch, kv_heads or tf.shape(query)[1], group, q_len, d_k])
+        k5, v5 = tf.expand_dims(key, 2), tf.expand_dims(value, 2)
+        return (
+            blocks(pad_rows(q5, nq * bq), nq, bq),
+            blocks(pad_rows(k5, nk * bk), nk, bk),
+            blocks(pad_rows(v5, nk * bk), nk, bk),
+        )
+
+    # The log-sum-exp is a second output so that the gradient function reads only
+    # the inputs and outputs of `attend` (a SavedModel saves that function, and it
+    # cannot capture the forward pass's intermediate TensorArrays).
+    @tf.custom_gradient
+    def attend(query, key, value):
+        batch = tf.shape(query)[0]
+        q_blocks, k_blocks, v_blocks = split(query, key, value)
+
+        def forward_block(i, arrays):
+            out_array, lse_array = arrays
+            q = q_blocks.read(i)
+            lo, hi = key_blocks(i)
+            state = loop(
+                lo,
+                hi,
+                lambda j, state: tile.forward(
+                    state, q, k_blocks.read(j), v_blocks.read(j), i * bq, j * bk
+                ),
+                tile.initial_state(q, d_v),
+            )
+            out, lse = tile.finish(state, value.dtype)
+            return out_array.write(i, out), lse_array.write(i, lse[..., None])
+
+        out_blocks, lse_blocks = loop(
+            0,
+            nq,
+            forward_block,
+            (
+                tf.TensorArray(value.dtype, size=nq, clear_after_read=False),
+                tf.TensorArray(tf.float32, size=nq, clear_after_read=False),
+            ),
+        )
+        out5 = unblocks(out_blocks, q_len)
+        lse5 = unblocks(lse_blocks, nq * bq)
+        output = tf.reshape(out5, [batch, tf.shape(query)[1], q_len, d_v])
+
+        def grad(d_output, d_lse):
+            del d_lse  # the log-sum-exp is an output only for the gradient's sake
+            q_blocks, k_blocks, v_blocks = split(query, key, value)
+            batch = tf.shape(query)[0]
+            out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
+            lse = blocks(lse5, nq, bq)
+            d5 = tf.reshape(d_output, tf.shape(out5))
+            delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
+            d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
+            delta_blocks = blocks(pad_rows(delta[..., None], nq * bq), nq, bq)
+            float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+
+            def key_block_grads(j, state):
+                dk_array, dv_array, dq = state
+                k, v = k_blocks.read(j), v_blocks.read(j)
+
+                def add(i, state):
+                    dk, dv, dq = state
+                    q, d_out = q_blocks.read(i), d_blocks.read(i)
+                    lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
+                    p, ds = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
+                    dv += tf.einsum("bhgqk,bhgqd->bhkd", p, float32(d_out))
+                    dk += tf.einsum("bhgqk,bhgqd->bhkd", ds, float32(q))
+                    dq_i = tf.matmul(ds, float32(k))
+                    dq = tf.tensor_scatter_nd_add(dq, [[i]], dq_i[None])
+                    return dk, dv, dq
+
+                lo, hi = query_blocks(j)
+                zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
+                zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
+                dk, dv, dq = loop(lo, hi, add, (zeros, zeros_v, dq))
+                return (
+                    dk_array.write(j, dk[:, :, None]),
+                    dv_array.write(j, dv[:, :, None]),
+                    dq,
+                )
+
+            dq_zeros = tf.zeros(tf.concat([[nq], tf.shape(q_blocks.read(0))], 0), tf.float32)
+            dk_blocks, dv_blocks, dq_blocks = loop(
+                0,
+                nk,
+                key_block_grads,
+                (
+                    tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
+                    tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
+                    dq_zeros,
+                ),
+            )
+            dq_blocks = tf.TensorArray(tf.float32, size=nq).unstack(dq_blocks)
+            dq = tf.reshape(unblocks(dq_blocks, q_len), tf.shape(query))
+            dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
+            dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
+            return (
+                tf.cast(dq, query.dtype),
+                tf.cast(dk, key.dtype),
+                tf.cast(dv, value.dtype),
+            )
+
+        return (output, lse5), grad
+
+    return attend(query, key, value)[0]
+
+
+def _length(x):
+    """The static length (axis -2) of `x`, or its dynamic length as a tensor."""
+    length = x.shape[-2]
+    return length if length is not None else tf.shape(x)[-2]
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _pad_mask(mask, q_rows, k_columns):
+    """Pad the query and key axes of a 5-D mask (where not broadcast) with `False`."""
+    pads = [[0, 0]] * 3
+    pads.append([0, 0] if mask.shape[3] == 1 else [0, q_rows - tf.shape(mask)[3]])
+    pads.append([0, 0] if mask.shape[4] == 1 else [0, k_columns - tf.shape(mask)[4]])
+    return tf.pad(mask, pads, constant_values=False)
