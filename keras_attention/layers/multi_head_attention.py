@@ -72,6 +72,10 @@ class MultiHeadAttention(keras.layers.Layer):
             `keras_attention.ops.CHUNKED_THRESHOLD` (2**28) elements and neither
             scores nor dropout are needed; `"plain"`, `"chunked"` or `"fused"` force
             a path (calls that need the scores or dropout always use `"plain"`).
+        sliding_window: optional positive int `w`, local attention as in
+            `keras.layers.GroupedQueryAttention`: query `i` sees only keys `j` with
+            `|i - j| < w`; with `use_causal_mask=True` (and with a cache) that is
+            the `w` most recent keys, `i - w < j <= i`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -138,6 +142,7 @@ class MultiHeadAttention(keras.layers.Layer):
         bias_constraint=None,
         seed=None,
         implementation=None,
+        sliding_window=None,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -175,6 +180,8 @@ class MultiHeadAttention(keras.layers.Layer):
         attention_ops.check_implementation(implementation)
         self.seed = seed
         self.implementation = implementation
+        _validation.check_positive_int(sliding_window, "sliding_window", allow_none=True)
+        self.sliding_window = sliding_window
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
@@ -302,6 +309,11 @@ class MultiHeadAttention(keras.layers.Layer):
                 key_padding=masks.combine_masks(value_mask, key_mask),
                 attention_mask=attention_mask,
             )
+            if self.sliding_window is not None:
+                window = masks.sliding_window_mask(
+                    q_len, ops.shape(cache)[1], self.sliding_window, offset=cache_index
+                )
+                mask = masks.combine_masks(mask, window)
         if mask is not None and len(mask.shape) == 3:
             mask = ops.expand_dims(mask, 1)  # the head axis of the scores
 
@@ -317,6 +329,7 @@ class MultiHeadAttention(keras.layers.Layer):
             training=bool(training),
             return_attention_scores=return_attention_scores,
             implementation=self._implementation_for(return_attention_scores, training),
+            sliding_window=self.sliding_window if cache is None else None,
         )
         heads, scores = result if return_attention_scores else (result, None)
         output = self.output_dense(attention_ops.merge_heads(heads))
@@ -402,6 +415,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 "output_dim": self.output_dim,
                 "seed": self.seed,
                 "implementation": self.implementation,
+                "sliding_window": self.sliding_window,
                 **self.projection.get_config(),
             }
         )
