@@ -168,7 +168,10 @@ def test_gradients_match_finite_differences(option):
     projection = np.random.default_rng(5).standard_normal((2, LENGTH, FEATURES))
 
     def loss(t):
-        return keras.ops.sum(layer(t, t, use_causal_mask=True) * projection.astype("float32"))
+        return keras.ops.sum(
+            layer(t, t, use_causal_mask=True)
+            * keras.ops.convert_to_tensor(projection.astype("float32"))
+        )
 
     _, (grad,) = value_and_gradients(loss, [x])
     direction = np.random.default_rng(6).standard_normal(x.shape)
@@ -233,7 +236,7 @@ def test_keras_file_round_trip(option, tmp_path):
     np.testing.assert_allclose(after, before, atol=1e-6)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel: TensorFlow only")
+@pytest.mark.tensorflow_only("exports and loads a SavedModel")
 def test_saved_model_export_with_every_option(tmp_path):
     options = _options()
     inputs = keras.Input((None, FEATURES))

@@ -45,11 +45,15 @@ def test_window_equals_band_mask(implementation, causal):
 
     def windowed_loss(x):
         out = windowed(x, x, attention_mask=padding, use_causal_mask=causal)
-        return keras.ops.sum(out * np.linspace(-1, 1, 8, dtype="float32")), out
+        return keras.ops.sum(
+            out * keras.ops.convert_to_tensor(np.linspace(-1, 1, 8, dtype="float32"))
+        ), out
 
     def full_loss(x):
         out = full(x, x, attention_mask=band)
-        return keras.ops.sum(out * np.linspace(-1, 1, 8, dtype="float32")), out
+        return keras.ops.sum(
+            out * keras.ops.convert_to_tensor(np.linspace(-1, 1, 8, dtype="float32"))
+        ), out
 
     out, expected = _np(windowed_loss(x)[1]), _np(full_loss(x)[1])
     assert np.all(np.isfinite(out))
