@@ -149,6 +149,34 @@ def test_cached_decoding_equals_full_pass(option):
     np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", ["plain", "chunked", "fused"])
+def test_cached_decoding_on_every_path(implementation):
+    """RoPE, ALiBi, QK-norm, grouped-query heads and a window (ring cache) together,
+    each path with and without the cache, against the numpy reference."""
+    keras.utils.set_random_seed(6)
+    layer = ka.MultiHeadAttention(
+        HEADS,
+        KEY_DIM,
+        num_key_value_heads=2,
+        position_embedding="rotary",
+        score_bias=ka.ALiBiBias(HEADS),
+        query_norm="rms_norm",
+        key_norm="layer_norm",
+        sliding_window=3,
+        implementation=implementation,
+    )
+    x = _x(10)
+    full = _np(layer(x, x, use_causal_mask=True))
+    np.testing.assert_allclose(full, mha_numpy(layer, x), atol=1e-5)
+    cache = layer.get_initial_cache(2, LENGTH)
+    out, cache = layer(x[:, :5], x[:, :5], cache=cache, cache_index=0)
+    outs = [_np(out)]
+    for t in range(5, LENGTH):
+        out, cache = layer(x[:, t : t + 1], x[:, t : t + 1], cache=cache, cache_index=t)
+        outs.append(_np(out))
+    np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5)
+
+
 def test_rotary_cached_step_at_position_p_equals_row_p():
     layer = _layer("rotary")
     x = _x(3)

@@ -128,7 +128,8 @@ class MultiHeadAttention(keras.layers.Layer):
         `(batch, q_len, output_dim)`; with `return_attention_scores=True` also the
         weights `(batch, num_heads, q_len, kv_len)`; with `cache`, the updated cache
         comes last: `(output, new_cache)` or `(output, scores, new_cache)` (scores then
-        cover all `max_length` positions). The output carries the query's Keras mask.
+        cover all `max_length` positions; with a `sliding_window`, the ring's slots
+        followed by the new tokens). The output carries the query's Keras mask.
 
     Example:
     >>> import numpy as np
@@ -258,6 +259,11 @@ class MultiHeadAttention(keras.layers.Layer):
     def get_initial_cache(self, batch_size, max_length, dtype=None):
         """An empty decoding cache: zeros of shape
         `(batch_size, max_length, num_key_value_heads * (key_dim + value_dim))`.
+
+        With a `sliding_window` `w` it holds `min(max_length, w)` positions, used as a
+        ring (position `p` in slot `p % size`): a query never sees further back than
+        `w` positions, so memory stays fixed however long decoding runs. Calls then
+        take an `attention_mask` over absolute positions, `(batch, new_len, L)`.
 
         Args:
             batch_size: positive int (or scalar int tensor).
