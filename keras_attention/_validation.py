@@ -21,6 +21,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_attention import backend as backend_lib
+
 
 def _is_int(value):
     """A Python or numpy integer, not a bool."""
@@ -108,6 +110,8 @@ def check_index(value, name, positive=False):
         if value < (1 if positive else 0):
             raise ValueError(f"{expected} Received: {name}={value!r}")
         return int(value)
+    if backend_lib.is_symbolic_size(value):
+        return value  # a traced size; a tensor would fix it to the example's value
     if value is None or isinstance(value, (bool, numbers.Number, str)):
         raise ValueError(f"{expected} Received: {name}={value!r}")
     tensor = ops.convert_to_tensor(value)

@@ -323,6 +323,7 @@ def export_torch_program(model, path, dynamic_axes=(0, 1), verbose=False):
         model.export(
             tmp_path, format="torch", dynamic_shapes=tuple(dynamic_shapes), verbose=verbose
         )
+        _check_axes_stay_dynamic(tmp_path, inputs, dynamic_axes)
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
@@ -330,6 +331,35 @@ def export_torch_program(model, path, dynamic_axes=(0, 1), verbose=False):
             os.remove(tmp_path)
         raise
     return path
+
+
+def _check_axes_stay_dynamic(program_path, inputs, dynamic_axes):
+    """Run the written program with sizes other than the example's on its dynamic axes.
+
+    `torch.export.Dim.AUTO` silently fixes a dimension to the example input's size
+    (Keras traces with 2) when the traced code turns it into a constant; the program
+    would then fail only in the user's server. Raise here instead.
+    """
+    import torch
+
+    probe = []
+    for tensor in inputs:
+        shape = []
+        for axis, dim in enumerate(tensor.shape):
+            if dim is None:
+                dim = 3 if axis in dynamic_axes else 2  # Keras' example size is 2
+            shape.append(dim)
+        dtype = getattr(torch, keras.backend.standardize_dtype(tensor.dtype))
+        probe.append(torch.zeros(shape, dtype=dtype))
+    try:
+        torch.export.load(program_path).module()(*probe)
+    except Exception as error:
+        raise ValueError(
+            "The exported program does not accept sizes other than the example's on "
+            f"`dynamic_axes`={tuple(dynamic_axes)} (torch.export fixed them while "
+            "tracing). Export with `dynamic_axes=()` for a fixed-shape program. "
+            f"Received inputs of shapes {[tuple(p.shape) for p in probe]}; error: {error}"
+        ) from error
 
 
 def _serving_fn(model):

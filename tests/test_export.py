@@ -384,11 +384,6 @@ _RUN_TORCH_PROGRAM_WITHOUT_PACKAGE = textwrap.dedent(
 
 
 @torch_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, open in issue 13: the exported program specializes the sequence "
-    "length of the example input (torch.export guard 'args_0.size()[1] == 2')",
-)
 def test_torch_program_serves_in_subprocess_without_package(tmp_path):
     model = _self_attention_model()
     path = export.export_torch_program(model, tmp_path / "sub" / "model.pt2")
@@ -420,6 +415,23 @@ def test_torch_program_serves_in_subprocess_without_package(tmp_path):
     served = np.load(tmp_path / "outputs.npz")
     for name, x in cases.items():
         np.testing.assert_allclose(served[name], model.predict(x, verbose=0), atol=1e-5)
+
+
+class _LengthAsTensor(keras.layers.Layer):
+    """Turns the traced sequence length into a tensor: torch.export then fixes it."""
+
+    def call(self, x):
+        length = keras.ops.convert_to_tensor(keras.ops.shape(x)[1], "float32")
+        return x * length
+
+
+@torch_only
+def test_torch_program_that_fixed_a_dynamic_axis_is_refused(tmp_path):
+    inputs = keras.Input((None, FEATURES))
+    model = keras.Model(inputs, _LengthAsTensor()(inputs))
+    with pytest.raises(ValueError, match="does not accept sizes other than the example"):
+        export.export_torch_program(model, tmp_path / "model.pt2")
+    assert os.listdir(tmp_path) == []  # the temporary file is removed
 
 
 @torch_only

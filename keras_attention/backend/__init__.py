@@ -10,6 +10,9 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
   head sizes on this backend (JAX's needs `d_k == d_v`).
 - :func:`map_sequentially`: a loop over chunks (`keras.ops.scan`), except on
   TensorFlow where a bounded loop keeps it differentiable under XLA.
+- :func:`is_symbolic_size`: a size that is only known when the program runs
+  (PyTorch's `SymInt` while `torch.export` traces), kept as is rather than turned
+  into a tensor (which would fix it to the example's value).
 - :func:`to_numpy`: tensors of any backend (also PyTorch tensors that require
   grad) as numpy arrays.
 - :mod:`keras_attention.backend.generation`: how the decoding loop is compiled
@@ -22,7 +25,13 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["default_implementation", "fused_supports", "map_sequentially", "to_numpy"]
+__all__ = [
+    "default_implementation",
+    "fused_supports",
+    "is_symbolic_size",
+    "map_sequentially",
+    "to_numpy",
+]
 
 # Measured forward+backward of `MultiHeadAttention` (batch 8, d_model 256, 8 heads,
 # N = 128 ... 2048) against `keras.layers.MultiHeadAttention` on CPU (tables in
@@ -64,6 +73,19 @@ def map_sequentially(fn, xs, output_zeros):
         return tf.scan(lambda _, x: fn(x), xs, initializer=output_zeros)
     _, outputs = ops.scan(lambda carry, x: (carry, fn(x)), output_zeros, xs)
     return outputs
+
+
+def is_symbolic_size(value):
+    """Whether `value` is a traced integer size (PyTorch's `SymInt` under `torch.export`).
+
+    Converting one to a tensor makes `torch.export` specialise the dimension to the
+    example input's value, so such sizes are passed on untouched.
+    """
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return isinstance(value, torch.SymInt)
 
 
 def to_numpy(x):
