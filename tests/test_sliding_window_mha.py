@@ -83,3 +83,12 @@ def test_window_in_config_and_validated():
     assert MultiHeadAttention.from_config(layer.get_config()).sliding_window == 5
     with pytest.raises(ValueError, match="sliding_window=0"):
         MultiHeadAttention(num_heads=2, key_dim=4, sliding_window=0)
+
+
+def test_ring_cache_size_and_overflow():
+    windowed, _, x = _pair(5)
+    assert tuple(windowed.get_initial_cache(2, 20).shape) == (2, 5, 16)  # the ring
+    short = windowed.get_initial_cache(2, 3)  # shorter than the window: no wrap-around
+    assert tuple(short.shape) == (2, 3, 16)
+    with pytest.raises(ValueError, match="max_length=3"):
+        windowed(x[:, :2], x[:, :2], cache=short, cache_index=2)

@@ -30,8 +30,8 @@ class ALiBiBias(_PositionBias):
     Example:
     >>> import numpy as np
     >>> bias = ALiBiBias(num_heads=2)(np.arange(3), np.arange(3))
-    >>> np.asarray(bias)[1].tolist()
-    [[0.0, -0.0625, -0.125], [-0.0625, 0.0, -0.0625], [-0.125, -0.0625, 0.0]]
+    >>> np.asarray(bias)[:, 0, 2].tolist()  # distance 2, slopes 1/16 and 1/256
+    [-0.125, -0.0078125]
     """
 
     def call(self, query_positions, key_positions):

@@ -336,7 +336,7 @@ class MultiHeadAttention(keras.layers.Layer):
             bias = self._bias_with_offset(start_index)
         if cache is not None and self.sliding_window is not None:
             cache, cache_index = _check_cache(
-                cache, cache_index, keys.shape, self._cache_features, rolling=True
+                cache, cache_index, keys.shape, self._cache_features, window=self.sliding_window
             )
             new_cache, keys, values, mask, key_positions = _rolling_cache_step(
                 cache,
@@ -585,7 +585,7 @@ class MultiHeadAttention(keras.layers.Layer):
 # keys/values into it, and build the mask over all the cached keys.
 
 
-def _check_cache(cache, cache_index, keys_shape, features, rolling=False):
+def _check_cache(cache, cache_index, keys_shape, features, window=None):
     """Check `cache` against the projected new keys `(batch, new_len, ...)` and the
     cache's `features`; return the cache as a tensor and `cache_index` as an int or an
     int32 scalar tensor."""
@@ -599,8 +599,10 @@ def _check_cache(cache, cache_index, keys_shape, features, rolling=False):
         )
     cache_index = _validation.check_index(cache_index, "cache_index")
     new_len, max_length = keys_shape[1], cache.shape[1]
+    # A ring of `window` slots may wrap around; a shorter cache (max_length < window)
+    # must not, or it would drop positions the window still sees.
     if (
-        not rolling
+        (window is None or (max_length is not None and max_length < window))
         and isinstance(cache_index, int)
         and new_len is not None
         and max_length is not None
