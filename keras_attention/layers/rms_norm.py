@@ -28,8 +28,8 @@ class RMSNorm(keras.layers.Layer):
     Example:
     >>> import numpy as np
     >>> y = RMSNorm()(np.array([[3.0, 4.0]], "float32"))
-    >>> np.round(np.asarray(y), 4).tolist()
-    [[0.8485, 1.1314]]
+    >>> [round(float(v), 4) for v in np.asarray(y)[0]]  # (3, 4) / sqrt(12.5)
+    [0.8485, 1.1314]
     """
 
     def __init__(self, epsilon=1e-6, scale_initializer="ones", **kwargs):
