@@ -19,6 +19,10 @@ from keras_attention.layers.additive_attention import AdditiveAttention
 from keras_attention.layers.alibi_bias import ALiBiBias
 from keras_attention.layers.attention_pooling import AttentionPooling
 from keras_attention.layers.feed_forward import FeedForward
+from keras_attention.layers.grouped_query_attention import (
+    GroupedQueryAttention,
+    GroupQueryAttention,
+)
 from keras_attention.layers.luong_attention import LuongAttention
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.positional import (

@@ -106,6 +106,8 @@ def layout_map(model, mesh, model_axis="model"):
             heads = layer.num_heads
             kv_heads = getattr(layer, "num_key_value_heads", None) or heads
             shard(layer.query_dense, column, layer.name, heads, "the query heads")
+            if getattr(layer, "gate_dense", None) is not None:  # use_gate: per query head
+                shard(layer.gate_dense, column, layer.name, heads, "the query heads")
             shard(layer.key_dense, column, layer.name, kv_heads, "the key/value heads")
             shard(layer.value_dense, column, layer.name, kv_heads, "the key/value heads")
             shard(layer.output_dense, row, layer.name, heads, "the query heads")

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_attention import _validation
+from keras_attention import _validation, backend
 
 __all__ = [
     "causal_mask",
@@ -22,6 +22,7 @@ __all__ = [
     "large_negative_number",
     "validate_mask",
     "check_broadcastable",
+    "flatten_attention_mask",
 ]
 
 # The most negative number we add to a masked score, per compute dtype. It must be
@@ -160,7 +161,10 @@ def merge_attention_masks(
             attend nothing (their attention outputs are zeros).
         value_mask: `(batch, kv_len)` Keras mask of the values.
         key_mask: `(batch, kv_len)` Keras mask of the keys.
-        attention_mask: `(batch, q_len, kv_len)` or `(batch, heads, q_len, kv_len)`.
+        attention_mask: `(q_len, kv_len)` (the same for every batch element),
+            `(batch, q_len, kv_len)` or `(batch, heads, q_len, kv_len)`; a size-1
+            batch or head axis broadcasts. Boolean, or 0/1 integers or floats (see
+            :func:`validate_mask`).
         use_causal_mask: add `causal_mask(q_len, kv_len)`.
         q_len, kv_len: lengths (ints or scalar tensors), needed for the causal mask.
 
@@ -195,12 +199,16 @@ def merge_attention_masks(
     if attention_mask is not None:
         attention_mask = validate_mask(attention_mask, name="attention_mask")
         rank = len(attention_mask.shape)
-        if rank not in (3, 4):
+        if rank not in (2, 3, 4):
             raise ValueError(
-                "`attention_mask` must have shape (batch, q_len, kv_len) or "
-                "(batch, num_heads, q_len, kv_len). "
+                "`attention_mask` must have shape (q_len, kv_len), (batch, q_len, "
+                "kv_len) or (batch, num_heads, q_len, kv_len). "
                 f"Received: attention_mask.shape={tuple(attention_mask.shape)}"
             )
+        if rank == 2:
+            # One mask for the whole batch, as Keras broadcasts it.
+            attention_mask = ops.expand_dims(attention_mask, 0)
+            rank = 3
         expected = (None,) * (rank - 2) + (_static(q_len), _static(kv_len))
         check_broadcastable(
             expected,
@@ -220,6 +228,51 @@ def merge_attention_masks(
             )
         return combine_masks(combined, attention_mask)
     return combine_masks(*parts)
+
+
+def flatten_attention_mask(attention_mask, batch_dims, q_dims, kv_dims, name="attention_mask"):
+    """An attention mask over several attention axes as a rank-4 mask over one.
+
+    For attention over `k` axes of inputs of higher rank (Keras' `attention_axes`),
+    the scores have shape `(*batch_dims, heads, *q_dims, *kv_dims)`, where
+    `batch_dims` are the batch axis and the axes that are not attention axes. As in
+    Keras, a mask gives the trailing `2k` axes `(*q_dims, *kv_dims)`; its leading
+    axes align with the leading axes of the scores, and any missing axes are
+    inserted just before the query axes (so a mask without a head axis broadcasts
+    over the heads). The result is that mask, broadcast and flattened to
+    `(prod(batch_dims), 1 or heads, prod(q_dims), prod(kv_dims))`, to match queries
+    and keys flattened in the same (row-major) order.
+
+    Args:
+        attention_mask: boolean (or 0/1) mask, see above.
+        batch_dims, q_dims, kv_dims: sizes (ints or scalar tensors).
+        name: the argument's name for error messages.
+    """
+    mask = validate_mask(attention_mask, name=name)
+    num_batch, k = len(batch_dims), len(q_dims)
+    rank = num_batch + 1 + 2 * k
+    if not 2 * k <= len(mask.shape) <= rank:
+        raise ValueError(
+            f"`{name}` must have between {2 * k} and {rank} axes: (batch, other "
+            f"axes..., heads, query attention axes..., key attention axes...), "
+            f"leading axes optional. Received: {name}.shape={tuple(mask.shape)}"
+        )
+    leading = len(mask.shape) - 2 * k
+    for _ in range(rank - len(mask.shape)):
+        mask = ops.expand_dims(mask, leading)
+    expected = tuple(_static(d) for d in batch_dims) + (None,)
+    expected += tuple(_static(d) for d in q_dims) + tuple(_static(d) for d in kv_dims)
+    check_broadcastable(expected, tuple(mask.shape), "attention scores", name)
+    heads = mask.shape[num_batch]
+    heads = ops.shape(mask)[num_batch] if heads is None else heads
+    target = tuple(batch_dims) + (heads,) + tuple(q_dims) + tuple(kv_dims)
+    mask = ops.broadcast_to(mask, target)
+    q_len, kv_len = 1, 1
+    for dim in q_dims:
+        q_len = q_len * dim
+    for dim in kv_dims:
+        kv_len = kv_len * dim
+    return ops.reshape(mask, (-1, heads, q_len, kv_len))
 
 
 def _keras_mask(mask, name, length_name):
@@ -269,10 +322,15 @@ def combine_masks(*masks):
 
 
 def validate_mask(mask, name="mask"):
-    """Convert `mask` to a boolean tensor, accepting only boolean or integer dtypes.
+    """Convert `mask` to a boolean tensor: `True` where attention is allowed.
 
-    A float mask is refused: it could be an additive bias or a 0/1 mask, and guessing
-    wrong silently lets padded keys through.
+    Boolean masks are taken as they are; integer masks are read as `mask != 0`.
+    Float masks are read as Keras' attention layers read them (`ops.cast(mask,
+    "bool")`, i.e. `mask != 0`), so code written for Keras runs unchanged; but a
+    float mask must hold only 0 and 1. An additive bias (0 where allowed, `-inf` or
+    `-1e9` where masked) read as `!= 0` would be exactly inverted, so where the
+    values are known (eager calls) anything other than 0 and 1 raises a
+    `ValueError`. Inside a traced function the values cannot be checked.
     """
     if mask is None:
         return None
@@ -282,9 +340,22 @@ def validate_mask(mask, name="mask"):
         return mask
     if dtype.startswith(("int", "uint")):
         return ops.not_equal(mask, 0)
+    if dtype.startswith(("float", "bfloat")):
+        values = backend.concrete_value(mask)
+        if values is not None:
+            values = np.asarray(values, dtype="float32")
+            bad = values[(values != 0) & (values != 1)]
+            if bad.size:
+                raise ValueError(
+                    f"`{name}` must be a boolean tensor, or a 0/1 integer or float "
+                    f"tensor, with 1 where attention is allowed (a float mask is "
+                    f"read as `{name} != 0`, as in Keras). Received: {name} with "
+                    f"dtype={dtype} holding {float(bad.flat[0])}"
+                )
+        return ops.not_equal(mask, ops.zeros((), dtype=mask.dtype))
     raise TypeError(
-        f"`{name}` must be a boolean (or 0/1 integer) tensor with True where "
-        f"attention is allowed. Received: {name} with dtype={dtype}"
+        f"`{name}` must be a boolean (or 0/1 integer or float) tensor with True "
+        f"where attention is allowed. Received: {name} with dtype={dtype}"
     )
 
 

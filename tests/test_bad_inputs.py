@@ -239,10 +239,10 @@ CASES = [
         r"`key` and `value`.*key\.shape=\(2, 6, 8\).*value\.shape=\(2, 5, 8\)",
     ),
     (
-        "mha_attention_mask_rank2",
-        lambda p: _mha_call(attention_mask=_x(T, S, dtype=bool)),
+        "mha_attention_mask_rank1",
+        lambda p: _mha_call(attention_mask=_x(S, dtype=bool)),
         ValueError,
-        r"attention_mask.*\(4, 5\)",
+        r"attention_mask.*\(5,\)",
     ),
     (
         "mha_attention_mask_wrong_length",

@@ -69,7 +69,7 @@ def test_additive_matches_numpy(single_step):
     if single_step:
         ref_out, ref_w = ref_out[:, 0], ref_w[:, 0]
     assert out.shape == ref_out.shape and weights.shape == ref_w.shape
-    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(weights, ref_w, atol=1e-5)
 
 
@@ -86,7 +86,7 @@ def test_additive_matches_keras_additive_attention():
     keras_layer([pq, v, pk])
     keras_layer.scale.assign(_np(layer.score_dense.kernel)[:, 0])
     expected = keras_layer([pq, v, pk], mask=[q_keep, v_keep])
-    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(_np(out), expected, atol=1e-5)
 
 
 def _luong_scores(layer, q, k):
@@ -132,7 +132,7 @@ def test_luong_matches_numpy(kwargs, single_step):
     if single_step:
         ref_out, ref_w = ref_out[:, 0], ref_w[:, 0]
     assert out.shape == ref_out.shape and weights.shape == ref_w.shape
-    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(weights, ref_w, atol=1e-5)
 
 
@@ -150,7 +150,7 @@ def test_pooling_matches_numpy():
         if layer.num_queries == 1:
             ref_out, ref_w = ref_out[:, 0], ref_w[:, 0]
         assert out.shape == ref_out.shape and weights.shape == ref_w.shape, kwargs
-        np.testing.assert_allclose(out, ref_out, atol=1e-5)
+        np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
         np.testing.assert_allclose(weights, ref_w, atol=1e-5)
 
 
@@ -192,7 +192,7 @@ def test_pooling_invariant_to_masked_content_and_fully_masked_is_zero():
     other[~keep] = 1e3 * _rand(int((~keep).sum()), 6)
     a, wa = layer(x, mask=keep, return_attention_scores=True)
     b, wb = layer(other, mask=keep, return_attention_scores=True)
-    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(_np(a), _np(b), atol=1e-6)
     np.testing.assert_allclose(wa, wb, atol=1e-6)
     assert np.all(_np(a)[1] == 0) and np.all(_np(wa)[1] == 0)
     assert np.all(_np(wa)[0][:, [1, 3]] == 0)

@@ -8,6 +8,11 @@ import keras_attention as ka
 from tests import reference
 from tests.utils import run_layer_test
 
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
 RNG = np.random.default_rng(1)
 
 
@@ -84,8 +89,8 @@ def test_self_attention_matches_numpy_from_its_weights():
 
     q, k, v = (project(d) for d in (layer.query_dense, layer.key_dense, layer.value_dense))
     ref_out, ref_weights = reference.attention(q, k, v, mask=keep[:, None, :])
-    np.testing.assert_allclose(out, ref_out, atol=1e-5)
-    np.testing.assert_allclose(weights, ref_weights, atol=1e-5)
+    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(_np(weights), ref_weights, atol=1e-5)
 
 
 def test_self_attention_keras_mask_from_embedding():
@@ -94,7 +99,7 @@ def test_self_attention_keras_mask_from_embedding():
     x = keras.layers.Embedding(10, 8, mask_zero=True)(inputs)
     out, scores = ka.SelfAttention(8)(x, return_attention_scores=True)
     model = keras.Model(inputs, [out, scores])
-    out, scores = (np.asarray(t) for t in model(tokens))
+    out, scores = (keras.ops.convert_to_numpy(t) for t in model(tokens))
     padded = tokens == 0
     # Padded keys get no weight; padded queries output zeros.
     assert np.all(scores[np.broadcast_to(padded[:, None, :], scores.shape)] == 0)
@@ -104,7 +109,7 @@ def test_self_attention_keras_mask_from_embedding():
 def test_dropout_only_in_training():
     layer = ka.SelfAttention(8, dropout=0.5, seed=1)
     x = _rand(2, 6, 8)
-    a, b = np.asarray(layer(x)), np.asarray(layer(x, training=False))
+    a, b = _np(layer(x)), _np(layer(x, training=False))
     np.testing.assert_allclose(a, b)
     assert not np.allclose(np.asarray(layer(x, training=True)), a)
 

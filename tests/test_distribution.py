@@ -181,3 +181,13 @@ def test_layout_map_errors():
     unbuilt = ka.MultiHeadAttention(2, 4)
     with pytest.raises(ValueError, match="must be built"):
         layout_map(unbuilt, _mesh((1, 1)))
+
+
+def test_layout_map_splits_the_gate_by_query_heads():
+    inputs = keras.Input((5, 8))
+    layer = ka.MultiHeadAttention(2, 4, use_gate=True, name="gated")
+    model = keras.Model(inputs, layer(inputs, inputs))
+    layouts = layout_map(model, _mesh((1, 1)))
+    gate = {key.strip("^$").replace("\\", ""): value for key, value in layouts.items()}
+    assert tuple(gate[layer.gate_dense.kernel.path].axes) == (None, "model")
+    assert tuple(gate[layer.gate_dense.bias.path].axes) == ("model",)

@@ -23,6 +23,7 @@ PUBLIC_LAYERS = [
     "ScaledDotProductAttention",
     "SelfAttention",
     "MultiHeadAttention",
+    "GroupedQueryAttention",
     "AdditiveAttention",
     "LuongAttention",
     "AttentionPooling",
@@ -94,6 +95,55 @@ CASES = {
             "implementation": "plain",
             **_projection(20),
         },
+        Q,
+        {"value": V, "key": K},
+    ),
+    "MultiHeadAttention-keras-names": (
+        "MultiHeadAttention",
+        {
+            "num_heads": 2,
+            "key_dim": 3,
+            "output_shape": (2, 3),
+            "attention_axes": (-2,),
+            "use_gate": True,
+        },
+        Q,
+        {"value": V, "key": K},
+    ),
+    "GroupedQueryAttention": (
+        "GroupedQueryAttention",
+        {
+            "head_dim": 3,
+            "num_query_heads": 4,
+            "num_key_value_heads": 2,
+            "use_gate": True,
+            "dropout": 0.2,
+            "use_bias": False,
+            "output_dim": 7,
+            "activity_regularizer": keras.regularizers.L2(0.001),
+            "seed": 5,
+            "implementation": "plain",
+            "attention_axes": (1,),
+            **_projection(25),
+        },
+        Q,
+        {"value": V, "key": K},
+    ),
+    "GroupedQueryAttention-output_shape": (
+        "GroupedQueryAttention",
+        {"head_dim": 3, "num_query_heads": 2, "num_key_value_heads": 1, "output_shape": (3, 2)},
+        Q,
+        {"value": V, "key": K},
+    ),
+    "AdditiveAttention-keras": (
+        "AdditiveAttention",
+        {"use_scale": False},
+        Q,
+        {"value": V, "key": K},
+    ),
+    "LuongAttention-keras": (
+        "LuongAttention",
+        {"use_scale": True, "score_mode": "dot", "dropout": 0.2, "seed": 7},
         Q,
         {"value": V, "key": K},
     ),
@@ -331,6 +381,9 @@ def _constructor_arguments(cls):
             if param.name in ("self", "kwargs") or param.kind is param.VAR_KEYWORD:
                 continue
             names.setdefault(param.name, param.default)
+    # Base-class arguments a subclass takes under other names (GroupedQueryAttention).
+    for name in getattr(cls, "_hidden_base_arguments", ()):
+        names.pop(name, None)
     return names
 
 

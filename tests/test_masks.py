@@ -1,5 +1,6 @@
 """`keras_attention.masks`."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -67,14 +68,21 @@ def test_merge_attention_masks():
     with pytest.raises(ValueError, match="attention_mask"):
         masks.merge_attention_masks(attention_mask=np.ones((1, 3, 5), bool), q_len=3, kv_len=4)
     with pytest.raises(ValueError, match="attention_mask.shape"):
-        masks.merge_attention_masks(attention_mask=np.ones((3, 4), bool), q_len=3, kv_len=4)
+        masks.merge_attention_masks(attention_mask=np.ones((4,), bool), q_len=3, kv_len=4)
+    # A (q_len, kv_len) mask is the same for every batch element, as in Keras.
+    got = masks.merge_attention_masks(
+        value_mask=value_keep, attention_mask=attention[0], q_len=3, kv_len=4
+    )
+    np.testing.assert_array_equal(np.asarray(got), value_keep[:, None, :] & attention)
     with pytest.raises(ValueError, match="value_mask"):
         masks.merge_attention_masks(value_mask=np.ones((1, 5), bool), q_len=3, kv_len=4)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_mask_to_bias_is_finite_and_blocks(dtype):
-    bias = np.asarray(masks.mask_to_bias(np.array([True, False]), dtype)).astype("float32")
+    bias = keras.ops.convert_to_numpy(
+        keras.ops.cast(masks.mask_to_bias(np.array([True, False]), dtype), "float32")
+    )
     assert bias[0] == 0
     assert np.isfinite(bias[1]) and bias[1] <= -3e4
     # Adding the most negative score representable after scaling never overflows.
@@ -83,7 +91,15 @@ def test_mask_to_bias_is_finite_and_blocks(dtype):
 
 def test_mask_dtypes():
     assert np.asarray(masks.validate_mask(np.array([0, 1, 2]))).tolist() == [False, True, True]
-    with pytest.raises(TypeError, match="mask"):
+    # Float masks are read as Keras reads them (`mask != 0`), but only 0 and 1 are
+    # taken: an additive bias (0 / -1e9) would otherwise be read inverted.
+    got = masks.validate_mask(np.array([0.0, 1.0], "float32"))
+    assert np.asarray(got).tolist() == [False, True]
+    with pytest.raises(ValueError, match="mask.*0.5"):
         masks.validate_mask(np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="mask.*-1000000000.0"):
+        masks.validate_mask(np.array([0.0, -1e9], "float32"))
+    with pytest.raises(TypeError, match="mask"):
+        masks.validate_mask(np.array([1j, 0j], "complex64"))
     with pytest.raises(TypeError, match="dtype"):
         masks.large_negative_number("int32")

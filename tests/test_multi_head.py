@@ -65,7 +65,7 @@ def test_parity_with_keras(case, causal):
     _transplant(theirs, ours)
     out, scores = ours(query, value, **call)
     assert out.shape == ref_out.shape and scores.shape == ref_scores.shape
-    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
@@ -150,7 +150,7 @@ def test_matches_numpy_reference_from_own_weights():
     out, scores = layer(query, value, attention_mask=attention_mask, return_attention_scores=True)
     ref_out, ref_scores = _numpy_mha(layer, query, value, mask=attention_mask[:, None])
     assert out.shape == (2, 4, 7) and scores.shape == (2, 4, 4, 5)
-    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
@@ -160,7 +160,7 @@ def test_attention_mask_with_head_axis():
     mask = RNG.random((2, 2, 5, 5)) > 0.4
     out, scores = layer(x, x, attention_mask=mask, return_attention_scores=True)
     _, ref_scores = _numpy_mha(layer, x, x, mask=mask)
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    np.testing.assert_allclose(_np(scores), ref_scores, atol=1e-5)
     assert np.all(_np(scores)[~mask] == 0)
 
 
@@ -193,7 +193,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads(kv_heads):
     assert tuple(gqa.key_dense.kernel.shape) == (6, kv_heads * key_dim)
     a, sa = gqa(query, value, use_causal_mask=True, return_attention_scores=True)
     b, sb = mha(query, value, use_causal_mask=True, return_attention_scores=True)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(_np(a), _np(b), atol=1e-5)
     np.testing.assert_allclose(sa, sb, atol=1e-5)
 
 
@@ -218,7 +218,7 @@ def test_cache_decoding_equals_full_causal_call():
             token, token, cache=cache, cache_index=i, return_attention_scores=True
         )
         assert out.shape == (2, 1, 8) and scores.shape == (2, 4, 1, 6)
-        np.testing.assert_allclose(scores[:, :, 0], full_scores[:, :, i], atol=1e-5)
+        np.testing.assert_allclose(_np(scores)[:, :, 0], _np(full_scores)[:, :, i], atol=1e-5)
         steps.append(_np(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
     # The cache holds the projected keys then values of every position.
@@ -232,7 +232,7 @@ def test_cache_chunked_prefill_then_steps():
     cache = layer.get_initial_cache(2, 6)
     first, cache = layer(x[:, :4], x[:, :4], cache=cache, cache_index=0)
     rest, cache = layer(x[:, 4:], x[:, 4:], cache=cache, cache_index=4)
-    np.testing.assert_allclose(np.concatenate([first, rest], 1), full, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([_np(first), _np(rest)], 1), _np(full), atol=1e-5)
 
 
 @pytest.mark.tensorflow_only("tf.function retracing count")
@@ -283,7 +283,7 @@ def test_cache_padding_mask_covers_new_positions():
     scores = _np(scores)
     assert np.all(scores[1, :, 0, 3:] == 0) and np.all(scores[0, :, 0, 4:] == 0)
     assert np.all(scores[0, :, 0, 3] > 0)
-    np.testing.assert_allclose(out[0], full[0, 3:4], atol=1e-5)
+    np.testing.assert_allclose(_np(out)[0], _np(full)[0, 3:4], atol=1e-5)
 
 
 def test_dropout_only_in_training():
@@ -294,7 +294,7 @@ def test_dropout_only_in_training():
     layer(x, x)
     plain.set_weights(layer.get_weights())
     expected = _np(plain(x, x))
-    np.testing.assert_allclose(layer(x, x), expected, atol=1e-6)
+    np.testing.assert_allclose(_np(layer(x, x)), expected, atol=1e-6)
     np.testing.assert_allclose(layer(x, x, training=False), expected, atol=1e-6)
     assert np.max(np.abs(_np(layer(x, x, training=True)) - expected)) > 1e-3
 
@@ -466,8 +466,11 @@ def test_bad_call_arguments():
         layer(x[:, :1], x[:, :1], cache=_rand(2, 5, 7), cache_index=0)
     with pytest.raises(ValueError, match="attention_mask"):
         layer(x, x, attention_mask=np.ones((2, 5, 4), bool))
+    # Float masks hold 0/1 as in Keras (an additive bias of -inf is refused).
+    with pytest.raises(ValueError, match="attention_mask"):
+        layer(x, x, attention_mask=np.full((2, 5, 5), -np.inf, "float32"))
     with pytest.raises(TypeError, match="attention_mask"):
-        layer(x, x, attention_mask=np.ones((2, 5, 5), "float32"))
+        layer(x, x, attention_mask=np.full((2, 5, 5), "yes"))
 
 
 def test_initial_cache_requires_built_layer():

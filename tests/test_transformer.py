@@ -241,8 +241,8 @@ def test_encoder_errors_name_argument_and_shape():
     layer = ka.TransformerEncoder(2, 8)
     with pytest.raises(ValueError, match=r"padding_mask.shape=\(1, 4\).*inputs.shape=\(1, 3, 8\)"):
         layer(np.zeros((1, 3, 8), "float32"), padding_mask=np.ones((1, 4), bool))
-    with pytest.raises(TypeError, match="padding_mask"):
-        layer(np.zeros((1, 3, 8), "float32"), padding_mask=np.ones((1, 3), "float32"))
+    with pytest.raises(ValueError, match="padding_mask.*0.5"):
+        layer(np.zeros((1, 3, 8), "float32"), padding_mask=np.full((1, 3), 0.5, "float32"))
 
 
 # --- TransformerDecoder ------------------------------------------------------------

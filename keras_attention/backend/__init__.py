@@ -15,6 +15,8 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
   into a tensor (which would fix it to the example's value).
 - :func:`to_numpy`: tensors of any backend (also PyTorch tensors that require
   grad) as numpy arrays.
+- :func:`concrete_value`: a tensor's values when they are known now (eager), else
+  `None` (inside `tf.function`, `jax.jit`, `torch.compile` or a symbolic model).
 - :mod:`keras_attention.backend.generation`: how the decoding loop is compiled
   (`tf.function` + XLA, `jax.jit`, eager PyTorch) and its random numbers.
 
@@ -26,6 +28,7 @@ import numpy as np
 from keras import ops
 
 __all__ = [
+    "concrete_value",
     "default_implementation",
     "fused_supports",
     "is_symbolic_size",
@@ -101,3 +104,33 @@ def to_numpy(x):
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a PyTorch tensor, other backend
         x = x.detach().cpu()
     return np.asarray(x)
+
+
+def concrete_value(x):
+    """The values of `x` as a numpy array when they are known now, else `None`.
+
+    They are known for numpy arrays and eager tensors; not for symbolic Keras tensors
+    or for tensors being traced (`tf.function`, `jax.jit`, `torch.compile`). Used to
+    check values (e.g. that a float mask holds only 0 and 1) where that is possible.
+    """
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor):
+        return None
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return None
+    elif name == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+    elif name == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return None
+    return to_numpy(x)

@@ -17,6 +17,10 @@ class QueryValueAttention(keras.layers.Layer):
     `_build_scores(query_shape, key_shape)` and implement
     `_attend(query, key, value, mask, training, return_attention_scores)` on rank-3
     queries, finishing with `keras_attention.ops`.
+
+    Also takes the list calls of `keras.layers.Attention` and
+    `keras.layers.AdditiveAttention`: `layer([query, value])`,
+    `layer([query, value, key], mask=[query_mask, value_mask])`.
     """
 
     def __init__(self, dropout=0.0, seed=None, **kwargs):
@@ -27,7 +31,9 @@ class QueryValueAttention(keras.layers.Layer):
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
-    def build(self, query_shape, value_shape, key_shape=None):
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        if value_shape is None:  # Keras' list form: build([query, value(, key)] shapes).
+            query_shape, value_shape, key_shape = _unpack_inputs(query_shape, "inputs")
         _validation.check_rank(
             query_shape,
             (2, 3),
@@ -56,7 +62,7 @@ class QueryValueAttention(keras.layers.Layer):
     def call(
         self,
         query,
-        value,
+        value=None,
         key=None,
         query_mask=None,
         value_mask=None,
@@ -65,7 +71,17 @@ class QueryValueAttention(keras.layers.Layer):
         use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        mask=None,
     ):
+        if value is None:  # Keras' list form: layer([query, value(, key)], mask=[...]).
+            query, value, key = _unpack_inputs(query, "inputs")
+            if isinstance(query_mask, (list, tuple)):
+                # Keras filled in the Keras masks of the listed inputs.
+                mask = query_mask if mask is None else mask
+                query_mask = None
+            query_mask, value_mask = _unpack_masks(mask, query_mask, value_mask)
+        elif mask is not None and not isinstance(mask, (list, tuple)):
+            query_mask = mask if query_mask is None else query_mask
         if key is None:
             key = value
             key_mask = None
@@ -97,15 +113,25 @@ class QueryValueAttention(keras.layers.Layer):
         raise NotImplementedError
 
     def compute_mask(self, query, previous_mask=None):
+        if isinstance(query, (list, tuple)):
+            query = query[0]
+            if isinstance(previous_mask, (list, tuple)):
+                previous_mask = previous_mask[0]
         # A sequence query keeps its padding mask; a single step has no time axis.
         if len(query.shape) == 2:
             return None
         return previous_mask
 
-    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        if value_shape is None:
+            query_shape, value_shape, key_shape = _unpack_inputs(query_shape, "input_shape")
         return tuple(query_shape[:-1]) + (value_shape[-1],)
 
-    def compute_output_spec(self, query, value, key=None, return_attention_scores=False, **kwargs):
+    def compute_output_spec(
+        self, query, value=None, key=None, return_attention_scores=False, **kwargs
+    ):
+        if value is None:
+            query, value, key = _unpack_inputs(query, "inputs")
         key = value if key is None else key
         scores_shape = tuple(query.shape[:-1]) + (key.shape[1],)
         return _common.attention_output_spec(
@@ -119,3 +145,32 @@ class QueryValueAttention(keras.layers.Layer):
         config = super().get_config()
         config.update({"dropout": self.dropout, "seed": self.seed})
         return config
+
+
+def _unpack_inputs(inputs, name):
+    """`[query, value]` or `[query, value, key]` (Keras' list form) as a triple."""
+    if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+        raise ValueError(
+            f"Called with one input, `{name}` must be a list [query, value] or "
+            f"[query, value, key] (or pass `value` as an argument). Received: "
+            f"{name} of type {type(inputs).__name__}"
+            + (f" and length {len(inputs)}" if isinstance(inputs, (list, tuple)) else "")
+        )
+    query, value = inputs[0], inputs[1]
+    return query, value, inputs[2] if len(inputs) == 3 else None
+
+
+def _unpack_masks(mask, query_mask, value_mask):
+    """Keras' `mask=[query_mask, value_mask]` (a third, key, entry is ignored as in
+    Keras: the value's mask covers the keys)."""
+    if mask is None:
+        return query_mask, value_mask
+    if not isinstance(mask, (list, tuple)) or len(mask) not in (2, 3):
+        raise ValueError(
+            "With a list of inputs, `mask` must be a list [query_mask, value_mask]. "
+            f"Received: mask of type {type(mask).__name__}"
+        )
+    return (
+        mask[0] if query_mask is None else query_mask,
+        mask[1] if value_mask is None else value_mask,
+    )

@@ -28,11 +28,21 @@ class LuongAttention(QueryValueAttention):
     The weights are `softmax(score + mask)` over the keys; the output is their
     weighted sum of the values.
 
+    `keras.layers.Attention` is this layer with `score="dot"` (its default): it takes
+    the same `use_scale` (a learned scalar multiplying the dot/general scores),
+    `score_mode="dot"`, `dropout` and `seed`, and the same list calls
+    `layer([query, value, key], mask=[query_mask, value_mask])`.
+
     Args:
         score: one of `"dot"`, `"general"`, `"concat"`.
         units: positive int, hidden size of the concat score; required for
             `score="concat"` and refused for the others.
         scale: if `True`, divide dot/general scores by `sqrt(d_k)`.
+        use_scale: if `True`, a learned scalar `scale` weight (initialized to 1)
+            multiplies the dot/general scores, as in `keras.layers.Attention`.
+        score_mode: Keras' name for `score`; only `"dot"` (Keras' `"concat"`,
+            `w * sum(tanh(q + k))`, is not Luong's concat score: use
+            `AdditiveAttention()` for a sum of `tanh(q + k)`).
         use_bias: whether `concat_dense` has a bias (concat score only).
         dropout: float in `[0, 1)`, dropout on the attention probabilities.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
@@ -82,9 +92,24 @@ class LuongAttention(QueryValueAttention):
         kernel_constraint=None,
         bias_constraint=None,
         seed=None,
+        use_scale=False,
+        score_mode=None,
         **kwargs,
     ):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
+        if score_mode is not None:
+            if score_mode != "dot":
+                raise ValueError(
+                    "`score_mode` (Keras' name for `score`) must be 'dot': Keras' "
+                    "'concat' score w * sum(tanh(q + k)) is not Luong's concat score; "
+                    "use `AdditiveAttention()` for sum(tanh(q + k)) scores. "
+                    f"Received: score_mode={score_mode!r}"
+                )
+            if score != "dot":
+                raise ValueError(
+                    "Pass `score` or `score_mode` (Keras' name), not both. Received: "
+                    f"score={score!r}, score_mode={score_mode!r}"
+                )
         self.projection = _common.ProjectionSettings(
             use_bias=use_bias,
             dtype=self.dtype_policy,
@@ -110,6 +135,15 @@ class LuongAttention(QueryValueAttention):
                 "Received: scale=True with score='concat'"
             )
         _validation.check_bool(use_bias, "use_bias")
+        _validation.check_bool(use_scale, "use_scale")
+        if use_scale and score == "concat":
+            raise ValueError(
+                "`use_scale=True` applies to the 'dot' and 'general' scores only. "
+                "Received: use_scale=True with score='concat'"
+            )
+        self.use_scale = use_scale
+        self.score_mode = score_mode
+        self.score_scale = None
         self.score = score
         self.units = units
         self.scale = scale
@@ -121,6 +155,10 @@ class LuongAttention(QueryValueAttention):
             self.score_dense = self.projection.dense(1, "score", use_bias=False)
 
     def _build_scores(self, query_shape, key_shape):
+        if self.use_scale:
+            self.score_scale = self.add_weight(
+                name="scale", shape=(), initializer="ones", trainable=True
+            )
         query_features, key_features = query_shape[-1], key_shape[-1]
         if self.score == "dot":
             if None not in (query_features, key_features) and (query_features != key_features):
@@ -157,6 +195,9 @@ class LuongAttention(QueryValueAttention):
         if self.score in ("dot", "general"):
             if self.score == "general":
                 key = self.key_dense(key)
+            if self.score_scale is not None:
+                # (s q) . k = s (q . k): the learned scale of keras.layers.Attention.
+                query = query * ops.cast(self.score_scale, query.dtype)
             # scale=None is the default 1/sqrt(d_k); 1.0 leaves the scores as q . k.
             return attention_ops.scaled_dot_product_attention(
                 query,
@@ -186,6 +227,8 @@ class LuongAttention(QueryValueAttention):
                 "score": self.score,
                 "units": self.units,
                 "scale": self.scale,
+                "use_scale": self.use_scale,
+                "score_mode": self.score_mode,
                 "use_bias": self.use_bias,
                 **self.projection.get_config(),
             }

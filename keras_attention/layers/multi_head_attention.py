@@ -1,5 +1,6 @@
 """`MultiHeadAttention`: self-, cross- and grouped-query attention with a decoding cache."""
 
+import math
 import numbers
 
 import keras
@@ -37,8 +38,10 @@ class MultiHeadAttention(keras.layers.Layer):
     `(batch, seq, heads, dim)`), and rows `h * value_dim:(h + 1) * value_dim` of the
     output kernel. A `keras.layers.MultiHeadAttention` kernel of shape
     `(features, heads, dim)` becomes ours with `kernel.reshape(features, heads * dim)`;
-    its output kernel `(heads, dim, out)` with `kernel.reshape(heads * dim, out)`; its
-    biases `(heads, dim)` with `bias.reshape(-1)`.
+    its output kernel `(heads, dim, *output_shape)` with
+    `kernel.reshape(heads * dim, -1)`; its biases with `bias.reshape(-1)`. With
+    `use_gate`, `gate_dense` has a kernel `(query_features, num_heads * value_dim)`
+    (Keras' `gate` kernel `(features, heads, dim)` reshaped the same way).
 
     Grouped-query attention (GQA; multi-query attention for `num_key_value_heads=1`):
     query heads come in contiguous groups of `num_heads // num_key_value_heads`, and
@@ -65,6 +68,21 @@ class MultiHeadAttention(keras.layers.Layer):
         use_bias: whether the four projections have biases.
         output_dim: positive int, size of the output; defaults to the query's feature
             size.
+        output_shape: Keras' name: a positive int (the same as `output_dim`) or a
+            tuple of them, the trailing output axes (the output projection is one
+            `Dense` to `prod(output_shape)` units, reshaped). Give at most one of
+            `output_dim` and `output_shape`.
+        attention_axes: int or tuple of ints, the axes of rank-`r` inputs
+            `(batch, ..., features)` attended over, negative axes counted from the
+            end (`-2` is the last non-feature axis); `None` (default) attends over
+            every axis but the batch and the features. The other axes act as batch
+            axes. As in `keras.layers.MultiHeadAttention`; internally the other axes
+            move next to the batch axis and the attention axes are flattened
+            (row-major) into one sequence axis.
+        use_gate: if `True`, gated attention (Qiu et al., 2025, as in Keras):
+            each head's output is multiplied by `sigmoid(query W_g + b_g)`, from a
+            `Dense(num_heads * value_dim)` sublayer `gate_dense`, before the output
+            projection.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         kernel_constraint, bias_constraint: passed to the four `Dense` projections.
         activity_regularizer: regularizer on the layer's output.
@@ -98,18 +116,23 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        query: `(batch, q_len, query_features)`.
-        value: `(batch, kv_len, value_features)`.
+        query: `(batch, q_len, query_features)`, or with more axes (see
+            `attention_axes`).
+        value: `(batch, kv_len, value_features)`, the rank of `query`.
         key: optional `(batch, kv_len, key_features)`; defaults to `value`.
         query_mask, value_mask, key_mask: Keras masks `(batch, len)`, filled in by
             Keras (e.g. from `Embedding(mask_zero=True)`). Padded keys get no weight;
             padded queries attend nothing: their attention part is zero, so their
             output rows equal the output projection's bias (zeros only with
-            `use_bias=False`). (`keras.layers.MultiHeadAttention` gives them the
-            projected mean of the values instead.) The query's mask travels on.
-        attention_mask: boolean `(batch, q_len, kv_len)` or
-            `(batch, num_heads, q_len, kv_len)`, `True` = may attend.
-        use_causal_mask: if `True`, query `i` attends only keys `j <= i`.
+            `use_bias=False`), in every implementation path. The query's mask
+            travels on.
+        attention_mask: boolean (or 0/1) `(q_len, kv_len)`, `(batch, q_len, kv_len)`
+            or `(batch, num_heads, q_len, kv_len)`, `True` = may attend; size-1 axes
+            broadcast. With `attention_axes` / rank > 3, as in Keras:
+            `(batch, other axes..., num_heads, query axes..., key axes...)`, leading
+            axes optional. Keras masks then are refused (pass this instead).
+        use_causal_mask: if `True`, query `i` attends only keys `j <= i` (with
+            several attention axes: positions in row-major order).
         return_attention_scores: if `True`, also return the attention weights.
         training: whether dropout is active.
         cache: optional cache tensor (see above); `value` (and `key`) are then the new
@@ -125,8 +148,10 @@ class MultiHeadAttention(keras.layers.Layer):
             a whole generation). Not combined with `cache`.
 
     Returns:
-        `(batch, q_len, output_dim)`; with `return_attention_scores=True` also the
-        weights `(batch, num_heads, q_len, kv_len)`; with `cache`, the updated cache
+        `(batch, q_len, output_dim)` (`query.shape[:-1] + output_shape` in general);
+        with `return_attention_scores=True` also the weights
+        `(batch, num_heads, q_len, kv_len)` (with `attention_axes`:
+        `(batch, other axes..., num_heads, query axes..., key axes...)`); with `cache`, the updated cache
         comes last: `(output, new_cache)` or `(output, scores, new_cache)` (scores then
         cover all `max_length` positions; with a `sliding_window`, the ring's slots
         followed by the new tokens). The output carries the query's Keras mask.
@@ -153,6 +178,9 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout=0.0,
         use_bias=True,
         output_dim=None,
+        output_shape=None,
+        attention_axes=None,
+        use_gate=False,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -186,6 +214,9 @@ class MultiHeadAttention(keras.layers.Layer):
         _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
         _validation.check_positive_int(num_key_value_heads, "num_key_value_heads", allow_none=True)
         _validation.check_positive_int(output_dim, "output_dim", allow_none=True)
+        output_shape = _check_output_shape(output_shape, output_dim)
+        attention_axes = _check_attention_axes(attention_axes)
+        _validation.check_bool(use_gate, "use_gate")
         _validation.check_rate(dropout, "dropout")
         _validation.check_bool(use_bias, "use_bias")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
@@ -202,6 +233,11 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = dropout
         self.use_bias = use_bias
         self.output_dim = output_dim
+        # Keras' name; kept private because `Layer.output_shape`-like attributes clash
+        # with `Functional.summary()` (as in `keras.layers.MultiHeadAttention`).
+        self._output_shape = output_shape
+        self.attention_axes = attention_axes
+        self.use_gate = use_gate
         attention_ops.check_implementation(implementation)
         self.seed = seed
         self.implementation = implementation
@@ -216,18 +252,24 @@ class MultiHeadAttention(keras.layers.Layer):
         self.query_dense = self.projection.dense(num_heads * key_dim, "query")
         self.key_dense = self.projection.dense(self._kv_heads * key_dim, "key")
         self.value_dense = self.projection.dense(self._kv_heads * self._value_dim, "value")
-        # The output size depends on the query's features when output_dim is None,
-        # so this Dense gets its units in build().
+        # The gate of gated attention: sigmoid(query W_g + b_g) multiplies each
+        # head's output before the output projection (Qiu et al., 2025).
+        self.gate_dense = None
+        if use_gate:
+            self.gate_dense = self.projection.dense(
+                num_heads * self._value_dim, "gate", activation="sigmoid"
+            )
+        # The output size depends on the query's features when output_dim and
+        # output_shape are None, so this Dense gets its units in build().
         self.output_dense = None
-        if output_dim is not None:
-            self.output_dense = self.projection.dense(output_dim, "attention_output")
+        if output_shape is not None or output_dim is not None:
+            units = output_dim or int(math.prod(output_shape))
+            self.output_dense = self.projection.dense(units, "attention_output")
 
     def build(self, query_shape, value_shape, key_shape=None):
-        _validation.check_rank(query_shape, 3, "query", "rank 3 (batch, q_len, features)")
-        _validation.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
-        if key_shape is None:
-            key_shape = value_shape
-        _validation.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
+        query_shape, value_shape = tuple(query_shape), tuple(value_shape)
+        key_shape = value_shape if key_shape is None else tuple(key_shape)
+        self._check_shapes(query_shape, value_shape, key_shape)
         for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
             _validation.check_known_features(shape, name)
         if self.output_dense is None:
@@ -240,8 +282,60 @@ class MultiHeadAttention(keras.layers.Layer):
         if self.score_bias is not None and not self.score_bias.built:
             self.score_bias.build((None,), (None,))
         self.value_dense.build(value_shape)
+        if self.gate_dense is not None:
+            self.gate_dense.build(query_shape)
         self.output_dense.build(tuple(query_shape[:-1]) + (self.num_heads * self._value_dim,))
         self.built = True
+
+    def _output_features(self, query_shape):
+        """The trailing output axes: `output_shape`, `output_dim` or the query's features."""
+        return self._output_shape or (self.output_dim or query_shape[-1],)
+
+    def _attention_axes_for(self, rank):
+        """The attention axes for inputs of `rank` as non-negative ints, in order."""
+        if self.attention_axes is None:
+            return tuple(range(1, rank - 1))
+        axes = tuple(axis + rank if axis < 0 else axis for axis in self.attention_axes)
+        if any(not 1 <= axis <= rank - 2 for axis in axes) or len(set(axes)) != len(axes):
+            raise ValueError(
+                "`attention_axes` must be distinct axes of the inputs other than the "
+                f"batch axis (0) and the features axis (-1), i.e. in [1, {rank - 2}] "
+                f"or [{1 - rank}, -2] for inputs of rank {rank}. Received: "
+                f"attention_axes={self.attention_axes}"
+            )
+        return axes
+
+    def _check_shapes(self, query_shape, value_shape, key_shape):
+        """The shape checks of `build`, `call` and the symbolic shapes, in one place:
+        ranks, attention axes, key/value lengths and the batch (non-attention) axes."""
+        rank = len(query_shape)
+        if rank < 3:
+            raise ValueError(
+                "`query` must be rank 3 (batch, seq, features) or higher. "
+                f"Received: query.shape={query_shape}"
+            )
+        for name, shape in (("value", value_shape), ("key", key_shape)):
+            if len(shape) != rank:
+                raise ValueError(
+                    f"`{name}` must be rank {rank}, the rank of `query`. Received: "
+                    f"query.shape={query_shape}, {name}.shape={shape}"
+                )
+        axes = self._attention_axes_for(rank)
+        if not _validation.compatible(key_shape[1:-1], value_shape[1:-1]):
+            raise ValueError(
+                "`key` and `value` must have the same length (the same shape except "
+                "for the last axis, features). Received: "
+                f"key.shape={key_shape}, value.shape={value_shape}"
+            )
+        batch_axes = [axis for axis in range(rank - 1) if axis not in axes]
+        query_batch = tuple(query_shape[axis] for axis in batch_axes)
+        value_batch = tuple(value_shape[axis] for axis in batch_axes)
+        if not _validation.compatible(query_batch, value_batch):
+            raise ValueError(
+                "`query` and `value` must agree on the batch axis and the axes that "
+                f"are not attention axes ({tuple(batch_axes)}). Received: "
+                f"query.shape={query_shape}, value.shape={value_shape}"
+            )
 
     @property
     def _cache_features(self):
@@ -308,6 +402,23 @@ class MultiHeadAttention(keras.layers.Layer):
             key = value
             key_mask = None
         self._check_call_shapes(query, value, key)
+        if self._needs_flattening(len(query.shape)):
+            if cache is not None or key_value_cache is not None:
+                raise ValueError(
+                    "`cache` and `key_value_cache` need rank-3 inputs attending over "
+                    f"axis 1. Received: query.shape={tuple(query.shape)}, "
+                    f"attention_axes={self.attention_axes}"
+                )
+            return self._call_flattened(
+                query,
+                value,
+                key,
+                (query_mask, value_mask, key_mask),
+                attention_mask,
+                use_causal_mask,
+                return_attention_scores,
+                training,
+            )
         if key_value_cache is not None and cache is not None:
             raise ValueError(
                 "`key_value_cache` (fixed keys/values) and `cache` (a growing decoding "
@@ -319,7 +430,39 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"cache={'None' if cache is None else 'a tensor'}, "
                 f"cache_index={cache_index!r}"
             )
+        return self._attend(
+            query,
+            value,
+            key,
+            query_mask,
+            value_mask,
+            key_mask,
+            attention_mask,
+            use_causal_mask,
+            return_attention_scores,
+            training,
+            cache,
+            cache_index,
+            key_value_cache,
+        )
 
+    def _attend(
+        self,
+        query,
+        value,
+        key,
+        query_mask,
+        value_mask,
+        key_mask,
+        attention_mask,
+        use_causal_mask,
+        return_attention_scores,
+        training,
+        cache=None,
+        cache_index=None,
+        key_value_cache=None,
+    ):
+        """The rank-3 path: `(batch, seq, features)` inputs attending over axis 1."""
         start_index = 0 if cache_index is None else cache_index
         queries = attention_ops.split_heads(self.query_dense(query), self.num_heads)
         queries = self._position_heads(queries, self.query_norm_layer, start_index)
@@ -393,7 +536,12 @@ class MultiHeadAttention(keras.layers.Layer):
             soft_cap=self.soft_cap,
         )
         heads, scores = result if return_attention_scores else (result, None)
-        output = self.output_dense(attention_ops.merge_heads(heads))
+        heads = attention_ops.merge_heads(heads)
+        if self.gate_dense is not None:
+            heads = heads * self.gate_dense(query)
+        output = self.output_dense(heads)
+        if self._output_shape is not None and len(self._output_shape) > 1:
+            output = ops.reshape(output, tuple(ops.shape(output)[:-1]) + self._output_shape)
         outputs = (output,)
         if return_attention_scores:
             outputs += (scores,)
@@ -493,15 +641,75 @@ class MultiHeadAttention(keras.layers.Layer):
         group = self.num_heads // self._kv_heads
         return x if group == 1 else ops.repeat(x, group, axis=1)
 
-    def _check_call_shapes(self, query, value, key):
-        for name, tensor in (("query", query), ("value", value), ("key", key)):
-            _validation.check_rank(tensor.shape, 3, name, "rank 3 (batch, seq, features)")
-        k_len, v_len = key.shape[1], value.shape[1]
-        if k_len is not None and v_len is not None and k_len != v_len:
+    def _needs_flattening(self, rank):
+        return rank > 3 or self._attention_axes_for(rank) != (1,)
+
+    def _call_flattened(
+        self,
+        query,
+        value,
+        key,
+        keras_masks,
+        attention_mask,
+        use_causal_mask,
+        return_attention_scores,
+        training,
+    ):
+        """Attention over `attention_axes` of inputs of any rank: the other axes move
+        next to the batch axis, the attention axes become one sequence axis, the
+        rank-3 path runs, and the result is put back in place."""
+        if any(mask is not None for mask in keras_masks):
             raise ValueError(
-                "`key` and `value` must have the same length (axis 1). Received: "
-                f"key.shape={tuple(key.shape)}, value.shape={tuple(value.shape)}"
+                "Keras masks (`query_mask`, `value_mask`, `key_mask`) are only used "
+                "with rank-3 inputs attending over axis 1; for other inputs pass an "
+                "`attention_mask`. Received a Keras mask with "
+                f"query.shape={tuple(query.shape)}, attention_axes={self.attention_axes}"
             )
+        rank = len(query.shape)
+        axes = self._attention_axes_for(rank)
+        others = [axis for axis in range(1, rank - 1) if axis not in axes]
+        perm = [0] + others + list(axes) + [rank - 1]
+        q_shape, kv_shape = ops.shape(query), ops.shape(value)
+        batch_dims = [q_shape[axis] for axis in [0] + others]
+        q_dims = [q_shape[axis] for axis in axes]
+        kv_dims = [kv_shape[axis] for axis in axes]
+
+        flat_query = ops.reshape(ops.transpose(query, perm), (-1, _prod(q_dims), query.shape[-1]))
+        flat_value = ops.reshape(ops.transpose(value, perm), (-1, _prod(kv_dims), value.shape[-1]))
+        flat_key = ops.reshape(ops.transpose(key, perm), (-1, _prod(kv_dims), key.shape[-1]))
+        if attention_mask is not None:
+            attention_mask = masks.flatten_attention_mask(
+                attention_mask, batch_dims, q_dims, kv_dims, name="attention_mask"
+            )
+        result = self._attend(
+            flat_query,
+            flat_value,
+            flat_key,
+            None,
+            None,
+            None,
+            attention_mask,
+            use_causal_mask,
+            return_attention_scores,
+            training,
+        )
+        output, scores = result if return_attention_scores else (result, None)
+        out_features = self._output_features(query.shape)
+        output = ops.reshape(output, tuple(batch_dims) + tuple(q_dims) + tuple(out_features))
+        # Inverse permutation of the non-feature axes; output axes stay last.
+        inverse = [perm[:-1].index(axis) for axis in range(rank - 1)]
+        inverse += list(range(rank - 1, rank - 1 + len(out_features)))
+        output = ops.transpose(output, inverse)
+        if not return_attention_scores:
+            return output
+        # Scores in Keras' layout: (batch, other axes..., heads, query axes..., key axes...).
+        scores = ops.reshape(
+            scores, tuple(batch_dims) + (self.num_heads,) + tuple(q_dims) + tuple(kv_dims)
+        )
+        return output, scores
+
+    def _check_call_shapes(self, query, value, key):
+        self._check_shapes(tuple(query.shape), tuple(value.shape), tuple(key.shape))
         built = (
             ("query", query, self.query_dense),
             ("value", value, self.value_dense),
@@ -517,8 +725,10 @@ class MultiHeadAttention(keras.layers.Layer):
                 )
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
-        output_dim = self.output_dim or query_shape[-1]
-        return tuple(query_shape[:-1]) + (output_dim,)
+        query_shape, value_shape = tuple(query_shape), tuple(value_shape)
+        key_shape = value_shape if key_shape is None else tuple(key_shape)
+        self._check_shapes(query_shape, value_shape, key_shape)
+        return query_shape[:-1] + tuple(self._output_features(query_shape))
 
     def compute_output_spec(
         self,
@@ -530,16 +740,23 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         key = value if key is None else key
-        batch, q_len = query.shape[0], query.shape[1]
-        kv_len = key.shape[1] if cache is None else cache.shape[1]
+        output_shape = self.compute_output_shape(query.shape, value.shape, key.shape)
+        rank = len(query.shape)
+        axes = self._attention_axes_for(rank)
+        others = [axis for axis in range(rank - 1) if axis not in axes]
+        kv_shape = key.shape if cache is None else (None, cache.shape[1])
         if cache is not None and self.sliding_window is not None:
             # the ring of cached keys, then the new ones
-            kv_len = None if kv_len is None or key.shape[1] is None else kv_len + key.shape[1]
+            ring = cache.shape[1]
+            kv_shape = (None, None if ring is None or key.shape[1] is None else ring + key.shape[1])
+        scores_shape = (
+            tuple(query.shape[axis] for axis in others)
+            + (self.num_heads,)
+            + tuple(query.shape[axis] for axis in axes)
+            + tuple(kv_shape[axis] for axis in axes)
+        )
         output = _common.attention_output_spec(
-            self,
-            self.compute_output_shape(query.shape, value.shape, key.shape),
-            (batch, self.num_heads, q_len, kv_len),
-            return_attention_scores,
+            self, output_shape, scores_shape, return_attention_scores
         )
         if cache is None:
             return output
@@ -563,6 +780,9 @@ class MultiHeadAttention(keras.layers.Layer):
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "output_dim": self.output_dim,
+                "output_shape": self._output_shape,
+                "attention_axes": self.attention_axes,
+                "use_gate": self.use_gate,
                 "seed": self.seed,
                 "implementation": self.implementation,
                 "sliding_window": self.sliding_window,
@@ -579,6 +799,56 @@ class MultiHeadAttention(keras.layers.Layer):
             }
         )
         return config
+
+
+def _prod(dims):
+    """The product of static ints and/or scalar tensors (a size of a merged axis)."""
+    result = 1
+    for dim in dims:
+        result = result * dim
+    return result
+
+
+def _check_output_shape(output_shape, output_dim):
+    """`output_shape` (Keras' name: an int or a tuple of ints) as a tuple, or None."""
+    if output_shape is None:
+        return None
+    if output_dim is not None:
+        raise ValueError(
+            "Pass `output_dim` or `output_shape` (Keras' name), not both. Received: "
+            f"output_dim={output_dim!r}, output_shape={output_shape!r}"
+        )
+    shape = (output_shape,) if _validation._is_int(output_shape) else output_shape
+    if (
+        not isinstance(shape, (tuple, list))
+        or not shape
+        or not all(_validation._is_int(dim) and dim > 0 for dim in shape)
+    ):
+        raise ValueError(
+            "`output_shape` must be a positive integer or a non-empty tuple of "
+            f"positive integers. Received: output_shape={output_shape!r}"
+        )
+    return tuple(int(dim) for dim in shape)
+
+
+def _check_attention_axes(attention_axes):
+    """`attention_axes` (an int or a tuple of ints) as a tuple, or None."""
+    if attention_axes is None:
+        return None
+    axes = (attention_axes,) if _validation._is_int(attention_axes) else attention_axes
+    if (
+        not isinstance(axes, (tuple, list))
+        or not axes
+        or not all(_validation._is_int(axis) for axis in axes)
+        or 0 in axes
+        or len(set(axes)) != len(axes)
+    ):
+        raise ValueError(
+            "`attention_axes` must be None, an int or a tuple of distinct ints "
+            "(axes of the inputs, neither the batch axis 0 nor the features axis). "
+            f"Received: attention_axes={attention_axes!r}"
+        )
+    return tuple(int(axis) for axis in axes)
 
 
 # Incremental decoding, in three steps: check the cache and its index, write the new

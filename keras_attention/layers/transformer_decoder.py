@@ -62,10 +62,17 @@ class TransformerDecoder(_TransformerBlock):
         decoder_sequence_mask, encoder_sequence_mask (or `mask` when
             `decoder_sequence` is the only tensor): Keras masks, filled in by Keras
             and combined with the padding masks.
+        return_attention_scores: if `True`, also return the attention weights:
+            self-attention `(batch, num_heads, seq, seq)` (`seq` = `max_length`
+            with a cache) and, with an `encoder_sequence`, cross-attention
+            `(batch, num_heads, seq, encoder_seq)`.
 
     Returns:
-        `(batch, seq, features)` carrying the decoder's Keras mask, or with
-        `self_attention_cache` the pair `(outputs, new_cache)`.
+        `(batch, seq, features)` carrying the decoder's Keras mask, or a tuple:
+        the outputs, then with `return_attention_scores=True` the self- and (with an
+        encoder) cross-attention weights, then with `self_attention_cache` the new
+        cache, e.g. `(outputs, new_cache)` or
+        `(outputs, self_scores, cross_scores, new_cache)`.
 
     Example:
     >>> import numpy as np
@@ -133,6 +140,7 @@ class TransformerDecoder(_TransformerBlock):
         mask=None,
         decoder_sequence_mask=None,
         encoder_sequence_mask=None,
+        return_attention_scores=False,
     ):
         self._check_call(encoder_sequence, self_attention_cache, cache_index)
         use_cache = self_attention_cache is not None
@@ -160,21 +168,25 @@ class TransformerDecoder(_TransformerBlock):
                 kv_len=dec_len,
             )
 
-        new_cache = []
+        new_cache, scores = [], []
 
         def self_attention(x):
-            if not use_cache:
-                return self.self_attention(x, x, attention_mask=self_mask, training=training)
-            output, cache = self.self_attention(
+            cache = {"cache": self_attention_cache, "cache_index": cache_index} if use_cache else {}
+            outputs = self.self_attention(
                 x,
                 x,
                 attention_mask=self_mask,
-                cache=self_attention_cache,
-                cache_index=cache_index,
                 training=training,
+                return_attention_scores=return_attention_scores,
+                **cache,
             )
-            new_cache.append(cache)
-            return output
+            if not (use_cache or return_attention_scores):
+                return outputs
+            if use_cache:
+                new_cache.append(outputs[-1])
+            if return_attention_scores:
+                scores.append(outputs[1])
+            return outputs[0]
 
         x = self._residual(
             decoder_sequence,
@@ -200,13 +212,18 @@ class TransformerDecoder(_TransformerBlock):
             )
 
             def cross_attention(y):
-                return self.cross_attention(
+                outputs = self.cross_attention(
                     y,
                     encoder_sequence,
                     attention_mask=cross_mask,
                     training=training,
                     key_value_cache=cross_attention_cache,
+                    return_attention_scores=return_attention_scores,
                 )
+                if not return_attention_scores:
+                    return outputs
+                scores.append(outputs[1])
+                return outputs[0]
 
             x = self._residual(
                 x,
@@ -222,7 +239,8 @@ class TransformerDecoder(_TransformerBlock):
             self.feedforward_dropout,
             training,
         )
-        return (x, new_cache[0]) if use_cache else x
+        outputs = (x, *scores, *new_cache)
+        return outputs if len(outputs) > 1 else x
 
     def _check_call(self, encoder_sequence, cache, cache_index):
         if encoder_sequence is not None and self.cross_attention is None:
@@ -284,3 +302,26 @@ class TransformerDecoder(_TransformerBlock):
         if self_attention_cache_shape is not None:
             return tuple(decoder_sequence_shape), tuple(self_attention_cache_shape)
         return tuple(decoder_sequence_shape)
+
+    def compute_output_spec(
+        self,
+        decoder_sequence,
+        encoder_sequence=None,
+        self_attention_cache=None,
+        return_attention_scores=False,
+        **kwargs,
+    ):
+        def spec(shape, dtype=None):
+            return keras.KerasTensor(tuple(shape), dtype=dtype or self.compute_dtype)
+
+        outputs = [spec(decoder_sequence.shape)]
+        batch, dec_len = decoder_sequence.shape[0], decoder_sequence.shape[1]
+        if return_attention_scores:
+            keys = dec_len if self_attention_cache is None else self_attention_cache.shape[1]
+            outputs.append(spec((batch, self.num_heads, dec_len, keys)))
+            if encoder_sequence is not None:
+                enc_len = encoder_sequence.shape[1]
+                outputs.append(spec((batch, self.num_heads, dec_len, enc_len)))
+        if self_attention_cache is not None:
+            outputs.append(spec(self_attention_cache.shape, self_attention_cache.dtype))
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]

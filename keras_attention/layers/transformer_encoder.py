@@ -57,9 +57,13 @@ class TransformerEncoder(_TransformerBlock):
         training: whether dropout is active.
         mask: the Keras mask of `inputs`, filled in by Keras; combined with
             `padding_mask`. Padded positions are never attended.
+        return_attention_scores: if `True`, also return the self-attention weights
+            (as keras-hub's `TransformerEncoder`).
 
     Returns:
-        `(batch, seq, features)`, carrying the input's Keras mask.
+        `(batch, seq, features)`, carrying the input's Keras mask; with
+        `return_attention_scores=True`, `(outputs, scores)` with scores of shape
+        `(batch, num_heads, seq, seq)`.
 
     Example:
     >>> import numpy as np
@@ -92,6 +96,7 @@ class TransformerEncoder(_TransformerBlock):
         training=None,
         mask=None,
         inputs_mask=None,
+        return_attention_scores=False,
     ):
         # Keras fills `mask` when `inputs` is the only tensor argument and
         # `inputs_mask` when more tensors are passed.
@@ -110,8 +115,20 @@ class TransformerEncoder(_TransformerBlock):
             kv_len=seq_len,
         )
 
+        scores = []
+
         def self_attention(x):
-            return self.self_attention(x, x, attention_mask=attention_mask, training=training)
+            if not return_attention_scores:
+                return self.self_attention(x, x, attention_mask=attention_mask, training=training)
+            output, weights = self.self_attention(
+                x,
+                x,
+                attention_mask=attention_mask,
+                training=training,
+                return_attention_scores=True,
+            )
+            scores.append(weights)
+            return output
 
         x = self._residual(
             inputs,
@@ -120,13 +137,22 @@ class TransformerEncoder(_TransformerBlock):
             self.self_attention_dropout,
             training,
         )
-        return self._residual(
+        x = self._residual(
             x,
             lambda y: self.feedforward(y, training=training),
             self.feedforward_layer_norm,
             self.feedforward_dropout,
             training,
         )
+        return (x, scores[0]) if return_attention_scores else x
 
     def compute_output_shape(self, inputs_shape):
         return tuple(inputs_shape)
+
+    def compute_output_spec(self, inputs, return_attention_scores=False, **kwargs):
+        output = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        batch, length = inputs.shape[0], inputs.shape[1]
+        scores = (batch, self.num_heads, length, length)
+        return output, keras.KerasTensor(scores, dtype=self.compute_dtype)

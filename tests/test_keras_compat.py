@@ -1,0 +1,697 @@
+"""Moving from Keras' attention layers: the same weights, the same inputs, the same
+results.
+
+For each Keras layer (`MultiHeadAttention`, `GroupedQueryAttention`, `Attention`,
+`AdditiveAttention`) the Keras layer is built with random weights, they are copied
+into this package's layer (`transplant`, the one helper that knows both layouts), and
+both are called on the same inputs in the forms Keras accepts. Outputs and attention
+scores must agree within 1e-5 (float32), except for the differences documented in
+docs/guide.md ("Moving from Keras' layers"), which are asserted as documented.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_attention as ka
+
+ATOL = 1e-5
+B = 2
+IMPLEMENTATIONS = ("plain", "chunked", "fused")
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _randomize(layer, seed):
+    """Random values in every weight of `layer` (biases too, which start at zero)."""
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.normal(scale=0.5, size=w.shape) for w in layer.get_weights()])
+
+
+def transplant(keras_layer, ours):
+    """Copy the weights of a built Keras attention layer into ours (built).
+
+    `MultiHeadAttention`/`GroupedQueryAttention`: Keras' `EinsumDense` kernels
+    `(features, heads, dim)` become our `Dense` kernels `(features, heads * dim)`,
+    the output kernel `(heads, dim, *output_shape)` becomes
+    `(heads * dim, prod(output_shape))`, biases are flattened.
+    `Attention`/`AdditiveAttention`: their `scale` weight is our `score_scale`
+    (`LuongAttention`) or `scale` (`AdditiveAttention`).
+    """
+    if isinstance(keras_layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
+        for name in ("query", "key", "value", "gate", "output"):
+            source = getattr(keras_layer, f"_{name}_dense", None)
+            target = getattr(ours, f"{name}_dense")
+            assert (source is None) == (target is None), name
+            if source is None:
+                continue
+            kernel = _np(source.kernel)
+            rows = kernel.shape[0] * kernel.shape[1] if name == "output" else kernel.shape[0]
+            weights = [kernel.reshape(rows, -1)]
+            if source.bias is not None:
+                weights.append(_np(source.bias).reshape(-1))
+            target.set_weights(weights)
+        return
+    if isinstance(keras_layer, keras.layers.AdditiveAttention):
+        if keras_layer.scale is not None:
+            ours.scale.assign(_np(keras_layer.scale))
+        return
+    if isinstance(keras_layer, keras.layers.Attention):
+        if keras_layer.scale is not None:
+            ours.score_scale.assign(_np(keras_layer.scale))
+        return
+    raise TypeError(f"No transplant for {type(keras_layer).__name__}")
+
+
+def _pair(keras_cls, ours_cls, kwargs, build_args, seed=0, ours_kwargs=None):
+    """A Keras layer with random weights and ours with the same weights."""
+    keras_layer = keras_cls(**kwargs)
+    ours = ours_cls(**(kwargs if ours_kwargs is None else ours_kwargs))
+    # With the scores Keras runs its einsum path (its fused one refuses
+    # key_dim != value_dim on JAX).
+    keras_layer(*build_args, return_attention_scores=True)
+    ours(*build_args)
+    _randomize(keras_layer, seed)
+    transplant(keras_layer, ours)
+    return keras_layer, ours
+
+
+def _close(actual, expected, atol=ATOL):
+    np.testing.assert_allclose(_np(actual), _np(expected), atol=atol, rtol=0)
+
+
+# ---------------------------------------------------------------- MultiHeadAttention
+
+# name -> (constructor kwargs, query shape, value shape, key features or None)
+MHA_CASES = {
+    "self": ({"num_heads": 2, "key_dim": 4}, (B, 5, 8), (B, 5, 8), None),
+    "cross_key_value_dim_no_bias": (
+        {"num_heads": 3, "key_dim": 4, "value_dim": 5, "use_bias": False},
+        (B, 4, 8),
+        (B, 6, 7),
+        6,
+    ),
+    "rank4_default_axes": ({"num_heads": 2, "key_dim": 4}, (B, 3, 4, 8), (B, 2, 3, 8), None),
+    "rank4_axis2": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": (2,)},
+        (B, 3, 4, 8),
+        (B, 3, 5, 8),
+        None,
+    ),
+    "rank4_axis_negative": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": -2},
+        (B, 3, 4, 8),
+        (B, 3, 5, 8),
+        None,
+    ),
+    "rank4_axis1": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": 1},
+        (B, 3, 4, 8),
+        (B, 5, 4, 8),
+        None,
+    ),
+    "rank5_axes_1_3": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": (1, 3)},
+        (B, 2, 3, 4, 8),
+        (B, 3, 3, 2, 8),
+        None,
+    ),
+    "rank5_axes_3_2": (
+        {"num_heads": 2, "key_dim": 4, "attention_axes": (3, -3)},
+        (B, 2, 3, 4, 8),
+        (B, 2, 2, 3, 8),
+        None,
+    ),
+    "use_gate": (
+        {"num_heads": 2, "key_dim": 4, "value_dim": 3, "use_gate": True},
+        (B, 5, 8),
+        (B, 6, 8),
+        None,
+    ),
+    "use_gate_rank4": (
+        {"num_heads": 2, "key_dim": 4, "use_gate": True, "attention_axes": (2,)},
+        (B, 3, 4, 8),
+        (B, 3, 4, 8),
+        None,
+    ),
+    "output_shape_int": (
+        {"num_heads": 2, "key_dim": 4, "output_shape": 6},
+        (B, 5, 8),
+        (B, 5, 8),
+        None,
+    ),
+    "output_shape_tuple": (
+        {"num_heads": 2, "key_dim": 4, "output_shape": (3, 2)},
+        (B, 5, 8),
+        (B, 4, 8),
+        None,
+    ),
+    "output_shape_tuple_rank4": (
+        {"num_heads": 2, "key_dim": 4, "output_shape": (2, 3)},
+        (B, 3, 4, 8),
+        (B, 2, 2, 8),
+        None,
+    ),
+}
+
+
+def _mha_inputs(q_shape, v_shape, key_features):
+    query, value = _rand(*q_shape, seed=1), _rand(*v_shape, seed=2)
+    key = None if key_features is None else _rand(*v_shape[:-1], key_features, seed=3)
+    return query, value, key
+
+
+def _call(layer, query, value, key, **kwargs):
+    if key is None:
+        return layer(query, value, **kwargs)
+    return layer(query, value, key, **kwargs)
+
+
+@pytest.mark.parametrize("case", list(MHA_CASES))
+def test_multi_head_attention_matches_keras(case):
+    kwargs, q_shape, v_shape, key_features = MHA_CASES[case]
+    query, value, key = _mha_inputs(q_shape, v_shape, key_features)
+    args = (query, value) if key is None else (query, value, key)
+    keras_layer, ours = _pair(keras.layers.MultiHeadAttention, ka.MultiHeadAttention, kwargs, args)
+    expected, expected_scores = keras_layer(*args, return_attention_scores=True)
+    output, scores = ours(*args, return_attention_scores=True)
+    assert tuple(output.shape) == tuple(expected.shape)
+    assert tuple(scores.shape) == tuple(expected_scores.shape)
+    _close(output, expected)
+    _close(scores, expected_scores)
+    # The symbolic shapes are the eager ones (Keras' own are not, for scores).
+    symbolic = ours.compute_output_spec(
+        *[keras.KerasTensor(a.shape) for a in args], return_attention_scores=True
+    )
+    assert tuple(symbolic[0].shape) == tuple(output.shape)
+    assert tuple(symbolic[1].shape) == tuple(scores.shape)
+    for implementation in IMPLEMENTATIONS:
+        ours.implementation = implementation
+        _close(ours(*args), expected)
+
+
+def _mask(shape, seed):
+    """A random boolean mask with at least one allowed key in every row."""
+    mask = np.random.default_rng(seed).random(shape) < 0.6
+    mask[..., 0] = True
+    return mask
+
+
+# name -> (case of MHA_CASES, attention mask shape, mask dtype)
+MASK_CASES = {
+    "2d_no_batch": ("self", (5, 5), "bool"),
+    "3d": ("self", (B, 5, 5), "bool"),
+    "3d_batch_broadcast": ("cross_key_value_dim_no_bias", (1, 4, 6), "bool"),
+    "4d_heads": ("cross_key_value_dim_no_bias", (B, 3, 4, 6), "bool"),
+    "4d_heads_broadcast": ("self", (1, 2, 5, 5), "bool"),
+    "float_0_1": ("self", (B, 5, 5), "float32"),
+    "int_0_1": ("self", (B, 5, 5), "int32"),
+    "rank4_axis2_per_row": ("rank4_axis2", (B, 3, 4, 5), "bool"),
+    "rank4_axis2_no_row_axis": ("rank4_axis2", (B, 4, 5), "bool"),
+    "rank4_default_axes": ("rank4_default_axes", (B, 3, 4, 2, 3), "bool"),
+    "rank5_axes_1_3": ("rank5_axes_1_3", (B, 3, 2, 4, 3, 2), "bool"),
+    "rank4_gate": ("use_gate_rank4", (4, 4), "float32"),
+}
+
+
+@pytest.mark.parametrize("case", list(MASK_CASES))
+def test_multi_head_attention_masks_match_keras(case):
+    layer_case, mask_shape, dtype = MASK_CASES[case]
+    kwargs, q_shape, v_shape, key_features = MHA_CASES[layer_case]
+    query, value, key = _mha_inputs(q_shape, v_shape, key_features)
+    mask = _mask(mask_shape, seed=7).astype(dtype)
+    args = (query, value) if key is None else (query, value, key)
+    keras_layer, ours = _pair(keras.layers.MultiHeadAttention, ka.MultiHeadAttention, kwargs, args)
+    expected, expected_scores = keras_layer(
+        *args, attention_mask=mask, return_attention_scores=True
+    )
+    output, scores = ours(*args, attention_mask=mask, return_attention_scores=True)
+    _close(output, expected)
+    _close(scores, expected_scores)
+    for implementation in IMPLEMENTATIONS:
+        ours.implementation = implementation
+        _close(ours(*args, attention_mask=mask), expected)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_causal_mask_and_padding_match_keras(implementation):
+    query, value = _rand(B, 5, 8, seed=1), _rand(B, 5, 8, seed=2)
+    keras_layer, ours = _pair(
+        keras.layers.MultiHeadAttention,
+        ka.MultiHeadAttention,
+        {"num_heads": 2, "key_dim": 4},
+        (query, value),
+    )
+    ours.implementation = implementation
+    _close(
+        ours(query, value, use_causal_mask=True), keras_layer(query, value, use_causal_mask=True)
+    )
+    value_mask = np.ones((B, 5), bool)
+    value_mask[0, 3:] = False
+    _close(
+        ours(query, value, value_mask=value_mask, use_causal_mask=True),
+        keras_layer(query, value, value_mask=value_mask, use_causal_mask=True),
+    )
+
+
+@pytest.mark.parametrize("attention_axes", [(2,), None])
+def test_causal_mask_over_attention_axes_is_the_documented_difference(attention_axes):
+    """Documented difference: with `attention_axes` (or rank > 3) ours makes the
+    causal mask over the attention positions in row-major order; Keras builds it
+    from axis 1 whatever the attention axes. Ours equals Keras given that mask."""
+    x = _rand(B, 3, 4, 8, seed=1)
+    kwargs = {"num_heads": 2, "key_dim": 4, "attention_axes": attention_axes}
+    keras_layer, ours = _pair(
+        keras.layers.MultiHeadAttention, ka.MultiHeadAttention, kwargs, (x, x)
+    )
+    positions = 4 if attention_axes else 12
+    causal = np.tril(np.ones((positions, positions), bool))
+    if attention_axes is None:
+        causal = causal.reshape(3, 4, 3, 4)
+    expected = keras_layer(x, x, attention_mask=causal)
+    for implementation in IMPLEMENTATIONS:
+        ours.implementation = implementation
+        _close(ours(x, x, use_causal_mask=True), expected)
+
+
+def test_query_rows_without_keys_are_the_documented_difference():
+    """Documented difference: a query row with no key to attend (an all-False mask
+    row) gets zero attention here in every path, so its output is the output bias.
+    Keras gives the same with `return_attention_scores=True`, but without it (its
+    fused `dot_product_attention` path) the mean of the projected values."""
+    query, value = _rand(B, 4, 8, seed=1), _rand(B, 4, 8, seed=2)
+    keras_layer, ours = _pair(
+        keras.layers.MultiHeadAttention,
+        ka.MultiHeadAttention,
+        {"num_heads": 2, "key_dim": 4},
+        (query, value),
+    )
+    mask = np.ones((B, 4, 4), bool)
+    mask[0, 2] = False  # query 2 of batch 0 may attend nothing
+    expected, expected_scores = keras_layer(
+        query, value, attention_mask=mask, return_attention_scores=True
+    )
+    output, scores = ours(query, value, attention_mask=mask, return_attention_scores=True)
+    _close(output, expected)
+    _close(scores, expected_scores)
+    np.testing.assert_array_equal(_np(scores)[0, :, 2], 0.0)
+    np.testing.assert_allclose(_np(output)[0, 2], _np(ours.output_dense.bias), atol=ATOL, rtol=0)
+    fused = _np(keras_layer(query, value, attention_mask=mask))
+    mean = _np(ours.output_dense(keras.ops.mean(ours.value_dense(value), axis=1)))
+    np.testing.assert_allclose(fused[0, 2], mean[0], atol=ATOL, rtol=0)
+    for implementation in IMPLEMENTATIONS:
+        ours.implementation = implementation
+        _close(ours(query, value, attention_mask=mask), expected)
+
+
+def test_symbolic_scores_shape_for_cross_attention():
+    """Documented difference: Keras' symbolic score shape uses the query length for
+    the keys too; ours gives the eager shape."""
+    query, value = keras.Input((5, 8)), keras.Input((7, 8))
+    _, scores = ka.MultiHeadAttention(2, 4)(query, value, return_attention_scores=True)
+    _, keras_scores = keras.layers.MultiHeadAttention(2, 4)(
+        query, value, return_attention_scores=True
+    )
+    assert tuple(scores.shape) == (None, 2, 5, 7)
+    assert tuple(keras_scores.shape) == (None, 2, 5, 5)
+
+
+def test_functional_model_with_keras_arguments_saves_and_reloads(tmp_path):
+    """A model written for Keras' layer, with the import changed: rank 4 inputs,
+    attention_axes, use_gate and an output_shape tuple, through .keras."""
+    inputs = keras.Input((3, 4, 8))
+    layer = ka.MultiHeadAttention(
+        num_heads=2, key_dim=4, attention_axes=(2,), use_gate=True, output_shape=(2, 3)
+    )
+    model = keras.Model(inputs, layer(inputs, inputs))
+    x = _rand(B, 3, 4, 8, seed=5)
+    before = model.predict(x, verbose=0)
+    assert before.shape == (B, 3, 4, 2, 3)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    after = keras.saving.load_model(path).predict(x, verbose=0)
+    np.testing.assert_allclose(after, before, atol=1e-6, rtol=0)
+
+
+def test_lora_and_int8_reach_the_gate():
+    """The gate is a `Dense`, so LoRA and int8 quantization apply to it."""
+    inputs = keras.Input((5, 8))
+    layer = ka.MultiHeadAttention(num_heads=2, key_dim=4, use_gate=True)
+    model = keras.Model(inputs, layer(inputs, inputs))
+    x = _rand(B, 5, 8, seed=1)
+    before = model.predict(x, verbose=0)
+    layer.gate_dense.enable_lora(2)
+    assert layer.gate_dense.lora_enabled
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-6)  # B = 0
+    for dense in (layer.query_dense, layer.key_dense, layer.value_dense, layer.gate_dense):
+        dense.quantize("int8")
+    assert layer.gate_dense.quantization_mode == "int8"
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=0.1)
+
+
+# ------------------------------------------------------------- GroupedQueryAttention
+
+
+@pytest.mark.parametrize(
+    "heads, use_gate",
+    [((4, 2), False), ((4, 1), False), ((4, 4), True), ((6, 2), True)],
+)
+def test_grouped_query_attention_matches_keras(heads, use_gate):
+    num_query_heads, num_key_value_heads = heads
+    kwargs = {
+        "head_dim": 4,
+        "num_query_heads": num_query_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "use_gate": use_gate,
+    }
+    query, value = _rand(B, 5, 8, seed=1), _rand(B, 6, 8, seed=2)
+    keras_layer, ours = _pair(
+        keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (query, value)
+    )
+    mask = _mask((B, 5, 6), seed=3)
+    expected, expected_scores = keras_layer(
+        query, value, attention_mask=mask, return_attention_scores=True
+    )
+    output, scores = ours(query, value, attention_mask=mask, return_attention_scores=True)
+    _close(output, expected)
+    _close(scores, expected_scores)
+    for implementation in IMPLEMENTATIONS:
+        ours.implementation = implementation
+        _close(ours(query, value, attention_mask=mask), expected)
+
+
+def test_grouped_query_attention_decoding_cache_matches_keras_causal():
+    kwargs = {"head_dim": 4, "num_query_heads": 4, "num_key_value_heads": 2, "use_gate": True}
+    x = _rand(B, 5, 8, seed=1)
+    keras_layer, ours = _pair(
+        keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (x, x)
+    )
+    expected = _np(keras_layer(x, x, use_causal_mask=True))
+    cache = ours.get_initial_cache(B, 5)
+    for index in range(5):
+        step = x[:, index : index + 1]
+        output, cache = ours(step, step, cache=cache, cache_index=index)
+        np.testing.assert_allclose(_np(output)[:, 0], expected[:, index], atol=ATOL, rtol=0)
+
+
+def test_grouped_query_attention_layer_test(tmp_path):
+    from tests.utils import run_layer_test
+
+    run_layer_test(
+        ka.GroupedQueryAttention,
+        {"head_dim": 4, "num_query_heads": 4, "num_key_value_heads": 2, "use_gate": True},
+        {"query": _rand(B, 5, 8, seed=1), "value": _rand(B, 6, 8, seed=2)},
+        tmp_path=tmp_path,
+        expected_output_shape=(B, 5, 8),
+        expected_num_trainable_weights=10,
+        masked_inputs=("query", "value"),
+    )
+
+
+# ------------------------------------------------------ Attention, AdditiveAttention
+
+# Keras layer -> (our class, Keras constructor kwargs, our constructor kwargs)
+LIST_CASES = {
+    "attention": (keras.layers.Attention, ka.LuongAttention, {}),
+    "attention_use_scale": (
+        keras.layers.Attention,
+        ka.LuongAttention,
+        {"use_scale": True, "score_mode": "dot"},
+    ),
+    "additive": (keras.layers.AdditiveAttention, ka.AdditiveAttention, {}),
+    "additive_no_scale": (
+        keras.layers.AdditiveAttention,
+        ka.AdditiveAttention,
+        {"use_scale": False},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LIST_CASES))
+@pytest.mark.parametrize("with_key", [False, True])
+def test_list_calls_match_keras(case, with_key):
+    keras_cls, ours_cls, kwargs = LIST_CASES[case]
+    query, value, key = _rand(B, 4, 6, seed=1), _rand(B, 5, 3, seed=2), _rand(B, 5, 6, seed=3)
+    inputs = [query, value, key] if with_key else [query, value, _rand(B, 5, 6, seed=2)][:2]
+    if not with_key:
+        value = inputs[1] = _rand(B, 5, 6, seed=2)
+    keras_layer, ours = _pair(keras_cls, ours_cls, kwargs, (inputs,))
+    expected, expected_scores = keras_layer(inputs, return_attention_scores=True)
+    output, scores = ours(inputs, return_attention_scores=True)
+    _close(output, expected)
+    _close(scores, expected_scores)
+    _close(ours(inputs, use_causal_mask=True), keras_layer(inputs, use_causal_mask=True))
+    # mask=[query_mask, value_mask]; no query row is left without keys.
+    query_mask = np.array([[True, True, True, False], [True, True, True, True]])
+    value_mask = np.array([[True, True, False, True, False], [True, False, True, True, True]])
+    expected, expected_scores = keras_layer(
+        inputs, mask=[query_mask, value_mask], return_attention_scores=True
+    )
+    output, scores = ours(inputs, mask=[query_mask, value_mask], return_attention_scores=True)
+    _close(output, expected)  # zeros at the padded query, in both
+    expected_scores, scores = _np(expected_scores), _np(scores)
+    # Documented difference: the scores of a padded query are zeros here.
+    np.testing.assert_allclose(scores[query_mask], expected_scores[query_mask], atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(scores[0, 3], 0.0)
+    # The keyword form gives the same as the list form.
+    _close(
+        ours(query, value, key if with_key else None, query_mask=query_mask, value_mask=value_mask),
+        output,
+    )
+
+
+@pytest.mark.parametrize("case", ["attention_use_scale", "additive"])
+def test_list_calls_in_functional_models(case, tmp_path):
+    keras_cls, ours_cls, kwargs = LIST_CASES[case]
+    query_in, value_in = keras.Input((4, 6)), keras.Input((5, 6))
+    masked_value = keras.layers.Masking(0.0)(value_in)
+    layer = ours_cls(**kwargs)
+    output = layer([query_in, masked_value])
+    model = keras.Model([query_in, value_in], output)
+    query, value = _rand(B, 4, 6, seed=1), _rand(B, 5, 6, seed=2)
+    value[0, 3:] = 0.0
+    keras_layer = keras_cls(**kwargs)
+    keras_output = keras_layer([query_in, keras.layers.Masking(0.0)(value_in)])
+    keras_model = keras.Model([query_in, value_in], keras_output)
+    _randomize(keras_layer, 0)
+    transplant(keras_layer, layer)
+    np.testing.assert_allclose(
+        model.predict([query, value], verbose=0),
+        keras_model.predict([query, value], verbose=0),
+        atol=ATOL,
+        rtol=0,
+    )
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        reloaded.predict([query, value], verbose=0),
+        model.predict([query, value], verbose=0),
+        atol=1e-6,
+    )
+
+
+# ------------------------------------------------------------- Transformer blocks
+
+
+def test_transformer_blocks_return_attention_scores():
+    x, source = _rand(B, 5, 8, seed=1), _rand(B, 6, 8, seed=2)
+    encoder = ka.TransformerEncoder(num_heads=2, intermediate_dim=16)
+    output, scores = encoder(x, return_attention_scores=True)
+    _close(output, encoder(x))
+    _, expected = encoder.self_attention(x, x, return_attention_scores=True)
+    _close(scores, expected)  # post-norm: the block's attention sees its input
+
+    decoder = ka.TransformerDecoder(num_heads=2, intermediate_dim=16)
+    output, self_scores, cross_scores = decoder(x, source, return_attention_scores=True)
+    _close(output, decoder(x, source))
+    assert tuple(self_scores.shape) == (B, 2, 5, 5)
+    assert tuple(cross_scores.shape) == (B, 2, 5, 6)
+    np.testing.assert_array_equal(np.triu(_np(self_scores)[0, 0], 1), 0.0)  # causal
+    np.testing.assert_allclose(_np(cross_scores).sum(-1), 1.0, atol=1e-5)
+
+    symbolic = decoder.compute_output_spec(
+        keras.KerasTensor((None, 5, 8)),
+        keras.KerasTensor((None, 6, 8)),
+        return_attention_scores=True,
+    )
+    assert [tuple(t.shape) for t in symbolic] == [(None, 5, 8), (None, 2, 5, 5), (None, 2, 5, 6)]
+    symbolic = encoder.compute_output_spec(
+        keras.KerasTensor((None, 5, 8)), return_attention_scores=True
+    )
+    assert [tuple(t.shape) for t in symbolic] == [(None, 5, 8), (None, 2, 5, 5)]
+
+
+def test_transformer_decoder_scores_with_cache():
+    x = _rand(B, 4, 8, seed=1)
+    decoder = ka.TransformerDecoder(num_heads=2, intermediate_dim=16)
+    full, full_scores = decoder(x, return_attention_scores=True)
+    cache = decoder.get_initial_cache(B, 4)
+    for index in range(4):
+        output, scores, cache = decoder(
+            x[:, index : index + 1],
+            self_attention_cache=cache,
+            cache_index=index,
+            return_attention_scores=True,
+        )
+        _close(output[:, 0], _np(full)[:, index])
+        _close(scores[:, :, 0], _np(full_scores)[:, :, index])
+
+
+# ------------------------------------------------------------------ bad inputs
+
+BAD_CASES = [
+    (
+        lambda: ka.MultiHeadAttention(2, 4, output_shape=0),
+        ValueError,
+        r"`output_shape`.*Received: output_shape=0",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, output_shape=(3, -1)),
+        ValueError,
+        r"`output_shape`.*\(3, -1\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, output_shape=(4,), output_dim=4),
+        ValueError,
+        r"`output_dim` or `output_shape`",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=0),
+        ValueError,
+        r"`attention_axes`.*Received: attention_axes=0",
+    ),
+    (lambda: ka.MultiHeadAttention(2, 4, attention_axes="1"), ValueError, r"`attention_axes`.*'1'"),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=(1, 1)),
+        ValueError,
+        r"`attention_axes`.*\(1, 1\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, use_gate=1),
+        TypeError,
+        r"`use_gate`.*Received: use_gate=1",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=3)(_rand(2, 3, 8), _rand(2, 3, 8)),
+        ValueError,
+        r"`attention_axes`.*\[1, 1\].*Received: attention_axes=\(3,\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=-1)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8)
+        ),
+        ValueError,
+        r"`attention_axes`.*Received: attention_axes=\(-1,\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 4, 8), _rand(2, 3, 8)),
+        ValueError,
+        r"`value` must be rank 4, the rank of `query`",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=2)(_rand(2, 3, 4, 8), _rand(2, 5, 4, 8)),
+        ValueError,
+        r"`query` and `value` must agree.*\(0, 1\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), query_mask=np.ones((2, 3), bool)
+        ),
+        ValueError,
+        r"Keras masks.*attention_mask",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((3,), bool)
+        ),
+        ValueError,
+        r"`attention_mask` must have between 4 and 6 axes",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((2, 3, 4, 3, 5), bool)
+        ),
+        ValueError,
+        r"`attention_mask` of shape \(2, 1, 3, 4, 3, 5\)",
+    ),
+    (
+        lambda: ka.MultiHeadAttention(2, 4)(
+            _rand(2, 3, 8), _rand(2, 5, 8), attention_mask=np.full((3, 5), 0.5, "float32")
+        ),
+        ValueError,
+        r"`attention_mask`.*holding 0.5",
+    ),
+    (
+        lambda: ka.GroupedQueryAttention(4, 6, 4),
+        ValueError,
+        r"`num_query_heads` must be divisible by `num_key_value_heads`.*num_query_heads=6",
+    ),
+    (
+        lambda: ka.GroupedQueryAttention(0, 4, 2),
+        ValueError,
+        r"`head_dim` must be a positive integer. Received: head_dim=0",
+    ),
+    (
+        lambda: ka.GroupedQueryAttention(4, 4, 2, num_heads=4),
+        TypeError,
+        r"not `num_heads`.*num_heads=4",
+    ),
+    (
+        lambda: ka.LuongAttention(score_mode="concat"),
+        ValueError,
+        r"`score_mode`.*AdditiveAttention.*score_mode='concat'",
+    ),
+    (
+        lambda: ka.LuongAttention(score="general", score_mode="dot"),
+        ValueError,
+        r"`score` or `score_mode`",
+    ),
+    (lambda: ka.LuongAttention(use_scale="yes"), TypeError, r"`use_scale`.*'yes'"),
+    (
+        lambda: ka.AdditiveAttention(units=4, use_scale=True),
+        ValueError,
+        r"`use_scale` is only used without `units`",
+    ),
+    (
+        lambda: ka.AdditiveAttention()([_rand(2, 3, 4), _rand(2, 5, 6)]),
+        ValueError,
+        r"Without `units`.*query.shape=\(2, 3, 4\)",
+    ),
+    (
+        lambda: ka.LuongAttention()([_rand(2, 3, 4)]),
+        ValueError,
+        r"`inputs` must be a list \[query, value\].*length 1",
+    ),
+    (
+        lambda: ka.LuongAttention()([_rand(2, 3, 4)] * 2, mask=np.ones((2, 3), bool)),
+        ValueError,
+        r"`mask` must be a list \[query_mask, value_mask\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "make, error, pattern", BAD_CASES, ids=[str(i) for i in range(len(BAD_CASES))]
+)
+def test_bad_keras_arguments_raise_clear_errors(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+def test_symbolic_shape_errors_match_eager():
+    """A key of length 1 with a value of length 2 fails when the model is built,
+    as in the eager call."""
+    layer = ka.MultiHeadAttention(2, 4)
+    with pytest.raises(ValueError, match=r"`key` and `value` must have the same length"):
+        layer(keras.Input((3, 8)), keras.Input((2, 8)), keras.Input((1, 8)))
+    with pytest.raises(ValueError, match=r"`key` and `value` must have the same length"):
+        layer.compute_output_shape((None, 3, 8), (None, 2, 8), (None, 1, 8))
+    with pytest.raises(ValueError, match=r"`key` and `value` must have the same length"):
+        ka.MultiHeadAttention(2, 4)(_rand(2, 3, 8), _rand(2, 2, 8), _rand(2, 1, 8))
