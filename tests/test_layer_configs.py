@@ -162,6 +162,22 @@ CASES = {
         Q,
         {"value": V, "key": K},
     ),
+    "GroupedQueryAttention-modern": (
+        "GroupedQueryAttention",
+        {
+            "head_dim": 4,
+            "num_query_heads": 4,
+            "num_key_value_heads": 2,
+            "sliding_window": 3,
+            "position_embedding": "rotary",
+            "score_bias": ka.ALiBiBias(4),
+            "soft_cap": 5.0,
+            "query_norm": "rms_norm",
+            "key_norm": "layer_norm",
+        },
+        Q,
+        {"value": V, "key": K},
+    ),
     "MultiHeadAttention-alibi": (
         "MultiHeadAttention",
         {
