@@ -481,6 +481,12 @@ def split_heads(x, num_heads):
         )
     shape = ops.shape(x)
     head_dim = x.shape[-1] // num_heads
+    # Through (batch * seq, heads, head_dim): tf2onnx (1.17) rewrites a reshape whose
+    # sizes come from its own input's shape with "copy this dimension" zeros, then
+    # merges it into the 2-D reshape inside TensorFlow's Dense on sequences, where the
+    # zeros copy the wrong dimensions (ONNX Runtime fails; see docs/deployment.md).
+    # Both reshapes are free (views) on every backend.
+    x = ops.reshape(x, (-1, num_heads, head_dim))
     x = ops.reshape(x, (shape[0], shape[1], num_heads, head_dim))
     return ops.transpose(x, (0, 2, 1, 3))
 

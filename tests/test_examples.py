@@ -114,6 +114,20 @@ def test_char_language_model(tmp_path):
     assert result["reloaded_sample"] == result["sample"]  # vocabulary saved with the model
 
 
+@pytest.mark.tensorflow_only("LiteRT export of TensorFlow graphs")
+def test_deploy_language_model(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    # 512 windows, 1 epoch, then export and a LiteRT app in a process without
+    # TensorFlow, Keras or the package (~40 s).
+    result = _run("deploy_language_model", tmp_path)
+    assert result["text"] == result["expected_text"]
+    assert result["text"].startswith(result["prompt"])
+    assert sorted(os.listdir(tmp_path)) == [
+        "char_language_model.tflite",
+        "char_language_model.vocab.json",
+    ]
+
+
 def test_scripts_have_the_common_flags():
     for name in [
         "quickstart",
@@ -121,6 +135,7 @@ def test_scripts_have_the_common_flags():
         "char_language_model",
         "padding_masks",
         "plot_attention",
+        "deploy_language_model",
     ]:
         with open(os.path.join(EXAMPLES, f"{name}.py")) as handle:
             source = handle.read()

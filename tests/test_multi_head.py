@@ -466,7 +466,9 @@ def test_bad_call_arguments():
         layer(x[:, :1], x[:, :1], cache=_rand(2, 5, 7), cache_index=0)
     with pytest.raises(ValueError, match="attention_mask"):
         layer(x, x, attention_mask=np.ones((2, 5, 4), bool))
-    # Float masks hold 0/1 as in Keras (an additive bias of -inf is refused).
+    # Float masks are read as in Keras (`!= 0`), but only 0 and 1 are taken.
+    with pytest.raises(ValueError, match="attention_mask.*0.5"):
+        layer(x, x, attention_mask=np.full((2, 5, 5), 0.5, "float32"))
     with pytest.raises(ValueError, match="attention_mask"):
         layer(x, x, attention_mask=np.full((2, 5, 5), -np.inf, "float32"))
     with pytest.raises(TypeError, match="attention_mask"):

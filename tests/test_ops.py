@@ -164,10 +164,21 @@ def test_bad_inputs_raise_value_error(kwargs, match):
         attention_ops.scaled_dot_product_attention(**args)
 
 
-def test_float_mask_is_refused():
-    with pytest.raises(TypeError, match="mask"):
+def test_float_mask_holds_only_zeros_and_ones():
+    """A 0/1 float mask is read as Keras reads it (`mask != 0`); any other value
+    (e.g. an additive bias) is refused rather than read inverted."""
+    q, k, v = _rand(1, 2, 4), _rand(1, 2, 4), _rand(1, 2, 4)
+    keep = np.array([[True, False], [True, True]])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(
+            attention_ops.scaled_dot_product_attention(q, k, v, mask=keep.astype("float32"))
+        ),
+        keras.ops.convert_to_numpy(attention_ops.scaled_dot_product_attention(q, k, v, mask=keep)),
+        atol=0,
+    )
+    with pytest.raises(ValueError, match="mask.*-1000000000.0"):
         attention_ops.scaled_dot_product_attention(
-            _rand(1, 2, 4), _rand(1, 2, 4), _rand(1, 2, 4), mask=np.ones((2, 2), "float32")
+            q, k, v, mask=np.where(keep, 0.0, -1e9).astype("float32")
         )
 
 

@@ -9,6 +9,10 @@ TensorFlow and JAX backends (Keras converts JAX functions with `jax2tf`). On
 PyTorch, `export_torch_program` writes a `torch.export` program (`.pt2`) that loads
 with `torch.export.load`, again without this package or Keras.
 
+`export_generator` writes a decoder's `prefill` and `decode` steps, with the
+key/value cache as explicit state, as a LiteRT flatbuffer or a SavedModel, so an app
+runs the token loop itself (see `keras_attention.export.generator`).
+
 Both writers are atomic: they write next to the target and rename into place, so an
 error or an interruption mid-write leaves the previous file or folder intact.
 """
@@ -19,12 +23,15 @@ import tempfile
 
 import keras
 
+from keras_attention.export.generator import export_generator
+
 __all__ = [
     "save_model",
     "export_saved_model",
     "export_torch_program",
     "load_saved_model",
     "serving_signature",
+    "export_generator",
 ]
 
 

@@ -1,0 +1,231 @@
+"""keras_attention.export.export_generator: prefill/decode steps with an explicit cache,
+run by an app's own loop in LiteRT (and TensorFlow) without this package."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from keras_attention.export import export_generator
+from keras_attention.models import CausalLanguageModel, Seq2SeqTransformer
+
+MAX_LENGTH = 12
+VOCABULARY = 30
+
+
+def _causal_lm(**kwargs):
+    return CausalLanguageModel(
+        vocabulary_size=VOCABULARY,
+        sequence_length=16,
+        num_layers=2,
+        embedding_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        **kwargs,
+    )
+
+
+def _seq2seq():
+    return Seq2SeqTransformer(
+        vocabulary_size=VOCABULARY,
+        sequence_length=16,
+        num_layers=2,
+        embedding_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+    )
+
+
+# The app: greedy decoding with the interpreter's signature runners only. Prompt rows
+# may have different lengths (mask); a row still inside its prompt feeds its prompt
+# token, as `generate` does.
+_APP_LOOP = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["keras_attention"] = None  # any `import keras_attention` now fails
+    sys.modules["keras"] = None  # the app needs the runtime only
+    import numpy as np
+
+    runtime, artifact, inputs_file, outputs_file = sys.argv[1:5]
+    arrays = dict(np.load(inputs_file))
+    max_length = int(arrays.pop("max_length"))
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(artifact)
+        prefill = interpreter.get_signature_runner("prefill")
+        decode = interpreter.get_signature_runner("decode")
+    else:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(artifact)
+
+        def runner(name):
+            fn = loaded.signatures[name]
+            return lambda **kw: {k: v.numpy() for k, v in fn(**kw).items()}
+
+        prefill, decode = runner("prefill"), runner("decode")
+        arrays_generate = runner("generate")(**arrays)["tokens"]
+    tokens, mask = arrays["tokens"], arrays["mask"]
+    lengths = mask.sum(axis=1)
+    buffer = np.zeros((tokens.shape[0], max_length), "int32")
+    for row, (prompt_row, mask_row) in enumerate(zip(tokens, mask)):
+        buffer[row, : lengths[row]] = prompt_row[mask_row]
+    out = prefill(**arrays)
+    logits, cache = out["logits"], out["cache"]
+    extra = {"encoder_cache": out["encoder_cache"]} if "encoder_cache" in out else {}
+    for index in range(lengths.min(), max_length):
+        token = np.where(index < lengths, buffer[:, index], logits.argmax(-1)).astype("int32")
+        buffer[:, index] = token
+        out = decode(token=token, cache=cache, index=np.array(index, "int32"), **extra)
+        logits, cache = out["logits"], out["cache"]
+    results = {"tokens": buffer}
+    if runtime != "litert":
+        results["generate"] = arrays_generate
+    np.savez(outputs_file, **results)
+    print(json.dumps([m for m, mod in sys.modules.items()
+                      if m.split(".")[0] in ("keras_attention", "keras") and mod]))
+    """
+)
+
+
+def _run_app(runtime, artifact, tmp_path, **arrays):
+    np.savez(tmp_path / "inputs.npz", max_length=MAX_LENGTH, **arrays)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _APP_LOOP,
+            runtime,
+            artifact,
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "outputs.npz"),
+        ],
+        cwd=tmp_path,  # not the repository root: the package is not on sys.path
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    return dict(np.load(tmp_path / "outputs.npz"))
+
+
+def _expected_rows(generated, lengths):
+    """`generate` pads a row after its `max_new_tokens`; the app's buffer runs to
+    `MAX_LENGTH` for every row. Compare each row's prompt and new tokens."""
+    return [row[: length + MAX_LENGTH - lengths.max()] for row, length in zip(generated, lengths)]
+
+
+@pytest.mark.tensorflow_only("LiteRT conversion of TensorFlow graphs")
+def test_litert_greedy_loop_equals_generate_causal_lm(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    keras.utils.set_random_seed(3)
+    model = _causal_lm()
+    path = export_generator(model, tmp_path / "lm.tflite", max_length=MAX_LENGTH)
+    # Right padding, a hole, and a prompt token 0 (padding for mask_zero models).
+    tokens = np.array([[3, 4, 5, 6], [7, 0, 8, 0], [9, 2, 0, 11]], "int32")
+    mask = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1]], bool)
+    lengths = mask.sum(axis=1)
+    expected = model.generate(tokens, MAX_LENGTH - lengths.max(), prompt_mask=mask)
+    served = _run_app("litert", path, tmp_path, tokens=tokens, mask=mask)["tokens"]
+    for row, expected_row in enumerate(_expected_rows(expected, lengths)):
+        np.testing.assert_array_equal(served[row, : len(expected_row)], expected_row)
+    # The loop really decoded: new tokens beyond the longest prompt exist.
+    assert served.shape == (3, MAX_LENGTH)
+
+
+@pytest.mark.tensorflow_only("LiteRT conversion of TensorFlow graphs")
+def test_litert_greedy_loop_equals_generate_seq2seq(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    keras.utils.set_random_seed(4)
+    model = _seq2seq()
+    path = export_generator(model, tmp_path / "seq2seq.tflite", max_length=MAX_LENGTH)
+    source = np.array([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]], "int32")
+    source_mask = source != 0
+    tokens = np.array([[1], [1]], "int32")
+    mask = np.ones((2, 1), bool)
+    expected = model.generate(source, tokens, MAX_LENGTH - 1, encoder_padding_mask=source_mask)
+    served = _run_app(
+        "litert",
+        path,
+        tmp_path,
+        encoder_tokens=source,
+        encoder_mask=source_mask,
+        tokens=tokens,
+        mask=mask,
+    )["tokens"]
+    np.testing.assert_array_equal(served, expected)
+
+
+@pytest.mark.tensorflow_only("SavedModel export of TensorFlow graphs")
+def test_saved_model_prefill_decode_and_generate_equal_generate(tmp_path):
+    keras.utils.set_random_seed(5)
+    model = _causal_lm(mask_zero=False, position="sinusoidal")
+    path = export_generator(model, tmp_path / "lm", format="tf_saved_model", max_length=MAX_LENGTH)
+    tokens = np.array([[3, 4, 0], [5, 6, 7]], "int32")
+    mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
+    lengths = mask.sum(axis=1)
+    expected = model.generate(tokens, MAX_LENGTH - 3, prompt_mask=mask)
+    served = _run_app("tf_saved_model", path, tmp_path, tokens=tokens, mask=mask)
+    for row, expected_row in enumerate(_expected_rows(expected, lengths)):
+        np.testing.assert_array_equal(served["tokens"][row, : len(expected_row)], expected_row)
+        np.testing.assert_array_equal(served["generate"][row, : len(expected_row)], expected_row)
+    import tensorflow as tf
+
+    too_wide = np.ones((1, MAX_LENGTH), "int32")
+    loaded = tf.saved_model.load(path)
+    for name in ("prefill", "generate"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="max_length=12"):
+            loaded.signatures[name](tokens=too_wide, mask=too_wide.astype(bool))
+
+
+# ------------------------------------------------------------------- bad input
+
+
+def test_unknown_format_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"`format` must be one of.*Received: format='onnx'"):
+        export_generator(_causal_lm(), tmp_path / "lm.onnx", format="onnx")
+
+
+def test_model_without_decoder_is_named(tmp_path):
+    inputs = keras.Input((None,), dtype="int32")
+    model = keras.Model(inputs, keras.layers.Embedding(10, 4)(inputs))
+    with pytest.raises(ValueError, match="`model` must have a decoder.*Received: model of type"):
+        export_generator(model, tmp_path / "m.tflite")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_length=0), "`max_length` must be a positive integer. Received: max_length=0"),
+        (dict(max_length=17), "learned position table.*Received: max_length=17"),
+        (
+            dict(max_length=8, prompt_length=8),
+            "greater than the prompt length. Received: max_length=8, prompt_length=8",
+        ),
+        (dict(quantization="int4"), "Received: quantization='int4'"),
+        (
+            dict(quantization="dynamic_int8", format="tf_saved_model"),
+            "LiteRT format only. Received: quantization='dynamic_int8'",
+        ),
+    ],
+)
+def test_bad_arguments_are_named(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        export_generator(_causal_lm(), tmp_path / "lm.tflite", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the refusal is for JAX/torch")
+def test_other_backends_are_refused_with_the_backend_named(tmp_path):
+    with pytest.raises(ValueError, match="TensorFlow backend. Received: keras.backend.backend"):
+        export_generator(_causal_lm(), tmp_path / "lm.tflite")

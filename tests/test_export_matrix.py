@@ -1,0 +1,91 @@
+"""keras_attention.export.matrix: every layer and builder against every `model.export`
+format, each artifact run in its own runtime without this package."""
+
+import importlib.util
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_attention.export import matrix
+
+BACKEND = keras.backend.backend()
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "deployment.md")
+
+
+def _runtimes_installed(formats):
+    missing = [f for f in formats if importlib.util.find_spec(matrix.RUNTIMES[f]) is None]
+    if missing:
+        pytest.skip(f"runtimes not installed (pip install -e '.[export]'): {missing}")
+
+
+@pytest.mark.tensorflow_only("the representative subset exports from TensorFlow graphs")
+def test_representative_subset_runs_in_every_runtime(tmp_path):
+    # MultiHeadAttention (masks, causal, cross-attention of another length) and the
+    # causal LM builder: every format of the backend, two shapes each.
+    formats = matrix.BACKEND_FORMATS[BACKEND]
+    _runtimes_installed(formats)
+    results = matrix.run_matrix(
+        ["MultiHeadAttention", "causal_language_model"], formats, workdir=tmp_path
+    )
+    for name, row in results.items():
+        for format, result in row.items():
+            assert result["status"] == "ok", (name, format, result["detail"])
+            assert result["max_error"] <= matrix.ATOL
+    assert len(os.listdir(tmp_path)) > 8  # the artifacts were really written
+
+
+def test_judge_reports_wrong_values_shapes_and_static_artifacts(tmp_path):
+    expected = {"case": [np.zeros((2, 3), "float32"), np.zeros((3, 4), "float32")]}
+    job = {"case": "case", "outputs": str(tmp_path / "out")}
+    np.save(tmp_path / "out_0.npy", np.full((2, 3), 2e-5, "float32"))
+    np.save(tmp_path / "out_1.npy", np.zeros((3, 4), "float32"))
+    result = matrix._judge(job, {"0": "ok", "1": "ok"}, expected)
+    assert result["status"] == "error" and "max error 2.0e-05" in result["detail"]
+    np.save(tmp_path / "out_0.npy", np.zeros((2, 3), "float32"))
+    result = matrix._judge(job, {"0": "ok", "1": "RuntimeError: cannot resize"}, expected)
+    assert result["status"] == "static" and "cannot resize" in result["detail"]
+    np.save(tmp_path / "out_1.npy", np.zeros((3, 5), "float32"))
+    result = matrix._judge(job, {"0": "ok", "1": "ok"}, expected)
+    assert result == {"status": "error", "max_error": None, "detail": "shape (3, 5), Keras (3, 4)"}
+
+
+def test_table_lists_failures_with_their_reason_and_writes_between_markers(tmp_path):
+    results = {
+        "SelfAttention": {
+            "onnx": {"status": "ok", "max_error": 2e-7, "detail": ""},
+            "litert": {"status": "error", "max_error": None, "detail": "export: no kernel"},
+        }
+    }
+    text = matrix.table(results, backend="tensorflow")
+    assert "| SelfAttention (layer) | ✓ | ✗ [1] |" in text
+    assert "[1] SelfAttention / `litert`: export: no kernel" in text
+    path = tmp_path / "doc.md"
+    path.write_text(f"intro\n{matrix.MARK_START}\nold\n{matrix.MARK_END}\noutro\n")
+    matrix.write_table(text, path)
+    written = path.read_text()
+    assert "old" not in written and text in written and written.endswith("outro\n")
+    unmarked = tmp_path / "unmarked.md"
+    unmarked.write_text("no markers")
+    with pytest.raises(ValueError, match="must contain the markers"):
+        matrix.write_table(text, unmarked)
+
+
+def test_unknown_case_is_named():
+    with pytest.raises(ValueError, match=r"`names` must be cases.*Received: \['Nope'\]"):
+        matrix.run_matrix(["Nope"])
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only("the table in docs/deployment.md is the TensorFlow backend's")
+def test_full_matrix_matches_the_table_in_the_docs(tmp_path):
+    # 5 to 11 minutes on 2 cores: 16 cases x 4 formats, one runtime process.
+    _runtimes_installed(matrix.BACKEND_FORMATS[BACKEND])
+    text = matrix.table(matrix.run_matrix(workdir=tmp_path))
+    with open(DOCS) as handle:
+        document = handle.read()
+    assert text in document, (
+        "docs/deployment.md is stale: run "
+        "`python -m keras_attention.export --matrix --write docs/deployment.md`"
+    )
