@@ -140,6 +140,35 @@ def main():
         title="one query, 8 keys (untrained additive layer)",
     )
     plt.close(fig)
+    # 6. ALiBi: the weights the bias alone gives (all q.k = 0), causal, 4 of 8 heads.
+    positions = np.arange(10)
+    bias = keras_attention.ALiBiBias(num_heads=8)(positions, positions)
+    zeros = np.zeros((1, 8, 10, 4), "float32")
+    _, alibi_weights = ops.scaled_dot_product_attention(
+        zeros, zeros, zeros, bias=bias, causal=True, return_attention_scores=True
+    )
+    slopes = ops.alibi_slopes(8)
+    fig = plot_attention(
+        np.asarray(alibi_weights)[0, [0, 2, 4, 7]],
+        path=os.path.join(IMAGES, "alibi.png"),
+        panel_titles=[f"head {h}: m = 1/{round(1 / slopes[h])}" for h in (0, 2, 4, 7)],
+        title="softmax(-m |i - j|) with q.k = 0, causal: ALiBi alone (8 heads)",
+    )
+    plt.close(fig)
+
+    # 7. Sliding window, w = 3: bidirectional band, and causal (the 3 most recent keys).
+    band = np.asarray(masks.sliding_window_mask(10, 10, 3))
+    causal = np.asarray(masks.causal_mask(10))
+    windows = np.stack([band, band & causal]).astype("float32")
+    fig = plot_attention(
+        windows,
+        cmap="Greys",
+        path=os.path.join(IMAGES, "sliding_window.png"),
+        panel_titles=["|i - j| < 3", "causal: i - 3 < j <= i"],
+        title="sliding_window=3 (black = may attend)",
+    )
+    plt.close(fig)
+
     print(
         "pictures written to",
         IMAGES,

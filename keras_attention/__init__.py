@@ -16,6 +16,7 @@ from keras_attention import distribution, export, masks, models, ops, plot
 
 # Layers: the attentions, the positional encodings and the Transformer blocks.
 from keras_attention.layers.additive_attention import AdditiveAttention
+from keras_attention.layers.alibi_bias import ALiBiBias
 from keras_attention.layers.attention_pooling import AttentionPooling
 from keras_attention.layers.feed_forward import FeedForward
 from keras_attention.layers.grouped_query_attention import (
@@ -29,6 +30,9 @@ from keras_attention.layers.positional import (
     SinusoidalPositionEncoding,
     TokenAndPositionEmbedding,
 )
+from keras_attention.layers.relative_position_bias import RelativePositionBias
+from keras_attention.layers.rms_norm import RMSNorm
+from keras_attention.layers.rotary_embedding import RotaryEmbedding
 from keras_attention.layers.scaled_dot_product_attention import ScaledDotProductAttention
 from keras_attention.layers.self_attention import SelfAttention
 from keras_attention.layers.transformer_decoder import TransformerDecoder

@@ -81,6 +81,8 @@ def test_guide_figures_are_committed_small_and_referenced():
         "masks.png",
         "multi_head.png",
         "additive_vs_dot.png",
+        "alibi.png",
+        "sliding_window.png",
     }
     total = 0
     for name in referenced:

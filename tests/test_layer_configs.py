@@ -33,6 +33,10 @@ PUBLIC_LAYERS = [
     "FeedForward",
     "TransformerEncoder",
     "TransformerDecoder",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "ALiBiBias",
+    "RelativePositionBias",
 ]
 
 
@@ -57,6 +61,10 @@ V = _rand(2, 6, 3, seed=2)
 K = _rand(2, 6, 5, seed=3)
 X = _rand(2, 6, 4, seed=4)
 TOKENS = np.array([[3, 1, 4, 1, 5, 0], [2, 7, 1, 8, 0, 0]], dtype="int32")
+
+HEADS4 = _rand(2, 3, 6, 4, seed=6)
+POSITIONS_Q = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], dtype="float32")
+POSITIONS_K = np.array([[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]], dtype="float32")
 
 # name -> (class, constructor kwargs, positional input, keyword tensor inputs)
 CASES = {
@@ -138,6 +146,85 @@ CASES = {
         {"use_scale": True, "score_mode": "dot", "dropout": 0.2, "seed": 7},
         Q,
         {"value": V, "key": K},
+    ),
+    "MultiHeadAttention-modern": (
+        "MultiHeadAttention",
+        {
+            "num_heads": 2,
+            "key_dim": 4,
+            "sliding_window": 3,
+            "position_embedding": ka.RotaryEmbedding(rotary_fraction=0.5, layout="interleaved"),
+            "score_bias": ka.RelativePositionBias(num_buckets=8, max_distance=16, num_heads=2),
+            "soft_cap": 5.0,
+            "query_norm": "rms_norm",
+            "key_norm": "layer_norm",
+        },
+        Q,
+        {"value": V, "key": K},
+    ),
+    "GroupedQueryAttention-modern": (
+        "GroupedQueryAttention",
+        {
+            "head_dim": 4,
+            "num_query_heads": 4,
+            "num_key_value_heads": 2,
+            "sliding_window": 3,
+            "position_embedding": "rotary",
+            "score_bias": ka.ALiBiBias(4),
+            "soft_cap": 5.0,
+            "query_norm": "rms_norm",
+            "key_norm": "layer_norm",
+        },
+        Q,
+        {"value": V, "key": K},
+    ),
+    "MultiHeadAttention-alibi": (
+        "MultiHeadAttention",
+        {
+            "num_heads": 2,
+            "key_dim": 4,
+            "position_embedding": "rotary",
+            "score_bias": ka.ALiBiBias(2),
+        },
+        Q,
+        {"value": V, "key": K},
+    ),
+    "RMSNorm": (
+        "RMSNorm",
+        {"epsilon": 1e-3, "scale_initializer": keras.initializers.RandomUniform(seed=120)},
+        X,
+        {},
+    ),
+    "RotaryEmbedding": (
+        "RotaryEmbedding",
+        {
+            "max_wavelength": 500,
+            "scaling_factor": 2.0,
+            "rotary_fraction": 0.5,
+            "layout": "interleaved",
+            "sequence_axis": 2,
+        },
+        HEADS4,
+        {},
+    ),
+    "ALiBiBias": ("ALiBiBias", {"num_heads": 3}, POSITIONS_Q, {"key_positions": POSITIONS_K}),
+    "RelativePositionBias": (
+        "RelativePositionBias",
+        {
+            "num_buckets": 8,
+            "max_distance": 16,
+            "bidirectional": False,
+            "num_heads": 2,
+            "embeddings_initializer": keras.initializers.RandomUniform(seed=121),
+        },
+        POSITIONS_Q.astype("int32"),
+        {"key_positions": POSITIONS_K.astype("int32")},
+    ),
+    "FeedForward-swiglu": (
+        "FeedForward",
+        {"intermediate_dim": 5, "activation": "swiglu"},
+        X,
+        {},
     ),
     "AdditiveAttention": (
         "AdditiveAttention",
@@ -243,6 +330,42 @@ CASES = {
         X,
         {},
     ),
+    "TransformerEncoder-modern": (
+        "TransformerEncoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "activation": "swiglu",
+            "normalization": "rms_norm",
+            "use_bias": False,
+            "num_key_value_heads": 1,
+            "position_embedding": ka.RotaryEmbedding(max_wavelength=100),
+            "sliding_window": 2,
+            "soft_cap": 4.0,
+            "query_norm": "layer_norm",
+            "key_norm": "rms_norm",
+        },
+        X,
+        {},
+    ),
+    "TransformerDecoder-modern": (
+        "TransformerDecoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "activation": "geglu",
+            "normalization": "rms_norm",
+            "use_bias": False,
+            "num_key_value_heads": 1,
+            "position_embedding": "rotary",
+            "sliding_window": 3,
+            "soft_cap": 4.0,
+            "query_norm": "rms_norm",
+            "key_norm": "layer_norm",
+        },
+        X,
+        {},
+    ),
     "TransformerDecoder": (
         "TransformerDecoder",
         {
@@ -297,7 +420,11 @@ def _deserialize(name, value):
     if name.endswith("constraint"):
         return _serialize(keras.constraints.get(value))
     if name == "activation":
+        if value in ("swiglu", "geglu"):
+            return value
         return keras.activations.serialize(keras.activations.get(value))
+    if isinstance(value, dict):  # a serialized layer (position_embedding, score_bias)
+        return _serialize(keras.saving.deserialize_keras_object(value))
     return value
 
 
@@ -305,7 +432,7 @@ def _assert_config_holds(config, kwargs, where):
     for name, passed in kwargs.items():
         assert name in config, f"{where}: get_config() has no key {name!r}"
         expected = _serialize(passed)
-        if name == "activation":
+        if name == "activation" and passed not in ("swiglu", "geglu"):
             expected = keras.activations.serialize(keras.activations.get(passed))
         got = _deserialize(name, config[name])
         assert got == expected, f"{where}: {name}={got!r}, passed {expected!r}"

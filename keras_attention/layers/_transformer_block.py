@@ -11,8 +11,12 @@ import keras
 
 from keras_attention import _validation, masks
 from keras_attention.layers import _common
-from keras_attention.layers.feed_forward import FeedForward
+from keras_attention.layers.feed_forward import GATED_ACTIVATIONS, FeedForward
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
+from keras_attention.layers.rms_norm import RMSNorm
+from keras_attention.layers.rotary_embedding import RotaryEmbedding
+
+_NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
 def _check_padding_mask(padding_mask, sequence, name, sequence_name):
@@ -45,6 +49,14 @@ class _TransformerBlock(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         seed=None,
+        normalization="layer_norm",
+        use_bias=True,
+        num_key_value_heads=None,
+        position_embedding=None,
+        sliding_window=None,
+        soft_cap=None,
+        query_norm=None,
+        key_norm=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -58,9 +70,24 @@ class _TransformerBlock(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.key_dim = key_dim
         self.dropout = dropout
-        self.activation = keras.activations.get(activation)
+        gated = isinstance(activation, str) and activation in GATED_ACTIVATIONS
+        self.activation = activation if gated else keras.activations.get(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.normalize_first = normalize_first
+        _validation.check_one_of(normalization, "normalization", _NORMALIZATIONS)
+        _validation.check_bool(use_bias, "use_bias")
+        self.normalization = normalization
+        self.use_bias = use_bias
+        # Passed to every MultiHeadAttention of the block (validated there).
+        self.attention_options = {
+            "num_key_value_heads": num_key_value_heads,
+            "position_embedding": position_embedding,
+            "sliding_window": sliding_window,
+            "soft_cap": soft_cap,
+            "query_norm": query_norm,
+            "key_norm": key_norm,
+        }
+        self._check_attention_options(num_heads, key_dim)
         # Only the initializers reach the Dense layers inside (as in keras-hub).
         self.projection = _common.ProjectionSettings(
             dtype=self.dtype_policy,
@@ -75,6 +102,7 @@ class _TransformerBlock(keras.layers.Layer):
         self.feedforward = FeedForward(
             intermediate_dim,
             activation=self.activation,
+            use_bias=use_bias,
             name="feedforward",
             dtype=self.dtype_policy,
             **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
@@ -93,9 +121,47 @@ class _TransformerBlock(keras.layers.Layer):
         )
 
     def _layer_norm(self, name):
+        if self.normalization == "rms_norm":
+            return RMSNorm(epsilon=self.layer_norm_epsilon, name=name, dtype=self.dtype_policy)
         return keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, name=name, dtype=self.dtype_policy
+            epsilon=self.layer_norm_epsilon,
+            center=self.use_bias,
+            name=name,
+            dtype=self.dtype_policy,
         )
+
+    def _check_attention_options(self, num_heads, key_dim):
+        """Fail in the constructor, not at the first call, on a bad attention option."""
+        options = self.attention_options
+        kv_heads = options["num_key_value_heads"]
+        _validation.check_positive_int(kv_heads, "num_key_value_heads", allow_none=True)
+        if kv_heads is not None and num_heads % kv_heads:
+            raise ValueError(
+                "`num_heads` must be divisible by `num_key_value_heads`. Received: "
+                f"num_heads={num_heads}, num_key_value_heads={kv_heads}"
+            )
+        _validation.check_positive_int(options["sliding_window"], "sliding_window", allow_none=True)
+        if options["soft_cap"] is not None:
+            _validation.check_positive_float(options["soft_cap"], "soft_cap")
+        for name in ("query_norm", "key_norm"):
+            _validation.check_one_of(options[name], name, (None, "rms_norm", "layer_norm"))
+        position = options["position_embedding"]
+        if not (position in (None, "rotary") or isinstance(position, (dict, RotaryEmbedding))):
+            raise ValueError(
+                "`position_embedding` must be None, 'rotary' or a RotaryEmbedding "
+                f"instance. Received: position_embedding={position!r}"
+            )
+
+    def _attention_options(self, self_attention):
+        options = dict(self.attention_options)
+        if isinstance(options["position_embedding"], keras.layers.Layer):
+            # each attention gets its own copy (it has no weights)
+            layer = options["position_embedding"]
+            options["position_embedding"] = layer.__class__.from_config(layer.get_config())
+        if not self_attention:
+            # positions and windows are those of the decoder's own sequence
+            options.update(position_embedding=None, sliding_window=None)
+        return options
 
     def _attention(self, features, name):
         key_dim = self.key_dim
@@ -114,6 +180,8 @@ class _TransformerBlock(keras.layers.Layer):
             name=name,
             dtype=self.dtype_policy,
             seed=self._next_seed(),
+            use_bias=self.use_bias,
+            **self._attention_options(name == "self_attention"),
             **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
 
@@ -145,10 +213,20 @@ class _TransformerBlock(keras.layers.Layer):
                 "intermediate_dim": self.intermediate_dim,
                 "key_dim": self.key_dim,
                 "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": self.activation
+                if isinstance(self.activation, str)
+                else keras.activations.serialize(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "normalize_first": self.normalize_first,
                 "seed": self.seed,
+                "normalization": self.normalization,
+                "use_bias": self.use_bias,
+                **{
+                    key: value
+                    if value is None or isinstance(value, (int, float, str))
+                    else keras.saving.serialize_keras_object(value)
+                    for key, value in self.attention_options.items()
+                },
                 **self.projection.get_config(_common.INITIALIZER_KEYS),
             }
         )

@@ -5,6 +5,9 @@ import keras
 from keras_attention import _validation
 from keras_attention.layers import _common
 
+# Gated linear units (Shazeer 2020): the name and the activation of the gate.
+GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
+
 
 @keras.saving.register_keras_serializable(package="keras_attention")
 class FeedForward(keras.layers.Layer):
@@ -16,9 +19,15 @@ class FeedForward(keras.layers.Layer):
     can sit inside a residual connection. Parameters: `2 d f + f + d` for `d` input
     features and `f = intermediate_dim` (without biases: `2 d f`).
 
+    Gated variants (Shazeer 2020, "GLU Variants Improve Transformer"; Llama uses
+    SwiGLU, Gemma GeGLU): `activation="swiglu"` gives
+    `FFN(x) = (silu(x W_g) * (x W_1)) W_2` and `"geglu"` the same with the exact
+    `gelu`; the gate is the extra `Dense` `gate_dense` (`3 d f` kernel parameters).
+
     Args:
         intermediate_dim: positive int, the hidden size `d_ff` (2048 in the paper).
-        activation: activation of the hidden layer (`"relu"` in the paper).
+        activation: activation of the hidden layer (`"relu"` in the paper), or
+            `"swiglu"`/`"geglu"` for a gated feed-forward.
         dropout: float in `[0, 1)`, dropout on the hidden activations.
         use_bias: whether both `Dense` layers have biases.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
@@ -69,13 +78,23 @@ class FeedForward(keras.layers.Layer):
         _validation.check_rate(dropout, "dropout")
         _validation.check_bool(use_bias, "use_bias")
         self.intermediate_dim = intermediate_dim
-        self.activation = keras.activations.get(activation)
+        self.gated = isinstance(activation, str) and activation in GATED_ACTIVATIONS
+        self.activation = activation if self.gated else keras.activations.get(activation)
         self.dropout = dropout
         self.use_bias = use_bias
         self.seed = seed
         self.supports_masking = True
+        self.gate_dense = None
+        if self.gated:
+            self.gate_dense = self.projection.dense(
+                intermediate_dim,
+                "gate_dense",
+                activation=keras.activations.get(GATED_ACTIVATIONS[activation]),
+            )
         self.intermediate_dense = self.projection.dense(
-            intermediate_dim, "intermediate_dense", activation=self.activation
+            intermediate_dim,
+            "intermediate_dense",
+            activation=None if self.gated else self.activation,
         )
         self.dropout_layer = keras.layers.Dropout(
             dropout, seed=seed, name="dropout", dtype=self.dtype_policy
@@ -88,11 +107,15 @@ class FeedForward(keras.layers.Layer):
         features = inputs_shape[-1]
         self.output_dense = self.projection.dense(features, "output_dense")
         self.intermediate_dense.build(inputs_shape)
+        if self.gate_dense is not None:
+            self.gate_dense.build(inputs_shape)
         self.output_dense.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
         self.built = True
 
     def call(self, inputs, training=None):
         hidden = self.intermediate_dense(inputs)
+        if self.gate_dense is not None:
+            hidden = self.gate_dense(inputs) * hidden
         hidden = self.dropout_layer(hidden, training=training)
         return self.output_dense(hidden)
 
@@ -104,7 +127,9 @@ class FeedForward(keras.layers.Layer):
         config.update(
             {
                 "intermediate_dim": self.intermediate_dim,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": self.activation
+                if self.gated
+                else keras.activations.serialize(self.activation),
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "seed": self.seed,

@@ -9,6 +9,11 @@ from keras import ops
 from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
+from keras_attention.layers.rms_norm import RMSNorm
+from keras_attention.layers.rotary_embedding import RotaryEmbedding
+
+# The per-head query/key normalizations (`query_norm`, `key_norm`).
+_QK_NORMS = (None, "rms_norm", "layer_norm")
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -91,6 +96,24 @@ class MultiHeadAttention(keras.layers.Layer):
             scores nor dropout are needed; `"plain"`, `"chunked"`, `"flash"` or
             `"fused"` force a path (calls that need the scores or dropout always use
             `"plain"`).
+        sliding_window: optional positive int `w`, local attention as in
+            `keras.layers.GroupedQueryAttention`: query `i` sees only keys `j` with
+            `|i - j| < w`; with `use_causal_mask=True` (and with a cache) that is
+            the `w` most recent keys, `i - w < j <= i`. The decoding cache is then
+            a ring of `min(max_length, w)` positions (see `get_initial_cache`).
+        position_embedding: `None`, `"rotary"` (a default
+            :class:`RotaryEmbedding`) or a `RotaryEmbedding` instance: queries and
+            keys are rotated per head at their positions (with a cache, the new
+            tokens at `cache_index + i`); the cache holds rotated keys.
+        score_bias: `None` or a position bias layer (:class:`ALiBiBias`,
+            :class:`RelativePositionBias`, or any layer
+            `bias(query_positions, key_positions) -> (num_heads, q_len, kv_len)`)
+            added to the scores; pass one instance to several layers to share it.
+        soft_cap: optional positive float `c`: scores become `c * tanh(scores / c)`
+            before the bias and the mask (Gemma 2). Not on the `"fused"` path.
+        query_norm, key_norm: `None`, `"rms_norm"` or `"layer_norm"`:
+            normalize each query (key) head over its `key_dim` features, with a
+            learned scale shared by the heads, before the dot product (QK-norm).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -131,7 +154,8 @@ class MultiHeadAttention(keras.layers.Layer):
         `(batch, num_heads, q_len, kv_len)` (with `attention_axes`:
         `(batch, other axes..., num_heads, query axes..., key axes...)`); with `cache`, the updated cache
         comes last: `(output, new_cache)` or `(output, scores, new_cache)` (scores then
-        cover all `max_length` positions). The output carries the query's Keras mask.
+        cover all `max_length` positions; with a `sliding_window`, the ring's slots
+        followed by the new tokens). The output carries the query's Keras mask.
 
     Example:
     >>> import numpy as np
@@ -167,6 +191,12 @@ class MultiHeadAttention(keras.layers.Layer):
         bias_constraint=None,
         seed=None,
         implementation=None,
+        sliding_window=None,
+        position_embedding=None,
+        score_bias=None,
+        soft_cap=None,
+        query_norm=None,
+        key_norm=None,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -212,6 +242,9 @@ class MultiHeadAttention(keras.layers.Layer):
         attention_ops.check_implementation(implementation)
         self.seed = seed
         self.implementation = implementation
+        _validation.check_positive_int(sliding_window, "sliding_window", allow_none=True)
+        self.sliding_window = sliding_window
+        self._init_score_options(position_embedding, score_bias, soft_cap, query_norm, key_norm)
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
@@ -244,6 +277,11 @@ class MultiHeadAttention(keras.layers.Layer):
             self.output_dense = self.projection.dense(query_shape[-1], "attention_output")
         self.query_dense.build(query_shape)
         self.key_dense.build(key_shape)
+        for norm in (self.query_norm_layer, self.key_norm_layer):
+            if norm is not None:
+                norm.build((None, None, None, self.key_dim))
+        if self.score_bias is not None and not self.score_bias.built:
+            self.score_bias.build((None,), (None,))
         self.value_dense.build(value_shape)
         if self.gate_dense is not None:
             self.gate_dense.build(query_shape)
@@ -310,11 +348,17 @@ class MultiHeadAttention(keras.layers.Layer):
         of the decoding cache: pass it as `key_value_cache` to attend to the same
         keys/values many times (cross-attention during generation)."""
         key = value if key is None else key
-        return ops.concatenate([self.key_dense(key), self.value_dense(value)], axis=-1)
+        keys = self._project_keys(key, start_index=0)
+        return ops.concatenate([keys, self.value_dense(value)], axis=-1)
 
     def get_initial_cache(self, batch_size, max_length, dtype=None):
         """An empty decoding cache: zeros of shape
         `(batch_size, max_length, num_key_value_heads * (key_dim + value_dim))`.
+
+        With a `sliding_window` `w` it holds `min(max_length, w)` positions, used as a
+        ring (position `p` in slot `p % size`): a query never sees further back than
+        `w` positions, so memory stays fixed however long decoding runs. Calls then
+        take an `attention_mask` over absolute positions, `(batch, new_len, L)`.
 
         Args:
             batch_size: positive int (or scalar int tensor).
@@ -329,6 +373,11 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         batch_size = _validation.check_index(batch_size, "batch_size", positive=True)
         max_length = _validation.check_index(max_length, "max_length", positive=True)
+        if self.sliding_window is not None and isinstance(max_length, int):
+            # a ring: only the `sliding_window` most recent positions are ever seen
+            max_length = min(max_length, self.sliding_window)
+        elif self.sliding_window is not None:
+            max_length = ops.minimum(max_length, self.sliding_window)
         return ops.zeros(
             (batch_size, max_length, self._cache_features),
             dtype=dtype or self.compute_dtype,
@@ -415,16 +464,38 @@ class MultiHeadAttention(keras.layers.Layer):
         key_value_cache=None,
     ):
         """The rank-3 path: `(batch, seq, features)` inputs attending over axis 1."""
+        start_index = 0 if cache_index is None else cache_index
         queries = attention_ops.split_heads(self.query_dense(query), self.num_heads)
+        queries = self._position_heads(queries, self.query_norm_layer, start_index)
         if key_value_cache is None:
-            keys = self.key_dense(key)
+            keys = self._project_keys(key, start_index)
             values = self.value_dense(value)
         else:
             split = self._kv_heads * self.key_dim
             keys, values = key_value_cache[..., :split], key_value_cache[..., split:]
         q_len = ops.shape(query)[1]
         new_cache = None
-        if cache is None:
+        bias = None
+        if self.score_bias is not None:
+            bias = self._bias_with_offset(start_index)
+        if cache is not None and self.sliding_window is not None:
+            cache, cache_index = _check_cache(
+                cache, cache_index, keys.shape, self._cache_features, window=self.sliding_window
+            )
+            new_cache, keys, values, mask, key_positions = _rolling_cache_step(
+                cache,
+                cache_index,
+                keys,
+                values,
+                self.sliding_window,
+                query_mask=query_mask,
+                key_padding=masks.combine_masks(value_mask, key_mask),
+                attention_mask=attention_mask,
+            )
+            if bias is not None:
+                query_positions = ops.arange(q_len, dtype="int32") + cache_index
+                bias = self.score_bias(query_positions, key_positions)
+        elif cache is None:
             kv_len = ops.shape(keys)[1]
             mask = masks.merge_attention_masks(
                 query_mask=query_mask,
@@ -463,6 +534,9 @@ class MultiHeadAttention(keras.layers.Layer):
             training=bool(training),
             return_attention_scores=return_attention_scores,
             implementation=self._implementation_for(return_attention_scores, training),
+            sliding_window=self.sliding_window if cache is None else None,
+            bias=bias,
+            soft_cap=self.soft_cap,
         )
         heads, scores = result if return_attention_scores else (result, None)
         heads = attention_ops.merge_heads(heads)
@@ -477,6 +551,92 @@ class MultiHeadAttention(keras.layers.Layer):
         if new_cache is not None:
             outputs += (new_cache,)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _init_score_options(self, position_embedding, score_bias, soft_cap, query_norm, key_norm):
+        if isinstance(position_embedding, dict):
+            position_embedding = keras.saving.deserialize_keras_object(position_embedding)
+        if position_embedding == "rotary":
+            self.rotary_embedding = RotaryEmbedding(name="rotary_embedding")
+        elif position_embedding is None or isinstance(position_embedding, RotaryEmbedding):
+            self.rotary_embedding = position_embedding
+        else:
+            raise ValueError(
+                "`position_embedding` must be None, 'rotary' or a RotaryEmbedding "
+                f"instance. Received: position_embedding={position_embedding!r}"
+            )
+        if self.rotary_embedding is not None:
+            self.rotary_embedding.rotated_dim(self.key_dim)  # odd rotated dims raise
+        self.position_embedding = position_embedding
+        if isinstance(score_bias, dict):
+            score_bias = keras.saving.deserialize_keras_object(score_bias)
+        if score_bias is not None:
+            if not isinstance(score_bias, keras.layers.Layer) or not callable(score_bias):
+                raise ValueError(
+                    "`score_bias` must be None or a position bias layer such as "
+                    f"ALiBiBias or RelativePositionBias. Received: score_bias={score_bias!r}"
+                )
+            heads = getattr(score_bias, "num_heads", self.num_heads)
+            if heads != self.num_heads:
+                raise ValueError(
+                    "`score_bias` must give one bias per query head: its num_heads "
+                    f"must be {self.num_heads}. Received: score_bias.num_heads={heads}"
+                )
+        self.score_bias = score_bias
+        if soft_cap is not None:
+            _validation.check_positive_float(soft_cap, "soft_cap")
+        self.soft_cap = soft_cap
+        _validation.check_one_of(query_norm, "query_norm", _QK_NORMS)
+        _validation.check_one_of(key_norm, "key_norm", _QK_NORMS)
+        self.query_norm = query_norm
+        self.key_norm = key_norm
+        self.query_norm_layer = self._qk_norm(query_norm, "query_norm")
+        self.key_norm_layer = self._qk_norm(key_norm, "key_norm")
+
+    def _qk_norm(self, kind, name):
+        if kind == "rms_norm":
+            return RMSNorm(name=name, dtype=self.dtype_policy)
+        if kind == "layer_norm":
+            return keras.layers.LayerNormalization(
+                epsilon=1e-6, center=False, name=name, dtype=self.dtype_policy
+            )
+        return None
+
+    def _position_heads(self, heads, norm, start_index):
+        """QK-norm, then the rotary embedding, of `(batch, heads, seq, key_dim)`."""
+        if norm is not None:
+            heads = norm(heads)
+        if self.rotary_embedding is not None:
+            rope = self.rotary_embedding
+            heads = attention_ops.apply_rotary_embedding(
+                heads,
+                start_index=start_index,
+                max_wavelength=rope.max_wavelength,
+                scaling_factor=rope.scaling_factor,
+                rotary_fraction=rope.rotary_fraction,
+                layout=rope.layout,
+            )
+        return heads
+
+    def _project_keys(self, key, start_index):
+        """`key_dense(key)`, normalized and rotated per head when asked, in the
+        cache's `(batch, seq, num_key_value_heads * key_dim)` layout."""
+        keys = self.key_dense(key)
+        if self.key_norm_layer is None and self.rotary_embedding is None:
+            return keys
+        heads = attention_ops.split_heads(keys, self._kv_heads)
+        return attention_ops.merge_heads(
+            self._position_heads(heads, self.key_norm_layer, start_index)
+        )
+
+    def _bias_with_offset(self, offset):
+        """The score bias as the callable of positions that the attention function
+        evaluates a block at a time; with a cache, queries start at `offset`."""
+        score_bias = self.score_bias
+
+        def bias(query_positions, key_positions):
+            return score_bias(query_positions + ops.cast(offset, "int32"), key_positions)
+
+        return bias
 
     def _needs_flattening(self, rank):
         return rank > 3 or self._attention_axes_for(rank) != (1,)
@@ -582,6 +742,10 @@ class MultiHeadAttention(keras.layers.Layer):
         axes = self._attention_axes_for(rank)
         others = [axis for axis in range(rank - 1) if axis not in axes]
         kv_shape = key.shape if cache is None else (None, cache.shape[1])
+        if cache is not None and self.sliding_window is not None:
+            # the ring of cached keys, then the new ones
+            ring = cache.shape[1]
+            kv_shape = (None, None if ring is None or key.shape[1] is None else ring + key.shape[1])
         scores_shape = (
             tuple(query.shape[axis] for axis in others)
             + (self.num_heads,)
@@ -618,6 +782,16 @@ class MultiHeadAttention(keras.layers.Layer):
                 "use_gate": self.use_gate,
                 "seed": self.seed,
                 "implementation": self.implementation,
+                "sliding_window": self.sliding_window,
+                "position_embedding": self.position_embedding
+                if self.position_embedding in (None, "rotary")
+                else keras.saving.serialize_keras_object(self.position_embedding),
+                "score_bias": None
+                if self.score_bias is None
+                else keras.saving.serialize_keras_object(self.score_bias),
+                "soft_cap": self.soft_cap,
+                "query_norm": self.query_norm,
+                "key_norm": self.key_norm,
                 **self.projection.get_config(),
             }
         )
@@ -678,7 +852,7 @@ def _check_attention_axes(attention_axes):
 # keys/values into it, and build the mask over all the cached keys.
 
 
-def _check_cache(cache, cache_index, keys_shape, features):
+def _check_cache(cache, cache_index, keys_shape, features, window=None):
     """Check `cache` against the projected new keys `(batch, new_len, ...)` and the
     cache's `features`; return the cache as a tensor and `cache_index` as an int or an
     int32 scalar tensor."""
@@ -692,8 +866,11 @@ def _check_cache(cache, cache_index, keys_shape, features):
         )
     cache_index = _validation.check_index(cache_index, "cache_index")
     new_len, max_length = keys_shape[1], cache.shape[1]
+    # A ring of `window` slots may wrap around; a shorter cache (max_length < window)
+    # must not, or it would drop positions the window still sees.
     if (
-        isinstance(cache_index, int)
+        (window is None or (max_length is not None and max_length < window))
+        and isinstance(cache_index, int)
         and new_len is not None
         and max_length is not None
         and cache_index + new_len > max_length
@@ -745,3 +922,68 @@ def _cached_key_mask(
         kv_len=max_length,
     )
     return masks.combine_masks(mask, masks.causal_mask(q_len, max_length, offset=cache_index))
+
+
+def _rolling_cache_step(
+    cache,
+    cache_index,
+    keys,
+    values,
+    window,
+    query_mask=None,
+    key_padding=None,
+    attention_mask=None,
+):
+    """One call with a sliding-window ring cache of `S` slots.
+
+    Slot `s` holds the most recent position `p < cache_index` with `p % S == s`. The
+    new queries attend to the ring (before this write) followed by the new keys; key
+    at position `p` is visible to query position `t` when `t - window < p <= t`.
+    `attention_mask` `(batch, q_len, total_length)` is over absolute positions and
+    is gathered at the keys' positions. Return the new ring, all keys and values,
+    the mask and the keys' positions.
+    """
+    slots = ops.shape(cache)[1]
+    new_len = ops.shape(keys)[1]
+    index = ops.cast(cache_index, "int32")
+    slot = ops.arange(slots, dtype="int32")
+    slot_positions = index - 1 - ops.mod(index - 1 - slot + slots, slots)
+    new_positions = index + ops.arange(new_len, dtype="int32")
+    key_positions = ops.concatenate([slot_positions, new_positions], axis=0)
+    query_positions = new_positions[:, None]
+    visible = (
+        (key_positions[None, :] >= 0)
+        & (key_positions[None, :] <= query_positions)
+        & (query_positions - key_positions[None, :] < window)
+    )
+    if key_padding is not None:
+        key_padding = masks.validate_mask(key_padding)
+        batch = ops.shape(key_padding)[0]
+        key_padding = ops.concatenate([ops.ones((batch, slots), "bool"), key_padding], axis=1)
+    if attention_mask is not None:
+        attention_mask = masks.validate_mask(attention_mask, "attention_mask")
+        columns = ops.clip(key_positions, 0, ops.shape(attention_mask)[-1] - 1)
+        if attention_mask.shape[-1] == 1:
+            columns = ops.zeros_like(columns)
+        attention_mask = ops.take(attention_mask, columns, axis=-1)
+    mask = masks.merge_attention_masks(
+        query_mask=query_mask,
+        value_mask=key_padding,
+        attention_mask=attention_mask,
+        q_len=new_len,
+        kv_len=slots + new_len,
+    )
+    mask = masks.combine_masks(mask, visible)
+
+    # Write the last `min(new_len, S)` new tokens (distinct slots) into the ring.
+    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
+    written = (ops.mod(new_positions, slots)[:, None] == slot[None, :]) & (
+        ops.arange(new_len, dtype="int32")[:, None] >= new_len - slots
+    )
+    written = ops.cast(written, cache.dtype)
+    kept = 1 - ops.max(written, axis=0)
+    new_cache = cache * kept[None, :, None] + ops.einsum("ns,bnf->bsf", written, update)
+    split = keys.shape[-1]
+    all_keys = ops.concatenate([ops.cast(cache[..., :split], keys.dtype), keys], axis=1)
+    all_values = ops.concatenate([ops.cast(cache[..., split:], values.dtype), values], axis=1)
+    return new_cache, all_keys, all_values, mask, key_positions

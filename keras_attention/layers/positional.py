@@ -14,7 +14,7 @@ from keras import ops
 
 from keras_attention import _validation
 
-_POSITION_KINDS = ("learned", "sinusoidal")
+_POSITION_KINDS = ("learned", "sinusoidal", "none")
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -199,7 +199,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         embedding_dim: positive int, size of each embedding.
         mask_zero: if `True`, token id 0 is padding: the output carries the Keras
             mask `tokens != 0`.
-        position: `"learned"` or `"sinusoidal"`.
+        position: `"learned"`, `"sinusoidal"`, or `"none"` (token embeddings only,
+            for models whose attention encodes positions, e.g. with RoPE).
         scale_by_sqrt_dim: multiply token embeddings by `sqrt(embedding_dim)` (the
             paper does, so that embeddings initialised small are not drowned by
             the unit-amplitude sinusoidal positions).
@@ -247,7 +248,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         _validation.check_bool(scale_by_sqrt_dim, "scale_by_sqrt_dim")
         _validation.check_one_of(position, "position", _POSITION_KINDS)
         _validation.check_positive_int(
-            sequence_length, "sequence_length", allow_none=position == "sinusoidal"
+            sequence_length, "sequence_length", allow_none=position != "learned"
         )
         self.vocabulary_size = vocabulary_size
         self.sequence_length = sequence_length
@@ -279,6 +280,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 name="position_embedding",
                 dtype=self.dtype_policy,
             )
+        elif position == "none":
+            self.position_embedding = None  # positions come from the attention (RoPE)
         else:
             self.position_embedding = SinusoidalPositionEncoding(
                 max_wavelength, name="position_embedding", dtype=self.dtype_policy
@@ -292,7 +295,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             _validation.check_rank(inputs_shape, 2, "inputs", "integer tokens (batch, seq)")
             tokens_shape = tuple(inputs_shape)
         self.token_embedding.build(tokens_shape)
-        self.position_embedding.build(tokens_shape + (self.embedding_dim,))
+        if self.position_embedding is not None:
+            self.position_embedding.build(tokens_shape + (self.embedding_dim,))
         self.built = True
 
     def call(self, inputs, start_index=0, reverse=False):
@@ -312,6 +316,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         x = self.token_embedding(inputs)
         if self.scale_by_sqrt_dim:
             x = x * ops.cast(math.sqrt(self.embedding_dim), x.dtype)
+        if self.position_embedding is None:
+            return x
         return self.position_embedding(x, start_index=start_index)
 
     def compute_mask(self, inputs, mask=None):

@@ -48,7 +48,8 @@ class TransformerDecoder(_TransformerBlock):
         decoder_sequence: `(batch, seq, features)`.
         encoder_sequence: optional `(batch, enc_seq, enc_features)`.
         decoder_padding_mask: boolean `(batch, seq)`, `True` for real tokens; with a
-            cache, `(batch, max_length)` over the cache positions.
+            cache, `(batch, max_length)` over the cache positions (with a
+            `sliding_window`, whose cache is a ring, over all positions).
         encoder_padding_mask: boolean `(batch, enc_seq)`.
         self_attention_cache: optional cache tensor of the self-attention,
             `(batch, max_length, num_heads * 2 * key_dim)`.
@@ -267,10 +268,15 @@ class TransformerDecoder(_TransformerBlock):
         """With a cache, the keys are the cache's `max_length` slots; the attention
         layer adds the causal part (new tokens see slots up to their own)."""
         max_length = ops.shape(cache)[1]
+        # With a sliding window the cache is a ring of the last `window` positions and
+        # the padding mask covers absolute positions (the attention gathers from it).
+        ring = self.self_attention.sliding_window is not None
         if padding_mask is not None:
             padding_mask = masks.validate_mask(padding_mask, "decoder_padding_mask")
             shape = tuple(padding_mask.shape)
-            if len(shape) != 2 or not _validation.compatible(
+            if ring and len(shape) == 2:
+                max_length = ops.shape(padding_mask)[1]
+            elif len(shape) != 2 or not _validation.compatible(
                 shape, (cache.shape[0], cache.shape[1])
             ):
                 raise ValueError(

@@ -38,6 +38,16 @@ class TransformerEncoder(_TransformerBlock):
         normalize_first: pre-norm if `True`, post-norm (the paper) if `False`.
         kernel_initializer, bias_initializer: for every `Dense` inside.
         seed: int, seed for the dropouts.
+        normalization: `"layer_norm"` (the paper) or `"rms_norm"` (:class:`RMSNorm`,
+            Llama); `layer_norm_epsilon` is its epsilon.
+        use_bias: `False` drops every bias: the projections', the feed-forward's
+            and the LayerNorms' offsets (Llama, PaLM).
+        num_key_value_heads, position_embedding, sliding_window, soft_cap,
+        query_norm, key_norm: passed to the self-attention's
+            :class:`MultiHeadAttention` (grouped-query heads, `"rotary"`, a window,
+            logit soft-capping, QK-norm); a decoder's cross-attention gets only
+            `num_key_value_heads`, `soft_cap` and the norms. `activation` may be
+            `"swiglu"`/`"geglu"` (a gated :class:`FeedForward`).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:

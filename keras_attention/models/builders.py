@@ -96,9 +96,13 @@ def causal_language_model(
     num_heads=4,
     intermediate_dim=128,
     dropout=0.1,
-    position="learned",
+    position=None,
     tie_embeddings=False,
     mask_zero=True,
+    style="gpt",
+    num_key_value_heads=None,
+    sliding_window=None,
+    soft_cap=None,
     name="causal_language_model",
 ):
     """A decoder-only (GPT-style) language model.
@@ -111,9 +115,14 @@ def causal_language_model(
     Args:
         vocabulary_size, sequence_length, num_layers, embedding_dim, num_heads,
         intermediate_dim, dropout: see the module docstring.
-        position: `"learned"` or `"sinusoidal"` position encoding.
+        position: `"learned"` (default) or `"sinusoidal"` position encoding;
+            `None`/`"none"` with `style="llama"`.
         tie_embeddings: reuse the token table as the output projection.
         mask_zero: token id 0 is padding (default); `False` makes it a token.
+        style: `"gpt"` or `"llama"` (pre-norm RMSNorm, RoPE, grouped-query heads,
+            SwiGLU, no biases, final RMSNorm; see :class:`CausalLanguageModel`).
+        num_key_value_heads, sliding_window, soft_cap: attention options of every
+            block (grouped-query heads, a Mistral-style window, Gemma-2 soft-cap).
         name: model name.
 
     Returns:
@@ -125,6 +134,11 @@ def causal_language_model(
     >>> model = causal_language_model(vocabulary_size=50, sequence_length=32)
     >>> model.output_shape
     (None, None, 50)
+    >>> llama = causal_language_model(
+    ...     vocabulary_size=50, sequence_length=32, style="llama", num_key_value_heads=2
+    ... )
+    >>> llama.generate([[1, 2, 3]], max_new_tokens=2).shape
+    (1, 5)
     """
     return CausalLanguageModel(
         vocabulary_size=vocabulary_size,
@@ -137,6 +151,10 @@ def causal_language_model(
         position=position,
         tie_embeddings=tie_embeddings,
         mask_zero=mask_zero,
+        style=style,
+        num_key_value_heads=num_key_value_heads,
+        sliding_window=sliding_window,
+        soft_cap=soft_cap,
         name=name,
     )
 

@@ -3,9 +3,20 @@
 import keras
 
 from keras_attention import _validation
+from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
 from keras_attention.models.generation import GenerativeMixin, export_generate
+
+# The block settings of style="llama": pre-norm RMSNorm, RoPE, SwiGLU, no biases.
+_LLAMA_BLOCK = {
+    "normalize_first": True,
+    "normalization": "rms_norm",
+    "layer_norm_epsilon": 1e-6,
+    "use_bias": False,
+    "activation": "swiglu",
+    "position_embedding": "rotary",
+}
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -18,6 +29,12 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
     (`lm_head`), or with `tie_embeddings=True` the transposed token table
     (`lm_head` is then `None`).
 
+    `style="llama"` builds a Llama-shaped decoder instead: token embeddings only
+    (positions come from rotary embeddings in every attention), pre-norm blocks with
+    :class:`RMSNorm`, RoPE, grouped-query heads (`num_key_value_heads`), a SwiGLU
+    feed-forward and no biases anywhere, a final RMSNorm (`final_norm`), and a
+    bias-free `lm_head` (or the tied token table).
+
     Built functionally in `__init__` (like keras-hub's backbones), so `summary()`,
     `fit`, `.keras` save/load (no `custom_objects`) and `model.export` work as for
     any functional model; the parts are attributes, never looked up by name.
@@ -29,10 +46,19 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         num_layers, embedding_dim, num_heads, intermediate_dim: positive ints;
             `embedding_dim` divisible by `num_heads`.
         dropout: float in `[0, 1)`.
-        position: `"learned"` or `"sinusoidal"` position encoding.
+        position: `"learned"` or `"sinusoidal"` position encoding (default
+            `"learned"`; `"none"`, the only choice, for `style="llama"`).
         tie_embeddings: reuse the token table as the output projection.
         mask_zero: token id 0 is padding (masked as a key, and left out of the loss
             by `fit`); with `False` it is an ordinary token.
+        style: `"gpt"` (post-norm blocks with LayerNorm, biases, ReLU, learned or
+            sinusoidal positions) or `"llama"` (see above).
+        num_key_value_heads: positive int dividing `num_heads` (grouped-query
+            attention); default `num_heads`.
+        sliding_window: optional positive int, each token attends to the last
+            `sliding_window` tokens (Mistral); the generation cache is then a ring
+            of that many positions.
+        soft_cap: optional positive float, attention logit soft-capping (Gemma 2).
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Call arguments:
@@ -59,9 +85,13 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         num_heads=4,
         intermediate_dim=128,
         dropout=0.1,
-        position="learned",
+        position=None,
         tie_embeddings=False,
         mask_zero=True,
+        style="gpt",
+        num_key_value_heads=None,
+        sliding_window=None,
+        soft_cap=None,
         **kwargs,
     ):
         _parts.check_common(
@@ -75,6 +105,14 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         )
         _validation.check_bool(tie_embeddings, "tie_embeddings")
         _validation.check_bool(mask_zero, "mask_zero")
+        _validation.check_one_of(style, "style", ("gpt", "llama"))
+        llama = style == "llama"
+        if llama and position not in (None, "none"):
+            raise ValueError(
+                "style='llama' encodes positions with rotary embeddings in the attention, "
+                f"so `position` must be 'none' (or None). Received: position={position!r}"
+            )
+        position = ("none" if llama else "learned") if position is None else position
         kwargs.setdefault("name", "causal_language_model")
         # === Layers ===
         embedding = _parts.embedding(
@@ -89,16 +127,28 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         decoder_layers = [
             TransformerDecoder(
-                num_heads, intermediate_dim, dropout=dropout, name=f"decoder_layer_{i}"
+                num_heads,
+                intermediate_dim,
+                dropout=dropout,
+                num_key_value_heads=num_key_value_heads,
+                sliding_window=sliding_window,
+                soft_cap=soft_cap,
+                name=f"decoder_layer_{i}",
+                **(_LLAMA_BLOCK if llama else {}),
             )
             for i in range(num_layers)
         ]
-        lm_head = None if tie_embeddings else keras.layers.Dense(vocabulary_size, name="lm_head")
+        final_norm = RMSNorm(epsilon=1e-6, name="final_norm") if llama else None
+        lm_head = None
+        if not tie_embeddings:
+            lm_head = keras.layers.Dense(vocabulary_size, use_bias=not llama, name="lm_head")
         # === Functional model ===
         tokens = keras.Input((None,), dtype="int32", name="tokens")
         x = embedding_dropout(embedding(tokens))
         for layer in decoder_layers:
             x = layer(x)
+        if final_norm is not None:
+            x = final_norm(x)
         logits = embedding(x, reverse=True) if lm_head is None else lm_head(x)
         super().__init__(inputs=tokens, outputs=logits, **kwargs)
         # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
@@ -106,6 +156,7 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         self.embedding = embedding
         self.embedding_dropout = embedding_dropout
         self.lm_head = lm_head
+        self.final_norm = final_norm
         # === Config ===
         self.vocabulary_size = vocabulary_size
         self.sequence_length = sequence_length
@@ -117,6 +168,15 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         self.position = position
         self.tie_embeddings = tie_embeddings
         self.mask_zero = mask_zero
+        self.style = style
+        self.num_key_value_heads = num_key_value_heads
+        self.sliding_window = sliding_window
+        self.soft_cap = soft_cap
+
+    def _logits(self, x):
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return super()._logits(x)
 
     @property
     def decoder_embedding(self):
@@ -189,6 +249,10 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
             "position": self.position,
             "tie_embeddings": self.tie_embeddings,
             "mask_zero": self.mask_zero,
+            "style": self.style,
+            "num_key_value_heads": self.num_key_value_heads,
+            "sliding_window": self.sliding_window,
+            "soft_cap": self.soft_cap,
         }
 
     @classmethod
