@@ -124,6 +124,41 @@ def _layer_cases():
         y = ka.TransformerDecoder(2, 16)(_embedded(tokens), _embedded(source))
         return [tokens, source], y
 
+    def rotary():
+        x = _sequence("sequence")
+        return x, ka.RotaryEmbedding()(x)
+
+    def rms_norm():
+        x = _sequence("sequence")
+        return x, ka.RMSNorm()(x)
+
+    def alibi():
+        tokens = _tokens()
+        x = _embedded(tokens)
+        layer = ka.MultiHeadAttention(2, 4, score_bias=ka.ALiBiBias(2), soft_cap=20.0)
+        return tokens, layer(x, x, use_causal_mask=True)
+
+    def relative_position():
+        tokens = _tokens()
+        x = _embedded(tokens)
+        bias = ka.RelativePositionBias(num_buckets=8, max_distance=16, num_heads=2)
+        return tokens, ka.MultiHeadAttention(2, 4, score_bias=bias)(x, x)
+
+    def modern_multi_head():
+        tokens = _tokens()
+        x = _embedded(tokens)
+        layer = ka.MultiHeadAttention(
+            4,
+            4,
+            num_key_value_heads=2,
+            position_embedding="rotary",
+            query_norm="rms_norm",
+            key_norm="rms_norm",
+            sliding_window=3,
+            use_bias=False,
+        )
+        return tokens, layer(x, x, use_causal_mask=True)
+
     return {
         "ScaledDotProductAttention": scaled_dot_product,
         "SelfAttention": self_attention,
@@ -138,6 +173,11 @@ def _layer_cases():
         "TokenAndPositionEmbedding": token_and_position,
         "TransformerEncoder": encoder,
         "TransformerDecoder": decoder,
+        "RotaryEmbedding": rotary,
+        "RMSNorm": rms_norm,
+        "ALiBiBias": alibi,
+        "RelativePositionBias": relative_position,
+        "MultiHeadAttention (RoPE, GQA, QK-norm, window)": modern_multi_head,
     }
 
 
@@ -155,6 +195,9 @@ def _builder_cases():
     return {
         "transformer_classifier": lambda: models.transformer_classifier(**small),
         "causal_language_model": lambda: models.causal_language_model(**small),
+        "causal_language_model(style='llama')": lambda: models.causal_language_model(
+            **small, style="llama", num_key_value_heads=1
+        ),
         "transformer_seq2seq": lambda: models.transformer_seq2seq(**small),
     }
 
@@ -168,7 +211,7 @@ def uncovered_layers():
     """Public layer classes of the package that have no case in the matrix."""
     import keras_attention as ka
 
-    covered = {getattr(ka, name) for name in _layer_cases()}  # aliases count once
+    covered = {getattr(ka, name.split(" ")[0]) for name in _layer_cases()}  # aliases once
     uncovered = {}
     for name in sorted(getattr(ka, "__all__", dir(ka))):
         value = getattr(ka, name, None)
