@@ -18,11 +18,10 @@ error or an interruption mid-write leaves the previous file or folder intact.
 """
 
 import os
-import shutil
-import tempfile
 
 import keras
 
+from keras_attention.export._atomic import atomic_file, atomic_folder
 from keras_attention.export.generator import export_generator
 
 __all__ = [
@@ -67,22 +66,9 @@ def save_model(model, path, **kwargs):
         )
     if os.path.isdir(path):
         raise ValueError(f"`path` must be a file path, but it is a folder. Received: path={path!r}")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     # The temporary file must end in `.keras` too: `model.save` checks the suffix.
-    fd, tmp_path = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp.keras", dir=folder
-    )
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".tmp.keras") as tmp_path:
         model.save(tmp_path, **kwargs)
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp made it private (0600)
-        os.replace(tmp_path, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a half-written file behind.
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
     return path
 
 
@@ -180,11 +166,7 @@ def export_saved_model(
     _check_saved_model_backend("export_saved_model")
     if input_signature is None:
         input_signature = serving_signature(model)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
-    old_dir = None
-    try:
+    with atomic_folder(path) as tmp_dir:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(
@@ -194,25 +176,6 @@ def export_saved_model(
             **kwargs,
         )
         archive.write_out(tmp_dir, verbose=verbose)
-        os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp made it private (0700)
-        if os.path.isdir(path):
-            old_dir = tempfile.mkdtemp(
-                prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent
-            )
-            os.rmdir(old_dir)  # only the unique name is wanted; rename needs it free
-            os.rename(path, old_dir)
-        try:
-            os.rename(tmp_dir, path)
-        except BaseException:
-            if old_dir is not None:
-                os.rename(old_dir, path)  # put the previous export back
-                old_dir = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    if old_dir is not None:
-        shutil.rmtree(old_dir, ignore_errors=True)
     return path
 
 
@@ -320,23 +283,11 @@ def export_torch_program(model, path, dynamic_axes=(0, 1), verbose=False):
         dynamic_shapes.append(
             {axis: torch.export.Dim.AUTO for axis in dynamic_axes if axis < len(tensor.shape)}
         )
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp.pt2", dir=folder
-    )
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".tmp.pt2") as tmp_path:
         model.export(
             tmp_path, format="torch", dynamic_shapes=tuple(dynamic_shapes), verbose=verbose
         )
         _check_axes_stay_dynamic(tmp_path, inputs, dynamic_axes)
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
     return path
 
 
@@ -375,12 +326,6 @@ def _serving_fn(model):
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     return serve
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_model(model):

@@ -35,13 +35,13 @@ A SavedModel export also has the whole greedy loop as one signature,
 """
 
 import os
-import shutil
 import tempfile
 
 import keras
 from keras import ops
 
 from keras_attention import _validation
+from keras_attention.export import _atomic
 
 FORMATS = ("litert", "tf_saved_model")
 QUANTIZATIONS = (None, "dynamic_int8")
@@ -141,15 +141,8 @@ def export_generator(
             raise ValueError(
                 f"`path` is an existing file; a SavedModel is a folder. Received: path={path!r}"
             )
-        tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
-        try:
+        with _atomic.atomic_folder(path) as tmp_dir:
             _write_saved_model(model, tmp_dir, max_length, prompt_length, with_generate=True)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            os.rename(tmp_dir, path)
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
         return path
     import tensorflow as tf
 
@@ -163,10 +156,9 @@ def export_generator(
         if quantization == "dynamic_int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         flatbuffer = converter.convert()
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(flatbuffer)
-    os.replace(tmp_path, path)
+    with _atomic.atomic_file(path, suffix=".tmp.tflite") as tmp_path:
+        with open(tmp_path, "wb") as handle:
+            handle.write(flatbuffer)
     return path
 
 
