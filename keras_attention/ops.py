@@ -509,6 +509,9 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
     chunks one after another (no two chunks' scores are alive at once) and
     `keras.remat` makes the backward pass recompute a chunk's scores instead of
     keeping them, so memory is O(chunk_size * kv_len) instead of O(q_len * kv_len).
+    With a `sliding_window` w (static lengths), a chunk scores only the
+    `chunk_size + w - 1` keys its queries can reach (`chunk_size + 2 (w - 1)`
+    without `causal`), so time and memory grow as `q_len * w`, on every backend.
     """
     batch_shape = tuple(query.shape[:-2])
     kv_len = key.shape[-2]
@@ -548,7 +551,37 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
     has_row_mask = chunked_mask is not None
     has_row_bias = chunked_bias is not None
 
+    # With a sliding window a chunk's queries see at most `span` consecutive keys:
+    # only those are sliced out and scored, so the work grows as q_len * window.
+    span = None
+    window = score_mod.sliding_window
+    if window is not None and _static(kv_len) and _static(chunk_size):
+        span = chunk_size + (window - 1) * (1 if score_mod.causal else 2)
+        span = span if span < kv_len else None
+
+    def key_slice(x, start):
+        """`x[..., start:start + span]` (the last axis), or `x` when it has length 1."""
+        if span is None or x is None or x.shape[-1] == 1:
+            return x
+        starts = [0] * (len(x.shape) - 1) + [start]
+        return ops.slice(x, starts, tuple(ops.shape(x)[:-1]) + (span,))
+
     def attend_chunk(q_chunk, offset, mask_chunk, bias_chunk):
+        k_start = 0
+        chunk_key, chunk_value, row_mask, row_bias = key, value, mask, score_mod.bias
+        if span is not None:
+            k_start = ops.clip(offset - (window - 1), 0, kv_len - span)
+            starts = [0] * (len(key.shape) - 2) + [k_start, 0]
+            chunk_key = ops.slice(key, starts, tuple(ops.shape(key)[:-2]) + (span, key.shape[-1]))
+            chunk_value = ops.slice(
+                value, starts, tuple(ops.shape(value)[:-2]) + (span, value.shape[-1])
+            )
+            row_mask = key_slice(mask, k_start)
+            mask_chunk = key_slice(mask_chunk, k_start) if has_row_mask else mask_chunk
+            bias_chunk = key_slice(bias_chunk, k_start) if has_row_bias else bias_chunk
+            if row_bias is not None and not callable(row_bias) and not has_row_bias:
+                row_bias = key_slice(row_bias, k_start)
+
         # Only floating tensors enter the recomputed function (TensorFlow's
         # `recompute_grad` warns for every integer or boolean input it watches); the
         # offset and the mask chunk are constants of the recomputation, closed over.
@@ -556,18 +589,20 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
         def attend(q_chunk, key, value, *bias_chunk):
             kv = ops.shape(key)[-2]
             chunk_mask = masks_lib.combine_masks(
-                mask,
+                row_mask,
                 ops.cast(mask_chunk, "bool") if has_row_mask else None,
-                score_mod.mask(chunk_size, kv, offset),
+                score_mod.mask(chunk_size, kv, offset, k_offset=k_start),
             )
             if has_row_bias:
                 bias = bias_chunk[0]
+            elif callable(row_bias):
+                bias = score_mod.block_bias(chunk_size, kv, offset, k_offset=k_start)
             else:
-                bias = score_mod.block_bias(chunk_size, kv, offset)
+                bias = row_bias
             scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", q_chunk, key), bias)
             return attention_from_scores(scores, value, mask=chunk_mask)
 
-        return attend(q_chunk, key, value, *((bias_chunk,) if has_row_bias else ()))
+        return attend(q_chunk, chunk_key, chunk_value, *((bias_chunk,) if has_row_bias else ()))
 
     offsets = ops.arange(num_chunks, dtype="int32") * chunk_size
     placeholder = ops.zeros((num_chunks,), "int8")

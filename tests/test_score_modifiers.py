@@ -139,3 +139,46 @@ def test_integer_bias_is_refused():
     q, k, v = _qkv()
     with pytest.raises(TypeError, match="bias"):
         attention_ops.scaled_dot_product_attention(q, k, v, bias=np.zeros((11, 11), "int32"))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bias_kind", ["rows", "keys", "callable"])
+def test_chunked_window_scores_only_the_keys_in_reach(causal, bias_kind):
+    # 23 queries in chunks of 4 against 23 keys, window 3: each chunk scores a slice
+    # of 6 (causal) or 8 keys; with full masks and biases sliced the same way.
+    q, k, v = _qkv(q_len=23, kv_len=23)
+    mask = RNG.random((2, 1, 23, 23)) > 0.2
+    if bias_kind == "callable":
+        bias, numpy_bias = _relative_bias, _relative_bias_numpy(23, 23)
+    else:
+        numpy_bias = bias = _rand(3, 23, 23) if bias_kind == "rows" else _rand(2, 3, 1, 23)
+    out = _np(
+        attention_ops.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            causal=causal,
+            bias=bias,
+            sliding_window=3,
+            implementation="chunked",
+            chunk_size=4,
+        )
+    )
+    expected, _ = reference.attention(q, k, v, mask=mask, causal=causal, bias=numpy_bias, window=3)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_chunked_window_never_reads_keys_out_of_reach():
+    # Causal, window 3, 8 queries in chunks of 4: no query reaches key 8 or later,
+    # so NaN there must not matter (scoring every key would spread the NaN).
+    q, k, v = _qkv(q_len=8, kv_len=23)
+    k[..., 12:, :] = np.nan
+    v[..., 12:, :] = np.nan
+    out = _np(
+        attention_ops.scaled_dot_product_attention(
+            q, k, v, causal=True, sliding_window=3, implementation="chunked", chunk_size=4
+        )
+    )
+    expected, _ = reference.attention(q, k[..., :8, :], v[..., :8, :], causal=True, window=3)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
