@@ -11,6 +11,7 @@ too; "static" means the artifact runs at the traced shape only.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -343,6 +344,12 @@ _RUNNER = textwrap.dedent(
 
 def _short(error, limit=140):
     text = " ".join(str(error).split())
+    # A converter error is its op locations (graph names with run-dependent
+    # numbers), then "'dialect.op' op <message>": keep the message, so the table
+    # reads well and does not change from run to run.
+    message = re.search(r"'[\w.]+' op [^.]*\.", text)
+    if "loc(" in text and message:
+        text = message.group(0)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
