@@ -1,9 +1,6 @@
 """keras_attention.export: atomic `.keras` saves and SavedModels that serve without the package."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -12,6 +9,7 @@ import pytest
 
 import keras_attention
 from keras_attention import export
+from tests.utils import run_script_without_package
 
 FEATURES = 6
 BACKEND = keras.backend.backend()
@@ -207,25 +205,13 @@ def test_saved_model_serves_in_subprocess_without_package(tmp_path):
     cases = {"b2_len5": _inputs(2, 5, seed=1), "b7_len11": _inputs(7, 11, seed=2)}
     np.savez(tmp_path / "inputs.npz", **cases)
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _SERVE_WITHOUT_PACKAGE,
-            export_dir,
-            str(tmp_path / "inputs.npz"),
-            str(tmp_path / "outputs.npz"),
-        ],
-        cwd=tmp_path,  # not the repository root: the package is not on sys.path
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_script_without_package(
+        _SERVE_WITHOUT_PACKAGE,
+        export_dir,
+        tmp_path / "inputs.npz",
+        tmp_path / "outputs.npz",
+        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
     served = np.load(tmp_path / "outputs.npz")
     for name, x in cases.items():
         expected = model.predict(x, verbose=0)
@@ -394,24 +380,13 @@ def test_torch_program_serves_in_subprocess_without_package(tmp_path):
         "b1_len1": _inputs(1, 1, seed=3),
     }
     np.savez(tmp_path / "inputs.npz", **cases)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _RUN_TORCH_PROGRAM_WITHOUT_PACKAGE,
-            path,
-            str(tmp_path / "inputs.npz"),
-            str(tmp_path / "outputs.npz"),
-        ],
+    run_script_without_package(
+        _RUN_TORCH_PROGRAM_WITHOUT_PACKAGE,
+        path,
+        tmp_path / "inputs.npz",
+        tmp_path / "outputs.npz",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
     served = np.load(tmp_path / "outputs.npz")
     for name, x in cases.items():
         np.testing.assert_allclose(served[name], model.predict(x, verbose=0), atol=1e-5)

@@ -1,10 +1,7 @@
 """keras_attention.export.export_generator: prefill/decode steps with an explicit cache,
 run by an app's own loop in LiteRT (and TensorFlow) without this package."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -13,6 +10,7 @@ import pytest
 
 from keras_attention.export import export_generator
 from keras_attention.models import CausalLanguageModel, Seq2SeqTransformer
+from tests.utils import run_script_without_package
 
 MAX_LENGTH = 12
 VOCABULARY = 30
@@ -96,26 +94,14 @@ _APP_LOOP = textwrap.dedent(
 
 def _run_app(runtime, artifact, tmp_path, **arrays):
     np.savez(tmp_path / "inputs.npz", max_length=MAX_LENGTH, **arrays)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _APP_LOOP,
-            runtime,
-            artifact,
-            str(tmp_path / "inputs.npz"),
-            str(tmp_path / "outputs.npz"),
-        ],
-        cwd=tmp_path,  # not the repository root: the package is not on sys.path
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_script_without_package(
+        _APP_LOOP,
+        runtime,
+        artifact,
+        tmp_path / "inputs.npz",
+        tmp_path / "outputs.npz",
+        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
     return dict(np.load(tmp_path / "outputs.npz"))
 
 

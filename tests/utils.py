@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -278,3 +280,25 @@ def _check_masks(
         np.testing.assert_allclose(a[keep], b[keep], atol=atol * 10, rtol=1e-5)
     else:
         np.testing.assert_allclose(a, b, atol=atol * 10, rtol=1e-5)
+
+
+def run_script_without_package(script, *args, cwd):
+    """Run `python -c script *args` in `cwd`, where this package cannot be imported.
+
+    The child gets the environment without `PYTHONPATH` (and `cwd` is not the
+    repository root), so an exported artifact is checked in its own runtime only.
+    The script must print, as its last line, the JSON list of the forbidden modules
+    it found imported; the run must succeed and that list be empty.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
