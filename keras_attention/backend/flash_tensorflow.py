@@ -194,9 +194,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 (
                     tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
                     tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                    tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(
-                        dq_zeros
-                    ),
+                    tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
                 ),
             )
             dq = tf.reshape(unblocks(dq_blocks, q_len), tf.shape(query))
