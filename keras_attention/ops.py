@@ -256,10 +256,11 @@ def attention_from_scores(
 CHUNKED_THRESHOLD = 2**28
 # Above this many score elements the default runs the flash path where the backend has
 # a flash kernel (TensorFlow) and the kernel covers the call (see `_runs_flash_kernel`):
-# measured there at batch 8, 8 heads of 32 (forward+backward of `MultiHeadAttention`,
-# `benchmarks/bench_attention.py --implementation plain flash`, docs/performance.md),
-# flash is faster than plain from N = 1024 (2**26 scores) and level at N = 512 (2**24).
-FLASH_THRESHOLD = 2**25
+# measured there (forward+backward of `MultiHeadAttention` at batch 8, 8 heads of 32,
+# `benchmarks/bench_attention.py --implementation plain flash`, and of the core at
+# batch 1, 8 heads of 64; docs/performance.md), flash is faster than plain from
+# 2**24 scores (batch 8, N = 512) up, level at 2**22 and slower at 2**20.
+FLASH_THRESHOLD = 2**23
 # Target size of one chunk's scores in the chunked implementation.
 CHUNK_ELEMENTS = 2**23
 # Number of chunks when the query length is only known at run time.

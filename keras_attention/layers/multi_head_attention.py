@@ -94,7 +94,7 @@ class MultiHeadAttention(keras.layers.Layer):
             when the score tensor `(batch, num_heads, q_len, kv_len)` would exceed
             `keras_attention.ops.CHUNKED_THRESHOLD` (2**28) elements and neither
             scores nor dropout are needed (on TensorFlow to `"flash"` already above
-            `keras_attention.ops.FLASH_THRESHOLD`, 2**25, where it is faster than
+            `keras_attention.ops.FLASH_THRESHOLD`, 2**23, where it is faster than
             plain: docs/performance.md); `"plain"`, `"chunked"`, `"flash"` or
             `"fused"` force a path (calls that need the scores or dropout always use
             `"plain"`).
