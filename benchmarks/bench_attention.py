@@ -20,6 +20,10 @@ FLOP formula (multiply-add = 2 FLOPs), B batch, N length, D model width:
             + 4 * B * N^2 * D   (Q K^T and weights @ V over all heads)
     forward+backward = 3 * forward
 
+Each N's rows also give the machine's measured matmul peak in the same run
+(`tf.matmul`, `jax.numpy.matmul` or `torch.matmul` of two 2048 x 2048 float32
+matrices, median of 5, timed just before that N's rows) and ours as a share of it.
+
 Usage:
     python benchmarks/bench_attention.py            # N = 128, 512, 1024, 2048
     python benchmarks/bench_attention.py --quick    # N = 128, 512
@@ -92,6 +96,31 @@ def median_ms(fns, repeats):
 
 def flops(batch, length, width):
     return 8 * batch * length * width**2 + 4 * batch * length**2 * width
+
+
+def matmul_peak_gflops(backend, size=2048, repeats=5):
+    """The backend's own dense matmul throughput now, in GFLOP/s (float32)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((size, size)).astype("float32") for _ in range(2))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        a, b = tf.constant(a), tf.constant(b)
+        run = lambda: tf.matmul(a, b).numpy()  # noqa: E731
+    elif backend == "jax":
+        import jax.numpy as jnp
+
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        run = lambda: jnp.matmul(a, b).block_until_ready()  # noqa: E731
+    else:
+        import torch
+
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        run = lambda: torch.matmul(a, b)  # noqa: E731
+    (ms,) = median_ms([run], repeats)
+    return 2 * size**3 / ms / 1e6
 
 
 def tensorflow_runners(layer, x, jit_compile):
@@ -253,11 +282,13 @@ def main(argv=None):
         f"{backend_lib.default_implementation()!r}\n"
     )
     print(
-        "| N | mode | ours | pass | keras ms | ours ms | ours/keras | keras GFLOP/s | ours GFLOP/s |"
+        "| N | mode | ours | pass | keras ms | ours ms | ours/keras | keras GFLOP/s "
+        "| ours GFLOP/s | matmul peak GFLOP/s | ours % of peak | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for length in args.lengths:
+        peak = matmul_peak_gflops(args.backend, 256 if args.smoke else 2048)
         x = keras.ops.convert_to_tensor(
             rng.standard_normal((args.batch, length, width)).astype("float32"), args.dtype
         )
@@ -282,7 +313,8 @@ def main(argv=None):
                     print(
                         f"| {length} | {mode} | {implementation} | {label} | {k_ms:.2f} | "
                         f"{o_ms:.2f} | {o_ms / k_ms:.2f} | {work / k_ms / 1e6:.0f} | "
-                        f"{work / o_ms / 1e6:.0f} |"
+                        f"{work / o_ms / 1e6:.0f} | {peak:.0f} | "
+                        f"{100 * work / o_ms / 1e6 / peak:.0f} | {os.getloadavg()[0]:.1f} |"
                     )
         sys.stdout.flush()
 

@@ -93,7 +93,9 @@ def scaled_dot_product_attention(
             changes no number). `None` picks `"flash"` (`"chunked"` where the
             backend has no flash kernel) when the scores would exceed
             `CHUNKED_THRESHOLD` elements and neither weights nor dropout are
-            requested, else the backend's fastest path (measured:
+            requested; on TensorFlow also above `FLASH_THRESHOLD` elements where
+            the flash kernel runs (measured faster than plain there); else the
+            backend's fastest path (measured:
             `keras_attention.backend.default_implementation()`; `"fused"` only for
             `(batch, heads, seq, dim)` inputs). The weights and dropout need the full
             scores, so `"chunked"`/`"flash"`/`"fused"` refuse them.
@@ -155,6 +157,7 @@ def scaled_dot_product_attention(
         return_attention_scores,
         training and dropout_rate > 0,
         soft_cap is not None,
+        flash_kernel=lambda: _runs_flash_kernel(len(query.shape), bias),
     )
     if implementation == "fused" and len(query.shape) != 4:
         raise ValueError(
@@ -251,6 +254,13 @@ def attention_from_scores(
 # pass) the default implementation switches to the chunked one. Below it the plain
 # path is faster: the chunked one recomputes the scores in the backward pass.
 CHUNKED_THRESHOLD = 2**28
+# Above this many score elements the default runs the flash path where the backend has
+# a flash kernel (TensorFlow) and the kernel covers the call (see `_runs_flash_kernel`):
+# measured there (forward+backward of `MultiHeadAttention` at batch 8, 8 heads of 32,
+# `benchmarks/bench_attention.py --implementation plain flash`, and of the core at
+# batch 1, 8 heads of 64; docs/performance.md), flash is faster than plain from
+# 2**24 scores (batch 8, N = 512) up, level at 2**22 and slower at 2**20.
+FLASH_THRESHOLD = 2**23
 # Target size of one chunk's scores in the chunked implementation.
 CHUNK_ELEMENTS = 2**23
 # Number of chunks when the query length is only known at run time.
@@ -264,8 +274,14 @@ def check_implementation(implementation):
 
 
 def _choose_implementation(
-    implementation, scores_shape, need_weights, need_dropout, need_soft_cap=False
+    implementation,
+    scores_shape,
+    need_weights,
+    need_dropout,
+    need_soft_cap=False,
+    flash_kernel=None,
 ):
+    """The path to run. `flash_kernel()` says whether the flash kernel would run."""
     check_implementation(implementation)
     if implementation in ("chunked", "flash", "fused") and (need_weights or need_dropout):
         raise ValueError(
@@ -285,8 +301,16 @@ def _choose_implementation(
         return "plain"
     # Only Python ints are compared: a symbolic dimension (JAX export with dynamic
     # shapes) cannot be compared with a number while tracing.
-    if _all_static(scores_shape) and math.prod(scores_shape) > CHUNKED_THRESHOLD:
-        return "flash" if backend_lib.has_flash_attention() else "chunked"
+    if _all_static(scores_shape):
+        size = math.prod(scores_shape)
+        if size > CHUNKED_THRESHOLD:
+            return "flash" if backend_lib.has_flash_attention() else "chunked"
+        if (
+            size > FLASH_THRESHOLD
+            and backend_lib.has_flash_attention()
+            and (flash_kernel is None or flash_kernel())
+        ):
+            return "flash"
     default = backend_lib.default_implementation()
     if default == "fused" and (len(scores_shape) != 4 or need_soft_cap):
         return "plain"  # the fused kernel wants (batch, heads, seq, dim), no soft cap
@@ -625,6 +649,17 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
     return outputs[..., :q_len, :]
 
 
+def _runs_flash_kernel(rank, bias):
+    """Whether `"flash"` runs the backend's flash kernel for inputs of this rank and
+    this `bias` (else it runs the chunked path)."""
+    return (
+        backend_lib.has_flash_attention()
+        and rank <= 4
+        and (bias is None or callable(bias))
+        and not (callable(bias) and backend_lib.reads_trainable_variables(bias))
+    )
+
+
 def _flash_attention(query, key, value, mask, score_mod):
     """Exact attention a (query block, key block) tile at a time (FlashAttention-2).
 
@@ -635,13 +670,7 @@ def _flash_attention(query, key, value, mask, score_mod):
     which is exact too and differentiates by autodiff.
     """
     rank = len(query.shape)
-    bias = score_mod.bias
-    if (
-        not backend_lib.has_flash_attention()
-        or rank > 4
-        or (bias is not None and not callable(bias))
-        or (callable(bias) and backend_lib.reads_trainable_variables(bias))
-    ):
+    if not _runs_flash_kernel(rank, score_mod.bias):
         key, value = _repeat_kv_heads(query, key, value)
         return _chunked_attention(query, key, value, mask, score_mod, None)
     # (q_len, d) and (batch, q_len, d) become (1, 1, q_len, d) and (1, batch, q_len,

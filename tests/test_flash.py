@@ -7,6 +7,7 @@ comparisons hold.
 """
 
 import logging
+import warnings
 
 import keras
 import numpy as np
@@ -265,7 +266,13 @@ def test_no_warnings_on_any_path(implementation, caplog, capfd):
             loss = tf.reduce_sum(out * out)
         return tape.gradient(loss, [q, k, v])
 
-    with caplog.at_level(logging.WARNING):
+    # TensorFlow's and absl's Python loggers (caplog), Python warnings (recorded) and
+    # whatever the C++ runtime prints to the process's stderr (capfd).
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         step(q, k, v)
+        step.python_function(q, k, v)  # eagerly
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-    assert "WARNING" not in capfd.readouterr().err
+    assert not caught, [str(w.message) for w in caught]
+    err = capfd.readouterr().err
+    assert "WARNING" not in err and "must be floating" not in err, err

@@ -368,3 +368,31 @@ def test_chunked_gradients_under_xla():
 
     for a, b in zip(grads("plain"), grads("chunked", chunk_size=3)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+
+
+def test_default_picks_flash_above_flash_threshold_where_the_kernel_runs(monkeypatch):
+    # Below CHUNKED_THRESHOLD: flash on TensorFlow (it has the kernel) when the kernel
+    # covers the call; the plain path elsewhere and for a tensor bias.
+    calls = []
+    for name in ("_flash_attention", "_chunked_attention"):
+        original = getattr(attention_ops, name)
+        monkeypatch.setattr(
+            attention_ops,
+            name,
+            lambda *a, _name=name, _original=original, **k: (
+                calls.append(_name) or _original(*a, **k)
+            ),
+        )
+    monkeypatch.setattr(attention_ops, "FLASH_THRESHOLD", 100)
+    q = _rand(1, 2, 16, 8)
+    out = attention_ops.scaled_dot_product_attention(q, q, q, causal=True)
+    np.testing.assert_allclose(out, reference.attention(q, q, q, causal=True)[0], atol=1e-5)
+    expected = ["_flash_attention"] if backend_lib.has_flash_attention() else []
+    assert calls == expected
+    bias = _rand(1, 2, 16, 16)
+    out = attention_ops.scaled_dot_product_attention(q, q, q, bias=bias)
+    np.testing.assert_allclose(out, reference.attention(q, q, q, bias=bias)[0], atol=1e-5)
+    assert calls == expected, "a tensor bias has no flash kernel: plain below CHUNKED_THRESHOLD"
+    small = _rand(1, 2, 7, 8)  # 98 scores, not above the threshold
+    attention_ops.scaled_dot_product_attention(small, small, small)
+    assert calls == expected

@@ -7,10 +7,11 @@ that skip the tiles the causal mask or the sliding window hide), `tf.TensorArray
 the blocks' results, and `tf.custom_gradient` for FlashAttention-2's backward pass.
 
 Forward: for each query block, an online softmax over its key blocks; only the output
-and the log-sum-exp per query are kept. Backward, from the saved log-sum-exp: a loop
-over key blocks accumulating `dK`, `dV` over their query blocks, then a loop over
-query blocks accumulating `dQ` over their key blocks (two loops, so every block's
-gradient is written once and nothing is scattered into a full-size tensor).
+and the log-sum-exp per query are kept. Backward (FlashAttention-2), from the saved
+log-sum-exp: one loop over key blocks, each visiting the query blocks that see it,
+recomputes each tile's probabilities once and accumulates that key block's `dK`, `dV`
+in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
+(read, add, write back: only that block is touched, never the whole `dQ`).
 """
 
 import tensorflow as tf
@@ -159,30 +160,32 @@ def flash_attention(query, key, value, tile, block_q, block_k):
             float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
 
             def key_block_grads(j, state):
-                dk_array, dv_array, dq = state
+                dk_array, dv_array, dq_blocks = state
                 k, v = k_blocks.read(j), v_blocks.read(j)
 
                 def add(i, state):
-                    dk, dv, dq = state
+                    dk, dv, dq_blocks = state
                     q, d_out = q_blocks.read(i), d_blocks.read(i)
                     lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
                     p, ds = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
                     dv += tf.einsum("bhgqk,bhgqd->bhkd", p, float32(d_out))
                     dk += tf.einsum("bhgqk,bhgqd->bhkd", ds, float32(q))
-                    dq_i = tf.matmul(ds, float32(k))
-                    dq = tf.tensor_scatter_nd_add(dq, [[i]], dq_i[None])
-                    return dk, dv, dq
+                    # dQ of query block i, added in place: one block is read and
+                    # rewritten, never the whole dQ.
+                    dq_i = dq_blocks.read(i) + tf.matmul(ds, float32(k))
+                    return dk, dv, dq_blocks.write(i, dq_i)
 
                 lo, hi = query_blocks(j)
                 zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
                 zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
-                dk, dv, dq = loop(lo, hi, add, (zeros, zeros_v, dq))
+                dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks))
                 return (
                     dk_array.write(j, dk[:, :, None]),
                     dv_array.write(j, dv[:, :, None]),
-                    dq,
+                    dq_blocks,
                 )
 
+            # dQ as nq blocks, each rewritten by every key block that reaches it.
             dq_zeros = tf.zeros(tf.concat([[nq], tf.shape(q_blocks.read(0))], 0), tf.float32)
             dk_blocks, dv_blocks, dq_blocks = loop(
                 0,
@@ -191,10 +194,9 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 (
                     tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
                     tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                    dq_zeros,
+                    tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
                 ),
             )
-            dq_blocks = tf.TensorArray(tf.float32, size=nq).unstack(dq_blocks)
             dq = tf.reshape(unblocks(dq_blocks, q_len), tf.shape(query))
             dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
             dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))

@@ -93,7 +93,9 @@ class MultiHeadAttention(keras.layers.Layer):
             memory-efficient path (`"flash"` on TensorFlow, `"chunked"` elsewhere)
             when the score tensor `(batch, num_heads, q_len, kv_len)` would exceed
             `keras_attention.ops.CHUNKED_THRESHOLD` (2**28) elements and neither
-            scores nor dropout are needed; `"plain"`, `"chunked"`, `"flash"` or
+            scores nor dropout are needed (on TensorFlow to `"flash"` already above
+            `keras_attention.ops.FLASH_THRESHOLD`, 2**23, where it is faster than
+            plain: docs/performance.md); `"plain"`, `"chunked"`, `"flash"` or
             `"fused"` force a path (calls that need the scores or dropout always use
             `"plain"`).
         sliding_window: optional positive int `w`, local attention as in
