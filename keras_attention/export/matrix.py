@@ -9,6 +9,7 @@ input shapes (batch and sequence length both change), so dynamic shapes are chec
 too; "static" means the artifact runs at the traced shape only.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -45,8 +46,26 @@ RUNTIMES = {
     "openvino": "openvino",
     "torch": "torch",
 }
-MARK_START = "<!-- export-matrix:start -->"
-MARK_END = "<!-- export-matrix:end -->"
+# The converter package `model.export` imports for a format on a backend (beyond the
+# backend itself), as (module, PyPI name).
+CONVERTERS = {
+    ("jax", "onnx"): ("jax2onnx", "jax2onnx"),
+    ("torch", "litert"): ("litert_torch", "litert-torch"),
+}
+# Why a converter is not in the `export` extra (checked with `pip install --dry-run`
+# against the pinned backends), shown in the table where it is missing.
+CONVERTER_CONFLICTS = {
+    "litert-torch": (
+        "requires typing-extensions<4.13 (litert-torch 0.10 through xdsl 0.28), "
+        "which conflicts with jax2onnx (chex needs >=4.15)"
+    ),
+}
+
+
+def markers(backend=None):
+    """The Markdown comments around the table of `backend` (default: the current one)."""
+    backend = backend or keras.backend.backend()
+    return f"<!-- export-matrix:{backend}:start -->", f"<!-- export-matrix:{backend}:end -->"
 
 
 # ----------------------------------------------------------------------- cases
@@ -353,8 +372,19 @@ def _short(error, limit=140):
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def missing_converter(format, backend=None):
+    """Why `format` cannot be exported on `backend` here (its converter package is
+    not installed), or `None` when it can."""
+    backend = backend or keras.backend.backend()
+    module, package = CONVERTERS.get((backend, format), (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    reason = CONVERTER_CONFLICTS.get(package, "is not installed (`pip install -e '.[export]'`)")
+    return f"needs `{package}`, which {reason}"
+
+
 def _export(model, path, format):
-    if format == "litert":
+    if format == "litert" and keras.backend.backend() == "tensorflow":
         # Built-in ops only: the `ai-edge-litert` interpreter has no TensorFlow ops
         # (Keras' default also allows them, which would fail later, at load time).
         import tensorflow as tf
@@ -411,6 +441,10 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
         results[name] = {}
         for format in formats:
             artifact = os.path.join(workdir, f"{name}_{format}{SUFFIXES[format]}")
+            missing = missing_converter(format, backend)
+            if missing:
+                results[name][format] = {"status": "error", "max_error": None, "detail": missing}
+                continue
             if log:
                 log(f"export {name} -> {format}")
             try:
@@ -546,15 +580,18 @@ def _magnitude(value):
     return "0" if exponent is None else f"below 1e{exponent + 1}"
 
 
-def write_table(text, path):
-    """Replace the text between the matrix markers of the Markdown file `path`."""
+def write_table(text, path, backend=None):
+    """Replace the text between the markers of `backend`'s table (default: the
+    current backend's, see :func:`markers`) in the Markdown file `path`; the other
+    backends' tables stay as they are."""
+    mark_start, mark_end = markers(backend)
     with open(path) as handle:
         document = handle.read()
-    start, end = document.find(MARK_START), document.find(MARK_END)
+    start, end = document.find(mark_start), document.find(mark_end)
     if start < 0 or end < start:
         raise ValueError(
-            f"`path` must contain the markers {MARK_START} and {MARK_END}. Received: path={path!r}"
+            f"`path` must contain the markers {mark_start} and {mark_end}. Received: path={path!r}"
         )
-    document = document[: start + len(MARK_START)] + "\n" + text + "\n" + document[end:]
+    document = document[: start + len(mark_start)] + "\n" + text + "\n" + document[end:]
     with open(path, "w") as handle:
         handle.write(document)
