@@ -7,6 +7,7 @@ reshapes shared by the multi-head layers live here too.
 
 import math
 import numbers
+import warnings
 
 import keras
 from keras import ops
@@ -226,8 +227,12 @@ def attention_from_scores(
     if mask is not None:
         scores = scores + masks_lib.mask_to_bias(mask, scores.dtype)
     if scores.shape[-1] == 1:
-        # A softmax over one key is 1 (keras.ops.softmax would warn about the axis).
-        weights = ops.ones_like(scores)
+        # A softmax over one key is 1, and keras.ops.softmax warns about the axis.
+        # Still the softmax, not ones: a graph traced with one key (PyTorch's ONNX
+        # and OpenVINO exports trace at size 1) must stay right for more keys.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are using a softmax over axis")
+            weights = ops.softmax(scores, axis=-1)
     else:
         weights = ops.softmax(scores, axis=-1)
     if mask is not None:

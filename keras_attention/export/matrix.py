@@ -288,7 +288,9 @@ _RUNNER = textwrap.dedent(
                 hits = [max(hits, key=len)]
             chosen.append(hits[0] if hits else None)
         if None in chosen or len(set(chosen)) != len(chosen):
-            if len(keys) > 1:
+            # Unnamed inputs (PyTorch's exports): Keras writes them in the order of
+            # the model's inputs.
+            if len(names) != len(keys):
                 raise ValueError(f"cannot match inputs {names} to {keys}")
             chosen = keys
         return {name: arrays[key] for name, key in zip(names, chosen)}
@@ -330,7 +332,9 @@ _RUNNER = textwrap.dedent(
         import torch
         module = torch.export.load(path).module()
         def run(arrays, keys):
-            return module(*[torch.from_numpy(arrays[k]) for k in keys]).detach().numpy()
+            xs = [torch.from_numpy(arrays[k]) for k in keys]
+            # A model of several inputs takes them as one list, as in Keras.
+            return module(*xs if len(xs) == 1 else [xs]).detach().numpy()
         return run
 
     loaders = dict(tf_saved_model=tf_saved_model, litert=litert, onnx=onnx,
@@ -362,7 +366,17 @@ _RUNNER = textwrap.dedent(
 
 
 def _short(error, limit=140):
-    text = " ".join(str(error).split())
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m|\[[01]?m", "", str(error)).split())
+    # Keras wraps a layer's error: keep the layer's name and the error itself.
+    wrapped = re.match(
+        r"Exception encountered when calling (\w+)\.call\(\)\. (.*?)( Arguments received|$)", text
+    )
+    if wrapped:
+        text = f"in {wrapped.group(1)}: {wrapped.group(2)}"
+    # OpenVINO lists the operations it cannot convert after its own source location.
+    unconverted = re.search(r"No conversion rule found for operations: \w+(, \w+)*", text)
+    if unconverted:
+        text = unconverted.group(0)
     # A converter error is its op locations (graph names with run-dependent
     # numbers), then "'dialect.op' op <message>": keep the message, so the table
     # reads well and does not change from run to run.
@@ -395,6 +409,12 @@ def _export(model, path, format):
             verbose=False,
             target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
         )
+    elif format == "torch":
+        # Keras traces at batch 1 with static shapes; this keeps batch and sequence
+        # dynamic (and checks that they stay so).
+        from keras_attention.export import export_torch_program
+
+        export_torch_program(model, path)
     else:
         model.export(path, format=format, verbose=False)
 
@@ -474,7 +494,8 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
         for job in jobs:
             name, format = job["case"], job["format"]
             results[name][format] = _judge(job, report["results"][f"{name}/{format}"], expected)
-    return results
+    # in the order of `formats` (failed exports were filled in first)
+    return {name: {format: row[format] for format in formats} for name, row in results.items()}
 
 
 def _run_children(jobs, workdir):
