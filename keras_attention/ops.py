@@ -945,7 +945,8 @@ def check_rotary_arguments(dim, max_wavelength, scaling_factor, rotary_fraction,
     _validation.check_one_of(layout, "layout", ROTARY_LAYOUTS)
     if dim is None:
         raise ValueError("The last axis (head dim) of `x` must be known for rotary embedding.")
-    rotary_dim = int(round(dim * rotary_fraction))
+    # int(): PyTorch's ONNX tracer gives sizes as 0-d tensors (the head dim is static).
+    rotary_dim = int(round(int(dim) * rotary_fraction))
     if rotary_dim < 2 or rotary_dim % 2:
         raise ValueError(
             "Rotary embedding rotates feature pairs, so the rotated head dim "

@@ -480,7 +480,9 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
                 {
                     "case": name,
                     "format": format,
-                    "artifact": artifact,
+                    # relative to the runtime's working folder, `workdir`: a runtime's
+                    # message names the file, never the (temporary) folder
+                    "artifact": os.path.basename(artifact),
                     "inputs": inputs_files,
                     "keys": keys,
                     "outputs": os.path.join(workdir, f"{name}_{format}_out"),
