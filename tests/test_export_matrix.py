@@ -23,13 +23,13 @@ def _runtimes_installed(formats):
 # The representative subset of each backend, run by the normal suite (the full matrix
 # is the slow test below): (cases, formats) that pass in its table. TensorFlow:
 # MultiHeadAttention (masks, causal, cross-attention of another length) and the causal
-# LM builder in every format; JAX and PyTorch, whose converters are slower, a case or
-# two in the formats that take them (their tables show what the others refuse).
+# LM builder in every format; JAX and PyTorch, whose converters are slower, one case
+# in formats that take it (their tables show what the others refuse).
 REPRESENTATIVE = {
     "tensorflow": [
         (["MultiHeadAttention", "causal_language_model"], matrix.BACKEND_FORMATS["tensorflow"])
     ],
-    "jax": [(["MultiHeadAttention"], ["tf_saved_model"]), (["AdditiveAttention"], ["onnx"])],
+    "jax": [(["MultiHeadAttention"], ["tf_saved_model"])],
     "torch": [(["MultiHeadAttention"], ["onnx", "torch"])],
 }
 
