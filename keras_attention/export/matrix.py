@@ -2,8 +2,9 @@
 model builder, exported with every `model.export` format Keras offers on the current
 backend, each artifact run in its own runtime in a child process without this package.
 
-`python -m keras_attention.export --matrix` prints the table;
-`--write docs/deployment.md` replaces the table between the markers in that file.
+`python -m keras_attention.export --matrix` prints the table of the current backend;
+`--write docs/deployment.md` replaces that backend's table (between its markers, see
+:func:`markers`) in that file and leaves the other backends' tables alone.
 A case passes (✓) when the runtime's outputs are within `ATOL` of Keras for two
 input shapes (batch and sequence length both change), so dynamic shapes are checked
 too; "static" means the artifact runs at the traced shape only.
