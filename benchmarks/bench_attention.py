@@ -164,9 +164,12 @@ def step(q, k, v):
     return tape.gradient(loss, [q, k, v])
 
 [g.numpy() for g in step(q, k, v)]  # tracing
-start = time.perf_counter()
-[g.numpy() for g in step(q, k, v)]
-seconds = time.perf_counter() - start
+times = []
+while len(times) < 3 and sum(times) < 20:  # best of 3 calls, or of what fits in 20 s
+    start = time.perf_counter()
+    [g.numpy() for g in step(q, k, v)]
+    times.append(time.perf_counter() - start)
+seconds = min(times)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"peak": peak, "seconds": seconds}))
 """
@@ -179,7 +182,8 @@ def window_table(args):
     window = args.sliding_window
     print(f"# Sliding window {window} vs full causal attention (flash path, TensorFlow)\n")
     print("causal self-attention core, batch 1, 8 heads of 64, forward+backward, one")
-    print("subprocess per case (time of the second call; peak RSS includes TensorFlow)\n")
+    print("subprocess per case (best of 3 calls after tracing, fewer when they pass 20 s;")
+    print("peak RSS includes TensorFlow)\n")
     print(
         "| N | window s | window GiB | s ratio to N/2 | GiB ratio to N/2 | full causal s "
         "| full / window | load |"
