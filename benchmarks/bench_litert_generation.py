@@ -66,24 +66,11 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     length = char_language_model.SEQUENCE_LENGTH
     text = char_language_model.load_text(args.smoke)
-    characters = sorted(set(text))
-    char_to_id = {c: i + 1 for i, c in enumerate(characters)}
-    ids = np.array([char_to_id[c] for c in text], "int32")
+    characters, _, ids = char_language_model.vocabulary(text)
     split = int(0.9 * len(ids))
     x, y = char_language_model.windows(ids[:split], args.train_windows, rng)
     x_val, y_val = char_language_model.windows(ids[split:], 256, rng)
-    model = keras_attention.models.causal_language_model(
-        vocabulary_size=len(characters) + 1,
-        sequence_length=length,
-        num_layers=1 if args.smoke else 2,
-        embedding_dim=32 if args.smoke else 128,
-        num_heads=4,
-        intermediate_dim=64 if args.smoke else 256,
-        dropout=0.1,
-    )
-    model.compile(
-        keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
+    model = char_language_model.build_model(len(characters), args.smoke)
     start = time.perf_counter()
     model.fit(x, y, epochs=args.epochs, batch_size=64, verbose=0)
     train_seconds = time.perf_counter() - start

@@ -41,6 +41,34 @@ def load_text(smoke):
     return text[:30_000] if smoke else text[:1_200_000]
 
 
+def vocabulary(text, extra=""):
+    """The sorted characters of `text` (and of `extra`, e.g. a prompt), the id of each
+    (id 0 is kept free for padding: characters start at 1) and `text` as ids."""
+    characters = sorted(set(text) | set(extra))
+    char_to_id = {c: i + 1 for i, c in enumerate(characters)}
+    ids = np.array([char_to_id[c] for c in text], "int32")
+    return characters, char_to_id, ids
+
+
+def build_model(num_characters, smoke):
+    """The character language model, compiled: 2 `TransformerDecoder` layers,
+    d_model 128, 4 heads, feed-forward 256, `SEQUENCE_LENGTH` positions (1 layer,
+    32 and 64 with `smoke`), next-character logits over `num_characters` + padding."""
+    model = keras_attention.models.causal_language_model(
+        vocabulary_size=num_characters + 1,
+        sequence_length=SEQUENCE_LENGTH,
+        num_layers=1 if smoke else 2,
+        embedding_dim=32 if smoke else 128,
+        num_heads=4,
+        intermediate_dim=64 if smoke else 256,
+        dropout=0.1,
+    )
+    model.compile(
+        keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
 def windows(ids, count, rng):
     """`count` random windows: inputs `ids[s : s+L]`, targets shifted by one."""
     starts = rng.integers(0, len(ids) - SEQUENCE_LENGTH - 1, size=count)
@@ -82,10 +110,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
 
     text = load_text(args.smoke)
-    characters = sorted(set(text) | set(args.prompt))
-    # id 0 is kept free (padding), characters start at 1.
-    char_to_id = {c: i + 1 for i, c in enumerate(characters)}
-    ids = np.array([char_to_id[c] for c in text], "int32")
+    characters, _, ids = vocabulary(text, args.prompt)
     split = int(0.9 * len(ids))  # the last 10% of the text is never trained on
     train_count, val_count = (64, 32) if args.smoke else (12_000, 500)
     if args.train_windows is not None:
@@ -98,18 +123,7 @@ def main(argv=None):
     x_train, y_train = windows(ids[:split], train_count, rng)
     x_val, y_val = windows(ids[split:], val_count, rng)
 
-    model = keras_attention.models.causal_language_model(
-        vocabulary_size=len(characters) + 1,
-        sequence_length=SEQUENCE_LENGTH,
-        num_layers=1 if args.smoke else 2,
-        embedding_dim=32 if args.smoke else 128,
-        num_heads=4,
-        intermediate_dim=64 if args.smoke else 256,
-        dropout=0.1,
-    )
-    model.compile(
-        keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
+    model = build_model(len(characters), args.smoke)
     model.fit(
         x_train,
         y_train,

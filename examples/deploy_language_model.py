@@ -58,22 +58,9 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
 
     text = char_language_model.load_text(smoke)
-    characters = sorted(set(text) | set(args.prompt))
-    char_to_id = {c: i + 1 for i, c in enumerate(characters)}  # id 0 is padding
-    ids = np.array([char_to_id[c] for c in text], "int32")
+    characters, char_to_id, ids = char_language_model.vocabulary(text, args.prompt)
     x, y = char_language_model.windows(ids, 512 if smoke else 6000, rng)
-    model = keras_attention.models.causal_language_model(
-        vocabulary_size=len(characters) + 1,
-        sequence_length=SEQUENCE_LENGTH,
-        num_layers=1 if smoke else 2,
-        embedding_dim=32 if smoke else 128,
-        num_heads=4,
-        intermediate_dim=64 if smoke else 256,
-        dropout=0.1,
-    )
-    model.compile(
-        keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
+    model = char_language_model.build_model(len(characters), smoke)
     model.fit(x, y, epochs=args.epochs, batch_size=64, verbose=2 if smoke else 1)
 
     new_chars = 16 if smoke else args.new_chars

@@ -7,6 +7,7 @@ reshapes shared by the multi-head layers live here too.
 
 import math
 import numbers
+import warnings
 
 import keras
 from keras import ops
@@ -229,8 +230,12 @@ def attention_from_scores(
     if mask is not None:
         scores = scores + masks_lib.mask_to_bias(mask, scores.dtype)
     if scores.shape[-1] == 1:
-        # A softmax over one key is 1 (keras.ops.softmax would warn about the axis).
-        weights = ops.ones_like(scores)
+        # A softmax over one key is 1, and keras.ops.softmax warns about the axis.
+        # Still the softmax, not ones: a graph traced with one key (PyTorch's ONNX
+        # and OpenVINO exports trace at size 1) must stay right for more keys.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are using a softmax over axis")
+            weights = ops.softmax(scores, axis=-1)
     else:
         weights = ops.softmax(scores, axis=-1)
     if mask is not None:
@@ -969,7 +974,8 @@ def check_rotary_arguments(dim, max_wavelength, scaling_factor, rotary_fraction,
     _validation.check_one_of(layout, "layout", ROTARY_LAYOUTS)
     if dim is None:
         raise ValueError("The last axis (head dim) of `x` must be known for rotary embedding.")
-    rotary_dim = int(round(dim * rotary_fraction))
+    # int(): PyTorch's ONNX tracer gives sizes as 0-d tensors (the head dim is static).
+    rotary_dim = int(round(int(dim) * rotary_fraction))
     if rotary_dim < 2 or rotary_dim % 2:
         raise ValueError(
             "Rotary embedding rotates feature pairs, so the rotated head dim "

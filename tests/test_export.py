@@ -392,6 +392,24 @@ def test_torch_program_serves_in_subprocess_without_package(tmp_path):
         np.testing.assert_allclose(served[name], model.predict(x, verbose=0), atol=1e-5)
 
 
+@torch_only
+def test_torch_program_of_several_inputs_has_dynamic_lengths(tmp_path):
+    # Keras calls a model of several inputs with one list: the program takes one too,
+    # with each input's batch and length dynamic.
+    import torch
+
+    model = _two_input_model()
+    path = export.export_torch_program(model, tmp_path / "model.pt2")
+    program = torch.export.load(path).module()
+    for batch, q_len, kv_len in ((2, 5, 7), (3, 9, 4)):
+        query = _inputs(batch, q_len, seed=q_len)
+        context = np.random.default_rng(kv_len).normal(size=(batch, kv_len, 4)).astype("float32")
+        served = program([torch.from_numpy(query), torch.from_numpy(context)])
+        np.testing.assert_allclose(
+            served.detach().numpy(), model.predict([query, context], verbose=0), atol=1e-5
+        )
+
+
 class _LengthAsTensor(keras.layers.Layer):
     """Turns the traced sequence length into a tensor: torch.export then fixes it."""
 

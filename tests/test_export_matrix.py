@@ -20,20 +20,55 @@ def _runtimes_installed(formats):
         pytest.skip(f"runtimes not installed (pip install -e '.[export]'): {missing}")
 
 
-@pytest.mark.tensorflow_only("the representative subset exports from TensorFlow graphs")
-def test_representative_subset_runs_in_every_runtime(tmp_path):
-    # MultiHeadAttention (masks, causal, cross-attention of another length) and the
-    # causal LM builder: every format of the backend, two shapes each.
-    formats = matrix.BACKEND_FORMATS[BACKEND]
+# The representative subset of each backend, run by the normal suite (the full matrix
+# is the slow test below): (cases, formats) that pass in its table. TensorFlow:
+# MultiHeadAttention (masks, causal, cross-attention of another length) and the causal
+# LM builder in every format; JAX and PyTorch, whose converters are slower, one case
+# in formats that take it (their tables show what the others refuse).
+REPRESENTATIVE = {
+    "tensorflow": [
+        (["MultiHeadAttention", "causal_language_model"], matrix.BACKEND_FORMATS["tensorflow"])
+    ],
+    "jax": [(["MultiHeadAttention"], ["tf_saved_model"])],
+    "torch": [(["MultiHeadAttention"], ["onnx", "torch"])],
+}
+
+
+@pytest.mark.parametrize("names, formats", REPRESENTATIVE[BACKEND])
+def test_representative_subset_runs_in_every_runtime(tmp_path, names, formats):
+    # Two shapes each (batch and sequence length change).
+    for format in formats:
+        if matrix.missing_converter(format):
+            pytest.skip(matrix.missing_converter(format))
     _runtimes_installed(formats)
-    results = matrix.run_matrix(
-        ["MultiHeadAttention", "causal_language_model"], formats, workdir=tmp_path
-    )
+    results = matrix.run_matrix(names, formats, workdir=tmp_path)
     for name, row in results.items():
         for format, result in row.items():
             assert result["status"] == "ok", (name, format, result["detail"])
             assert result["max_error"] <= matrix.ATOL
-    assert len(os.listdir(tmp_path)) > 8  # the artifacts were really written
+    # the artifacts were really written: one per case and format
+    written = os.listdir(tmp_path)
+    for name in names:
+        for format in formats:
+            assert any(f.startswith(f"{name}_{format}") for f in written), (name, format)
+
+
+def test_a_missing_converter_is_named_without_exporting(tmp_path, monkeypatch):
+    format = matrix.BACKEND_FORMATS[BACKEND][0]
+    converters = {(BACKEND, format): ("no_such_converter_module", "no-such-converter")}
+    monkeypatch.setattr(matrix, "CONVERTERS", converters)
+    results = matrix.run_matrix(["RMSNorm"], [format], workdir=tmp_path)
+    assert results == {
+        "RMSNorm": {
+            format: {
+                "status": "error",
+                "max_error": None,
+                "detail": "needs `no-such-converter`, which is not installed "
+                "(`pip install -e '.[export]'`)",
+            }
+        }
+    }
+    assert not any(f.startswith(f"RMSNorm_{format}") for f in os.listdir(tmp_path))
 
 
 def test_judge_reports_wrong_values_shapes_and_static_artifacts(tmp_path):
@@ -62,10 +97,16 @@ def test_table_lists_failures_with_their_reason_and_writes_between_markers(tmp_p
     assert "| SelfAttention (layer) | ✓ | ✗ [1] |" in text
     assert "[1] SelfAttention / `litert`: export: no kernel" in text
     path = tmp_path / "doc.md"
-    path.write_text(f"intro\n{matrix.MARK_START}\nold\n{matrix.MARK_END}\noutro\n")
-    matrix.write_table(text, path)
+    tf_start, tf_end = matrix.markers("tensorflow")
+    jax_start, jax_end = matrix.markers("jax")
+    assert tf_start != jax_start and "tensorflow" in tf_start
+    path.write_text(f"intro\n{tf_start}\nold\n{tf_end}\n{jax_start}\njax table\n{jax_end}\noutro\n")
+    matrix.write_table(text, path, backend="tensorflow")
     written = path.read_text()
     assert "old" not in written and text in written and written.endswith("outro\n")
+    # only the named backend's table changes
+    assert f"{jax_start}\njax table\n{jax_end}" in written
+    assert written.index(text) < written.index(jax_start)
     unmarked = tmp_path / "unmarked.md"
     unmarked.write_text("no markers")
     with pytest.raises(ValueError, match="must contain the markers"):
@@ -78,14 +119,16 @@ def test_unknown_case_is_named():
 
 
 @pytest.mark.slow
-@pytest.mark.tensorflow_only("the table in docs/deployment.md is the TensorFlow backend's")
 def test_full_matrix_matches_the_table_in_the_docs(tmp_path):
-    # 5 to 11 minutes on 2 cores: 16 cases x 4 formats, one runtime process.
+    # The current backend's table (TensorFlow: 5 to 11 minutes on 2 cores, 22 cases x
+    # 4 formats, one runtime process).
     _runtimes_installed(matrix.BACKEND_FORMATS[BACKEND])
     text = matrix.table(matrix.run_matrix(workdir=tmp_path))
     with open(DOCS) as handle:
         document = handle.read()
-    assert text in document, (
-        "docs/deployment.md is stale: run "
-        "`python -m keras_attention.export --matrix --write docs/deployment.md`"
+    start, end = matrix.markers()
+    assert start in document and end in document, f"no {BACKEND} table in docs/deployment.md"
+    assert document[document.index(start) : document.index(end)].strip() == (f"{start}\n{text}"), (
+        f"docs/deployment.md is stale: run `KERAS_BACKEND={BACKEND} "
+        "python -m keras_attention.export --matrix --write docs/deployment.md`"
     )

@@ -283,10 +283,10 @@ def export_torch_program(model, path, dynamic_axes=(0, 1), verbose=False):
         dynamic_shapes.append(
             {axis: torch.export.Dim.AUTO for axis in dynamic_axes if axis < len(tensor.shape)}
         )
+    # Keras calls a model of several inputs with one list of them.
+    dynamic_shapes = tuple(dynamic_shapes) if len(inputs) == 1 else [(dynamic_shapes,)]
     with atomic_file(path, suffix=".tmp.pt2") as tmp_path:
-        model.export(
-            tmp_path, format="torch", dynamic_shapes=tuple(dynamic_shapes), verbose=verbose
-        )
+        model.export(tmp_path, format="torch", dynamic_shapes=dynamic_shapes, verbose=verbose)
         _check_axes_stay_dynamic(tmp_path, inputs, dynamic_axes)
     return path
 
@@ -310,7 +310,8 @@ def _check_axes_stay_dynamic(program_path, inputs, dynamic_axes):
         dtype = getattr(torch, keras.backend.standardize_dtype(tensor.dtype))
         probe.append(torch.zeros(shape, dtype=dtype))
     try:
-        torch.export.load(program_path).module()(*probe)
+        program = torch.export.load(program_path).module()
+        program(*probe) if len(probe) == 1 else program(probe)
     except Exception as error:
         raise ValueError(
             "The exported program does not accept sizes other than the example's on "

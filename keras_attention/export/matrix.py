@@ -2,13 +2,15 @@
 model builder, exported with every `model.export` format Keras offers on the current
 backend, each artifact run in its own runtime in a child process without this package.
 
-`python -m keras_attention.export --matrix` prints the table;
-`--write docs/deployment.md` replaces the table between the markers in that file.
+`python -m keras_attention.export --matrix` prints the table of the current backend;
+`--write docs/deployment.md` replaces that backend's table (between its markers, see
+:func:`markers`) in that file and leaves the other backends' tables alone.
 A case passes (✓) when the runtime's outputs are within `ATOL` of Keras for two
 input shapes (batch and sequence length both change), so dynamic shapes are checked
 too; "static" means the artifact runs at the traced shape only.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -45,8 +47,26 @@ RUNTIMES = {
     "openvino": "openvino",
     "torch": "torch",
 }
-MARK_START = "<!-- export-matrix:start -->"
-MARK_END = "<!-- export-matrix:end -->"
+# The converter package `model.export` imports for a format on a backend (beyond the
+# backend itself), as (module, PyPI name).
+CONVERTERS = {
+    ("jax", "onnx"): ("jax2onnx", "jax2onnx"),
+    ("torch", "litert"): ("litert_torch", "litert-torch"),
+}
+# Why a converter is not in the `export` extra (checked with `pip install --dry-run`
+# against the pinned backends), shown in the table where it is missing.
+CONVERTER_CONFLICTS = {
+    "litert-torch": (
+        "requires typing-extensions<4.13 (litert-torch 0.10 through xdsl 0.28), "
+        "which conflicts with jax2onnx (chex needs >=4.15)"
+    ),
+}
+
+
+def markers(backend=None):
+    """The Markdown comments around the table of `backend` (default: the current one)."""
+    backend = backend or keras.backend.backend()
+    return f"<!-- export-matrix:{backend}:start -->", f"<!-- export-matrix:{backend}:end -->"
 
 
 # ----------------------------------------------------------------------- cases
@@ -269,7 +289,9 @@ _RUNNER = textwrap.dedent(
                 hits = [max(hits, key=len)]
             chosen.append(hits[0] if hits else None)
         if None in chosen or len(set(chosen)) != len(chosen):
-            if len(keys) > 1:
+            # Unnamed inputs (PyTorch's exports): Keras writes them in the order of
+            # the model's inputs.
+            if len(names) != len(keys):
                 raise ValueError(f"cannot match inputs {names} to {keys}")
             chosen = keys
         return {name: arrays[key] for name, key in zip(names, chosen)}
@@ -311,7 +333,9 @@ _RUNNER = textwrap.dedent(
         import torch
         module = torch.export.load(path).module()
         def run(arrays, keys):
-            return module(*[torch.from_numpy(arrays[k]) for k in keys]).detach().numpy()
+            xs = [torch.from_numpy(arrays[k]) for k in keys]
+            # A model of several inputs takes them as one list, as in Keras.
+            return module(*xs if len(xs) == 1 else [xs]).detach().numpy()
         return run
 
     loaders = dict(tf_saved_model=tf_saved_model, litert=litert, onnx=onnx,
@@ -343,7 +367,17 @@ _RUNNER = textwrap.dedent(
 
 
 def _short(error, limit=140):
-    text = " ".join(str(error).split())
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m|\[[01]?m", "", str(error)).split())
+    # Keras wraps a layer's error: keep the layer's name and the error itself.
+    wrapped = re.match(
+        r"Exception encountered when calling (\w+)\.call\(\)\. (.*?)( Arguments received|$)", text
+    )
+    if wrapped:
+        text = f"in {wrapped.group(1)}: {wrapped.group(2)}"
+    # OpenVINO lists the operations it cannot convert after its own source location.
+    unconverted = re.search(r"No conversion rule found for operations: \w+(, \w+)*", text)
+    if unconverted:
+        text = unconverted.group(0)
     # A converter error is its op locations (graph names with run-dependent
     # numbers), then "'dialect.op' op <message>": keep the message, so the table
     # reads well and does not change from run to run.
@@ -353,8 +387,19 @@ def _short(error, limit=140):
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def missing_converter(format, backend=None):
+    """Why `format` cannot be exported on `backend` here (its converter package is
+    not installed), or `None` when it can."""
+    backend = backend or keras.backend.backend()
+    module, package = CONVERTERS.get((backend, format), (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    reason = CONVERTER_CONFLICTS.get(package, "is not installed (`pip install -e '.[export]'`)")
+    return f"needs `{package}`, which {reason}"
+
+
 def _export(model, path, format):
-    if format == "litert":
+    if format == "litert" and keras.backend.backend() == "tensorflow":
         # Built-in ops only: the `ai-edge-litert` interpreter has no TensorFlow ops
         # (Keras' default also allows them, which would fail later, at load time).
         import tensorflow as tf
@@ -365,6 +410,12 @@ def _export(model, path, format):
             verbose=False,
             target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
         )
+    elif format == "torch":
+        # Keras traces at batch 1 with static shapes; this keeps batch and sequence
+        # dynamic (and checks that they stay so).
+        from keras_attention.export import export_torch_program
+
+        export_torch_program(model, path)
     else:
         model.export(path, format=format, verbose=False)
 
@@ -411,6 +462,10 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
         results[name] = {}
         for format in formats:
             artifact = os.path.join(workdir, f"{name}_{format}{SUFFIXES[format]}")
+            missing = missing_converter(format, backend)
+            if missing:
+                results[name][format] = {"status": "error", "max_error": None, "detail": missing}
+                continue
             if log:
                 log(f"export {name} -> {format}")
             try:
@@ -426,7 +481,9 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
                 {
                     "case": name,
                     "format": format,
-                    "artifact": artifact,
+                    # relative to the runtime's working folder, `workdir`: a runtime's
+                    # message names the file, never the (temporary) folder
+                    "artifact": os.path.basename(artifact),
                     "inputs": inputs_files,
                     "keys": keys,
                     "outputs": os.path.join(workdir, f"{name}_{format}_out"),
@@ -440,7 +497,8 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
         for job in jobs:
             name, format = job["case"], job["format"]
             results[name][format] = _judge(job, report["results"][f"{name}/{format}"], expected)
-    return results
+    # in the order of `formats` (failed exports were filled in first)
+    return {name: {format: row[format] for format in formats} for name, row in results.items()}
 
 
 def _run_children(jobs, workdir):
@@ -546,15 +604,18 @@ def _magnitude(value):
     return "0" if exponent is None else f"below 1e{exponent + 1}"
 
 
-def write_table(text, path):
-    """Replace the text between the matrix markers of the Markdown file `path`."""
+def write_table(text, path, backend=None):
+    """Replace the text between the markers of `backend`'s table (default: the
+    current backend's, see :func:`markers`) in the Markdown file `path`; the other
+    backends' tables stay as they are."""
+    mark_start, mark_end = markers(backend)
     with open(path) as handle:
         document = handle.read()
-    start, end = document.find(MARK_START), document.find(MARK_END)
+    start, end = document.find(mark_start), document.find(mark_end)
     if start < 0 or end < start:
         raise ValueError(
-            f"`path` must contain the markers {MARK_START} and {MARK_END}. Received: path={path!r}"
+            f"`path` must contain the markers {mark_start} and {mark_end}. Received: path={path!r}"
         )
-    document = document[: start + len(MARK_START)] + "\n" + text + "\n" + document[end:]
+    document = document[: start + len(mark_start)] + "\n" + text + "\n" + document[end:]
     with open(path, "w") as handle:
         handle.write(document)

@@ -433,57 +433,122 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"cache={'None' if cache is None else 'a tensor'}, "
                 f"cache_index={cache_index!r}"
             )
-        return self._attend(
-            query,
-            value,
-            key,
-            query_mask,
-            value_mask,
-            key_mask,
-            attention_mask,
-            use_causal_mask,
-            return_attention_scores,
-            training,
-            cache,
-            cache_index,
-            key_value_cache,
+        start_index = 0 if cache is None else cache_index
+        queries = self._query_heads(query, start_index)
+        if cache is None:
+            keys, values, mask = self._uncached_keys_values(
+                query,
+                key,
+                value,
+                key_value_cache,
+                query_mask=query_mask,
+                value_mask=value_mask,
+                key_mask=key_mask,
+                attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask,
+            )
+            bias, window, new_cache = self._bias_with_offset(0), self.sliding_window, None
+        else:
+            keys, values, mask, bias, new_cache = self._cached_keys_values(
+                key,
+                value,
+                cache,
+                cache_index,
+                q_len=ops.shape(query)[1],
+                query_mask=query_mask,
+                key_padding=masks.combine_masks(value_mask, key_mask),
+                attention_mask=attention_mask,
+            )
+            window = None  # the cache's mask holds the window
+        heads, scores = self._attention(
+            queries, keys, values, mask, bias, window, return_attention_scores, training
+        )
+        outputs = (self._output(heads, query),)
+        if return_attention_scores:
+            outputs += (scores,)
+        if new_cache is not None:
+            outputs += (new_cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    # The rank-3 path in steps: the heads of the projections, the keys/values/mask of
+    # each cache mode, the attention, the output projection. Keys and values stay in
+    # the heads layout `(batch, heads, seq, dim)` from the projection to the attention
+    # when there is no cache: a head merge and split around the rotated/normalized keys
+    # would be fused by the LiteRT converter into one reshape with two dynamic sizes,
+    # which it refuses. The cache's `(batch, seq, features)` layout is used only with
+    # a cache.
+
+    def _heads(self, projected, num_heads, norm, start_index):
+        """`(batch, seq, num_heads * dim)` projections as `(batch, num_heads, seq, dim)`
+        heads, normalized (QK-norm) then rotated (RoPE) when the layer asks for it."""
+        heads = attention_ops.split_heads(projected, num_heads)
+        if norm is not None:
+            heads = norm(heads)
+        if self.rotary_embedding is not None:
+            rope = self.rotary_embedding
+            heads = attention_ops.apply_rotary_embedding(
+                heads,
+                start_index=start_index,
+                max_wavelength=rope.max_wavelength,
+                scaling_factor=rope.scaling_factor,
+                rotary_fraction=rope.rotary_fraction,
+                layout=rope.layout,
+            )
+        return heads
+
+    def _query_heads(self, query, start_index):
+        return self._heads(
+            self.query_dense(query), self.num_heads, self.query_norm_layer, start_index
         )
 
-    def _attend(
-        self,
-        query,
-        value,
-        key,
-        query_mask,
-        value_mask,
-        key_mask,
-        attention_mask,
-        use_causal_mask,
-        return_attention_scores,
-        training,
-        cache=None,
-        cache_index=None,
-        key_value_cache=None,
-    ):
-        """The rank-3 path: `(batch, seq, features)` inputs attending over axis 1."""
-        start_index = 0 if cache_index is None else cache_index
-        queries = attention_ops.split_heads(self.query_dense(query), self.num_heads)
-        queries = self._position_heads(queries, self.query_norm_layer, start_index)
+    def _key_heads(self, key, start_index):
+        return self._heads(self.key_dense(key), self._kv_heads, self.key_norm_layer, start_index)
+
+    def _uncached_keys_values(self, query, key, value, key_value_cache=None, **mask_arguments):
+        """A call without a decoding cache: the key and value heads (projected, or
+        taken from a `key_value_cache` made by `compute_key_value_cache`) and the mask
+        (`masks.merge_attention_masks` of `mask_arguments`)."""
         if key_value_cache is None:
-            keys = self._project_keys(key, start_index)
-            values = self.value_dense(value)
+            keys = self._key_heads(key, start_index=0)
+            values = attention_ops.split_heads(self.value_dense(value), self._kv_heads)
         else:
             split = self._kv_heads * self.key_dim
-            keys, values = key_value_cache[..., :split], key_value_cache[..., split:]
-        q_len = ops.shape(query)[1]
-        new_cache = None
-        bias = None
-        if self.score_bias is not None:
-            bias = self._bias_with_offset(start_index)
-        if cache is not None and self.sliding_window is not None:
-            cache, cache_index = _check_cache(
-                cache, cache_index, keys.shape, self._cache_features, window=self.sliding_window
+            keys = attention_ops.split_heads(key_value_cache[..., :split], self._kv_heads)
+            values = attention_ops.split_heads(key_value_cache[..., split:], self._kv_heads)
+        mask = masks.merge_attention_masks(
+            q_len=ops.shape(query)[1], kv_len=ops.shape(keys)[2], **mask_arguments
+        )
+        return keys, values, mask
+
+    def _project_keys(self, key, start_index):
+        """`key_dense(key)`, normalized and rotated per head when asked, in the
+        cache's `(batch, seq, num_key_value_heads * key_dim)` layout."""
+        if self.key_norm_layer is None and self.rotary_embedding is None:
+            return self.key_dense(key)
+        return attention_ops.merge_heads(self._key_heads(key, start_index))
+
+    def _cached_keys_values(
+        self, key, value, cache, cache_index, q_len, query_mask, key_padding, attention_mask
+    ):
+        """A call with a decoding cache: write the new tokens' keys and values into it
+        (a ring with a `sliding_window`); return all the cached key and value heads,
+        the mask of the new queries over them, the score bias and the new cache."""
+        keys, values = self._project_keys(key, cache_index), self.value_dense(value)
+        cache, cache_index = _check_cache(
+            cache, cache_index, keys.shape, self._cache_features, window=self.sliding_window
+        )
+        if self.sliding_window is None:
+            new_cache, keys, values = _write_cache(cache, cache_index, keys, values)
+            mask = _cached_key_mask(
+                cache_index,
+                ops.shape(cache)[1],
+                q_len,
+                query_mask=query_mask,
+                key_padding=key_padding,
+                attention_mask=attention_mask,
             )
+            bias = self._bias_with_offset(cache_index)
+        else:
             new_cache, keys, values, mask, key_positions = _rolling_cache_step(
                 cache,
                 cache_index,
@@ -491,41 +556,38 @@ class MultiHeadAttention(keras.layers.Layer):
                 values,
                 self.sliding_window,
                 query_mask=query_mask,
-                key_padding=masks.combine_masks(value_mask, key_mask),
+                key_padding=key_padding,
                 attention_mask=attention_mask,
             )
-            if bias is not None:
+            bias = None
+            if self.score_bias is not None:
                 query_positions = ops.arange(q_len, dtype="int32") + cache_index
                 bias = self.score_bias(query_positions, key_positions)
-        elif cache is None:
-            kv_len = ops.shape(keys)[1]
-            mask = masks.merge_attention_masks(
-                query_mask=query_mask,
-                value_mask=value_mask,
-                key_mask=key_mask,
-                attention_mask=attention_mask,
-                use_causal_mask=use_causal_mask,
-                q_len=q_len,
-                kv_len=kv_len,
-            )
-        else:
-            cache, cache_index = _check_cache(cache, cache_index, keys.shape, self._cache_features)
-            new_cache, keys, values = _write_cache(cache, cache_index, keys, values)
-            mask = _cached_key_mask(
-                cache_index,
-                ops.shape(cache)[1],
-                q_len,
-                query_mask=query_mask,
-                key_padding=masks.combine_masks(value_mask, key_mask),
-                attention_mask=attention_mask,
-            )
-        if mask is not None and len(mask.shape) == 3:
-            mask = ops.expand_dims(mask, 1)  # the head axis of the scores
-
-        # Grouped-query heads: the attention function shares each key/value head with
-        # its group of query heads (the flash path without copying them).
         keys = attention_ops.split_heads(keys, self._kv_heads)
         values = attention_ops.split_heads(values, self._kv_heads)
+        return keys, values, mask, bias, new_cache
+
+    def _bias_with_offset(self, offset):
+        """The score bias (None without one) as the callable of positions that the
+        attention function evaluates a block at a time; queries start at `offset`."""
+        score_bias = self.score_bias
+        if score_bias is None:
+            return None
+
+        def bias(query_positions, key_positions):
+            return score_bias(query_positions + ops.cast(offset, "int32"), key_positions)
+
+        return bias
+
+    def _attention(
+        self, queries, keys, values, mask, bias, sliding_window, return_attention_scores, training
+    ):
+        """The attention of the query heads over the key/value heads: `(heads, scores)`,
+        scores None unless asked for."""
+        if mask is not None and len(mask.shape) == 3:
+            mask = ops.expand_dims(mask, 1)  # the head axis of the scores
+        # Grouped-query heads: the attention function shares each key/value head with
+        # its group of query heads (the flash path without copying them).
         result = attention_ops.scaled_dot_product_attention(
             queries,
             keys,
@@ -536,23 +598,21 @@ class MultiHeadAttention(keras.layers.Layer):
             training=bool(training),
             return_attention_scores=return_attention_scores,
             implementation=self._implementation_for(return_attention_scores, training),
-            sliding_window=self.sliding_window if cache is None else None,
+            sliding_window=sliding_window,
             bias=bias,
             soft_cap=self.soft_cap,
         )
-        heads, scores = result if return_attention_scores else (result, None)
+        return result if return_attention_scores else (result, None)
+
+    def _output(self, heads, query):
+        """The heads concatenated, gated (`use_gate`) and projected to the output."""
         heads = attention_ops.merge_heads(heads)
         if self.gate_dense is not None:
             heads = heads * self.gate_dense(query)
         output = self.output_dense(heads)
         if self._output_shape is not None and len(self._output_shape) > 1:
             output = ops.reshape(output, tuple(ops.shape(output)[:-1]) + self._output_shape)
-        outputs = (output,)
-        if return_attention_scores:
-            outputs += (scores,)
-        if new_cache is not None:
-            outputs += (new_cache,)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return output
 
     def _init_score_options(self, position_embedding, score_bias, soft_cap, query_norm, key_norm):
         if isinstance(position_embedding, dict):
@@ -603,43 +663,6 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         return None
 
-    def _position_heads(self, heads, norm, start_index):
-        """QK-norm, then the rotary embedding, of `(batch, heads, seq, key_dim)`."""
-        if norm is not None:
-            heads = norm(heads)
-        if self.rotary_embedding is not None:
-            rope = self.rotary_embedding
-            heads = attention_ops.apply_rotary_embedding(
-                heads,
-                start_index=start_index,
-                max_wavelength=rope.max_wavelength,
-                scaling_factor=rope.scaling_factor,
-                rotary_fraction=rope.rotary_fraction,
-                layout=rope.layout,
-            )
-        return heads
-
-    def _project_keys(self, key, start_index):
-        """`key_dense(key)`, normalized and rotated per head when asked, in the
-        cache's `(batch, seq, num_key_value_heads * key_dim)` layout."""
-        keys = self.key_dense(key)
-        if self.key_norm_layer is None and self.rotary_embedding is None:
-            return keys
-        heads = attention_ops.split_heads(keys, self._kv_heads)
-        return attention_ops.merge_heads(
-            self._position_heads(heads, self.key_norm_layer, start_index)
-        )
-
-    def _bias_with_offset(self, offset):
-        """The score bias as the callable of positions that the attention function
-        evaluates a block at a time; with a cache, queries start at `offset`."""
-        score_bias = self.score_bias
-
-        def bias(query_positions, key_positions):
-            return score_bias(query_positions + ops.cast(offset, "int32"), key_positions)
-
-        return bias
-
     def _needs_flattening(self, rank):
         return rank > 3 or self._attention_axes_for(rank) != (1,)
 
@@ -680,19 +703,24 @@ class MultiHeadAttention(keras.layers.Layer):
             attention_mask = masks.flatten_attention_mask(
                 attention_mask, batch_dims, q_dims, kv_dims, name="attention_mask"
             )
-        result = self._attend(
+        keys, values, mask = self._uncached_keys_values(
             flat_query,
-            flat_value,
             flat_key,
-            None,
-            None,
-            None,
-            attention_mask,
-            use_causal_mask,
+            flat_value,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+        )
+        heads, scores = self._attention(
+            self._query_heads(flat_query, 0),
+            keys,
+            values,
+            mask,
+            self._bias_with_offset(0),
+            self.sliding_window,
             return_attention_scores,
             training,
         )
-        output, scores = result if return_attention_scores else (result, None)
+        output = self._output(heads, flat_query)
         out_features = self._output_features(query.shape)
         output = ops.reshape(output, tuple(batch_dims) + tuple(q_dims) + tuple(out_features))
         # Inverse permutation of the non-feature axes; output axes stay last.
