@@ -92,8 +92,8 @@ def causal_mask(q_len, kv_len=None, offset=0):
         kv_len = q_len
     _validation.check_index(q_len, "q_len")
     _validation.check_index(kv_len, "kv_len")
-    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), -1)
-    cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
+    rows = ops.expand_dims(backend.positions(q_len), -1)
+    cols = ops.expand_dims(backend.positions(kv_len), 0)
     return ops.less_equal(cols, rows + ops.cast(offset, "int32"))
 
 
@@ -115,8 +115,8 @@ def sliding_window_mask(q_len, kv_len, window, offset=0):
         Boolean tensor of shape `(q_len, kv_len)`.
     """
     _validation.check_positive_int(window, "window")
-    rows = ops.expand_dims(ops.arange(q_len, dtype="int32") + ops.cast(offset, "int32"), -1)
-    cols = ops.expand_dims(ops.arange(kv_len, dtype="int32"), 0)
+    rows = ops.expand_dims(backend.positions(q_len) + ops.cast(offset, "int32"), -1)
+    cols = ops.expand_dims(backend.positions(kv_len), 0)
     return ops.less(ops.abs(rows - cols), window)
 
 

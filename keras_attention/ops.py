@@ -373,8 +373,8 @@ class _ScoreModifier:
         """The bias of the block (`None` without one); a callable is evaluated here."""
         if not callable(self.bias):
             return self.bias
-        q_positions = ops.arange(q_len, dtype="int32") + ops.cast(q_offset, "int32")
-        k_positions = ops.arange(kv_len, dtype="int32") + ops.cast(k_offset, "int32")
+        q_positions = backend_lib.positions(q_len) + ops.cast(q_offset, "int32")
+        k_positions = backend_lib.positions(kv_len) + ops.cast(k_offset, "int32")
         bias = ops.convert_to_tensor(self.bias(q_positions, k_positions))
         if scores_shape is not None:
             _check_bias(bias, scores_shape)
@@ -474,7 +474,7 @@ class _FlashTile:
                 allowed, self.block(self.mask, q_offset, k_offset, q_size, k_size)
             )
         if self.pad_keys:
-            keys = ops.arange(k_size, dtype="int32") + ops.cast(k_offset, "int32")
+            keys = backend_lib.positions(k_size) + ops.cast(k_offset, "int32")
             allowed = masks_lib.combine_masks(allowed, ops.less(keys, self.kv_len))
         return logits, capped, allowed
 
@@ -766,8 +766,10 @@ def split_heads(x, num_heads):
     # sizes come from its own input's shape with "copy this dimension" zeros, then
     # merges it into the 2-D reshape inside TensorFlow's Dense on sequences, where the
     # zeros copy the wrong dimensions (ONNX Runtime fails; see docs/deployment.md).
-    # Both reshapes are free (views) on every backend.
-    x = ops.reshape(x, (-1, num_heads, head_dim))
+    # Both reshapes are free (views) on every backend. JAX splits in place: jax2onnx
+    # cannot follow the detour (`backend.splits_heads_through_rows`).
+    if backend_lib.splits_heads_through_rows():
+        x = ops.reshape(x, (-1, num_heads, head_dim))
     x = ops.reshape(x, (shape[0], shape[1], num_heads, head_dim))
     return ops.transpose(x, (0, 2, 1, 3))
 
@@ -941,7 +943,7 @@ def apply_rotary_embedding(
     )
     dtype = x.dtype
     if positions is None:
-        positions = ops.arange(ops.shape(x)[-2], dtype="int32") + ops.cast(start_index, "int32")
+        positions = backend_lib.positions(ops.shape(x)[-2]) + ops.cast(start_index, "int32")
     positions = ops.cast(positions, "float32") / scaling_factor
     exponents = ops.arange(0, rotary_dim, 2, dtype="float32") / rotary_dim
     inverse_frequencies = ops.power(float(max_wavelength), -exponents)

@@ -16,6 +16,10 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
 - :func:`is_symbolic_size`: a size that is only known when the program runs
   (PyTorch's `SymInt` while `torch.export` traces), kept as is rather than turned
   into a tensor (which would fix it to the example's value).
+- :func:`positions`: `0, 1, ..., length - 1` as int32; on JAX through `lax.iota`,
+  which jax2onnx converts with a symbolic length (its `jnp.arange` does not).
+- :func:`splits_heads_through_rows`: how `ops.split_heads` reshapes, for the ONNX
+  converters (tf2onnx needs the detour, jax2onnx cannot follow it).
 - :func:`to_numpy`: tensors of any backend (also PyTorch tensors that require
   grad) as numpy arrays.
 - :func:`concrete_value`: a tensor's values when they are known now (eager), else
@@ -116,6 +120,37 @@ def is_symbolic_size(value):
     import torch
 
     return isinstance(value, torch.SymInt)
+
+
+def positions(length):
+    """The int32 positions `0, 1, ..., length - 1` (`keras.ops.arange(length)`).
+
+    `length` is a Python int, a traced size, or a scalar tensor. On JAX a size
+    (an int or a symbolic dimension of `jax.export`) goes through `jax.lax.iota`:
+    jax2onnx, which Keras uses to export JAX models to ONNX, converts `iota` with a
+    symbolic length but not `jnp.arange`.
+
+    Example:
+    >>> keras.ops.convert_to_numpy(positions(3))
+    array([0, 1, 2], dtype=int32)
+    """
+    if keras.backend.backend() == "jax" and not ops.is_tensor(length):
+        import jax
+        import jax.numpy as jnp
+
+        return jax.lax.iota(jnp.int32, length)
+    return ops.arange(length, dtype="int32")
+
+
+def splits_heads_through_rows():
+    """Whether `ops.split_heads` reshapes through `(batch * seq, heads, head_dim)`.
+
+    tf2onnx (TensorFlow's ONNX export) needs that detour (see `ops.split_heads`);
+    jax2onnx (JAX's) cannot map the second reshape's sizes back to the input's axes
+    ("reshape with symbolic dimensions requires mapping to input axes"), so on JAX the
+    features are split in place.
+    """
+    return keras.backend.backend() != "jax"
 
 
 def to_numpy(x):

@@ -12,7 +12,7 @@ import math
 import keras
 from keras import ops
 
-from keras_attention import _validation
+from keras_attention import _validation, backend
 
 _POSITION_KINDS = ("learned", "sinusoidal", "none")
 
@@ -69,10 +69,10 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         """The `(seq_len, features)` encoding for positions `start_index + [0, seq_len)`,
         computed in float32 (positions up to thousands need the precision)."""
         positions = ops.cast(
-            ops.arange(seq_len, dtype="int32") + ops.cast(start_index, "int32"),
+            backend.positions(seq_len) + ops.cast(start_index, "int32"),
             "float32",
         )
-        dims = ops.arange(features, dtype="int32")
+        dims = backend.positions(features)
         # Features 2i and 2i + 1 share the frequency max_wavelength^(-2i / d).
         exponent = ops.cast(2 * (dims // 2), "float32") / float(features)
         inverse_frequency = ops.power(float(self.max_wavelength), -exponent)
@@ -160,7 +160,7 @@ class PositionEmbedding(keras.layers.Layer):
                 )
         # A gather, not `ops.slice`: slicing `seq_len` rows needs `seq_len <= table
         # size` proven while tracing, which a symbolic length (JAX export) cannot be.
-        positions = ops.arange(seq_len, dtype="int32") + ops.cast(start_index, "int32")
+        positions = backend.positions(seq_len) + ops.cast(start_index, "int32")
         rows = ops.take(ops.convert_to_tensor(self.position_embeddings), positions, axis=0)
         return inputs + ops.cast(rows, inputs.dtype)
 
