@@ -431,3 +431,61 @@ def test_torch_program_that_fixed_a_dynamic_axis_is_refused(tmp_path):
 def test_torch_program_rejects_other_suffixes(tmp_path):
     with pytest.raises(ValueError, match=r"must end in `\.pt2`.*Received: path="):
         export.export_torch_program(_self_attention_model(), tmp_path / "model.keras")
+
+
+# ------------------------------------------------------------------ export_model
+
+
+def test_export_model_refuses_a_format_the_backend_does_not_offer(tmp_path):
+    model = _self_attention_model()
+    with pytest.raises(ValueError, match=r"`format` must be one of .*Received: format='tflite'"):
+        export.export_model(model, str(tmp_path / "m.tflite"), format="tflite")
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_model_names_the_format_that_works_where_one_cannot(tmp_path, monkeypatch):
+    model = _self_attention_model()
+    if BACKEND == "jax":  # the real case: jax2tf's XlaCallModule has no OpenVINO rule
+        with pytest.raises(ValueError, match=r"format='openvino' cannot work on the jax.*'onnx'"):
+            export.export_model(model, str(tmp_path / "m.xml"), format="openvino")
+    monkeypatch.setitem(export._REFUSED, (BACKEND, "onnx"), "use format='another' instead")
+    with pytest.raises(ValueError, match=rf"cannot work on the {BACKEND} backend: use format="):
+        export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_converter_keeps_previous_file_and_names_complete_formats(tmp_path, monkeypatch):
+    model = _self_attention_model()
+    model(np.zeros((1, 3, FEATURES), "float32"))
+    path = tmp_path / "m.onnx"
+    path.write_text("previous export")
+
+    def half_written(filepath, format, **kwargs):
+        with open(filepath, "w") as f:
+            f.write("half")
+        raise RuntimeError("the converter failed")
+
+    monkeypatch.setattr(model, "export", half_written)
+    with pytest.raises(RuntimeError, match="the converter failed") as info:
+        export.export_model(model, str(path), format="onnx")
+    assert str(export.COMPLETE_FORMATS[BACKEND]) in str(info.value)
+    assert path.read_text() == "previous export"
+    assert os.listdir(tmp_path) == ["m.onnx"]  # no temporary folder left behind
+
+
+def test_export_model_writes_the_file_keras_writes(tmp_path, monkeypatch):
+    model = _self_attention_model()
+    model(np.zeros((1, 3, FEATURES), "float32"))
+    calls = []
+
+    def fake_export(filepath, format, **kwargs):
+        calls.append(format)
+        with open(filepath, "w") as f:
+            f.write(format)
+
+    monkeypatch.setattr(model, "export", fake_export)
+    written = export.export_model(model, str(tmp_path / "sub" / "m.onnx"), format="onnx")
+    assert calls == ["onnx"]
+    assert written == str(tmp_path / "sub" / "m.onnx")
+    assert os.listdir(tmp_path / "sub") == ["m.onnx"]
+    assert (tmp_path / "sub" / "m.onnx").read_text() == "onnx"

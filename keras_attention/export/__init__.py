@@ -9,6 +9,11 @@ TensorFlow and JAX backends (Keras converts JAX functions with `jax2tf`). On
 PyTorch, `export_torch_program` writes a `torch.export` program (`.pt2`) that loads
 with `torch.export.load`, again without this package or Keras.
 
+`export_model` is `model.export(path, format=...)` for every format Keras offers on
+the backend, written atomically, with a clear `ValueError` for a format that cannot
+work on this backend (naming the one that does) and the formats that export every
+layer of this package named when a converter fails.
+
 `export_generator` writes a decoder's `prefill` and `decode` steps, with the
 key/value cache as explicit state, as a LiteRT flatbuffer or a SavedModel, so an app
 runs the token loop itself (see `keras_attention.export.generator`).
@@ -18,6 +23,7 @@ error or an interruption mid-write leaves the previous file or folder intact.
 """
 
 import os
+import tempfile
 
 import keras
 
@@ -26,6 +32,7 @@ from keras_attention.export.generator import export_generator
 
 __all__ = [
     "save_model",
+    "export_model",
     "export_saved_model",
     "export_torch_program",
     "load_saved_model",
@@ -108,6 +115,117 @@ def serving_signature(model, dynamic_axes=(0, 1)):
         name = getattr(tensor, "name", None)
         specs.append(tf.TensorSpec(shape, dtype=tensor.dtype, name=_spec_name(name)))
     return specs
+
+
+# `model.export` formats per backend (Keras 3.15), and those that export every layer
+# and builder of this package there (docs/deployment.md, written by the export matrix).
+FORMATS = {
+    "tensorflow": ("tf_saved_model", "litert", "onnx", "openvino"),
+    "jax": ("tf_saved_model", "onnx", "openvino"),
+    "torch": ("onnx", "openvino", "litert", "torch"),
+}
+COMPLETE_FORMATS = {
+    "tensorflow": ("tf_saved_model", "litert", "onnx", "openvino"),
+    "jax": ("tf_saved_model", "onnx"),
+    "torch": ("openvino", "torch"),
+}
+# Formats that cannot work on a backend whatever the model, with what to do instead.
+_REFUSED = {
+    ("jax", "openvino"): (
+        "Keras converts JAX models for OpenVINO with jax2tf, which writes one "
+        "`XlaCallModule` op that OpenVINO cannot convert (any model, even one Dense "
+        "layer). Export format='onnx' instead and read that file with OpenVINO "
+        "(`openvino.Core().read_model(path)`), or export on the TensorFlow or PyTorch "
+        "backend"
+    ),
+}
+
+
+def export_model(model, path, format, verbose=False, **kwargs):
+    """`model.export(path, format=format)`, written atomically, with clear errors.
+
+    Every format of `model.export` on the current backend (see `FORMATS`):
+    `"tf_saved_model"` goes through :func:`export_saved_model` (dynamic batch and
+    sequence), `"torch"` through :func:`export_torch_program` (the same), `"litert"`
+    on TensorFlow keeps to LiteRT's built-in ops (the plain `ai-edge-litert`
+    interpreter has no TensorFlow ops), the others are Keras' `model.export`.
+    Files are written next to `path` and renamed into place, so a failed export
+    leaves a previous one intact.
+
+    Args:
+        model: a built `keras.Model`.
+        path: destination (a folder for `"tf_saved_model"`, else a file; OpenVINO
+            writes `path` and the weights beside it with the suffix `.bin`).
+        format: one of `FORMATS[keras.backend.backend()]`.
+        verbose: print Keras' export messages.
+        **kwargs: passed on to the exporter.
+
+    Returns:
+        The absolute path written, as a string.
+
+    Raises:
+        ValueError: `format` is not a format of this backend, or cannot work on it
+            (the message names the format to use instead).
+        RuntimeError: the converter failed for this model; the message keeps the
+            converter's error and names the formats that export every layer of
+            this package on this backend.
+
+    Example:
+    >>> import keras, keras_attention, numpy as np
+    >>> inputs = keras.Input((None, 8))
+    >>> model = keras.Model(inputs, keras_attention.SelfAttention(8)(inputs))
+    >>> try:
+    ...     keras_attention.export.export_model(model, "/tmp/m.bin", format="tflite")
+    ... except ValueError as error:
+    ...     print(str(error).split(" (")[0])
+    `format` must be one of
+    """
+    _check_model(model)
+    backend = keras.backend.backend()
+    formats = FORMATS.get(backend, ())
+    if format not in formats:
+        raise ValueError(
+            f"`format` must be one of {formats} on the {backend} backend. "
+            f"Received: format={format!r}"
+        )
+    if (backend, format) in _REFUSED:
+        raise ValueError(
+            f"format={format!r} cannot work on the {backend} backend: {_REFUSED[backend, format]}."
+        )
+    path = os.path.abspath(os.fspath(path))
+    try:
+        if format == "tf_saved_model":
+            return export_saved_model(model, path, verbose=verbose, **kwargs)
+        if format == "torch":
+            return export_torch_program(model, path, verbose=verbose, **kwargs)
+        if format == "litert" and backend == "tensorflow":
+            import tensorflow as tf
+
+            kwargs.setdefault("target_spec", {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+        _export_files(model, path, format, verbose, kwargs)
+    except (ValueError, TypeError):
+        raise
+    except Exception as error:
+        raise RuntimeError(
+            f"Exporting to format={format!r} failed on the {backend} backend: "
+            f"{type(error).__name__}: {error}\nThe formats that export every layer "
+            f"and builder of keras_attention on this backend: "
+            f"{COMPLETE_FORMATS[backend]} (docs/deployment.md)."
+        ) from error
+    return path
+
+
+def _export_files(model, path, format, verbose, kwargs):
+    """`model.export` into a temporary folder beside `path`, then each written file
+    renamed into place (OpenVINO's weights `.bin` before its `.xml`)."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export.", dir=parent) as folder:
+        target = os.path.join(folder, os.path.basename(path))
+        model.export(target, format=format, verbose=verbose, **kwargs)
+        written = sorted(os.listdir(folder), key=lambda name: name == os.path.basename(path))
+        for name in written:
+            os.replace(os.path.join(folder, name), os.path.join(parent, name))
 
 
 def export_saved_model(

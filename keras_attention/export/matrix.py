@@ -399,25 +399,11 @@ def missing_converter(format, backend=None):
 
 
 def _export(model, path, format):
-    if format == "litert" and keras.backend.backend() == "tensorflow":
-        # Built-in ops only: the `ai-edge-litert` interpreter has no TensorFlow ops
-        # (Keras' default also allows them, which would fail later, at load time).
-        import tensorflow as tf
+    """Export as a user of this package would: `keras_attention.export.export_model`
+    (built-in ops only for LiteRT, dynamic shapes for `torch`, clear errors)."""
+    from keras_attention.export import export_model
 
-        model.export(
-            path,
-            format="litert",
-            verbose=False,
-            target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
-        )
-    elif format == "torch":
-        # Keras traces at batch 1 with static shapes; this keeps batch and sequence
-        # dynamic (and checks that they stay so).
-        from keras_attention.export import export_torch_program
-
-        export_torch_program(model, path)
-    else:
-        model.export(path, format=format, verbose=False)
+    export_model(model, path, format)
 
 
 def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
