@@ -144,9 +144,9 @@ _REFUSED = {
 def export_model(model, path, format, verbose=False, **kwargs):
     """`model.export(path, format=format)`, written atomically, with clear errors.
 
-    Every format of `model.export` on the current backend (see `FORMATS`):
-    `"tf_saved_model"` goes through :func:`export_saved_model` (dynamic batch and
-    sequence), `"torch"` through :func:`export_torch_program` (the same), `"litert"`
+    Every format of `model.export` on the current backend (see `FORMATS`), called as
+    Keras calls it (a model of several inputs takes one list), except that `"torch"`
+    goes through :func:`export_torch_program` (dynamic batch and sequence), `"litert"`
     on TensorFlow keeps to LiteRT's built-in ops (the plain `ai-edge-litert`
     interpreter has no TensorFlow ops), the others are Keras' `model.export`.
     Files are written next to `path` and renamed into place, so a failed export
@@ -195,7 +195,10 @@ def export_model(model, path, format, verbose=False, **kwargs):
     path = os.path.abspath(os.fspath(path))
     try:
         if format == "tf_saved_model":
-            return export_saved_model(model, path, verbose=verbose, **kwargs)
+            _check_not_a_file(path)
+            with atomic_folder(path) as folder:
+                model.export(folder, format=format, verbose=verbose, **kwargs)
+            return path
         if format == "torch":
             return export_torch_program(model, path, verbose=verbose, **kwargs)
         if format == "litert" and backend == "tensorflow":
@@ -276,11 +279,7 @@ def export_saved_model(
             f"Received: endpoint_name={endpoint_name!r}"
         )
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(
-            "`path` is an existing file; a SavedModel is a folder. Choose another "
-            f"path or remove the file. Received: path={path!r}"
-        )
+    _check_not_a_file(path)
     _check_saved_model_backend("export_saved_model")
     if input_signature is None:
         input_signature = serving_signature(model)
@@ -445,6 +444,14 @@ def _serving_fn(model):
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     return serve
+
+
+def _check_not_a_file(path):
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            "`path` is an existing file; a SavedModel is a folder. Choose another "
+            f"path or remove the file. Received: path={path!r}"
+        )
 
 
 def _check_model(model):
