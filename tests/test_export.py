@@ -448,8 +448,8 @@ def test_export_model_names_the_format_that_works_where_one_cannot(tmp_path, mon
     if BACKEND == "jax":  # the real case: jax2tf's XlaCallModule has no OpenVINO rule
         with pytest.raises(ValueError, match=r"format='openvino' cannot work on the jax.*'onnx'"):
             export.export_model(model, str(tmp_path / "m.xml"), format="openvino")
-    monkeypatch.setitem(export._REFUSED, (BACKEND, "onnx"), "use format='another' instead")
-    with pytest.raises(ValueError, match=rf"cannot work on the {BACKEND} backend: use format="):
+    monkeypatch.setitem(export._REFUSED, (BACKEND, "onnx"), ("use format='x'", "a reason"))
+    with pytest.raises(ValueError, match=rf"on the {BACKEND} backend; use format='x'. Why: a"):
         export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
     assert os.listdir(tmp_path) == []
 

@@ -129,14 +129,15 @@ COMPLETE_FORMATS = {
     "jax": ("tf_saved_model", "onnx"),
     "torch": ("openvino", "torch"),
 }
-# Formats that cannot work on a backend whatever the model, with what to do instead.
+# Formats that cannot work on a backend whatever the model: (what to do instead, why).
 _REFUSED = {
     ("jax", "openvino"): (
+        "export format='onnx' and read that file with OpenVINO "
+        "(`openvino.Core().read_model(path)`), or export on the TensorFlow or PyTorch "
+        "backend",
         "Keras converts JAX models for OpenVINO with jax2tf, which writes one "
         "`XlaCallModule` op that OpenVINO cannot convert (any model, even one Dense "
-        "layer). Export format='onnx' instead and read that file with OpenVINO "
-        "(`openvino.Core().read_model(path)`), or export on the TensorFlow or PyTorch "
-        "backend"
+        "layer)",
     ),
 }
 
@@ -189,8 +190,9 @@ def export_model(model, path, format, verbose=False, **kwargs):
             f"Received: format={format!r}"
         )
     if (backend, format) in _REFUSED:
+        instead, why = _REFUSED[backend, format]
         raise ValueError(
-            f"format={format!r} cannot work on the {backend} backend: {_REFUSED[backend, format]}."
+            f"format={format!r} cannot work on the {backend} backend; {instead}. Why: {why}."
         )
     path = os.path.abspath(os.fspath(path))
     try:
