@@ -22,17 +22,16 @@ import textwrap
 import keras
 import numpy as np
 
+from keras_attention.export import FORMATS, export_model
+
 ATOL = 1e-5
 VOCABULARY = 50
 FEATURES = 8
 # Two input shapes per case, (batch, sequence length): both change between them.
 SHAPES = ((2, 5), (3, 9))
-# The formats of `model.export` per backend (Keras 3.15), in table order.
-BACKEND_FORMATS = {
-    "tensorflow": ("tf_saved_model", "litert", "onnx", "openvino"),
-    "jax": ("tf_saved_model", "onnx", "openvino"),
-    "torch": ("onnx", "openvino", "litert", "torch"),
-}
+# The formats of `model.export` per backend (Keras 3.15), in table order: those that
+# `export_model` takes.
+BACKEND_FORMATS = FORMATS
 SUFFIXES = {
     "tf_saved_model": "",
     "litert": ".tflite",
@@ -401,8 +400,6 @@ def missing_converter(format, backend=None):
 def _export(model, path, format):
     """Export as a user of this package would: `keras_attention.export.export_model`
     (built-in ops only for LiteRT, dynamic shapes for `torch`, clear errors)."""
-    from keras_attention.export import export_model
-
     export_model(model, path, format)
 
 
