@@ -20,6 +20,8 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
   which jax2onnx converts with a symbolic length (its `jnp.arange` does not).
 - :func:`splits_heads_through_rows`: how `ops.split_heads` reshapes, for the ONNX
   converters (tf2onnx needs the detour, jax2onnx cannot follow it).
+- :func:`layer_normalization`: `keras.ops.layer_normalization`, on PyTorch with the
+  normalized sizes as Python ints, so TorchScript's ONNX exporter can write it.
 - :func:`to_numpy`: tensors of any backend (also PyTorch tensors that require
   grad) as numpy arrays.
 - :func:`concrete_value`: a tensor's values when they are known now (eager), else
@@ -41,6 +43,7 @@ __all__ = [
     "fused_supports",
     "has_flash_attention",
     "is_symbolic_size",
+    "layer_normalization",
     "map_sequentially",
     "reads_trainable_variables",
     "to_numpy",
@@ -151,6 +154,54 @@ def splits_heads_through_rows():
     features are split in place.
     """
     return keras.backend.backend() != "jax"
+
+
+def layer_normalization(x, gamma, beta, axis, epsilon, normalized_shape):
+    """`keras.ops.layer_normalization(x, gamma, beta, axis, epsilon)`, exportable.
+
+    On PyTorch, Keras calls `torch.nn.functional.layer_norm` with the normalized sizes
+    read from `x.shape`; while TorchScript traces (Keras' `format="onnx"` export with
+    dynamic sizes) those are traced values, and the ONNX exporter refuses the node
+    ("Failed to export a node onnx::Gather ... because it is not constant"). Here the
+    same kernel gets `normalized_shape`, the sizes of the normalized axes known when
+    the layer was built, as Python ints: the same values, and a constant in the
+    graph. Elsewhere (other backends, axes that are not the last ones, sizes unknown
+    at build time) this is Keras' function.
+
+    Args:
+        x: the inputs.
+        gamma, beta: the scale and offset, or `None`.
+        axis: the normalized axes, a sorted list of ints.
+        epsilon: added to the variance.
+        normalized_shape: the sizes of `axis`, a tuple of ints (or `None`s).
+
+    Example:
+    >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
+    >>> y = layer_normalization(x, None, None, [-1], 1e-3, (3,))
+    >>> [round(float(v), 3) for v in keras.ops.convert_to_numpy(y)[0]]
+    [-1.224, 0.0, 1.224]
+    """
+    if keras.backend.backend() != "torch" or not _last_axes(axis, len(x.shape), normalized_shape):
+        return ops.layer_normalization(x, gamma, beta, axis=axis, epsilon=epsilon)
+    import torch.nn.functional as F
+
+    # As Keras: computed in at least float32, returned in the input's dtype.
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    compute_dtype = keras.backend.result_type(dtype, "float32")
+    x = ops.cast(x, compute_dtype)
+    gamma = None if gamma is None else ops.cast(gamma, compute_dtype)
+    beta = None if beta is None else ops.cast(beta, compute_dtype)
+    outputs = F.layer_norm(x, tuple(normalized_shape), gamma, beta, epsilon)
+    return ops.cast(outputs, dtype)
+
+
+def _last_axes(axis, rank, normalized_shape):
+    """Whether `axis` are the last `len(axis)` axes of a rank-`rank` tensor and their
+    sizes are known ints (what `torch.nn.functional.layer_norm` normalizes over)."""
+    axes = sorted(a % rank for a in axis)
+    return axes == list(range(rank - len(axes), rank)) and all(
+        isinstance(size, int) for size in normalized_shape
+    )
 
 
 def to_numpy(x):

@@ -11,6 +11,7 @@ import keras
 
 from keras_attention import _validation, masks
 from keras_attention.layers import _common
+from keras_attention.layers._layer_normalization import LayerNormalization
 from keras_attention.layers.feed_forward import GATED_ACTIVATIONS, FeedForward
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.rms_norm import RMSNorm
@@ -123,7 +124,7 @@ class _TransformerBlock(keras.layers.Layer):
     def _layer_norm(self, name):
         if self.normalization == "rms_norm":
             return RMSNorm(epsilon=self.layer_norm_epsilon, name=name, dtype=self.dtype_policy)
-        return keras.layers.LayerNormalization(
+        return LayerNormalization(
             epsilon=self.layer_norm_epsilon,
             center=self.use_bias,
             name=name,

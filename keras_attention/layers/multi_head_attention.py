@@ -9,6 +9,7 @@ from keras import ops
 from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
+from keras_attention.layers._layer_normalization import LayerNormalization
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
 
@@ -658,7 +659,7 @@ class MultiHeadAttention(keras.layers.Layer):
         if kind == "rms_norm":
             return RMSNorm(name=name, dtype=self.dtype_policy)
         if kind == "layer_norm":
-            return keras.layers.LayerNormalization(
+            return LayerNormalization(
                 epsilon=1e-6, center=False, name=name, dtype=self.dtype_policy
             )
         return None
