@@ -566,7 +566,7 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
         pad = [(0, 0)] * (len(x.shape) - 2) + [(0, padded - q_len), (0, 0)]
         x = ops.pad(x, pad)
         x = ops.reshape(x, ops.shape(x)[:-2] + (num_chunks, chunk_size, ops.shape(x)[-1]))
-        return ops.moveaxis(x, -3, 0)
+        return ops.moveaxis(x, len(x.shape) - 3, 0)  # non-negative, see below
 
     chunked_mask = None
     if mask is not None:
@@ -649,7 +649,9 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
         output_zeros,
     )
     # (num_chunks, ..., chunk_size, d_v) -> (..., q_len, d_v)
-    outputs = ops.moveaxis(outputs, 0, -3)
+    # Non-negative axes: PyTorch's TorchScript ONNX exporter writes negative
+    # `moveaxis` axes into a `Transpose` as they are, which ONNX Runtime refuses.
+    outputs = ops.moveaxis(outputs, 0, len(outputs.shape) - 3)
     outputs = ops.reshape(outputs, ops.shape(outputs)[:-3] + (padded, value.shape[-1]))
     return outputs[..., :q_len, :]
 

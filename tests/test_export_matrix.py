@@ -24,13 +24,18 @@ def _runtimes_installed(formats):
 # is the slow test below): (cases, formats) that pass in its table. TensorFlow:
 # MultiHeadAttention (masks, causal, cross-attention of another length) and the causal
 # LM builder in every format; JAX and PyTorch, whose converters are slower, one case
-# in formats that take it (their tables show what the others refuse).
+# in formats that take it (their tables show what the others refuse), and on PyTorch
+# the layers whose ONNX files needed the package's help (LayerNormalization in the
+# blocks, `moveaxis` in RotaryEmbedding and RelativePositionBias).
 REPRESENTATIVE = {
     "tensorflow": [
         (["MultiHeadAttention", "causal_language_model"], matrix.BACKEND_FORMATS["tensorflow"])
     ],
     "jax": [(["MultiHeadAttention"], ["tf_saved_model"])],
-    "torch": [(["MultiHeadAttention"], ["onnx", "torch"])],
+    "torch": [
+        (["MultiHeadAttention"], ["onnx", "torch"]),
+        (["TransformerEncoder", "RotaryEmbedding", "RelativePositionBias"], ["onnx"]),
+    ],
 }
 
 

@@ -420,3 +420,25 @@ def test_blocks_under_mixed_precision():
     step, cache = decoder(x[:, :1], enc, self_attention_cache=cache, cache_index=0)
     assert keras.backend.standardize_dtype(step.dtype) == "float16"
     np.testing.assert_allclose(_np(step), _np(full)[:, :1], atol=2e-2)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("axis", [-1, [1, 2]])
+def test_blocks_layer_norm_equals_keras_layer(policy, axis):
+    # The blocks' LayerNormalization (exportable to ONNX on PyTorch) is Keras' layer:
+    # the same config, weights and outputs, over one axis and several.
+    norm = ka.TransformerEncoder(2, 16)._layer_norm("norm")
+    norm = type(norm)(**{**norm.get_config(), "axis": axis, "dtype": policy})
+    keras_norm = keras.layers.LayerNormalization(**norm.get_config())
+    x = 3.0 * _rand(2, 5, 8) + 1.0
+    norm.build(x.shape)
+    keras_norm.build(x.shape)
+    for variable, keras_variable in zip(norm.weights, keras_norm.weights):
+        assert variable.path.split("/")[-1] == keras_variable.path.split("/")[-1]
+        keras_variable.assign(_rand(*variable.shape))
+        variable.assign(keras_variable)
+    got, want = norm(x), keras_norm(x)
+    assert keras.backend.standardize_dtype(got.dtype) == norm.compute_dtype
+    atol = 1e-6 if policy == "float32" else 0.0
+    np.testing.assert_allclose(_np(got).astype("float32"), _np(want).astype("float32"), atol=atol)
+    assert norm.get_config() == keras_norm.get_config()

@@ -81,7 +81,10 @@ class RelativePositionBias(_PositionBias):
             max_distance=self.max_distance,
         )
         bias = ops.take(self.embeddings, buckets, axis=0)  # (..., q, k, heads)
-        return ops.moveaxis(bias, -1, -3)
+        # (..., heads, q, k); non-negative axes: PyTorch's ONNX exporter writes
+        # negative `moveaxis` axes into a `Transpose` that ONNX Runtime refuses.
+        rank = len(bias.shape)
+        return ops.moveaxis(bias, rank - 1, rank - 3)
 
     def get_config(self):
         config = super().get_config()

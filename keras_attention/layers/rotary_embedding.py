@@ -97,8 +97,12 @@ class RotaryEmbedding(keras.layers.Layer):
         )
 
     def call(self, inputs, start_index=0, positions=None):
-        axis = self.sequence_axis % len(inputs.shape)
-        x = ops.moveaxis(inputs, axis, -2)
+        # Non-negative axes throughout: PyTorch's TorchScript ONNX exporter writes a
+        # `Transpose` with the negative axes of `moveaxis` as they are, which ONNX
+        # Runtime refuses.
+        rank = len(inputs.shape)
+        axis = self.sequence_axis % rank
+        x = inputs if axis == rank - 2 else ops.moveaxis(inputs, axis, rank - 2)
         x = attention_ops.apply_rotary_embedding(
             x,
             positions=positions,
@@ -108,7 +112,7 @@ class RotaryEmbedding(keras.layers.Layer):
             rotary_fraction=self.rotary_fraction,
             layout=self.layout,
         )
-        return ops.moveaxis(x, -2, axis)
+        return x if axis == rank - 2 else ops.moveaxis(x, rank - 2, axis)
 
     def compute_output_shape(self, inputs_shape):
         return tuple(inputs_shape)
