@@ -489,3 +489,94 @@ def test_export_model_writes_the_file_keras_writes(tmp_path, monkeypatch):
     assert written == str(tmp_path / "sub" / "m.onnx")
     assert os.listdir(tmp_path / "sub") == ["m.onnx"]
     assert (tmp_path / "sub" / "m.onnx").read_text() == "onnx"
+
+
+def _record_exports(model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(model, "export", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+@pytest.mark.parametrize("error_type", [TypeError, ValueError, KeyError, NotImplementedError])
+def test_every_converter_error_is_wrapped_with_the_complete_formats(
+    tmp_path, monkeypatch, error_type
+):
+    model = _self_attention_model()
+
+    def converter(filepath, format, **kwargs):
+        raise error_type("the converter has no rule for op Foo")
+
+    monkeypatch.setattr(model, "export", converter)
+    with pytest.raises(RuntimeError) as info:
+        export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
+    message = str(info.value)
+    assert f"format='onnx' failed on the {BACKEND} backend" in message
+    assert f"{error_type.__name__}: " in message and "no rule for op Foo" in message
+    assert str(export.COMPLETE_FORMATS[BACKEND]) in message
+    assert type(info.value.__cause__) is error_type
+    assert os.listdir(tmp_path) == []
+
+
+def _file_formats():
+    formats = export.FORMATS[BACKEND]
+    return [f for f in formats if f in export.SUFFIXES and (BACKEND, f) not in export._REFUSED]
+
+
+@pytest.mark.parametrize("format", _file_formats())
+def test_export_model_checks_the_file_name_before_converting(tmp_path, monkeypatch, format):
+    model = _self_attention_model()
+    calls = _record_exports(model, monkeypatch)
+    suffix = export.SUFFIXES[format]
+    with pytest.raises(ValueError, match=rf"must end in `\{suffix}` for format='{format}'"):
+        export.export_model(model, str(tmp_path / "m.onnx"), format=format)
+    folder = tmp_path / f"folder{suffix}"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"`path` is an existing folder.*Received: path="):
+        export.export_model(model, str(folder), format=format)
+    assert calls == [] and os.listdir(tmp_path) == [folder.name]
+
+
+def test_export_model_checks_paths_of_every_format_before_converting(tmp_path, monkeypatch):
+    model = _self_attention_model()
+    calls = _record_exports(model, monkeypatch)
+    (tmp_path / "m.onnx").mkdir()
+    with pytest.raises(ValueError, match="existing folder; format='onnx' writes a file"):
+        export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
+    if "tf_saved_model" in export.FORMATS[BACKEND]:
+        (tmp_path / "file").write_text("not a folder")
+        with pytest.raises(ValueError, match="existing file; a SavedModel is a folder"):
+            export.export_model(model, str(tmp_path / "file"), format="tf_saved_model")
+    assert calls == []
+
+
+def test_a_missing_converter_says_how_to_install_it(tmp_path, monkeypatch):
+    model = _self_attention_model()
+    calls = _record_exports(model, monkeypatch)
+    converters = {(BACKEND, "onnx"): ("no_such_converter_module", "no-such-converter")}
+    monkeypatch.setattr(export, "CONVERTERS", converters)
+    with pytest.raises(ModuleNotFoundError) as info:
+        export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
+    message = str(info.value)
+    assert "format='onnx'" in message and "`pip install no-such-converter`" in message
+    assert "`export` extra" in message and str(export.COMPLETE_FORMATS[BACKEND]) in message
+    assert info.value.name == "no_such_converter_module"
+    monkeypatch.setitem(export.CONVERTER_CONFLICTS, "no-such-converter", "requires old numpy")
+    with pytest.raises(ModuleNotFoundError, match="not in this package's `export` extra: it "):
+        export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
+    assert calls == [] and os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="litert-torch is PyTorch's LiteRT converter")
+def test_torch_litert_without_litert_torch_names_the_install_and_the_formats(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("litert_torch") is not None:
+        pytest.skip("litert-torch is installed")
+    model = _self_attention_model()
+    with pytest.raises(ModuleNotFoundError) as info:
+        export.export_model(model, str(tmp_path / "m.tflite"), format="litert")
+    message = str(info.value)
+    assert "`pip install litert-torch`" in message
+    assert "typing-extensions" in message and "jax2onnx" in message
+    assert str(export.COMPLETE_FORMATS["torch"]) in message
+    assert os.listdir(tmp_path) == []

@@ -22,6 +22,7 @@ Both writers are atomic: they write next to the target and rename into place, so
 error or an interruption mid-write leaves the previous file or folder intact.
 """
 
+import importlib.util
 import os
 import tempfile
 
@@ -129,6 +130,23 @@ COMPLETE_FORMATS = {
     "jax": ("tf_saved_model", "onnx"),
     "torch": ("openvino", "torch"),
 }
+# The converter package `model.export` imports for a format on a backend (beyond the
+# backend itself), as (module, PyPI name).
+CONVERTERS = {
+    ("jax", "onnx"): ("jax2onnx", "jax2onnx"),
+    ("torch", "litert"): ("litert_torch", "litert-torch"),
+}
+# Why a converter is not in the `export` extra (checked with `pip install --dry-run`
+# against the pinned backends; docs/deployment.md).
+CONVERTER_CONFLICTS = {
+    "litert-torch": (
+        "requires typing-extensions<4.13 (litert-torch 0.10 through xdsl 0.28), "
+        "which conflicts with jax2onnx (chex needs >=4.15)"
+    ),
+}
+# The file name ending Keras' exporter of a format requires (`tf_saved_model` is a
+# folder; Keras takes any ONNX file name).
+SUFFIXES = {"litert": ".tflite", "openvino": ".xml", "torch": ".pt2"}
 # Formats that cannot work on a backend whatever the model: (what to do instead, why).
 _REFUSED = {
     ("jax", "openvino"): (
@@ -165,11 +183,20 @@ def export_model(model, path, format, verbose=False, **kwargs):
         The absolute path written, as a string.
 
     Raises:
+        TypeError: `model` is not a `keras.Model`.
         ValueError: `format` is not a format of this backend, or cannot work on it
-            (the message names the format to use instead).
-        RuntimeError: the converter failed for this model; the message keeps the
-            converter's error and names the formats that export every layer of
-            this package on this backend.
+            (the message names the format to use instead); `path` does not suit
+            the format (a file name without the ending Keras' exporter needs, an
+            existing folder where a file goes, an existing file where a
+            SavedModel folder goes); a `"torch"` export of a model without
+            symbolic `inputs`.
+        ModuleNotFoundError: the format's converter package is not installed
+            (the message says how to install it and names the formats that work
+            without it).
+        RuntimeError: the export failed for this model, whatever the converter
+            raised; the message keeps the converter's error (also as `__cause__`)
+            and names the formats that export every layer of this package on this
+            backend.
 
     Example:
     >>> import keras, keras_attention, numpy as np
@@ -195,9 +222,13 @@ def export_model(model, path, format, verbose=False, **kwargs):
             f"format={format!r} cannot work on the {backend} backend; {instead}. Why: {why}."
         )
     path = os.path.abspath(os.fspath(path))
+    # The package's own checks first: their errors name the argument, unwrapped.
+    _check_export_path(path, format)
+    if format == "torch":
+        _check_symbolic_inputs(model)
+    _check_converter(backend, format)
     try:
         if format == "tf_saved_model":
-            _check_not_a_file(path)
             with atomic_folder(path) as folder:
                 model.export(folder, format=format, verbose=verbose, **kwargs)
             return path
@@ -208,16 +239,63 @@ def export_model(model, path, format, verbose=False, **kwargs):
 
             kwargs.setdefault("target_spec", {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
         _export_files(model, path, format, verbose, kwargs)
-    except (ValueError, TypeError):
-        raise
-    except Exception as error:
+    except Exception as error:  # any converter error, whatever its type
         raise RuntimeError(
             f"Exporting to format={format!r} failed on the {backend} backend: "
-            f"{type(error).__name__}: {error}\nThe formats that export every layer "
-            f"and builder of keras_attention on this backend: "
-            f"{COMPLETE_FORMATS[backend]} (docs/deployment.md)."
+            f"{type(error).__name__}: {error}\n{_complete_formats(backend)}"
         ) from error
     return path
+
+
+def _complete_formats(backend):
+    return (
+        "The formats that export every layer and builder of keras_attention on the "
+        f"{backend} backend: {COMPLETE_FORMATS[backend]} (docs/deployment.md)."
+    )
+
+
+def _check_export_path(path, format):
+    if format == "tf_saved_model":
+        _check_not_a_file(path)
+        return
+    suffix = SUFFIXES.get(format)
+    if suffix and not path.endswith(suffix):
+        raise ValueError(
+            f"`path` must end in `{suffix}` for format={format!r}. Received: path={path!r}"
+        )
+    if os.path.isdir(path):
+        raise ValueError(
+            f"`path` is an existing folder; format={format!r} writes a file. Choose "
+            f"another path or remove the folder. Received: path={path!r}"
+        )
+
+
+def _check_converter(backend, format):
+    """A `ModuleNotFoundError` that says how to install the format's converter
+    package when it is missing (Keras imports it in the middle of the export)."""
+    module, package = CONVERTERS.get((backend, format), (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return
+    conflict = CONVERTER_CONFLICTS.get(package)
+    extra = (
+        f"It is not in this package's `export` extra: it {conflict} "
+        "(docs/deployment.md); install it in an environment without jax2onnx. "
+        if conflict
+        else "It is in this package's `export` extra (`pip install -e '.[export]'`). "
+    )
+    raise ModuleNotFoundError(
+        f"format={format!r} on the {backend} backend needs the `{package}` package: "
+        f"`pip install {package}`. {extra}{_complete_formats(backend)}",
+        name=module,
+    )
+
+
+def _check_symbolic_inputs(model):
+    if not getattr(model, "inputs", None):
+        raise ValueError(
+            "Cannot export a model without symbolic `inputs` (a subclassed model "
+            f"that was never called on a `keras.Input`). Received: model={model.name!r}"
+        )
 
 
 def _export_files(model, path, format, verbose, kwargs):
@@ -391,12 +469,8 @@ def export_torch_program(model, path, dynamic_axes=(0, 1), verbose=False):
     path = os.path.abspath(os.fspath(path))
     if not path.endswith(".pt2"):
         raise ValueError(f"`path` must end in `.pt2`. Received: path={path!r}")
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        raise ValueError(
-            "Cannot export a model without symbolic `inputs` (a subclassed model "
-            f"that was never called on a `keras.Input`). Received: model={model.name!r}"
-        )
+    _check_symbolic_inputs(model)
+    inputs = model.inputs
     dynamic_shapes = []
     for tensor in inputs:
         dynamic_shapes.append(

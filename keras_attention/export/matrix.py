@@ -22,6 +22,7 @@ import textwrap
 import keras
 import numpy as np
 
+from keras_attention import export
 from keras_attention.export import FORMATS, export_model
 
 ATOL = 1e-5
@@ -46,20 +47,10 @@ RUNTIMES = {
     "openvino": "openvino",
     "torch": "torch",
 }
-# The converter package `model.export` imports for a format on a backend (beyond the
-# backend itself), as (module, PyPI name).
-CONVERTERS = {
-    ("jax", "onnx"): ("jax2onnx", "jax2onnx"),
-    ("torch", "litert"): ("litert_torch", "litert-torch"),
-}
-# Why a converter is not in the `export` extra (checked with `pip install --dry-run`
-# against the pinned backends), shown in the table where it is missing.
-CONVERTER_CONFLICTS = {
-    "litert-torch": (
-        "requires typing-extensions<4.13 (litert-torch 0.10 through xdsl 0.28), "
-        "which conflicts with jax2onnx (chex needs >=4.15)"
-    ),
-}
+# The converter package of a format on a backend, and why one is not in the `export`
+# extra: export_model's (it refuses an export whose converter is missing).
+CONVERTERS = export.CONVERTERS
+CONVERTER_CONFLICTS = export.CONVERTER_CONFLICTS
 
 
 def markers(backend=None):
