@@ -128,7 +128,7 @@ FORMATS = {
 COMPLETE_FORMATS = {
     "tensorflow": ("tf_saved_model", "litert", "onnx", "openvino"),
     "jax": ("tf_saved_model", "onnx"),
-    "torch": ("openvino", "torch"),
+    "torch": ("onnx", "openvino", "torch"),
 }
 # The converter package `model.export` imports for a format on a backend (beyond the
 # backend itself), as (module, PyPI name).
