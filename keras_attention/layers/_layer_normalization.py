@@ -22,7 +22,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
     >>> import numpy as np
     >>> layer = LayerNormalization(epsilon=1e-6)
     >>> y = layer(np.array([[1.0, 3.0]], "float32"))
-    >>> [round(float(v), 4) for v in np.asarray(y)[0]]
+    >>> [round(float(v), 4) for v in keras.ops.convert_to_numpy(y)[0]]
     [-1.0, 1.0]
     """
 
