@@ -22,12 +22,15 @@ saved_model_backends = pytest.mark.skipif(
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torch.export needs PyTorch")
 
 
-def _self_attention_model():
+def _self_attention_model(called=True):
     """Variable-length sequences -> SelfAttention (causal) -> Dense, a small model."""
     inputs = keras.Input((None, FEATURES), name="tokens")
     x = keras_attention.SelfAttention(8, name="attention")(inputs, use_causal_mask=True)
     outputs = keras.layers.Dense(3, name="head")(x)
-    return keras.Model(inputs, outputs)
+    model = keras.Model(inputs, outputs)
+    if called:
+        model(np.zeros((1, 3, FEATURES), "float32"))  # Keras' ONNX exporter needs a call
+    return model
 
 
 def _two_input_model():
@@ -580,3 +583,14 @@ def test_torch_litert_without_litert_torch_names_the_install_and_the_formats(tmp
     assert "typing-extensions" in message and "jax2onnx" in message
     assert str(export.COMPLETE_FORMATS["torch"]) in message
     assert os.listdir(tmp_path) == []
+
+
+def test_onnx_export_of_a_model_never_called_says_to_call_it(tmp_path, monkeypatch):
+    model = _self_attention_model(called=False)
+    calls = _record_exports(model, monkeypatch)
+    with pytest.raises(ValueError, match=r"called on data once.*model\(x\).*never called"):
+        export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
+    assert calls == [] and os.listdir(tmp_path) == []
+    model(np.zeros((1, 3, FEATURES), "float32"))
+    export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
+    assert len(calls) == 1

@@ -189,7 +189,8 @@ def export_model(model, path, format, verbose=False, **kwargs):
             the format (a file name without the ending Keras' exporter needs, an
             existing folder where a file goes, an existing file where a
             SavedModel folder goes); a `"torch"` export of a model without
-            symbolic `inputs`.
+            symbolic `inputs`; an `"onnx"` export of a model never called on
+            data (Keras' ONNX exporter needs one call).
         ModuleNotFoundError: the format's converter package is not installed
             (the message says how to install it and names the formats that work
             without it).
@@ -227,6 +228,8 @@ def export_model(model, path, format, verbose=False, **kwargs):
     if format == "torch":
         _check_symbolic_inputs(model)
     _check_converter(backend, format)
+    if format == "onnx":
+        _check_called(model)
     try:
         if format == "tf_saved_model":
             with atomic_folder(path) as folder:
@@ -288,6 +291,17 @@ def _check_converter(backend, format):
         f"`pip install {package}`. {extra}{_complete_formats(backend)}",
         name=module,
     )
+
+
+def _check_called(model):
+    # Keras' ONNX exporter refuses a model never called on data (`model._called`),
+    # functional ones included, with a terse "The model provided has never called".
+    if not getattr(model, "_called", True):
+        raise ValueError(
+            "format='onnx' needs a model that has been called on data once (Keras' "
+            "ONNX exporter requires it): run `model(x)` or `model.predict(x)` on a "
+            f"sample batch first. Received: model={model.name!r}, never called"
+        )
 
 
 def _check_symbolic_inputs(model):
