@@ -14,6 +14,8 @@ in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
 (read, add, write back: only that block is touched, never the whole `dQ`).
 """
 
+import os
+
 import tensorflow as tf
 
 
@@ -86,8 +88,8 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     def pad_rows(x, length):
         return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
 
-    def loop(lo, hi, body, state):
-        """`for index in range(lo, hi): state = body(index, state)`.
+    def loop(lo, hi, body, state, most):
+        """`for index in range(lo, hi): state = body(index, state)`, at most `most` times.
 
         One iteration at a time: running several blocks at once (TensorFlow's
         default of 10) multiplies the memory of the tiles in flight and gains nothing
@@ -98,6 +100,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
             lambda index, *state: (index + 1,) + tuple(body(index, state)),
             (lo,) + tuple(state),
             parallel_iterations=1,
+            maximum_iterations=most,
         )[1:]
 
     def split(query, key, value):
@@ -114,8 +117,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     # The log-sum-exp is a second output so that the gradient function reads only
     # the inputs and outputs of `attend` (a SavedModel saves that function, and it
     # cannot capture the forward pass's intermediate TensorArrays).
-    @tf.custom_gradient
-    def attend(query, key, value):
+    def forward_all(query, key, value):
         batch = tf.shape(query)[0]
         q_blocks, k_blocks, v_blocks = split(query, key, value)
 
@@ -130,6 +132,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                     state, q, k_blocks.read(j), v_blocks.read(j), i * bq, j * bk
                 ),
                 tile.initial_state(q, d_v),
+                nk,
             )
             out, lse = tile.finish(state, value.dtype)
             return out_array.write(i, out), lse_array.write(i, lse[..., None])
@@ -142,13 +145,14 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 tf.TensorArray(value.dtype, size=nq, clear_after_read=False),
                 tf.TensorArray(tf.float32, size=nq, clear_after_read=False),
             ),
+            nq,
         )
         out5 = unblocks(out_blocks, q_len)
         lse5 = unblocks(lse_blocks, nq * bq)
         output = tf.reshape(out5, [batch, tf.shape(query)[1], q_len, d_v])
+        return output, lse5
 
-        def grad(d_output, d_lse):
-            del d_lse  # the log-sum-exp is an output only for the gradient's sake
+    def backward_all(query, key, value, output, lse5, d_output):
             q_blocks, k_blocks, v_blocks = split(query, key, value)
             batch = tf.shape(query)[0]
             out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
@@ -168,8 +172,8 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                     q, d_out = q_blocks.read(i), d_blocks.read(i)
                     lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
                     p, ds = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
-                    dv += tf.einsum("bhgqk,bhgqd->bhkd", p, float32(d_out))
-                    dk += tf.einsum("bhgqk,bhgqd->bhkd", ds, float32(q))
+                    dv += _grouped_t_matmul(p, float32(d_out))
+                    dk += _grouped_t_matmul(ds, float32(q))
                     # dQ of query block i, added in place: one block is read and
                     # rewritten, never the whole dQ.
                     dq_i = dq_blocks.read(i) + tf.matmul(ds, float32(k))
@@ -178,7 +182,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 lo, hi = query_blocks(j)
                 zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
                 zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
-                dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks))
+                dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks), nq)
                 return (
                     dk_array.write(j, dk[:, :, None]),
                     dv_array.write(j, dv[:, :, None]),
@@ -196,6 +200,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                     tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
                     tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
                 ),
+                nk,
             )
             dq = tf.reshape(unblocks(dq_blocks, q_len), tf.shape(query))
             dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
@@ -205,6 +210,21 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 tf.cast(dk, key.dtype),
                 tf.cast(dv, value.dtype),
             )
+
+    if os.environ.get("FLASH_XLA", "1") == "1" and isinstance(q_len, int) and isinstance(kv_len, int):
+        forward_all = tf.function(forward_all, jit_compile=True)
+        backward_all = tf.function(backward_all, jit_compile=True)
+
+    @tf.custom_gradient
+    def attend(query, key, value):
+        # No tape records the passes (they are differentiated by `grad`), so no
+        # compiled pass has to return its loops' intermediates.
+        output, lse5 = forward_all(*map(tf.stop_gradient, (query, key, value)))
+
+        def grad(d_output, d_lse):
+            del d_lse  # the log-sum-exp is an output only for the gradient's sake
+            inputs = (query, key, value, output, lse5, d_output)
+            return backward_all(*map(tf.stop_gradient, inputs))
 
         return (output, lse5), grad
 
@@ -227,3 +247,13 @@ def _pad_mask(mask, q_rows, k_columns):
     pads.append([0, 0] if mask.shape[3] == 1 else [0, q_rows - tf.shape(mask)[3]])
     pads.append([0, 0] if mask.shape[4] == 1 else [0, k_columns - tf.shape(mask)[4]])
     return tf.pad(mask, pads, constant_values=False)
+
+
+def _grouped_t_matmul(a, b):
+    """`sum_g a[:, :, g]^T b[:, :, g]` of `(B, Hk, G, q, k)` and `(B, Hk, G, q, d)`."""
+    if a.shape[2] == 1:
+        return tf.matmul(a[:, :, 0], b[:, :, 0], transpose_a=True)
+    shape_a, shape_b = tf.shape(a), tf.shape(b)
+    a = tf.reshape(a, tf.concat([shape_a[:2], [-1], shape_a[4:]], 0))
+    b = tf.reshape(b, tf.concat([shape_b[:2], [-1], shape_b[4:]], 0))
+    return tf.matmul(a, b, transpose_a=True)
