@@ -458,16 +458,24 @@ class _FlashTile:
             start[4], size[4] = k_offset, k_size
         return ops.slice(x, start, size)
 
-    def logits(self, q, k, q_offset, k_offset):
-        """`(logits, capped scores, allowed)` of a tile, float32."""
+    def logits(self, q, k, q_offset, k_offset, keys_first=False):
+        """`(logits, capped scores, allowed)` of a tile, float32.
+
+        Queries by keys, or keys by queries with `keys_first` (the backward pass's
+        layout: its products then need no transposed probability tile).
+        """
         q_size, k_size = q.shape[-2], k.shape[-2]
-        scores = ops.einsum("...qd,...kd->...qk", q, k)
+        if keys_first:
+            scores = ops.einsum("...kd,...qd->...kq", k, q)
+        else:
+            scores = ops.einsum("...qd,...kd->...qk", q, k)
+        orient = (lambda x: ops.swapaxes(x, -1, -2)) if keys_first else (lambda x: x)
         scores = ops.cast(scores, "float32")
         capped = self.score_mod.cap(scores)
         logits = capped
         if self.score_mod.bias is not None:
             bias = self.score_mod.block_bias(q_size, k_size, q_offset, k_offset=k_offset)
-            logits = logits + ops.cast(self.to_5d(bias), "float32")
+            logits = logits + orient(ops.cast(self.to_5d(bias), "float32"))
         allowed = self.score_mod.mask(q_size, k_size, q_offset, k_offset)
         if self.mask is not None:
             allowed = masks_lib.combine_masks(
@@ -476,6 +484,10 @@ class _FlashTile:
         if self.pad_keys:
             keys = backend_lib.positions(k_size) + ops.cast(k_offset, "int32")
             allowed = masks_lib.combine_masks(allowed, ops.less(keys, self.kv_len))
+        if keys_first and allowed is not None:
+            if len(allowed.shape) == 1:  # the key padding alone: `(k_size,)`
+                allowed = ops.expand_dims(allowed, 0)
+            allowed = orient(allowed)
         return logits, capped, allowed
 
     def forward(self, state, q, k, v, q_offset, k_offset):
@@ -514,17 +526,21 @@ class _FlashTile:
         return output, ops.where(seen, m + ops.log(safe), 0.0)
 
     def backward(self, q, k, v, d_out, lse, delta, q_offset, k_offset):
-        """`(P, dS)` of a tile: `dS = P * (dO V^T - delta)` through the soft cap.
+        """`(P^T, dS^T)` of a tile, keys by queries: `dS = P * (dO V^T - delta)`
+        through the soft cap.
 
         `delta = rowsum(dO * O)`; the gradient with respect to the scaled scores is
         `dS`, with respect to the queries `dS K`, the keys `dS^T Q`, the values `P^T dO`.
+        Keys by queries, the key and value gradients are plain products and the query
+        gradient `(K^T dS^T)^T` transposes only `K`: a product that transposes the
+        probability tile instead runs at about 60 % of this CPU's matmul speed.
         """
-        logits, capped, allowed = self.logits(q, k, q_offset, k_offset)
-        p = ops.exp(logits - ops.expand_dims(lse, -1))
+        logits, capped, allowed = self.logits(q, k, q_offset, k_offset, keys_first=True)
+        p = ops.exp(logits - ops.expand_dims(lse, -2))
         if allowed is not None:
             p = ops.where(allowed, p, 0.0)
-        dp = ops.cast(ops.einsum("...qd,...kd->...qk", d_out, v), "float32")
-        ds = p * (dp - ops.expand_dims(delta, -1))
+        dp = ops.cast(ops.einsum("...kd,...qd->...kq", v, d_out), "float32")
+        ds = p * (dp - ops.expand_dims(delta, -2))
         if self.score_mod.soft_cap is not None:
             # d/ds [c tanh(s / c)] = 1 - tanh(s / c)^2
             ds = ds * (1.0 - ops.square(capped / self.score_mod.soft_cap))

@@ -77,10 +77,11 @@ def flash_attention(query, key, value, tile, block_q, block_k):
         x = tf.transpose(x, (3, 0, 1, 2, 4, 5))
         return tf.TensorArray(x.dtype, size=n, clear_after_read=False).unstack(x)
 
-    def unblocks(array, length):
-        """The stacked `(n, B, Hk, G, size, f)` blocks as `(B, Hk, G, length, f)`."""
+    def unblocks(array, length, transposed=False):
+        """The stacked `(n, B, Hk, G, size, f)` blocks as `(B, Hk, G, length, f)`
+        (from `(n, B, Hk, G, f, size)` blocks when `transposed`)."""
         x = array.stack()
-        x = tf.transpose(x, (1, 2, 3, 0, 4, 5))
+        x = tf.transpose(x, (1, 2, 3, 0, 5, 4) if transposed else (1, 2, 3, 0, 4, 5))
         shape = tf.shape(x)
         x = tf.reshape(x, tf.concat([shape[:3], [shape[3] * shape[4], shape[5]]], 0))
         return x[:, :, :, :length]
@@ -171,12 +172,14 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                     dk, dv, dq_blocks = state
                     q, d_out = q_blocks.read(i), d_blocks.read(i)
                     lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
-                    p, ds = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
-                    dv += _grouped_t_matmul(p, float32(d_out))
-                    dk += _grouped_t_matmul(ds, float32(q))
-                    # dQ of query block i, added in place: one block is read and
+                    # Keys by queries (see `tile.backward`): every product below is
+                    # a plain or a `K`-transposed one.
+                    p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
+                    dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2)
+                    dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2)
+                    # dQ^T of query block i, added in place: one block is read and
                     # rewritten, never the whole dQ.
-                    dq_i = dq_blocks.read(i) + tf.matmul(ds, float32(k))
+                    dq_i = dq_blocks.read(i) + tf.matmul(float32(k), ds_t, transpose_a=True)
                     return dk, dv, dq_blocks.write(i, dq_i)
 
                 lo, hi = query_blocks(j)
@@ -189,8 +192,11 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                     dq_blocks,
                 )
 
-            # dQ as nq blocks, each rewritten by every key block that reaches it.
-            dq_zeros = tf.zeros(tf.concat([[nq], tf.shape(q_blocks.read(0))], 0), tf.float32)
+            # dQ^T as nq `(B, Hk, G, d, block)` blocks, each rewritten by every key
+            # block that reaches it.
+            dq_zeros = tf.zeros(
+                tf.concat([[nq], tf.shape(q_blocks.read(0))[:3], [d_k, bq]], 0), tf.float32
+            )
             dk_blocks, dv_blocks, dq_blocks = loop(
                 0,
                 nk,
@@ -202,7 +208,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 ),
                 nk,
             )
-            dq = tf.reshape(unblocks(dq_blocks, q_len), tf.shape(query))
+            dq = tf.reshape(unblocks(dq_blocks, q_len, transposed=True), tf.shape(query))
             dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
             dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
             return (
