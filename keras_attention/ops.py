@@ -5,6 +5,7 @@ Every layer of the package projects its inputs and calls
 reshapes shared by the multi-head layers live here too.
 """
 
+import copy
 import math
 import numbers
 import warnings
@@ -437,16 +438,32 @@ class _FlashTile:
         self.num_kv_heads = num_kv_heads
         self.kv_len = kv_len
         self.pad_keys = pad_keys
+        self.head_range = None
         self.mask = None if mask is None else self.to_5d(mask)
 
+    def heads(self, start, count):
+        """The same tile for key/value heads `start ... start + count - 1` only (the
+        backend may run groups of heads side by side)."""
+        part = copy.copy(self)
+        if self.mask is not None and self.mask.shape[1] != 1:
+            part.mask = self.mask[:, start : start + count]
+        part.head_range = (start, count)
+        return part
+
     def to_5d(self, x):
-        """A mask or bias broadcastable to `(B, H, q, k)` as `(B, Hk|1, G|1, q, k)`."""
+        """A mask or bias broadcastable to `(B, H, q, k)` as `(B, Hk|1, G|1, q, k)`,
+        restricted to `head_range` (along the key/value heads) when there is one."""
         x = ops.reshape(x, (1,) * (4 - len(x.shape)) + tuple(ops.shape(x)))
         shape = tuple(ops.shape(x))
         if x.shape[1] == 1 or self.num_heads == self.num_kv_heads:
-            return ops.expand_dims(x, 2)
-        group = self.num_heads // self.num_kv_heads
-        return ops.reshape(x, (shape[0], self.num_kv_heads, group) + shape[2:])
+            x = ops.expand_dims(x, 2)
+        else:
+            group = self.num_heads // self.num_kv_heads
+            x = ops.reshape(x, (shape[0], self.num_kv_heads, group) + shape[2:])
+        if self.head_range is not None and x.shape[1] != 1:
+            start, count = self.head_range
+            x = x[:, start : start + count]
+        return x
 
     def block(self, x, q_offset, k_offset, q_size, k_size):
         """The tile of a 5-D mask or bias, sliced only along its non-broadcast axes."""

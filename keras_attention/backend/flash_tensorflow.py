@@ -14,6 +14,7 @@ in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
 (read, add, write back: only that block is touched, never the whole `dQ`).
 """
 
+import math
 import os
 
 import tensorflow as tf
@@ -31,8 +32,53 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     """Exact attention of `(B, H, q_len, d)` queries (already scaled) on
     `(B, Hk, kv_len, d)` keys and values, `H` a multiple of `Hk`.
 
-    `tile` is an `ops._FlashTile` holding the masks and score modifiers.
+    `tile` is an `ops._FlashTile` holding the masks and score modifiers. The key/value
+    heads are split into as many groups as there are CPU threads (where they divide
+    evenly), each group an independent computation: TensorFlow runs them side by side,
+    while one group's compiled loops use about one core (its tiles' products are too
+    small to be split across threads).
     """
+    kv_heads = key.shape[1]
+    parts = math.gcd(kv_heads or 1, _threads()) if _compiles(query, key) else 1
+    if parts == 1:
+        return _flash_attention(query, key, value, tile, block_q, block_k)
+    count = kv_heads // parts
+    outputs = [
+        _flash_attention(q, k, v, tile.heads(n * count, count), block_q, block_k)
+        for n, (q, k, v) in enumerate(
+            zip(*(tf.split(x, parts, axis=1) for x in (query, key, value)))
+        )
+    ]
+    return tf.concat(outputs, axis=1)
+
+
+# Below this many scores (`batch * heads * q_len * kv_len`, static dimensions) the
+# passes run uncompiled and in one group of heads: compiling them (about a second per
+# shape) would cost more than it saves.
+COMPILE_MIN_SCORES = 2**22
+
+
+def _compiles(query, key):
+    """Whether XLA compiles the passes: static lengths and at least
+    `COMPILE_MIN_SCORES` scores."""
+    q_len, kv_len = query.shape[-2], key.shape[-2]
+    if q_len is None or kv_len is None:
+        return False
+    return math.prod(d for d in query.shape[:-1] if d is not None) * kv_len >= (COMPILE_MIN_SCORES)
+
+
+def _threads():
+    """The number of threads TensorFlow runs operations on."""
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    if threads:
+        return threads
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _flash_attention(query, key, value, tile, block_q, block_k):
+    """`flash_attention` of one group of heads."""
     heads, kv_heads = query.shape[1], key.shape[1]
     group = 1 if heads == kv_heads else heads // kv_heads
     d_k, d_v = query.shape[-1], value.shape[-1]
@@ -154,70 +200,73 @@ def flash_attention(query, key, value, tile, block_q, block_k):
         return output, lse5
 
     def backward_all(query, key, value, output, lse5, d_output):
-            q_blocks, k_blocks, v_blocks = split(query, key, value)
-            batch = tf.shape(query)[0]
-            out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
-            lse = blocks(lse5, nq, bq)
-            d5 = tf.reshape(d_output, tf.shape(out5))
-            delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
-            d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
-            delta_blocks = blocks(pad_rows(delta[..., None], nq * bq), nq, bq)
-            float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+        q_blocks, k_blocks, v_blocks = split(query, key, value)
+        batch = tf.shape(query)[0]
+        out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
+        lse = blocks(lse5, nq, bq)
+        d5 = tf.reshape(d_output, tf.shape(out5))
+        delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
+        d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
+        delta_blocks = blocks(pad_rows(delta[..., None], nq * bq), nq, bq)
+        float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
 
-            def key_block_grads(j, state):
-                dk_array, dv_array, dq_blocks = state
-                k, v = k_blocks.read(j), v_blocks.read(j)
+        def key_block_grads(j, state):
+            dk_array, dv_array, dq_blocks = state
+            k, v = k_blocks.read(j), v_blocks.read(j)
 
-                def add(i, state):
-                    dk, dv, dq_blocks = state
-                    q, d_out = q_blocks.read(i), d_blocks.read(i)
-                    lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
-                    # Keys by queries (see `tile.backward`): every product below is
-                    # a plain or a `K`-transposed one.
-                    p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
-                    dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2)
-                    dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2)
-                    # dQ^T of query block i, added in place: one block is read and
-                    # rewritten, never the whole dQ.
-                    dq_i = dq_blocks.read(i) + tf.matmul(float32(k), ds_t, transpose_a=True)
-                    return dk, dv, dq_blocks.write(i, dq_i)
+            def add(i, state):
+                dk, dv, dq_blocks = state
+                q, d_out = q_blocks.read(i), d_blocks.read(i)
+                lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
+                # Keys by queries (see `tile.backward`): every product below is
+                # a plain or a `K`-transposed one.
+                p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
+                dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2)
+                dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2)
+                # dQ^T of query block i, added in place: one block is read and
+                # rewritten, never the whole dQ.
+                dq_i = dq_blocks.read(i) + tf.matmul(float32(k), ds_t, transpose_a=True)
+                return dk, dv, dq_blocks.write(i, dq_i)
 
-                lo, hi = query_blocks(j)
-                zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
-                zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
-                dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks), nq)
-                return (
-                    dk_array.write(j, dk[:, :, None]),
-                    dv_array.write(j, dv[:, :, None]),
-                    dq_blocks,
-                )
-
-            # dQ^T as nq `(B, Hk, G, d, block)` blocks, each rewritten by every key
-            # block that reaches it.
-            dq_zeros = tf.zeros(
-                tf.concat([[nq], tf.shape(q_blocks.read(0))[:3], [d_k, bq]], 0), tf.float32
-            )
-            dk_blocks, dv_blocks, dq_blocks = loop(
-                0,
-                nk,
-                key_block_grads,
-                (
-                    tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                    tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                    tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
-                ),
-                nk,
-            )
-            dq = tf.reshape(unblocks(dq_blocks, q_len, transposed=True), tf.shape(query))
-            dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
-            dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
+            lo, hi = query_blocks(j)
+            zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
+            zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
+            dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks), nq)
             return (
-                tf.cast(dq, query.dtype),
-                tf.cast(dk, key.dtype),
-                tf.cast(dv, value.dtype),
+                dk_array.write(j, dk[:, :, None]),
+                dv_array.write(j, dv[:, :, None]),
+                dq_blocks,
             )
 
-    if os.environ.get("FLASH_XLA", "1") == "1" and isinstance(q_len, int) and isinstance(kv_len, int):
+        # dQ^T as nq `(B, Hk, G, d, block)` blocks, each rewritten by every key
+        # block that reaches it.
+        dq_zeros = tf.zeros(
+            tf.concat([[nq], tf.shape(q_blocks.read(0))[:3], [d_k, bq]], 0), tf.float32
+        )
+        dk_blocks, dv_blocks, dq_blocks = loop(
+            0,
+            nk,
+            key_block_grads,
+            (
+                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
+                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
+                tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
+            ),
+            nk,
+        )
+        dq = tf.reshape(unblocks(dq_blocks, q_len, transposed=True), tf.shape(query))
+        dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
+        dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
+        return (
+            tf.cast(dq, query.dtype),
+            tf.cast(dk, key.dtype),
+            tf.cast(dv, value.dtype),
+        )
+
+    # XLA compiles each pass whole (its loops, tiles and block reads), which fuses the
+    # element-wise tile math into few loops; it needs static lengths (a SavedModel
+    # serving any length runs the same loops uncompiled).
+    if _compiles(query, key):
         forward_all = tf.function(forward_all, jit_compile=True)
         backward_all = tf.function(backward_all, jit_compile=True)
 
@@ -253,13 +302,3 @@ def _pad_mask(mask, q_rows, k_columns):
     pads.append([0, 0] if mask.shape[3] == 1 else [0, q_rows - tf.shape(mask)[3]])
     pads.append([0, 0] if mask.shape[4] == 1 else [0, k_columns - tf.shape(mask)[4]])
     return tf.pad(mask, pads, constant_values=False)
-
-
-def _grouped_t_matmul(a, b):
-    """`sum_g a[:, :, g]^T b[:, :, g]` of `(B, Hk, G, q, k)` and `(B, Hk, G, q, d)`."""
-    if a.shape[2] == 1:
-        return tf.matmul(a[:, :, 0], b[:, :, 0], transpose_a=True)
-    shape_a, shape_b = tf.shape(a), tf.shape(b)
-    a = tf.reshape(a, tf.concat([shape_a[:2], [-1], shape_a[4:]], 0))
-    b = tf.reshape(b, tf.concat([shape_b[:2], [-1], shape_b[4:]], 0))
-    return tf.matmul(a, b, transpose_a=True)
