@@ -11,7 +11,12 @@ and the log-sum-exp per query are kept. Backward (FlashAttention-2), from the sa
 log-sum-exp: one loop over key blocks, each visiting the query blocks that see it,
 recomputes each tile's probabilities once and accumulates that key block's `dK`, `dV`
 in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
-(read, add, write back: only that block is touched, never the whole `dQ`).
+(read, add, write back: only that block is touched, never the whole `dQ`); its tiles
+are keys by queries, so that no product transposes a probability tile.
+
+Speed (docs/performance.md): with static lengths each pass is compiled whole by XLA
+(`tf.function(jit_compile=True)`, from `COMPILE_MIN_SCORES` scores), and the key/value
+heads run in one group per CPU thread side by side.
 """
 
 import math
