@@ -16,12 +16,15 @@ Cases, at batch 1, 8 heads, head dim 64 (d_model 512), N = 2048 ... 65536:
   users compare with; PyTorch is an optional dependency of this benchmark only: the
   row says "skipped" when it is not installed.
 
-Each child times one forward+backward after a warm-up call on 8 tokens (ours traces
-its `tf.function` in the timed call, which adds about a second).
+Each child times `--calls` forward+backward calls (default 1) after a warm-up call on
+8 tokens: "seconds" is the last call, "first s" the first, which includes tracing ours'
+`tf.function` and, on the flash path, compiling its passes with XLA (about 10 s in all
+at N = 8192 on the 2-core machine of docs/performance.md; `--calls 2` separates it).
 
 Usage:
     python benchmarks/bench_memory.py                 # N = 2048 ... 65536
     python benchmarks/bench_memory.py --cases "ours flash" "pytorch sdpa" --lengths 16384
+    python benchmarks/bench_memory.py --cases "ours flash" "pytorch sdpa" --calls 2
     python benchmarks/bench_memory.py --smoke         # one tiny case per series
 """
 
@@ -45,15 +48,17 @@ CASES = {
 TORCH_CHILD = r"""
 import json, resource, sys, time
 import torch
-length = int(sys.argv[1])
+length, calls = int(sys.argv[1]), int(sys.argv[2])
 q, k, v = (torch.randn(1, 8, length, 64, requires_grad=True) for _ in range(3))
 sdpa = torch.nn.functional.scaled_dot_product_attention
 (sdpa(q[:, :, :8], k[:, :, :8], v[:, :, :8]) ** 2).sum().backward()  # warm-up
-start = time.perf_counter()
-(sdpa(q, k, v) ** 2).sum().backward()
-seconds = time.perf_counter() - start
+times = []
+for _ in range(calls):
+    start = time.perf_counter()
+    (sdpa(q, k, v) ** 2).sum().backward()
+    times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak": peak, "seconds": seconds}))
+print(json.dumps({"peak": peak, "seconds": times[-1], "first": times[0]}))
 """
 
 CHILD = r"""
@@ -61,7 +66,7 @@ import json, os, resource, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras, tensorflow as tf
 import keras_attention as ka
-length = int(sys.argv[1])
+length, calls = int(sys.argv[1]), int(sys.argv[2])
 layer = {layer}
 x = tf.random.normal((1, length, 512))
 layer(x[:, :8], x[:, :8])
@@ -72,11 +77,13 @@ def step(x):
         loss = tf.reduce_sum(layer(x, x) ** 2)
     return tape.gradient(loss, layer.trainable_variables)
 
-start = time.perf_counter()
-[g.numpy() for g in step(x)]
-seconds = time.perf_counter() - start
+times = []
+for _ in range(calls):
+    start = time.perf_counter()
+    [g.numpy() for g in step(x)]
+    times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"peak": peak, "seconds": seconds}}))
+print(json.dumps({{"peak": peak, "seconds": times[-1], "first": times[0]}}))
 """
 
 
@@ -91,10 +98,10 @@ def rss(pid):
     return 0
 
 
-def run_case(layer_expr, length, limit_bytes, timeout):
+def run_case(layer_expr, length, limit_bytes, timeout, calls=1):
     code = TORCH_CHILD if layer_expr is None else CHILD.format(layer=layer_expr)
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(length)],
+        [sys.executable, "-c", code, str(length), str(calls)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -126,6 +133,9 @@ def main(argv=None):
     parser.add_argument("--limit-gib", type=float, default=16.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument(
+        "--calls", type=int, default=1, help="timed calls per case (seconds: the last)"
+    )
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -135,21 +145,21 @@ def main(argv=None):
     print("# Peak RSS of MHA forward+backward (batch 1, 8 heads, head dim 64)\n")
     print("(load: the machine's 1-minute load average when the case ended; the timings")
     print("are only comparable between rows measured at a similar load)\n")
-    print("| case | N | peak RSS GiB | seconds | load |")
-    print("|---|---|---|---|---|")
+    print("| case | N | peak RSS GiB | seconds | first s | load |")
+    print("|---|---|---|---|---|---|")
     for case in args.cases:
         if case == "pytorch sdpa" and importlib.util.find_spec("torch") is None:
-            print(f"| {case} | | skipped: PyTorch is not installed | |")
+            print(f"| {case} | | skipped: PyTorch is not installed | | | |")
             continue
         for length in args.lengths:
-            result, failure = run_case(CASES[case], length, limit, args.timeout)
+            result, failure = run_case(CASES[case], length, limit, args.timeout, args.calls)
             if failure:
-                print(f"| {case} | {length} | {failure} | |")
+                print(f"| {case} | {length} | {failure} | | | |")
                 sys.stdout.flush()
                 break
             print(
                 f"| {case} | {length} | {result['peak'] / 2**30:.2f} | "
-                f"{result['seconds']:.1f} | {os.getloadavg()[0]:.1f} |"
+                f"{result['seconds']:.1f} | {result['first']:.1f} | {os.getloadavg()[0]:.1f} |"
             )
             sys.stdout.flush()
 

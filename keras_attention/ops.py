@@ -5,6 +5,7 @@ Every layer of the package projects its inputs and calls
 reshapes shared by the multi-head layers live here too.
 """
 
+import copy
 import math
 import numbers
 import warnings
@@ -85,7 +86,9 @@ def scaled_dot_product_attention(
             sliding window hide skipped (time and memory `O(q_len * window)`);
             keys and values with fewer heads than the queries (grouped-query
             attention) are shared without copies. It runs TensorFlow's kernel
-            (`keras_attention.backend.flash_tensorflow`); on JAX and PyTorch, and
+            (`keras_attention.backend.flash_tensorflow`; with static lengths its
+            passes are compiled by XLA on the first call of a shape); on JAX and
+            PyTorch, and
             for a tensor `bias` or a callable one with trainable weights, it runs
             the chunked path. `"fused"` calls `keras.ops.dot_product_attention` (the
             backend's fused kernel where it has one) and keeps this function's
@@ -407,6 +410,8 @@ class _ScoreModifier:
 # head) pairs, so one tile's scores (batch * heads * block_q * block_k numbers) stay
 # near FLASH_TILE_ELEMENTS: 256 x 512 was fastest for 8 heads at batch 1, 64 x 512
 # for 8 heads at batch 8 (1.3x and 1.7x faster than 128 x 256 and 256 x 512).
+# Re-measured with the compiled passes (batch 1, 8 heads of 64, N = 4096): 256 x 512
+# and 256 x 256 equal, 128 x 512, 512 x 512 and 256 x 1024 5-11 % slower.
 FLASH_BLOCK_Q = 256
 FLASH_BLOCK_K = 512
 FLASH_TILE_ELEMENTS = 2**21
@@ -437,16 +442,32 @@ class _FlashTile:
         self.num_kv_heads = num_kv_heads
         self.kv_len = kv_len
         self.pad_keys = pad_keys
+        self.head_range = None
         self.mask = None if mask is None else self.to_5d(mask)
 
+    def heads(self, start, count):
+        """The same tile for key/value heads `start ... start + count - 1` only (the
+        backend may run groups of heads side by side)."""
+        part = copy.copy(self)
+        if self.mask is not None and self.mask.shape[1] != 1:
+            part.mask = self.mask[:, start : start + count]
+        part.head_range = (start, count)
+        return part
+
     def to_5d(self, x):
-        """A mask or bias broadcastable to `(B, H, q, k)` as `(B, Hk|1, G|1, q, k)`."""
+        """A mask or bias broadcastable to `(B, H, q, k)` as `(B, Hk|1, G|1, q, k)`,
+        restricted to `head_range` (along the key/value heads) when there is one."""
         x = ops.reshape(x, (1,) * (4 - len(x.shape)) + tuple(ops.shape(x)))
         shape = tuple(ops.shape(x))
         if x.shape[1] == 1 or self.num_heads == self.num_kv_heads:
-            return ops.expand_dims(x, 2)
-        group = self.num_heads // self.num_kv_heads
-        return ops.reshape(x, (shape[0], self.num_kv_heads, group) + shape[2:])
+            x = ops.expand_dims(x, 2)
+        else:
+            group = self.num_heads // self.num_kv_heads
+            x = ops.reshape(x, (shape[0], self.num_kv_heads, group) + shape[2:])
+        if self.head_range is not None and x.shape[1] != 1:
+            start, count = self.head_range
+            x = x[:, start : start + count]
+        return x
 
     def block(self, x, q_offset, k_offset, q_size, k_size):
         """The tile of a 5-D mask or bias, sliced only along its non-broadcast axes."""
@@ -458,16 +479,24 @@ class _FlashTile:
             start[4], size[4] = k_offset, k_size
         return ops.slice(x, start, size)
 
-    def logits(self, q, k, q_offset, k_offset):
-        """`(logits, capped scores, allowed)` of a tile, float32."""
+    def logits(self, q, k, q_offset, k_offset, keys_first=False):
+        """`(logits, capped scores, allowed)` of a tile, float32.
+
+        Queries by keys, or keys by queries with `keys_first` (the backward pass's
+        layout: its products then need no transposed probability tile).
+        """
         q_size, k_size = q.shape[-2], k.shape[-2]
-        scores = ops.einsum("...qd,...kd->...qk", q, k)
+        if keys_first:
+            scores = ops.einsum("...kd,...qd->...kq", k, q)
+        else:
+            scores = ops.einsum("...qd,...kd->...qk", q, k)
+        orient = (lambda x: ops.swapaxes(x, -1, -2)) if keys_first else (lambda x: x)
         scores = ops.cast(scores, "float32")
         capped = self.score_mod.cap(scores)
         logits = capped
         if self.score_mod.bias is not None:
             bias = self.score_mod.block_bias(q_size, k_size, q_offset, k_offset=k_offset)
-            logits = logits + ops.cast(self.to_5d(bias), "float32")
+            logits = logits + orient(ops.cast(self.to_5d(bias), "float32"))
         allowed = self.score_mod.mask(q_size, k_size, q_offset, k_offset)
         if self.mask is not None:
             allowed = masks_lib.combine_masks(
@@ -476,6 +505,10 @@ class _FlashTile:
         if self.pad_keys:
             keys = backend_lib.positions(k_size) + ops.cast(k_offset, "int32")
             allowed = masks_lib.combine_masks(allowed, ops.less(keys, self.kv_len))
+        if keys_first and allowed is not None:
+            if len(allowed.shape) == 1:  # the key padding alone: `(k_size,)`
+                allowed = ops.expand_dims(allowed, 0)
+            allowed = orient(allowed)
         return logits, capped, allowed
 
     def forward(self, state, q, k, v, q_offset, k_offset):
@@ -514,17 +547,21 @@ class _FlashTile:
         return output, ops.where(seen, m + ops.log(safe), 0.0)
 
     def backward(self, q, k, v, d_out, lse, delta, q_offset, k_offset):
-        """`(P, dS)` of a tile: `dS = P * (dO V^T - delta)` through the soft cap.
+        """`(P^T, dS^T)` of a tile, keys by queries: `dS = P * (dO V^T - delta)`
+        through the soft cap.
 
         `delta = rowsum(dO * O)`; the gradient with respect to the scaled scores is
         `dS`, with respect to the queries `dS K`, the keys `dS^T Q`, the values `P^T dO`.
+        Keys by queries, the key and value gradients are plain products and the query
+        gradient `(K^T dS^T)^T` transposes only `K`: a product that transposes the
+        probability tile instead runs at about 60 % of this CPU's matmul speed.
         """
-        logits, capped, allowed = self.logits(q, k, q_offset, k_offset)
-        p = ops.exp(logits - ops.expand_dims(lse, -1))
+        logits, capped, allowed = self.logits(q, k, q_offset, k_offset, keys_first=True)
+        p = ops.exp(logits - ops.expand_dims(lse, -2))
         if allowed is not None:
             p = ops.where(allowed, p, 0.0)
-        dp = ops.cast(ops.einsum("...qd,...kd->...qk", d_out, v), "float32")
-        ds = p * (dp - ops.expand_dims(delta, -1))
+        dp = ops.cast(ops.einsum("...kd,...qd->...kq", v, d_out), "float32")
+        ds = p * (dp - ops.expand_dims(delta, -2))
         if self.score_mod.soft_cap is not None:
             # d/ds [c tanh(s / c)] = 1 - tanh(s / c)^2
             ds = ds * (1.0 - ops.square(capped / self.score_mod.soft_cap))

@@ -122,6 +122,33 @@ def test_flash_equals_plain(case, q_len, kv_len):
         assert np.all(flash[0] == 0) and all(np.all(g == 0) for g in flash[1:])
 
 
+@pytest.mark.tensorflow_only("the TensorFlow kernel's compiled passes and head groups")
+@pytest.mark.parametrize(
+    "case", ["none", "full mask, causal", "window, causal, key padding", "soft cap, causal, bias"]
+)
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_compiled_head_groups_equal_plain(case, kv_heads, monkeypatch):
+    # Tiny shapes run uncompiled in one group; here every shape is compiled (XLA) and
+    # split into two groups of key/value heads, as long sequences are.
+    from keras_attention.backend import flash_tensorflow
+
+    monkeypatch.setattr(flash_tensorflow, "COMPILE_MIN_SCORES", 0)
+    monkeypatch.setattr(flash_tensorflow, "_threads", lambda: 2)
+    q_len, kv_len = Q_LEN, KV_LEN
+    q, k, v = (
+        _rand(2, 4, q_len, 8, scale=2.0),
+        _rand(2, kv_heads, kv_len, 8, scale=2.0),
+        _rand(2, kv_heads, kv_len, 5),
+    )
+    kwargs, _ = _case_kwargs(case, q_len, kv_len)
+    if case == "full mask, causal":
+        kwargs["mask"] = _mask((2, 4, q_len, kv_len))  # one mask per head
+    plain = _outputs_and_grads("plain", q, k, v, **kwargs)
+    flash = _outputs_and_grads("flash", q, k, v, **kwargs)
+    for name, a, b in zip(("output", "dq", "dk", "dv"), plain, flash):
+        np.testing.assert_allclose(b, a, atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("rank", [2, 3])
 def test_flash_on_lower_rank_inputs(rank):
     shape = (2,) * (rank - 2)

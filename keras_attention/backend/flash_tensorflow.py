@@ -11,8 +11,16 @@ and the log-sum-exp per query are kept. Backward (FlashAttention-2), from the sa
 log-sum-exp: one loop over key blocks, each visiting the query blocks that see it,
 recomputes each tile's probabilities once and accumulates that key block's `dK`, `dV`
 in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
-(read, add, write back: only that block is touched, never the whole `dQ`).
+(read, add, write back: only that block is touched, never the whole `dQ`); its tiles
+are keys by queries, so that no product transposes a probability tile.
+
+Speed (docs/performance.md): with static lengths each pass is compiled whole by XLA
+(`tf.function(jit_compile=True)`, from `COMPILE_MIN_SCORES` scores), and the key/value
+heads run in one group per CPU thread side by side.
 """
+
+import math
+import os
 
 import tensorflow as tf
 
@@ -29,8 +37,53 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     """Exact attention of `(B, H, q_len, d)` queries (already scaled) on
     `(B, Hk, kv_len, d)` keys and values, `H` a multiple of `Hk`.
 
-    `tile` is an `ops._FlashTile` holding the masks and score modifiers.
+    `tile` is an `ops._FlashTile` holding the masks and score modifiers. The key/value
+    heads are split into as many groups as there are CPU threads (where they divide
+    evenly), each group an independent computation: TensorFlow runs them side by side,
+    while one group's compiled loops use about one core (its tiles' products are too
+    small to be split across threads).
     """
+    kv_heads = key.shape[1]
+    parts = math.gcd(kv_heads or 1, _threads()) if _compiles(query, key) else 1
+    if parts == 1:
+        return _flash_attention(query, key, value, tile, block_q, block_k)
+    count = kv_heads // parts
+    outputs = [
+        _flash_attention(q, k, v, tile.heads(n * count, count), block_q, block_k)
+        for n, (q, k, v) in enumerate(
+            zip(*(tf.split(x, parts, axis=1) for x in (query, key, value)))
+        )
+    ]
+    return tf.concat(outputs, axis=1)
+
+
+# Below this many scores (`batch * heads * q_len * kv_len`, static dimensions) the
+# passes run uncompiled and in one group of heads: compiling them (about a second per
+# shape) would cost more than it saves.
+COMPILE_MIN_SCORES = 2**22
+
+
+def _compiles(query, key):
+    """Whether XLA compiles the passes: static lengths and at least
+    `COMPILE_MIN_SCORES` scores."""
+    q_len, kv_len = query.shape[-2], key.shape[-2]
+    if q_len is None or kv_len is None:
+        return False
+    return math.prod(d for d in query.shape[:-1] if d is not None) * kv_len >= (COMPILE_MIN_SCORES)
+
+
+def _threads():
+    """The number of threads TensorFlow runs operations on."""
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    if threads:
+        return threads
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _flash_attention(query, key, value, tile, block_q, block_k):
+    """`flash_attention` of one group of heads."""
     heads, kv_heads = query.shape[1], key.shape[1]
     group = 1 if heads == kv_heads else heads // kv_heads
     d_k, d_v = query.shape[-1], value.shape[-1]
@@ -75,10 +128,11 @@ def flash_attention(query, key, value, tile, block_q, block_k):
         x = tf.transpose(x, (3, 0, 1, 2, 4, 5))
         return tf.TensorArray(x.dtype, size=n, clear_after_read=False).unstack(x)
 
-    def unblocks(array, length):
-        """The stacked `(n, B, Hk, G, size, f)` blocks as `(B, Hk, G, length, f)`."""
+    def unblocks(array, length, transposed=False):
+        """The stacked `(n, B, Hk, G, size, f)` blocks as `(B, Hk, G, length, f)`
+        (from `(n, B, Hk, G, f, size)` blocks when `transposed`)."""
         x = array.stack()
-        x = tf.transpose(x, (1, 2, 3, 0, 4, 5))
+        x = tf.transpose(x, (1, 2, 3, 0, 5, 4) if transposed else (1, 2, 3, 0, 4, 5))
         shape = tf.shape(x)
         x = tf.reshape(x, tf.concat([shape[:3], [shape[3] * shape[4], shape[5]]], 0))
         return x[:, :, :, :length]
@@ -86,8 +140,8 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     def pad_rows(x, length):
         return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
 
-    def loop(lo, hi, body, state):
-        """`for index in range(lo, hi): state = body(index, state)`.
+    def loop(lo, hi, body, state, most):
+        """`for index in range(lo, hi): state = body(index, state)`, at most `most` times.
 
         One iteration at a time: running several blocks at once (TensorFlow's
         default of 10) multiplies the memory of the tiles in flight and gains nothing
@@ -98,6 +152,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
             lambda index, *state: (index + 1,) + tuple(body(index, state)),
             (lo,) + tuple(state),
             parallel_iterations=1,
+            maximum_iterations=most,
         )[1:]
 
     def split(query, key, value):
@@ -114,8 +169,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     # The log-sum-exp is a second output so that the gradient function reads only
     # the inputs and outputs of `attend` (a SavedModel saves that function, and it
     # cannot capture the forward pass's intermediate TensorArrays).
-    @tf.custom_gradient
-    def attend(query, key, value):
+    def forward_all(query, key, value):
         batch = tf.shape(query)[0]
         q_blocks, k_blocks, v_blocks = split(query, key, value)
 
@@ -130,6 +184,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                     state, q, k_blocks.read(j), v_blocks.read(j), i * bq, j * bk
                 ),
                 tile.initial_state(q, d_v),
+                nk,
             )
             out, lse = tile.finish(state, value.dtype)
             return out_array.write(i, out), lse_array.write(i, lse[..., None])
@@ -142,69 +197,94 @@ def flash_attention(query, key, value, tile, block_q, block_k):
                 tf.TensorArray(value.dtype, size=nq, clear_after_read=False),
                 tf.TensorArray(tf.float32, size=nq, clear_after_read=False),
             ),
+            nq,
         )
         out5 = unblocks(out_blocks, q_len)
         lse5 = unblocks(lse_blocks, nq * bq)
         output = tf.reshape(out5, [batch, tf.shape(query)[1], q_len, d_v])
+        return output, lse5
+
+    def backward_all(query, key, value, output, lse5, d_output):
+        q_blocks, k_blocks, v_blocks = split(query, key, value)
+        batch = tf.shape(query)[0]
+        out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
+        lse = blocks(lse5, nq, bq)
+        d5 = tf.reshape(d_output, tf.shape(out5))
+        delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
+        d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
+        delta_blocks = blocks(pad_rows(delta[..., None], nq * bq), nq, bq)
+        float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+
+        def key_block_grads(j, state):
+            dk_array, dv_array, dq_blocks = state
+            k, v = k_blocks.read(j), v_blocks.read(j)
+
+            def add(i, state):
+                dk, dv, dq_blocks = state
+                q, d_out = q_blocks.read(i), d_blocks.read(i)
+                lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
+                # Keys by queries (see `tile.backward`): every product below is
+                # a plain or a `K`-transposed one.
+                p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
+                dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2)
+                dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2)
+                # dQ^T of query block i, added in place: one block is read and
+                # rewritten, never the whole dQ.
+                dq_i = dq_blocks.read(i) + tf.matmul(float32(k), ds_t, transpose_a=True)
+                return dk, dv, dq_blocks.write(i, dq_i)
+
+            lo, hi = query_blocks(j)
+            zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
+            zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
+            dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks), nq)
+            return (
+                dk_array.write(j, dk[:, :, None]),
+                dv_array.write(j, dv[:, :, None]),
+                dq_blocks,
+            )
+
+        # dQ^T as nq `(B, Hk, G, d, block)` blocks, each rewritten by every key
+        # block that reaches it.
+        dq_zeros = tf.zeros(
+            tf.concat([[nq], tf.shape(q_blocks.read(0))[:3], [d_k, bq]], 0), tf.float32
+        )
+        dk_blocks, dv_blocks, dq_blocks = loop(
+            0,
+            nk,
+            key_block_grads,
+            (
+                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
+                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
+                tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
+            ),
+            nk,
+        )
+        dq = tf.reshape(unblocks(dq_blocks, q_len, transposed=True), tf.shape(query))
+        dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
+        dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
+        return (
+            tf.cast(dq, query.dtype),
+            tf.cast(dk, key.dtype),
+            tf.cast(dv, value.dtype),
+        )
+
+    # XLA compiles each pass whole (its loops, tiles and block reads), which fuses the
+    # element-wise tile math into few loops; it needs static lengths (a SavedModel
+    # serving any length runs the same loops uncompiled).
+    if _compiles(query, key):
+        forward_all = tf.function(forward_all, jit_compile=True)
+        backward_all = tf.function(backward_all, jit_compile=True)
+
+    @tf.custom_gradient
+    def attend(query, key, value):
+        # No tape records the passes (they are differentiated by `grad`), so no
+        # compiled pass has to return its loops' intermediates.
+        output, lse5 = forward_all(*map(tf.stop_gradient, (query, key, value)))
 
         def grad(d_output, d_lse):
             del d_lse  # the log-sum-exp is an output only for the gradient's sake
-            q_blocks, k_blocks, v_blocks = split(query, key, value)
-            batch = tf.shape(query)[0]
-            out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
-            lse = blocks(lse5, nq, bq)
-            d5 = tf.reshape(d_output, tf.shape(out5))
-            delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
-            d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
-            delta_blocks = blocks(pad_rows(delta[..., None], nq * bq), nq, bq)
-            float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
-
-            def key_block_grads(j, state):
-                dk_array, dv_array, dq_blocks = state
-                k, v = k_blocks.read(j), v_blocks.read(j)
-
-                def add(i, state):
-                    dk, dv, dq_blocks = state
-                    q, d_out = q_blocks.read(i), d_blocks.read(i)
-                    lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
-                    p, ds = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
-                    dv += tf.einsum("bhgqk,bhgqd->bhkd", p, float32(d_out))
-                    dk += tf.einsum("bhgqk,bhgqd->bhkd", ds, float32(q))
-                    # dQ of query block i, added in place: one block is read and
-                    # rewritten, never the whole dQ.
-                    dq_i = dq_blocks.read(i) + tf.matmul(ds, float32(k))
-                    return dk, dv, dq_blocks.write(i, dq_i)
-
-                lo, hi = query_blocks(j)
-                zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
-                zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
-                dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks))
-                return (
-                    dk_array.write(j, dk[:, :, None]),
-                    dv_array.write(j, dv[:, :, None]),
-                    dq_blocks,
-                )
-
-            # dQ as nq blocks, each rewritten by every key block that reaches it.
-            dq_zeros = tf.zeros(tf.concat([[nq], tf.shape(q_blocks.read(0))], 0), tf.float32)
-            dk_blocks, dv_blocks, dq_blocks = loop(
-                0,
-                nk,
-                key_block_grads,
-                (
-                    tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                    tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                    tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
-                ),
-            )
-            dq = tf.reshape(unblocks(dq_blocks, q_len), tf.shape(query))
-            dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
-            dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
-            return (
-                tf.cast(dq, query.dtype),
-                tf.cast(dk, key.dtype),
-                tf.cast(dv, value.dtype),
-            )
+            inputs = (query, key, value, output, lse5, d_output)
+            return backward_all(*map(tf.stop_gradient, inputs))
 
         return (output, lse5), grad
 
