@@ -86,8 +86,9 @@ def scaled_dot_product_attention(
             sliding window hide skipped (time and memory `O(q_len * window)`);
             keys and values with fewer heads than the queries (grouped-query
             attention) are shared without copies. It runs TensorFlow's kernel
-            (`keras_attention.backend.flash_tensorflow`; with static lengths its
-            passes are compiled by XLA on the first call of a shape); on JAX and
+            (`keras_attention.backend.flash_tensorflow`; inside a traced function
+            with static lengths its passes are compiled by XLA on the first call
+            of a shape); on JAX and
             PyTorch, and
             for a tensor `bias` or a callable one with trainable weights, it runs
             the chunked path. `"fused"` calls `keras.ops.dot_product_attention` (the

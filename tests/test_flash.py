@@ -144,9 +144,50 @@ def test_compiled_head_groups_equal_plain(case, kv_heads, monkeypatch):
     if case == "full mask, causal":
         kwargs["mask"] = _mask((2, 4, q_len, kv_len))  # one mask per head
     plain = _outputs_and_grads("plain", q, k, v, **kwargs)
-    flash = _outputs_and_grads("flash", q, k, v, **kwargs)
+    flash = _traced_outputs_and_grads("flash", q, k, v, **kwargs)
     for name, a, b in zip(("output", "dq", "dk", "dv"), plain, flash):
         np.testing.assert_allclose(b, a, atol=1e-5, err_msg=name)
+
+
+def _traced_outputs_and_grads(implementation, q, k, v, **kwargs):
+    """`_outputs_and_grads` inside one `tf.function` (where the kernel compiles)."""
+    import tensorflow as tf
+
+    from keras_attention.backend import flash_tensorflow
+
+    projection = np.random.default_rng(0).standard_normal((*q.shape[:-1], v.shape[-1]))
+    projection = tf.constant(projection.astype("float32"))
+    compiled = []
+
+    @tf.function
+    def run(q, k, v):
+        compiled.append(flash_tensorflow._compiles(q, k))
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            outputs = attention_ops.scaled_dot_product_attention(
+                q, k, v, implementation=implementation, **kwargs
+            )
+            loss = tf.reduce_sum(outputs * projection)
+        return [outputs] + tape.gradient(loss, [q, k, v])
+
+    results = [np.asarray(x) for x in run(*map(tf.constant, (q, k, v)))]
+    assert compiled == [True]
+    return results
+
+
+@pytest.mark.tensorflow_only("the TensorFlow kernel's compiled passes")
+def test_eager_calls_run_uncompiled(monkeypatch):
+    # An eager call would trace and compile its passes again at every call.
+    import tensorflow as tf
+
+    from keras_attention.backend import flash_tensorflow
+
+    monkeypatch.setattr(flash_tensorflow, "COMPILE_MIN_SCORES", 0)
+    q, k = tf.constant(_rand(1, 2, 4, 8)), tf.constant(_rand(1, 2, 4, 8))
+    assert not flash_tensorflow._compiles(q, k)
+    traced = []
+    tf.function(lambda q, k: traced.append(flash_tensorflow._compiles(q, k)))(q, k)
+    assert traced == [True]
 
 
 @pytest.mark.parametrize("rank", [2, 3])

@@ -14,9 +14,9 @@ in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
 (read, add, write back: only that block is touched, never the whole `dQ`); its tiles
 are keys by queries, so that no product transposes a probability tile.
 
-Speed (docs/performance.md): with static lengths each pass is compiled whole by XLA
-(`tf.function(jit_compile=True)`, from `COMPILE_MIN_SCORES` scores), and the key/value
-heads run in one group per CPU thread side by side.
+Speed (docs/performance.md): inside a traced function with static lengths each pass
+is compiled whole by XLA (`tf.function(jit_compile=True)`, from `COMPILE_MIN_SCORES`
+scores), and the key/value heads run in one group per CPU thread side by side.
 """
 
 import math
@@ -64,8 +64,12 @@ COMPILE_MIN_SCORES = 2**22
 
 
 def _compiles(query, key):
-    """Whether XLA compiles the passes: static lengths and at least
-    `COMPILE_MIN_SCORES` scores."""
+    """Whether XLA compiles the passes: inside a traced function (`model.fit`,
+    `predict`, any `tf.function`, which compile each shape once), with static lengths
+    and at least `COMPILE_MIN_SCORES` scores. An eager call runs uncompiled: it would
+    trace and compile its passes again at every call."""
+    if tf.executing_eagerly():
+        return False
     q_len, kv_len = query.shape[-2], key.shape[-2]
     if q_len is None or kv_len is None:
         return False
