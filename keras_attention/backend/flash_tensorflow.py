@@ -121,24 +121,36 @@ def _flash_attention(query, key, value, tile, block_q, block_k):
                 lo = tf.maximum(first - window + 1, 0) // bq
         return lo, hi
 
-    def blocks(x, n, size):
-        """`(B, Hk, G, n * size, f)` as a TensorArray of n `(B, Hk, G, size, f)` blocks."""
-        shape = tf.shape(x)
-        x = tf.reshape(x, tf.concat([shape[:3], [n, size], shape[4:]], 0))
-        x = tf.transpose(x, (3, 0, 1, 2, 4, 5))
-        return tf.TensorArray(x.dtype, size=n, clear_after_read=False).unstack(x)
+    def pad_rows(x, length):
+        """`x` with rows (axis 3) padded to `length`; no copy when none are missing."""
+        if isinstance(length, int) and x.shape[3] == length:
+            return x
+        return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
 
-    def unblocks(array, length, transposed=False):
-        """The stacked `(n, B, Hk, G, size, f)` blocks as `(B, Hk, G, length, f)`
-        (from `(n, B, Hk, G, f, size)` blocks when `transposed`)."""
-        x = array.stack()
-        x = tf.transpose(x, (1, 2, 3, 0, 5, 4) if transposed else (1, 2, 3, 0, 4, 5))
-        shape = tf.shape(x)
-        x = tf.reshape(x, tf.concat([shape[:3], [shape[3] * shape[4], shape[5]]], 0))
+    def rows(x, start, size):
+        """Rows `start ... start + size - 1` of a 5-D tensor: a slice, not a copy of
+        `x` (XLA reads the block in place)."""
+        shape = tf.shape(x)  # not -1: XLA would pad `x` for a size it does not know
+        return tf.slice(x, [0, 0, 0, start, 0], tf.tensor_scatter_nd_update(shape, [[3]], [size]))
+
+    def first_rows(x, length):
+        """Rows `0 ... length - 1` of a 5-D tensor (itself when it has no more)."""
+        if isinstance(length, int) and x.shape[3] == length:
+            return x
         return x[:, :, :, :length]
 
-    def pad_rows(x, length):
-        return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
+    def row_writer(shape, size):
+        """`write(x, start, block)`: `x` (of 5-D `shape`) with rows `start ... start +
+        size - 1` replaced by `block`; a scatter into the loop state, which XLA does
+        in place (a `TensorArray` of blocks would need a stack and a transpose,
+        two copies of the whole result)."""
+        axes = [tf.range(n) for n in tf.unstack(shape[:3])] + [tf.range(size)]
+        base = tf.stack(tf.meshgrid(*axes, indexing="ij"), -1)
+
+        def write(x, start, block):
+            return tf.tensor_scatter_nd_update(x, base + tf.stack([0, 0, 0, start]), block)
+
+        return write
 
     def loop(lo, hi, body, state, most):
         """`for index in range(lo, hi): state = body(index, state)`, at most `most` times.
@@ -156,112 +168,100 @@ def _flash_attention(query, key, value, tile, block_q, block_k):
         )[1:]
 
     def split(query, key, value):
-        """The padded query, key and value blocks as TensorArrays."""
+        """Query `(B, Hk, G, nq * bq, d)`, key and value `(B, Hk, 1, nk * bk, d)`,
+        padded only where the lengths are not multiples of the blocks."""
         batch = tf.shape(query)[0]
         q5 = tf.reshape(query, [batch, kv_heads or tf.shape(query)[1], group, q_len, d_k])
         k5, v5 = tf.expand_dims(key, 2), tf.expand_dims(value, 2)
-        return (
-            blocks(pad_rows(q5, nq * bq), nq, bq),
-            blocks(pad_rows(k5, nk * bk), nk, bk),
-            blocks(pad_rows(v5, nk * bk), nk, bk),
-        )
+        return pad_rows(q5, nq * bq), pad_rows(k5, nk * bk), pad_rows(v5, nk * bk)
 
     # The log-sum-exp is a second output so that the gradient function reads only
     # the inputs and outputs of `attend` (a SavedModel saves that function, and it
-    # cannot capture the forward pass's intermediate TensorArrays).
+    # cannot capture the forward pass's intermediates).
     def forward_all(query, key, value):
         batch = tf.shape(query)[0]
-        q_blocks, k_blocks, v_blocks = split(query, key, value)
+        q5, k5, v5 = split(query, key, value)
+        rows5 = tf.concat([tf.shape(q5)[:4], [d_v]], 0)
+        write_out = row_writer(rows5, bq)
 
-        def forward_block(i, arrays):
-            out_array, lse_array = arrays
-            q = q_blocks.read(i)
+        def forward_block(i, state):
+            out5, lse5 = state
+            q = rows(q5, i * bq, bq)
             lo, hi = key_blocks(i)
-            state = loop(
+            acc = loop(
                 lo,
                 hi,
-                lambda j, state: tile.forward(
-                    state, q, k_blocks.read(j), v_blocks.read(j), i * bq, j * bk
+                lambda j, acc: tile.forward(
+                    acc, q, rows(k5, j * bk, bk), rows(v5, j * bk, bk), i * bq, j * bk
                 ),
                 tile.initial_state(q, d_v),
                 nk,
             )
-            out, lse = tile.finish(state, value.dtype)
-            return out_array.write(i, out), lse_array.write(i, lse[..., None])
+            out, lse = tile.finish(acc, value.dtype)
+            return write_out(out5, i * bq, out), write_out(lse5, i * bq, lse[..., None])
 
-        out_blocks, lse_blocks = loop(
+        out5, lse5 = loop(
             0,
             nq,
             forward_block,
-            (
-                tf.TensorArray(value.dtype, size=nq, clear_after_read=False),
-                tf.TensorArray(tf.float32, size=nq, clear_after_read=False),
-            ),
+            (tf.zeros(rows5, value.dtype), tf.zeros(tf.concat([rows5[:4], [1]], 0))),
             nq,
         )
-        out5 = unblocks(out_blocks, q_len)
-        lse5 = unblocks(lse_blocks, nq * bq)
-        output = tf.reshape(out5, [batch, tf.shape(query)[1], q_len, d_v])
+        output = tf.reshape(first_rows(out5, q_len), [batch, tf.shape(query)[1], q_len, d_v])
         return output, lse5
 
     def backward_all(query, key, value, output, lse5, d_output):
-        q_blocks, k_blocks, v_blocks = split(query, key, value)
-        batch = tf.shape(query)[0]
+        q5, k5, v5 = split(query, key, value)
         out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
-        lse = blocks(lse5, nq, bq)
         d5 = tf.reshape(d_output, tf.shape(out5))
         delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
-        d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
-        delta_blocks = blocks(pad_rows(delta[..., None], nq * bq), nq, bq)
+        d5 = pad_rows(d5, nq * bq)
+        delta = pad_rows(delta[..., None], nq * bq)
         float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
+        write_q = row_writer(tf.shape(q5), bq)
+        write_k = row_writer(tf.shape(k5), bk)
 
         def key_block_grads(j, state):
-            dk_array, dv_array, dq_blocks = state
-            k, v = k_blocks.read(j), v_blocks.read(j)
+            dk5, dv5, dq5 = state
+            k, v = rows(k5, j * bk, bk), rows(v5, j * bk, bk)
 
             def add(i, state):
-                dk, dv, dq_blocks = state
-                q, d_out = q_blocks.read(i), d_blocks.read(i)
-                lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
+                dk, dv, dq5 = state
+                q, d_out = rows(q5, i * bq, bq), rows(d5, i * bq, bq)
+                lse_i = rows(lse5, i * bq, bq)[..., 0]
+                delta_i = rows(delta, i * bq, bq)[..., 0]
                 # Keys by queries (see `tile.backward`): every product below is
                 # a plain or a `K`-transposed one.
                 p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
-                dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2)
-                dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2)
-                # dQ^T of query block i, added in place: one block is read and
-                # rewritten, never the whole dQ.
-                dq_i = dq_blocks.read(i) + tf.matmul(float32(k), ds_t, transpose_a=True)
-                return dk, dv, dq_blocks.write(i, dq_i)
+                dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2, keepdims=True)
+                dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2, keepdims=True)
+                # dQ of query block i, added in place: one block is read and
+                # rewritten, never the whole dQ (the product is dQ^T, transposed
+                # here: a block of d x block_q numbers, not a probability tile).
+                dq_t = tf.matmul(float32(k), ds_t, transpose_a=True)
+                dq_i = rows(dq5, i * bq, bq) + tf.linalg.matrix_transpose(dq_t)
+                return dk, dv, write_q(dq5, i * bq, dq_i)
 
             lo, hi = query_blocks(j)
-            zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
-            zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
-            dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks), nq)
-            return (
-                dk_array.write(j, dk[:, :, None]),
-                dv_array.write(j, dv[:, :, None]),
-                dq_blocks,
+            dk, dv, dq5 = loop(
+                lo, hi, add, (tf.zeros_like(float32(k)), tf.zeros_like(float32(v)), dq5), nq
             )
+            return write_k(dk5, j * bk, dk), write_k(dv5, j * bk, dv), dq5
 
-        # dQ^T as nq `(B, Hk, G, d, block)` blocks, each rewritten by every key
-        # block that reaches it.
-        dq_zeros = tf.zeros(
-            tf.concat([[nq], tf.shape(q_blocks.read(0))[:3], [d_k, bq]], 0), tf.float32
-        )
-        dk_blocks, dv_blocks, dq_blocks = loop(
+        dk5, dv5, dq5 = loop(
             0,
             nk,
             key_block_grads,
             (
-                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
+                tf.zeros(tf.shape(k5), tf.float32),
+                tf.zeros(tf.shape(v5), tf.float32),
+                tf.zeros(tf.shape(q5), tf.float32),
             ),
             nk,
         )
-        dq = tf.reshape(unblocks(dq_blocks, q_len, transposed=True), tf.shape(query))
-        dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
-        dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
+        dq = tf.reshape(first_rows(dq5, q_len), tf.shape(query))
+        dk = tf.reshape(first_rows(dk5, kv_len), tf.shape(key))
+        dv = tf.reshape(first_rows(dv5, kv_len), tf.shape(value))
         return (
             tf.cast(dq, query.dtype),
             tf.cast(dk, key.dtype),
