@@ -44,17 +44,54 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     small to be split across threads).
     """
     kv_heads = key.shape[1]
-    parts = math.gcd(kv_heads or 1, _threads()) if _compiles(query, key) else 1
-    if parts == 1:
-        return _flash_attention(query, key, value, tile, block_q, block_k)
-    count = kv_heads // parts
-    outputs = [
-        _flash_attention(q, k, v, tile.heads(n * count, count), block_q, block_k)
-        for n, (q, k, v) in enumerate(
-            zip(*(tf.split(x, parts, axis=1) for x in (query, key, value)))
+    compiles = _compiles(query, key)
+    parts = math.gcd(kv_heads or 1, _threads()) if compiles else 1
+    count = (kv_heads or 1) // parts
+    passes = [
+        _passes(query, key, value, tile, block_q, block_k, compiles, None)
+        if parts == 1
+        else _passes(
+            query,
+            key,
+            value,
+            tile.heads(n * count, count),
+            block_q,
+            block_k,
+            compiles,
+            (n * count, count),
         )
+        for n in range(parts)
     ]
-    return tf.concat(outputs, axis=1)
+
+    # The log-sum-exps are outputs so that the gradient function reads only the
+    # inputs and outputs of `attend` (a SavedModel saves that function, and it
+    # cannot capture the forward pass's intermediates). Every group's passes read
+    # the whole query, key and value and slice their heads themselves: inside the
+    # compiled pass that slice is the copy XLA makes of its inputs anyway, where a
+    # `tf.split` outside would be one more copy of each, kept for the backward pass.
+    @tf.custom_gradient
+    def attend(query, key, value):
+        # No tape records the passes (they are differentiated by `grad`), so no
+        # compiled pass has to return its loops' intermediates.
+        inputs = tuple(map(tf.stop_gradient, (query, key, value)))
+        results = [forward(*inputs) for forward, _ in passes]
+        lses = [lse for _, lse in results]
+        output = results[0][0] if parts == 1 else tf.concat([o for o, _ in results], 1)
+
+        def grad(d_output, *d_lses):
+            del d_lses  # the log-sum-exps are outputs only for the gradient's sake
+            args = tuple(map(tf.stop_gradient, (output, d_output)))
+            grads = [
+                backward(*inputs, args[0], tf.stop_gradient(lse), args[1])
+                for (_, backward), lse in zip(passes, lses)
+            ]
+            if parts == 1:
+                return grads[0]
+            return tuple(tf.concat(g, 1) for g in zip(*grads))
+
+        return (output, *lses), grad
+
+    return attend(query, key, value)[0]
 
 
 # Below this many scores (`batch * heads * q_len * kv_len`, static dimensions) the
@@ -82,10 +119,17 @@ def _threads():
     return os.cpu_count() or 1
 
 
-def _flash_attention(query, key, value, tile, block_q, block_k):
-    """`flash_attention` of one group of heads."""
+def _passes(query, key, value, tile, block_q, block_k, compiles, head_range):
+    """The forward and backward passes of key/value heads `head_range` = `(start,
+    count)` (all heads when `None`): `forward(query, key, value) -> (output, lse)` and
+    `backward(query, key, value, output, lse, d_output) -> (dq, dk, dv)`, both given
+    all heads and returning those of the range."""
     heads, kv_heads = query.shape[1], key.shape[1]
     group = 1 if heads == kv_heads else heads // kv_heads
+    first_head = 0
+    if head_range is not None:
+        first_head, kv_heads = head_range
+
     d_k, d_v = query.shape[-1], value.shape[-1]
     q_len, kv_len = _length(query), _length(key)
     bq = min(block_q, q_len) if isinstance(q_len, int) else block_q
@@ -122,33 +166,50 @@ def _flash_attention(query, key, value, tile, block_q, block_k):
         return lo, hi
 
     def pad_rows(x, length):
-        """`x` with rows (axis 3) padded to `length`; no copy when none are missing."""
-        if isinstance(length, int) and x.shape[3] == length:
+        """A 4-D `x` with rows (axis 2) padded to `length`; itself when none are
+        missing (a padded tensor is a copy)."""
+        if isinstance(length, int) and x.shape[2] == length:
             return x
-        return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
-
-    def rows(x, start, size):
-        """Rows `start ... start + size - 1` of a 5-D tensor: a slice, not a copy of
-        `x` (XLA reads the block in place)."""
-        shape = tf.shape(x)  # not -1: XLA would pad `x` for a size it does not know
-        return tf.slice(x, [0, 0, 0, start, 0], tf.tensor_scatter_nd_update(shape, [[3]], [size]))
+        return tf.pad(x, [[0, 0], [0, 0], [0, length - tf.shape(x)[2]], [0, 0]])
 
     def first_rows(x, length):
-        """Rows `0 ... length - 1` of a 5-D tensor (itself when it has no more)."""
-        if isinstance(length, int) and x.shape[3] == length:
+        """Rows `0 ... length - 1` of a 4-D `x` (itself when it has no more)."""
+        if isinstance(length, int) and x.shape[2] == length:
             return x
-        return x[:, :, :, :length]
+        return x[:, :, :length]
 
-    def row_writer(shape, size):
-        """`write(x, start, block)`: `x` (of 5-D `shape`) with rows `start ... start +
-        size - 1` replaced by `block`; a scatter into the loop state, which XLA does
-        in place (a `TensorArray` of blocks would need a stack and a transpose,
-        two copies of the whole result)."""
-        axes = [tf.range(n) for n in tf.unstack(shape[:3])] + [tf.range(size)]
+    def num_kv_heads(key):
+        return kv_heads if kv_heads is not None else tf.shape(key)[1]
+
+    def reader(x, per_kv_head, size, hk, first=first_head):
+        """`read(start)`: rows `start ... start + size - 1` of the 4-D `x`'s heads
+        `first * per_kv_head ...` (`hk` key/value heads' worth), as a `(B, hk,
+        per_kv_head, size, f)` block.
+
+        A slice of `x` itself: XLA reads the block in place. A reshaped, padded or
+        head-sliced `x` fed to the loops would be a copy of it (XLA copies whatever
+        the loops read that is not a parameter of the compiled pass)."""
+        shape = tf.shape(x)
+        size_4d = tf.stack([shape[0], hk * per_kv_head, size, shape[3]])
+        size_5d = tf.stack([shape[0], hk, per_kv_head, size, shape[3]])
+
+        def read(start):
+            block = tf.slice(x, tf.stack([0, first * per_kv_head, start, 0]), size_4d)
+            return tf.reshape(block, size_5d)
+
+        return read
+
+    def writer(batch, heads, size):
+        """`write(x, start, block)`: the 4-D `x` (`heads` heads) with rows `start ...
+        start + size - 1` replaced by the 5-D `block`: a scatter into the loop
+        state, which XLA does in place (a `TensorArray` of blocks would need a
+        stack and a transpose, two copies of the whole result)."""
+        axes = [tf.range(batch), tf.range(heads), tf.range(size)]
         base = tf.stack(tf.meshgrid(*axes, indexing="ij"), -1)
 
         def write(x, start, block):
-            return tf.tensor_scatter_nd_update(x, base + tf.stack([0, 0, 0, start]), block)
+            rows = tf.reshape(block, tf.concat([tf.shape(base)[:3], tf.shape(block)[-1:]], 0))
+            return tf.tensor_scatter_nd_update(x, base + tf.stack([0, 0, start]), rows)
 
         return write
 
@@ -167,69 +228,63 @@ def _flash_attention(query, key, value, tile, block_q, block_k):
             maximum_iterations=most,
         )[1:]
 
-    def split(query, key, value):
-        """Query `(B, Hk, G, nq * bq, d)`, key and value `(B, Hk, 1, nk * bk, d)`,
-        padded only where the lengths are not multiples of the blocks."""
-        batch = tf.shape(query)[0]
-        q5 = tf.reshape(query, [batch, kv_heads or tf.shape(query)[1], group, q_len, d_k])
-        k5, v5 = tf.expand_dims(key, 2), tf.expand_dims(value, 2)
-        return pad_rows(q5, nq * bq), pad_rows(k5, nk * bk), pad_rows(v5, nk * bk)
-
-    # The log-sum-exp is a second output so that the gradient function reads only
-    # the inputs and outputs of `attend` (a SavedModel saves that function, and it
-    # cannot capture the forward pass's intermediates).
+    # Both passes take every head and read their own (`head_range`) in the blocks.
     def forward_all(query, key, value):
-        batch = tf.shape(query)[0]
-        q5, k5, v5 = split(query, key, value)
-        rows5 = tf.concat([tf.shape(q5)[:4], [d_v]], 0)
-        write_out = row_writer(rows5, bq)
+        query = pad_rows(query, nq * bq)
+        key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
+        hk, batch = num_kv_heads(key), tf.shape(query)[0]
+        read_q = reader(query, group, bq, hk)
+        read_k, read_v = reader(key, 1, bk, hk), reader(value, 1, bk, hk)
+        write = writer(batch, hk * group, bq)
 
         def forward_block(i, state):
-            out5, lse5 = state
-            q = rows(q5, i * bq, bq)
+            out4, lse4 = state
+            q = read_q(i * bq)
             lo, hi = key_blocks(i)
             acc = loop(
                 lo,
                 hi,
-                lambda j, acc: tile.forward(
-                    acc, q, rows(k5, j * bk, bk), rows(v5, j * bk, bk), i * bq, j * bk
-                ),
+                lambda j, acc: tile.forward(acc, q, read_k(j * bk), read_v(j * bk), i * bq, j * bk),
                 tile.initial_state(q, d_v),
                 nk,
             )
             out, lse = tile.finish(acc, value.dtype)
-            return write_out(out5, i * bq, out), write_out(lse5, i * bq, lse[..., None])
+            return write(out4, i * bq, out), write(lse4, i * bq, lse[..., None])
 
-        out5, lse5 = loop(
+        rows4 = tf.stack([batch, hk * group, nq * bq])
+        out4, lse4 = loop(
             0,
             nq,
             forward_block,
-            (tf.zeros(rows5, value.dtype), tf.zeros(tf.concat([rows5[:4], [1]], 0))),
+            (
+                tf.zeros(tf.concat([rows4, [d_v]], 0), value.dtype),
+                tf.zeros(tf.concat([rows4, [1]], 0), tf.float32),
+            ),
             nq,
         )
-        output = tf.reshape(first_rows(out5, q_len), [batch, tf.shape(query)[1], q_len, d_v])
-        return output, lse5
+        return first_rows(out4, q_len), lse4
 
-    def backward_all(query, key, value, output, lse5, d_output):
-        q5, k5, v5 = split(query, key, value)
-        out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
-        d5 = tf.reshape(d_output, tf.shape(out5))
-        delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
-        d5 = pad_rows(d5, nq * bq)
-        delta = pad_rows(delta[..., None], nq * bq)
+    def backward_all(query, key, value, output, lse4, d_output):
+        query, output, d_output = (pad_rows(x, nq * bq) for x in (query, output, d_output))
+        key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
+        hk, batch = num_kv_heads(key), tf.shape(query)[0]
+        read_q, read_o, read_do = (reader(x, group, bq, hk) for x in (query, output, d_output))
+        read_k, read_v = reader(key, 1, bk, hk), reader(value, 1, bk, hk)
+        read_lse = reader(lse4, group, bq, hk, first=0)
+        write_q, write_k = writer(batch, hk * group, bq), writer(batch, hk, bk)
         float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
-        write_q = row_writer(tf.shape(q5), bq)
-        write_k = row_writer(tf.shape(k5), bk)
 
         def key_block_grads(j, state):
-            dk5, dv5, dq5 = state
-            k, v = rows(k5, j * bk, bk), rows(v5, j * bk, bk)
+            dk4, dv4, dq4 = state
+            k, v = read_k(j * bk), read_v(j * bk)
 
             def add(i, state):
-                dk, dv, dq5 = state
-                q, d_out = rows(q5, i * bq, bq), rows(d5, i * bq, bq)
-                lse_i = rows(lse5, i * bq, bq)[..., 0]
-                delta_i = rows(delta, i * bq, bq)[..., 0]
+                dk, dv, dq4 = state
+                q, d_out = read_q(i * bq), read_do(i * bq)
+                # delta = rowsum(dO * O), recomputed per tile (block_q * d numbers,
+                # against block_q * block_k * d for a product) instead of stored.
+                delta_i = tf.reduce_sum(float32(d_out) * float32(read_o(i * bq)), -1)
+                lse_i = read_lse(i * bq)[..., 0]
                 # Keys by queries (see `tile.backward`): every product below is
                 # a plain or a `K`-transposed one.
                 p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
@@ -237,58 +292,42 @@ def _flash_attention(query, key, value, tile, block_q, block_k):
                 dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2, keepdims=True)
                 # dQ of query block i, added in place: one block is read and
                 # rewritten, never the whole dQ (the product is dQ^T, transposed
-                # here: a block of d x block_q numbers, not a probability tile).
+                # here: d x block_q numbers, not a probability tile).
                 dq_t = tf.matmul(float32(k), ds_t, transpose_a=True)
-                dq_i = rows(dq5, i * bq, bq) + tf.linalg.matrix_transpose(dq_t)
-                return dk, dv, write_q(dq5, i * bq, dq_i)
+                dq_i = reader(dq4, group, bq, hk, first=0)(i * bq)
+                return dk, dv, write_q(dq4, i * bq, dq_i + tf.linalg.matrix_transpose(dq_t))
 
             lo, hi = query_blocks(j)
-            dk, dv, dq5 = loop(
-                lo, hi, add, (tf.zeros_like(float32(k)), tf.zeros_like(float32(v)), dq5), nq
-            )
-            return write_k(dk5, j * bk, dk), write_k(dv5, j * bk, dv), dq5
+            zeros = (tf.zeros_like(float32(k)), tf.zeros_like(float32(v)))
+            dk, dv, dq4 = loop(lo, hi, add, zeros + (dq4,), nq)
+            return write_k(dk4, j * bk, dk), write_k(dv4, j * bk, dv), dq4
 
-        dk5, dv5, dq5 = loop(
+        dk4, dv4, dq4 = loop(
             0,
             nk,
             key_block_grads,
             (
-                tf.zeros(tf.shape(k5), tf.float32),
-                tf.zeros(tf.shape(v5), tf.float32),
-                tf.zeros(tf.shape(q5), tf.float32),
+                tf.zeros(tf.stack([batch, hk, nk * bk, d_k])),
+                tf.zeros(tf.stack([batch, hk, nk * bk, d_v])),
+                tf.zeros(tf.stack([batch, hk * group, nq * bq, d_k])),
             ),
             nk,
         )
-        dq = tf.reshape(first_rows(dq5, q_len), tf.shape(query))
-        dk = tf.reshape(first_rows(dk5, kv_len), tf.shape(key))
-        dv = tf.reshape(first_rows(dv5, kv_len), tf.shape(value))
         return (
-            tf.cast(dq, query.dtype),
-            tf.cast(dk, key.dtype),
-            tf.cast(dv, value.dtype),
+            tf.cast(first_rows(dq4, q_len), query.dtype),
+            tf.cast(first_rows(dk4, kv_len), key.dtype),
+            tf.cast(first_rows(dv4, kv_len), value.dtype),
         )
 
     # XLA compiles each pass whole (its loops, tiles and block reads), which fuses the
     # element-wise tile math into few loops; it needs static lengths (a SavedModel
     # serving any length runs the same loops uncompiled).
-    if _compiles(query, key):
-        forward_all = tf.function(forward_all, jit_compile=True)
-        backward_all = tf.function(backward_all, jit_compile=True)
-
-    @tf.custom_gradient
-    def attend(query, key, value):
-        # No tape records the passes (they are differentiated by `grad`), so no
-        # compiled pass has to return its loops' intermediates.
-        output, lse5 = forward_all(*map(tf.stop_gradient, (query, key, value)))
-
-        def grad(d_output, d_lse):
-            del d_lse  # the log-sum-exp is an output only for the gradient's sake
-            inputs = (query, key, value, output, lse5, d_output)
-            return backward_all(*map(tf.stop_gradient, inputs))
-
-        return (output, lse5), grad
-
-    return attend(query, key, value)[0]
+    if compiles:
+        return (
+            tf.function(forward_all, jit_compile=True),
+            tf.function(backward_all, jit_compile=True),
+        )
+    return forward_all, backward_all
 
 
 def _length(x):
