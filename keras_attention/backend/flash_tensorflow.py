@@ -3,16 +3,22 @@
 The tile math (scores, soft cap, bias, masks, the online softmax and the backward
 tile) is `keras_attention.ops._FlashTile`, written with `keras.ops`; this module only
 adds what TensorFlow needs for itself: `tf.while_loop`s over the blocks (with bounds
-that skip the tiles the causal mask or the sliding window hide), `tf.TensorArray`s for
-the blocks' results, and `tf.custom_gradient` for FlashAttention-2's backward pass.
+that skip the tiles the causal mask or the sliding window hide) and
+`tf.custom_gradient` for FlashAttention-2's backward pass.
 
 Forward: for each query block, an online softmax over its key blocks; only the output
 and the log-sum-exp per query are kept. Backward (FlashAttention-2), from the saved
 log-sum-exp: one loop over key blocks, each visiting the query blocks that see it,
 recomputes each tile's probabilities once and accumulates that key block's `dK`, `dV`
-in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
-(read, add, write back: only that block is touched, never the whole `dQ`); its tiles
-are keys by queries, so that no product transposes a probability tile.
+in the loop state and adds each query block's `dQ` into `dQ` in place (read, add,
+write back: only that block is touched); its tiles are keys by queries, so that no
+product transposes a probability tile.
+
+Memory: the blocks are slices of the passes' own 4-D inputs and the results are
+scattered into 4-D loop-state tensors, so besides its inputs a pass holds only its
+results and one tile (XLA copies anything else the loops read, such as a reshaped,
+padded or head-split input; padding happens only for lengths that are not a multiple
+of the blocks).
 
 Speed (docs/performance.md): with static lengths each pass is compiled whole by XLA
 (`tf.function(jit_compile=True)`, from `COMPILE_MIN_SCORES` scores), and the key/value
