@@ -3,16 +3,22 @@
 The tile math (scores, soft cap, bias, masks, the online softmax and the backward
 tile) is `keras_attention.ops._FlashTile`, written with `keras.ops`; this module only
 adds what TensorFlow needs for itself: `tf.while_loop`s over the blocks (with bounds
-that skip the tiles the causal mask or the sliding window hide), `tf.TensorArray`s for
-the blocks' results, and `tf.custom_gradient` for FlashAttention-2's backward pass.
+that skip the tiles the causal mask or the sliding window hide) and
+`tf.custom_gradient` for FlashAttention-2's backward pass.
 
 Forward: for each query block, an online softmax over its key blocks; only the output
 and the log-sum-exp per query are kept. Backward (FlashAttention-2), from the saved
 log-sum-exp: one loop over key blocks, each visiting the query blocks that see it,
 recomputes each tile's probabilities once and accumulates that key block's `dK`, `dV`
-in the loop state and each query block's `dQ` in a `TensorArray` of query blocks
-(read, add, write back: only that block is touched, never the whole `dQ`); its tiles
-are keys by queries, so that no product transposes a probability tile.
+in the loop state and adds each query block's `dQ` into `dQ` in place (read, add,
+write back: only that block is touched); its tiles are keys by queries, so that no
+product transposes a probability tile.
+
+Memory: the blocks are slices of the passes' own 4-D inputs and the results are
+scattered into 4-D loop-state tensors, so besides its inputs a pass holds only its
+results and one tile (XLA copies anything else the loops read, such as a reshaped,
+padded or head-split input; padding happens only for lengths that are not a multiple
+of the blocks).
 
 Speed (docs/performance.md): inside a traced function with static lengths each pass
 is compiled whole by XLA (`tf.function(jit_compile=True)`, from `COMPILE_MIN_SCORES`
@@ -44,17 +50,54 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     small to be split across threads).
     """
     kv_heads = key.shape[1]
-    parts = math.gcd(kv_heads or 1, _threads()) if _compiles(query, key) else 1
-    if parts == 1:
-        return _flash_attention(query, key, value, tile, block_q, block_k)
-    count = kv_heads // parts
-    outputs = [
-        _flash_attention(q, k, v, tile.heads(n * count, count), block_q, block_k)
-        for n, (q, k, v) in enumerate(
-            zip(*(tf.split(x, parts, axis=1) for x in (query, key, value)))
+    compiles = _compiles(query, key)
+    parts = math.gcd(kv_heads or 1, _threads()) if compiles else 1
+    count = (kv_heads or 1) // parts
+    passes = [
+        _passes(query, key, value, tile, block_q, block_k, compiles, None)
+        if parts == 1
+        else _passes(
+            query,
+            key,
+            value,
+            tile.heads(n * count, count),
+            block_q,
+            block_k,
+            compiles,
+            (n * count, count),
         )
+        for n in range(parts)
     ]
-    return tf.concat(outputs, axis=1)
+
+    # The log-sum-exps are outputs so that the gradient function reads only the
+    # inputs and outputs of `attend` (a SavedModel saves that function, and it
+    # cannot capture the forward pass's intermediates). Every group's passes read
+    # the whole query, key and value and slice their heads themselves: inside the
+    # compiled pass that slice is the copy XLA makes of its inputs anyway, where a
+    # `tf.split` outside would be one more copy of each, kept for the backward pass.
+    @tf.custom_gradient
+    def attend(query, key, value):
+        # No tape records the passes (they are differentiated by `grad`), so no
+        # compiled pass has to return its loops' intermediates.
+        inputs = tuple(map(tf.stop_gradient, (query, key, value)))
+        results = [forward(*inputs) for forward, _ in passes]
+        lses = [lse for _, lse in results]
+        output = results[0][0] if parts == 1 else tf.concat([o for o, _ in results], 1)
+
+        def grad(d_output, *d_lses):
+            del d_lses  # the log-sum-exps are outputs only for the gradient's sake
+            args = tuple(map(tf.stop_gradient, (output, d_output)))
+            grads = [
+                backward(*inputs, args[0], tf.stop_gradient(lse), args[1])
+                for (_, backward), lse in zip(passes, lses)
+            ]
+            if parts == 1:
+                return grads[0]
+            return tuple(tf.concat(g, 1) for g in zip(*grads))
+
+        return (output, *lses), grad
+
+    return attend(query, key, value)[0]
 
 
 # Below this many scores (`batch * heads * q_len * kv_len`, static dimensions) the
@@ -86,10 +129,17 @@ def _threads():
     return os.cpu_count() or 1
 
 
-def _flash_attention(query, key, value, tile, block_q, block_k):
-    """`flash_attention` of one group of heads."""
+def _passes(query, key, value, tile, block_q, block_k, compiles, head_range):
+    """The forward and backward passes of key/value heads `head_range` = `(start,
+    count)` (all heads when `None`): `forward(query, key, value) -> (output, lse)` and
+    `backward(query, key, value, output, lse, d_output) -> (dq, dk, dv)`, both given
+    all heads and returning those of the range."""
     heads, kv_heads = query.shape[1], key.shape[1]
     group = 1 if heads == kv_heads else heads // kv_heads
+    first_head = 0
+    if head_range is not None:
+        first_head, kv_heads = head_range
+
     d_k, d_v = query.shape[-1], value.shape[-1]
     q_len, kv_len = _length(query), _length(key)
     bq = min(block_q, q_len) if isinstance(q_len, int) else block_q
@@ -125,24 +175,53 @@ def _flash_attention(query, key, value, tile, block_q, block_k):
                 lo = tf.maximum(first - window + 1, 0) // bq
         return lo, hi
 
-    def blocks(x, n, size):
-        """`(B, Hk, G, n * size, f)` as a TensorArray of n `(B, Hk, G, size, f)` blocks."""
-        shape = tf.shape(x)
-        x = tf.reshape(x, tf.concat([shape[:3], [n, size], shape[4:]], 0))
-        x = tf.transpose(x, (3, 0, 1, 2, 4, 5))
-        return tf.TensorArray(x.dtype, size=n, clear_after_read=False).unstack(x)
-
-    def unblocks(array, length, transposed=False):
-        """The stacked `(n, B, Hk, G, size, f)` blocks as `(B, Hk, G, length, f)`
-        (from `(n, B, Hk, G, f, size)` blocks when `transposed`)."""
-        x = array.stack()
-        x = tf.transpose(x, (1, 2, 3, 0, 5, 4) if transposed else (1, 2, 3, 0, 4, 5))
-        shape = tf.shape(x)
-        x = tf.reshape(x, tf.concat([shape[:3], [shape[3] * shape[4], shape[5]]], 0))
-        return x[:, :, :, :length]
-
     def pad_rows(x, length):
-        return tf.pad(x, [[0, 0]] * 3 + [[0, length - tf.shape(x)[3]], [0, 0]])
+        """A 4-D `x` with rows (axis 2) padded to `length`; itself when none are
+        missing (a padded tensor is a copy)."""
+        if isinstance(length, int) and x.shape[2] == length:
+            return x
+        return tf.pad(x, [[0, 0], [0, 0], [0, length - tf.shape(x)[2]], [0, 0]])
+
+    def first_rows(x, length):
+        """Rows `0 ... length - 1` of a 4-D `x` (itself when it has no more)."""
+        if isinstance(length, int) and x.shape[2] == length:
+            return x
+        return x[:, :, :length]
+
+    def num_kv_heads(key):
+        return kv_heads if kv_heads is not None else tf.shape(key)[1]
+
+    def reader(x, per_kv_head, size, hk, first=first_head):
+        """`read(start)`: rows `start ... start + size - 1` of the 4-D `x`'s heads
+        `first * per_kv_head ...` (`hk` key/value heads' worth), as a `(B, hk,
+        per_kv_head, size, f)` block.
+
+        A slice of `x` itself: XLA reads the block in place. A reshaped, padded or
+        head-sliced `x` fed to the loops would be a copy of it (XLA copies whatever
+        the loops read that is not a parameter of the compiled pass)."""
+        shape = tf.shape(x)
+        size_4d = tf.stack([shape[0], hk * per_kv_head, size, shape[3]])
+        size_5d = tf.stack([shape[0], hk, per_kv_head, size, shape[3]])
+
+        def read(start):
+            block = tf.slice(x, tf.stack([0, first * per_kv_head, start, 0]), size_4d)
+            return tf.reshape(block, size_5d)
+
+        return read
+
+    def writer(batch, heads, size):
+        """`write(x, start, block)`: the 4-D `x` (`heads` heads) with rows `start ...
+        start + size - 1` replaced by the 5-D `block`: a scatter into the loop
+        state, which XLA does in place (a `TensorArray` of blocks would need a
+        stack and a transpose, two copies of the whole result)."""
+        axes = [tf.range(batch), tf.range(heads), tf.range(size)]
+        base = tf.stack(tf.meshgrid(*axes, indexing="ij"), -1)
+
+        def write(x, start, block):
+            rows = tf.reshape(block, tf.concat([tf.shape(base)[:3], tf.shape(block)[-1:]], 0))
+            return tf.tensor_scatter_nd_update(x, base + tf.stack([0, 0, start]), rows)
+
+        return write
 
     def loop(lo, hi, body, state, most):
         """`for index in range(lo, hi): state = body(index, state)`, at most `most` times.
@@ -159,140 +238,106 @@ def _flash_attention(query, key, value, tile, block_q, block_k):
             maximum_iterations=most,
         )[1:]
 
-    def split(query, key, value):
-        """The padded query, key and value blocks as TensorArrays."""
-        batch = tf.shape(query)[0]
-        q5 = tf.reshape(query, [batch, kv_heads or tf.shape(query)[1], group, q_len, d_k])
-        k5, v5 = tf.expand_dims(key, 2), tf.expand_dims(value, 2)
-        return (
-            blocks(pad_rows(q5, nq * bq), nq, bq),
-            blocks(pad_rows(k5, nk * bk), nk, bk),
-            blocks(pad_rows(v5, nk * bk), nk, bk),
-        )
-
-    # The log-sum-exp is a second output so that the gradient function reads only
-    # the inputs and outputs of `attend` (a SavedModel saves that function, and it
-    # cannot capture the forward pass's intermediate TensorArrays).
+    # Both passes take every head and read their own (`head_range`) in the blocks.
     def forward_all(query, key, value):
-        batch = tf.shape(query)[0]
-        q_blocks, k_blocks, v_blocks = split(query, key, value)
+        query = pad_rows(query, nq * bq)
+        key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
+        hk, batch = num_kv_heads(key), tf.shape(query)[0]
+        read_q = reader(query, group, bq, hk)
+        read_k, read_v = reader(key, 1, bk, hk), reader(value, 1, bk, hk)
+        write = writer(batch, hk * group, bq)
 
-        def forward_block(i, arrays):
-            out_array, lse_array = arrays
-            q = q_blocks.read(i)
+        def forward_block(i, state):
+            out4, lse4 = state
+            q = read_q(i * bq)
             lo, hi = key_blocks(i)
-            state = loop(
+            acc = loop(
                 lo,
                 hi,
-                lambda j, state: tile.forward(
-                    state, q, k_blocks.read(j), v_blocks.read(j), i * bq, j * bk
-                ),
+                lambda j, acc: tile.forward(acc, q, read_k(j * bk), read_v(j * bk), i * bq, j * bk),
                 tile.initial_state(q, d_v),
                 nk,
             )
-            out, lse = tile.finish(state, value.dtype)
-            return out_array.write(i, out), lse_array.write(i, lse[..., None])
+            out, lse = tile.finish(acc, value.dtype)
+            return write(out4, i * bq, out), write(lse4, i * bq, lse[..., None])
 
-        out_blocks, lse_blocks = loop(
+        rows4 = tf.stack([batch, hk * group, nq * bq])
+        out4, lse4 = loop(
             0,
             nq,
             forward_block,
             (
-                tf.TensorArray(value.dtype, size=nq, clear_after_read=False),
-                tf.TensorArray(tf.float32, size=nq, clear_after_read=False),
+                tf.zeros(tf.concat([rows4, [d_v]], 0), value.dtype),
+                tf.zeros(tf.concat([rows4, [1]], 0), tf.float32),
             ),
             nq,
         )
-        out5 = unblocks(out_blocks, q_len)
-        lse5 = unblocks(lse_blocks, nq * bq)
-        output = tf.reshape(out5, [batch, tf.shape(query)[1], q_len, d_v])
-        return output, lse5
+        return first_rows(out4, q_len), lse4
 
-    def backward_all(query, key, value, output, lse5, d_output):
-        q_blocks, k_blocks, v_blocks = split(query, key, value)
-        batch = tf.shape(query)[0]
-        out5 = tf.reshape(output, tf.concat([tf.shape(lse5)[:3], [q_len, d_v]], 0))
-        lse = blocks(lse5, nq, bq)
-        d5 = tf.reshape(d_output, tf.shape(out5))
-        delta = tf.reduce_sum(tf.cast(d5, tf.float32) * tf.cast(out5, tf.float32), -1)
-        d_blocks = blocks(pad_rows(d5, nq * bq), nq, bq)
-        delta_blocks = blocks(pad_rows(delta[..., None], nq * bq), nq, bq)
+    def backward_all(query, key, value, output, lse4, d_output):
+        query, output, d_output = (pad_rows(x, nq * bq) for x in (query, output, d_output))
+        key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
+        hk, batch = num_kv_heads(key), tf.shape(query)[0]
+        read_q, read_o, read_do = (reader(x, group, bq, hk) for x in (query, output, d_output))
+        read_k, read_v = reader(key, 1, bk, hk), reader(value, 1, bk, hk)
+        read_lse = reader(lse4, group, bq, hk, first=0)
+        write_q, write_k = writer(batch, hk * group, bq), writer(batch, hk, bk)
         float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
 
         def key_block_grads(j, state):
-            dk_array, dv_array, dq_blocks = state
-            k, v = k_blocks.read(j), v_blocks.read(j)
+            dk4, dv4, dq4 = state
+            k, v = read_k(j * bk), read_v(j * bk)
 
             def add(i, state):
-                dk, dv, dq_blocks = state
-                q, d_out = q_blocks.read(i), d_blocks.read(i)
-                lse_i, delta_i = lse.read(i)[..., 0], delta_blocks.read(i)[..., 0]
+                dk, dv, dq4 = state
+                q, d_out = read_q(i * bq), read_do(i * bq)
+                # delta = rowsum(dO * O), recomputed per tile (block_q * d numbers,
+                # against block_q * block_k * d for a product) instead of stored.
+                delta_i = tf.reduce_sum(float32(d_out) * float32(read_o(i * bq)), -1)
+                lse_i = read_lse(i * bq)[..., 0]
                 # Keys by queries (see `tile.backward`): every product below is
                 # a plain or a `K`-transposed one.
                 p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
-                dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2)
-                dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2)
-                # dQ^T of query block i, added in place: one block is read and
-                # rewritten, never the whole dQ.
-                dq_i = dq_blocks.read(i) + tf.matmul(float32(k), ds_t, transpose_a=True)
-                return dk, dv, dq_blocks.write(i, dq_i)
+                dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2, keepdims=True)
+                dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2, keepdims=True)
+                # dQ of query block i, added in place: one block is read and
+                # rewritten, never the whole dQ (the product is dQ^T, transposed
+                # here: d x block_q numbers, not a probability tile).
+                dq_t = tf.matmul(float32(k), ds_t, transpose_a=True)
+                dq_i = reader(dq4, group, bq, hk, first=0)(i * bq)
+                return dk, dv, write_q(dq4, i * bq, dq_i + tf.linalg.matrix_transpose(dq_t))
 
             lo, hi = query_blocks(j)
-            zeros = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_k]], 0))
-            zeros_v = tf.zeros(tf.concat([[batch], tf.shape(k)[1:2], [bk, d_v]], 0))
-            dk, dv, dq_blocks = loop(lo, hi, add, (zeros, zeros_v, dq_blocks), nq)
-            return (
-                dk_array.write(j, dk[:, :, None]),
-                dv_array.write(j, dv[:, :, None]),
-                dq_blocks,
-            )
+            zeros = (tf.zeros_like(float32(k)), tf.zeros_like(float32(v)))
+            dk, dv, dq4 = loop(lo, hi, add, zeros + (dq4,), nq)
+            return write_k(dk4, j * bk, dk), write_k(dv4, j * bk, dv), dq4
 
-        # dQ^T as nq `(B, Hk, G, d, block)` blocks, each rewritten by every key
-        # block that reaches it.
-        dq_zeros = tf.zeros(
-            tf.concat([[nq], tf.shape(q_blocks.read(0))[:3], [d_k, bq]], 0), tf.float32
-        )
-        dk_blocks, dv_blocks, dq_blocks = loop(
+        dk4, dv4, dq4 = loop(
             0,
             nk,
             key_block_grads,
             (
-                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                tf.TensorArray(tf.float32, size=nk, clear_after_read=False),
-                tf.TensorArray(tf.float32, size=nq, clear_after_read=False).unstack(dq_zeros),
+                tf.zeros(tf.stack([batch, hk, nk * bk, d_k])),
+                tf.zeros(tf.stack([batch, hk, nk * bk, d_v])),
+                tf.zeros(tf.stack([batch, hk * group, nq * bq, d_k])),
             ),
             nk,
         )
-        dq = tf.reshape(unblocks(dq_blocks, q_len, transposed=True), tf.shape(query))
-        dk = tf.reshape(unblocks(dk_blocks, kv_len), tf.shape(key))
-        dv = tf.reshape(unblocks(dv_blocks, kv_len), tf.shape(value))
         return (
-            tf.cast(dq, query.dtype),
-            tf.cast(dk, key.dtype),
-            tf.cast(dv, value.dtype),
+            tf.cast(first_rows(dq4, q_len), query.dtype),
+            tf.cast(first_rows(dk4, kv_len), key.dtype),
+            tf.cast(first_rows(dv4, kv_len), value.dtype),
         )
 
     # XLA compiles each pass whole (its loops, tiles and block reads), which fuses the
     # element-wise tile math into few loops; it needs static lengths (a SavedModel
     # serving any length runs the same loops uncompiled).
-    if _compiles(query, key):
-        forward_all = tf.function(forward_all, jit_compile=True)
-        backward_all = tf.function(backward_all, jit_compile=True)
-
-    @tf.custom_gradient
-    def attend(query, key, value):
-        # No tape records the passes (they are differentiated by `grad`), so no
-        # compiled pass has to return its loops' intermediates.
-        output, lse5 = forward_all(*map(tf.stop_gradient, (query, key, value)))
-
-        def grad(d_output, d_lse):
-            del d_lse  # the log-sum-exp is an output only for the gradient's sake
-            inputs = (query, key, value, output, lse5, d_output)
-            return backward_all(*map(tf.stop_gradient, inputs))
-
-        return (output, lse5), grad
-
-    return attend(query, key, value)[0]
+    if compiles:
+        return (
+            tf.function(forward_all, jit_compile=True),
+            tf.function(backward_all, jit_compile=True),
+        )
+    return forward_all, backward_all
 
 
 def _length(x):
