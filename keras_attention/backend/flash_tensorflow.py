@@ -53,21 +53,13 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     compiles = _compiles(query, key)
     parts = math.gcd(kv_heads or 1, _threads()) if compiles else 1
     count = (kv_heads or 1) // parts
-    passes = [
-        _passes(query, key, value, tile, block_q, block_k, compiles, None)
-        if parts == 1
-        else _passes(
-            query,
-            key,
-            value,
-            tile.heads(n * count, count),
-            block_q,
-            block_k,
-            compiles,
-            (n * count, count),
+    passes = []
+    for n in range(parts):
+        head_range = None if parts == 1 else (n * count, count)
+        group_tile = tile if head_range is None else tile.heads(*head_range)
+        passes.append(
+            _passes(query, key, value, group_tile, block_q, block_k, compiles, head_range)
         )
-        for n in range(parts)
-    ]
 
     # The log-sum-exps are outputs so that the gradient function reads only the
     # inputs and outputs of `attend` (a SavedModel saves that function, and it
@@ -116,7 +108,8 @@ def _compiles(query, key):
     q_len, kv_len = query.shape[-2], key.shape[-2]
     if q_len is None or kv_len is None:
         return False
-    return math.prod(d for d in query.shape[:-1] if d is not None) * kv_len >= (COMPILE_MIN_SCORES)
+    scores = math.prod(d for d in query.shape[:-1] if d is not None) * kv_len
+    return scores >= COMPILE_MIN_SCORES
 
 
 def _threads():
