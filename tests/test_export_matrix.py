@@ -61,7 +61,7 @@ def test_representative_subset_runs_in_every_runtime(tmp_path, names, formats):
 def test_a_missing_converter_is_named_without_exporting(tmp_path, monkeypatch):
     format = matrix.BACKEND_FORMATS[BACKEND][0]
     converters = {(BACKEND, format): ("no_such_converter_module", "no-such-converter")}
-    monkeypatch.setattr(matrix, "CONVERTERS", converters)
+    monkeypatch.setattr(matrix.export, "CONVERTERS", converters)
     results = matrix.run_matrix(["RMSNorm"], [format], workdir=tmp_path)
     assert results == {
         "RMSNorm": {

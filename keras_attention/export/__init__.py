@@ -34,6 +34,7 @@ from keras_attention.export.generator import export_generator
 __all__ = [
     "save_model",
     "export_model",
+    "missing_converter",
     "export_saved_model",
     "export_torch_program",
     "load_saved_model",
@@ -273,13 +274,23 @@ def _check_export_path(path, format):
         )
 
 
+def missing_converter(backend, format):
+    """`(module, package, conflict)` of the converter package `format` needs on
+    `backend` when it is not installed (`conflict`: why it is not in the `export`
+    extra, or `None`); `None` when nothing is missing."""
+    module, package = CONVERTERS.get((backend, format), (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return module, package, CONVERTER_CONFLICTS.get(package)
+
+
 def _check_converter(backend, format):
     """A `ModuleNotFoundError` that says how to install the format's converter
     package when it is missing (Keras imports it in the middle of the export)."""
-    module, package = CONVERTERS.get((backend, format), (None, None))
-    if module is None or importlib.util.find_spec(module) is not None:
+    missing = missing_converter(backend, format)
+    if missing is None:
         return
-    conflict = CONVERTER_CONFLICTS.get(package)
+    module, package, conflict = missing
     extra = (
         f"It is not in this package's `export` extra: it {conflict} "
         "(docs/deployment.md); install it in an environment without jax2onnx. "

@@ -10,7 +10,6 @@ input shapes (batch and sequence length both change), so dynamic shapes are chec
 too; "static" means the artifact runs at the traced shape only.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -33,13 +32,9 @@ SHAPES = ((2, 5), (3, 9))
 # The formats of `model.export` per backend (Keras 3.15), in table order: those that
 # `export_model` takes.
 BACKEND_FORMATS = FORMATS
-SUFFIXES = {
-    "tf_saved_model": "",
-    "litert": ".tflite",
-    "onnx": ".onnx",
-    "openvino": ".xml",
-    "torch": ".pt2",
-}
+# Artifact names: the endings `export_model` requires, a folder for SavedModels,
+# `.onnx` by convention.
+SUFFIXES = {"tf_saved_model": "", "onnx": ".onnx", **export.SUFFIXES}
 RUNTIMES = {
     "tf_saved_model": "tensorflow",
     "litert": "ai_edge_litert",
@@ -47,10 +42,6 @@ RUNTIMES = {
     "openvino": "openvino",
     "torch": "torch",
 }
-# The converter package of a format on a backend, and why one is not in the `export`
-# extra: export_model's (it refuses an export whose converter is missing).
-CONVERTERS = export.CONVERTERS
-CONVERTER_CONFLICTS = export.CONVERTER_CONFLICTS
 
 
 def markers(backend=None):
@@ -380,11 +371,11 @@ def _short(error, limit=140):
 def missing_converter(format, backend=None):
     """Why `format` cannot be exported on `backend` here (its converter package is
     not installed), or `None` when it can."""
-    backend = backend or keras.backend.backend()
-    module, package = CONVERTERS.get((backend, format), (None, None))
-    if module is None or importlib.util.find_spec(module) is not None:
+    missing = export.missing_converter(backend or keras.backend.backend(), format)
+    if missing is None:
         return None
-    reason = CONVERTER_CONFLICTS.get(package, "is not installed (`pip install -e '.[export]'`)")
+    _, package, conflict = missing
+    reason = conflict or "is not installed (`pip install -e '.[export]'`)"
     return f"needs `{package}`, which {reason}"
 
 
