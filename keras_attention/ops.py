@@ -88,10 +88,8 @@ def scaled_dot_product_attention(
             attention) are shared without copies. It runs TensorFlow's kernel
             (`keras_attention.backend.flash_tensorflow`; inside a traced function
             with static lengths its passes are compiled by XLA on the first call
-            of a shape); on JAX and
-            PyTorch, and
-            for a tensor `bias` or a callable one with trainable weights, it runs
-            the chunked path. `"fused"` calls `keras.ops.dot_product_attention` (the
+            of a shape); on JAX and PyTorch, and for a tensor `bias` or a callable
+            one with trainable weights, it runs the chunked path. `"fused"` calls `keras.ops.dot_product_attention` (the
             backend's fused kernel where it has one) and keeps this function's
             semantics (fully masked rows give zeros; where the backend's kernel needs
             `d_k == d_v`, as JAX's does, the smaller of the two is zero-padded, which
@@ -604,7 +602,7 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
         pad = [(0, 0)] * (len(x.shape) - 2) + [(0, padded - q_len), (0, 0)]
         x = ops.pad(x, pad)
         x = ops.reshape(x, ops.shape(x)[:-2] + (num_chunks, chunk_size, ops.shape(x)[-1]))
-        return ops.moveaxis(x, len(x.shape) - 3, 0)  # non-negative, see below
+        return backend_lib.moveaxis(x, -3, 0)
 
     chunked_mask = None
     if mask is not None:
@@ -687,9 +685,7 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
         output_zeros,
     )
     # (num_chunks, ..., chunk_size, d_v) -> (..., q_len, d_v)
-    # Non-negative axes: PyTorch's TorchScript ONNX exporter writes negative
-    # `moveaxis` axes into a `Transpose` as they are, which ONNX Runtime refuses.
-    outputs = ops.moveaxis(outputs, 0, len(outputs.shape) - 3)
+    outputs = backend_lib.moveaxis(outputs, 0, -3)
     outputs = ops.reshape(outputs, ops.shape(outputs)[:-3] + (padded, value.shape[-1]))
     return outputs[..., :q_len, :]
 

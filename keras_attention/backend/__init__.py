@@ -20,6 +20,8 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
   which jax2onnx converts with a symbolic length (its `jnp.arange` does not).
 - :func:`splits_heads_through_rows`: how `ops.split_heads` reshapes, for the ONNX
   converters (tf2onnx needs the detour, jax2onnx cannot follow it).
+- :func:`moveaxis`: `keras.ops.moveaxis` with non-negative axes, which PyTorch's
+  TorchScript ONNX exporter needs.
 - :func:`layer_normalization`: `keras.ops.layer_normalization`, on PyTorch with the
   normalized sizes as Python ints, so TorchScript's ONNX exporter can write it.
 - :func:`to_numpy`: tensors of any backend (also PyTorch tensors that require
@@ -45,6 +47,7 @@ __all__ = [
     "is_symbolic_size",
     "layer_normalization",
     "map_sequentially",
+    "moveaxis",
     "reads_trainable_variables",
     "to_numpy",
 ]
@@ -154,6 +157,21 @@ def splits_heads_through_rows():
     features are split in place.
     """
     return keras.backend.backend() != "jax"
+
+
+def moveaxis(x, source, destination):
+    """`keras.ops.moveaxis(x, source, destination)` for int axes, made non-negative
+    first: PyTorch's TorchScript ONNX exporter (Keras' `format="onnx"`) writes
+    negative `movedim` axes into a `Transpose` as they are, which ONNX Runtime
+    refuses to load. The same transpose on every backend.
+
+    Example:
+    >>> x = np.zeros((2, 3, 4), "float32")
+    >>> tuple(moveaxis(x, -1, 0).shape)
+    (4, 2, 3)
+    """
+    rank = len(x.shape)
+    return ops.moveaxis(x, source % rank, destination % rank)
 
 
 def layer_normalization(x, gamma, beta, axis, epsilon, normalized_shape):

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_attention import _validation
+from keras_attention import _validation, backend
 from keras_attention import ops as attention_ops
 from keras_attention.layers._position_bias import _PositionBias
 
@@ -81,10 +81,7 @@ class RelativePositionBias(_PositionBias):
             max_distance=self.max_distance,
         )
         bias = ops.take(self.embeddings, buckets, axis=0)  # (..., q, k, heads)
-        # (..., heads, q, k); non-negative axes: PyTorch's ONNX exporter writes
-        # negative `moveaxis` axes into a `Transpose` that ONNX Runtime refuses.
-        rank = len(bias.shape)
-        return ops.moveaxis(bias, rank - 1, rank - 3)
+        return backend.moveaxis(bias, -1, -3)  # (..., heads, q, k)
 
     def get_config(self):
         config = super().get_config()

@@ -1,9 +1,8 @@
 """`RotaryEmbedding`: rotary position embedding (RoPE) of per-head queries and keys."""
 
 import keras
-from keras import ops
 
-from keras_attention import _validation
+from keras_attention import _validation, backend
 from keras_attention import ops as attention_ops
 
 
@@ -97,12 +96,9 @@ class RotaryEmbedding(keras.layers.Layer):
         )
 
     def call(self, inputs, start_index=0, positions=None):
-        # Non-negative axes throughout: PyTorch's TorchScript ONNX exporter writes a
-        # `Transpose` with the negative axes of `moveaxis` as they are, which ONNX
-        # Runtime refuses.
         rank = len(inputs.shape)
         axis = self.sequence_axis % rank
-        x = inputs if axis == rank - 2 else ops.moveaxis(inputs, axis, rank - 2)
+        x = inputs if axis == rank - 2 else backend.moveaxis(inputs, axis, -2)
         x = attention_ops.apply_rotary_embedding(
             x,
             positions=positions,
@@ -112,7 +108,7 @@ class RotaryEmbedding(keras.layers.Layer):
             rotary_fraction=self.rotary_fraction,
             layout=self.layout,
         )
-        return x if axis == rank - 2 else ops.moveaxis(x, rank - 2, axis)
+        return x if axis == rank - 2 else backend.moveaxis(x, -2, axis)
 
     def compute_output_shape(self, inputs_shape):
         return tuple(inputs_shape)
