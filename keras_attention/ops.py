@@ -226,12 +226,34 @@ def attention_from_scores(
     """
     _validation.check_rate(dropout_rate, "dropout_rate")
     mask = _check_mask(mask, tuple(scores.shape))
+    weights = ops.cast(_masked_softmax(scores, mask), value.dtype)
+
+    probabilities = weights
+    if training and dropout_rate > 0.0:
+        probabilities = keras.random.dropout(weights, rate=dropout_rate, seed=seed)
+    output = ops.matmul(probabilities, value)
+    if return_attention_scores:
+        return output, weights
+    return output
+
+
+def _masked_softmax(scores, mask, in_loop=False):
+    """The float32 softmax of `scores` over the keys, exactly 0 where `mask` is False.
+
+    `in_loop`: the softmax runs inside a loop's body. There, on TensorFlow, it is
+    written out (`exp(s - max) / sum`, the same numbers to rounding): the graph
+    optimizer cannot see the rank of a `Softmax` op's input inside a loop and prints
+    a warning for each (tensorflow/tensorflow#50575).
+    """
     # Softmax in float32 even under mixed precision: float16 exp() overflows at 11.
     if keras.backend.standardize_dtype(scores.dtype) in _LOW_PRECISION:
         scores = ops.cast(scores, "float32")
     if mask is not None:
         scores = scores + masks_lib.mask_to_bias(mask, scores.dtype)
-    if scores.shape[-1] == 1:
+    if in_loop and keras.backend.backend() == "tensorflow":
+        exp = ops.exp(scores - ops.max(scores, axis=-1, keepdims=True))
+        weights = exp / ops.sum(exp, axis=-1, keepdims=True)
+    elif scores.shape[-1] == 1:
         # A softmax over one key is 1, and keras.ops.softmax warns about the axis.
         # Still the softmax, not ones: a graph traced with one key (PyTorch's ONNX
         # and OpenVINO exports trace at size 1) must stay right for more keys.
@@ -245,15 +267,7 @@ def attention_from_scores(
         # biases is uniform) becomes all zeros, so its output is 0 and its gradient
         # is 0, instead of the mean of the values.
         weights = weights * ops.cast(mask, weights.dtype)
-    weights = ops.cast(weights, value.dtype)
-
-    probabilities = weights
-    if training and dropout_rate > 0.0:
-        probabilities = keras.random.dropout(weights, rate=dropout_rate, seed=seed)
-    output = ops.matmul(probabilities, value)
-    if return_attention_scores:
-        return output, weights
-    return output
+    return weights
 
 
 # Above this many score elements (batch * heads * q_len * kv_len; 2**28 float32
@@ -446,10 +460,11 @@ class _FlashTile:
 
     def heads(self, start, count):
         """The same tile for key/value heads `start ... start + count - 1` only (the
-        backend may run groups of heads side by side)."""
+        backend may run groups of heads side by side; `start` may be a tensor, so
+        that the groups share one compiled pass)."""
         part = copy.copy(self)
         if self.mask is not None and self.mask.shape[1] != 1:
-            part.mask = self.mask[:, start : start + count]
+            part.mask = _slice_heads(self.mask, start, count)
         part.head_range = (start, count)
         return part
 
@@ -464,8 +479,7 @@ class _FlashTile:
             group = self.num_heads // self.num_kv_heads
             x = ops.reshape(x, (shape[0], self.num_kv_heads, group) + shape[2:])
         if self.head_range is not None and x.shape[1] != 1:
-            start, count = self.head_range
-            x = x[:, start : start + count]
+            x = _slice_heads(x, *self.head_range)
         return x
 
     def block(self, x, q_offset, k_offset, q_size, k_size):
@@ -567,6 +581,14 @@ class _FlashTile:
         return p, ds
 
 
+def _slice_heads(x, start, count):
+    """Heads `start ... start + count - 1` (axis 1) of a 5-D `x`; `start` may be a
+    tensor (the size stays static)."""
+    size = list(ops.shape(x))
+    size[1] = count
+    return ops.slice(x, [0, start, 0, 0, 0], size)
+
+
 def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
     """Exact attention, `chunk_size` query rows at a time, recomputed in the backward.
 
@@ -665,7 +687,8 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
             else:
                 bias = row_bias
             scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", q_chunk, key), bias)
-            return attention_from_scores(scores, value, mask=chunk_mask)
+            weights = _masked_softmax(scores, _check_mask(chunk_mask, tuple(scores.shape)), True)
+            return ops.matmul(ops.cast(weights, value.dtype), value)
 
         return attend(q_chunk, chunk_key, chunk_value, *((bias_chunk,) if has_row_bias else ()))
 

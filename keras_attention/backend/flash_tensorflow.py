@@ -53,13 +53,13 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     compiles = _compiles(query, key)
     parts = math.gcd(kv_heads or 1, _threads()) if compiles else 1
     count = (kv_heads or 1) // parts
-    passes = []
-    for n in range(parts):
-        head_range = None if parts == 1 else (n * count, count)
-        group_tile = tile if head_range is None else tile.heads(*head_range)
-        passes.append(
-            _passes(query, key, value, group_tile, block_q, block_k, compiles, head_range)
-        )
+    # One pair of passes for every group, which takes its first key/value head as an
+    # argument: XLA compiles each pass once, not once per group (half the first
+    # call's time, and the memory that compiling leaves behind).
+    forward, backward = _passes(
+        query, key, value, tile, block_q, block_k, compiles, None if parts == 1 else count
+    )
+    firsts = [tf.constant(n * count) for n in range(parts)]
 
     # The log-sum-exps are outputs so that the gradient function reads only the
     # inputs and outputs of `attend` (a SavedModel saves that function, and it
@@ -72,7 +72,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
         # No tape records the passes (they are differentiated by `grad`), so no
         # compiled pass has to return its loops' intermediates.
         inputs = tuple(map(tf.stop_gradient, (query, key, value)))
-        results = [forward(*inputs) for forward, _ in passes]
+        results = [forward(*inputs, first) for first in firsts]
         lses = [lse for _, lse in results]
         output = results[0][0] if parts == 1 else tf.concat([o for o, _ in results], 1)
 
@@ -80,8 +80,8 @@ def flash_attention(query, key, value, tile, block_q, block_k):
             del d_lses  # the log-sum-exps are outputs only for the gradient's sake
             args = tuple(map(tf.stop_gradient, (output, d_output)))
             grads = [
-                backward(*inputs, args[0], tf.stop_gradient(lse), args[1])
-                for (_, backward), lse in zip(passes, lses)
+                backward(*inputs, args[0], tf.stop_gradient(lse), args[1], first)
+                for first, lse in zip(firsts, lses)
             ]
             if parts == 1:
                 return grads[0]
@@ -122,16 +122,17 @@ def _threads():
     return os.cpu_count() or 1
 
 
-def _passes(query, key, value, tile, block_q, block_k, compiles, head_range):
-    """The forward and backward passes of key/value heads `head_range` = `(start,
-    count)` (all heads when `None`): `forward(query, key, value) -> (output, lse)` and
-    `backward(query, key, value, output, lse, d_output) -> (dq, dk, dv)`, both given
-    all heads and returning those of the range."""
+def _passes(query, key, value, tile, block_q, block_k, compiles, group_heads):
+    """The forward and backward passes of `group_heads` key/value heads (all heads
+    when `None`) from key/value head `first` (an int32 scalar tensor):
+    `forward(query, key, value, first) -> (output, lse)` and `backward(query, key,
+    value, output, lse, d_output, first) -> (dq, dk, dv)`, both given all heads and
+    returning those of the group."""
     heads, kv_heads = query.shape[1], key.shape[1]
     group = 1 if heads == kv_heads else heads // kv_heads
-    first_head = 0
-    if head_range is not None:
-        first_head, kv_heads = head_range
+    if group_heads is not None:
+        kv_heads = group_heads
+    full_tile = tile
 
     d_k, d_v = query.shape[-1], value.shape[-1]
     q_len, kv_len = _length(query), _length(key)
@@ -184,7 +185,7 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, head_range):
     def num_kv_heads(key):
         return kv_heads if kv_heads is not None else tf.shape(key)[1]
 
-    def reader(x, per_kv_head, size, hk, first=first_head):
+    def reader(x, per_kv_head, size, hk, first):
         """`read(start)`: rows `start ... start + size - 1` of the 4-D `x`'s heads
         `first * per_kv_head ...` (`hk` key/value heads' worth), as a `(B, hk,
         per_kv_head, size, f)` block.
@@ -232,12 +233,19 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, head_range):
         )[1:]
 
     # Both passes take every head and read their own (`head_range`) in the blocks.
-    def forward_all(query, key, value):
+    def group_tile(first):
+        """The tile of the group's heads."""
+        if group_heads is None:
+            return full_tile
+        return full_tile.heads(first, group_heads)
+
+    def forward_all(query, key, value, first):
+        tile = group_tile(first)
         query = pad_rows(query, nq * bq)
         key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
         hk, batch = num_kv_heads(key), tf.shape(query)[0]
-        read_q = reader(query, group, bq, hk)
-        read_k, read_v = reader(key, 1, bk, hk), reader(value, 1, bk, hk)
+        read_q = reader(query, group, bq, hk, first)
+        read_k, read_v = reader(key, 1, bk, hk, first), reader(value, 1, bk, hk, first)
         write = writer(batch, hk * group, bq)
 
         def forward_block(i, state):
@@ -267,12 +275,15 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, head_range):
         )
         return first_rows(out4, q_len), lse4
 
-    def backward_all(query, key, value, output, lse4, d_output):
+    def backward_all(query, key, value, output, lse4, d_output, first):
+        tile = group_tile(first)
         query, output, d_output = (pad_rows(x, nq * bq) for x in (query, output, d_output))
         key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
         hk, batch = num_kv_heads(key), tf.shape(query)[0]
-        read_q, read_o, read_do = (reader(x, group, bq, hk) for x in (query, output, d_output))
-        read_k, read_v = reader(key, 1, bk, hk), reader(value, 1, bk, hk)
+        read_q, read_o, read_do = (
+            reader(x, group, bq, hk, first) for x in (query, output, d_output)
+        )
+        read_k, read_v = reader(key, 1, bk, hk, first), reader(value, 1, bk, hk, first)
         read_lse = reader(lse4, group, bq, hk, first=0)
         write_q, write_k = writer(batch, hk * group, bq), writer(batch, hk, bk)
         float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
