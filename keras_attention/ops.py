@@ -687,7 +687,8 @@ def _chunked_attention(query, key, value, mask, score_mod, chunk_size):
             else:
                 bias = row_bias
             scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", q_chunk, key), bias)
-            weights = _masked_softmax(scores, _check_mask(chunk_mask, tuple(scores.shape)), True)
+            chunk_mask = _check_mask(chunk_mask, tuple(scores.shape))
+            weights = _masked_softmax(scores, chunk_mask, in_loop=True)
             return ops.matmul(ops.cast(weights, value.dtype), value)
 
         return attend(q_chunk, chunk_key, chunk_value, *((bias_chunk,) if has_row_bias else ()))

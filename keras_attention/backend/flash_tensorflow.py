@@ -22,7 +22,8 @@ of the blocks).
 
 Speed (docs/performance.md): inside a traced function with static lengths each pass
 is compiled whole by XLA (`tf.function(jit_compile=True)`, from `COMPILE_MIN_SCORES`
-scores), and the key/value heads run in one group per CPU thread side by side.
+scores), and the key/value heads run in one group per CPU thread side by side (all
+groups share the compiled passes: the group's first head is an argument).
 """
 
 import math
@@ -54,8 +55,8 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     parts = math.gcd(kv_heads or 1, _threads()) if compiles else 1
     count = (kv_heads or 1) // parts
     # One pair of passes for every group, which takes its first key/value head as an
-    # argument: XLA compiles each pass once, not once per group (half the first
-    # call's time, and the memory that compiling leaves behind).
+    # argument: XLA compiles each pass once, not once per group (the first call of a
+    # shape 2-5 s shorter at N = 16384-32768; docs/performance.md).
     forward, backward = _passes(
         query, key, value, tile, block_q, block_k, compiles, None if parts == 1 else count
     )
@@ -232,7 +233,7 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, group_heads):
             maximum_iterations=most,
         )[1:]
 
-    # Both passes take every head and read their own (`head_range`) in the blocks.
+    # Both passes take every head and read their group's (from head `first`) in the blocks.
     def group_tile(first):
         """The tile of the group's heads."""
         if group_heads is None:
