@@ -32,15 +32,19 @@ def _rand(*shape, scale=1.0):
     return (scale * RNG.standard_normal(shape)).astype("float32")
 
 
+def _projection(q, v):
+    """A fixed random projection of the output, the same for every implementation."""
+    projection = np.random.default_rng(0).standard_normal((*q.shape[:-1], v.shape[-1]))
+    return projection.astype("float32")
+
+
 def _outputs_and_grads(implementation, q, k, v, **kwargs):
     def attend(q, k, v):
         return attention_ops.scaled_dot_product_attention(
             q, k, v, implementation=implementation, **kwargs
         )
 
-    # A fixed random projection of the output, the same for every implementation.
-    projection = np.random.default_rng(0).standard_normal((*q.shape[:-1], v.shape[-1]))
-    projection = keras.ops.convert_to_tensor(projection.astype("float32"))
+    projection = keras.ops.convert_to_tensor(_projection(q, v))
     _, grads = value_and_gradients(
         lambda q, k, v: keras.ops.sum(attend(q, k, v) * projection), [q, k, v]
     )
@@ -155,8 +159,7 @@ def _traced_outputs_and_grads(implementation, q, k, v, **kwargs):
 
     from keras_attention.backend import flash_tensorflow
 
-    projection = np.random.default_rng(0).standard_normal((*q.shape[:-1], v.shape[-1]))
-    projection = tf.constant(projection.astype("float32"))
+    projection = tf.constant(_projection(q, v))
     compiled = []
 
     @tf.function

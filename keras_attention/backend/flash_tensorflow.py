@@ -133,7 +133,6 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, group_heads):
     group = 1 if heads == kv_heads else heads // kv_heads
     if group_heads is not None:
         kv_heads = group_heads
-    full_tile = tile
 
     d_k, d_v = query.shape[-1], value.shape[-1]
     q_len, kv_len = _length(query), _length(key)
@@ -235,10 +234,10 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, group_heads):
 
     # Both passes take every head and read their group's (from head `first`) in the blocks.
     def group_tile(first):
-        """The tile of the group's heads."""
+        """The group's heads' tile (inside each pass, `tile` names this one)."""
         if group_heads is None:
-            return full_tile
-        return full_tile.heads(first, group_heads)
+            return tile
+        return tile.heads(first, group_heads)
 
     def forward_all(query, key, value, first):
         tile = group_tile(first)
