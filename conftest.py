@@ -1,7 +1,19 @@
 """pytest setup for the docstring examples of the package (`--doctest-modules`)."""
 
+import os
+
 import keras
 import pytest
+
+# Most tests are single-threaded (tracing, XLA compiles, small ops), so one worker a core
+# uses the machine; each worker holds a whole TensorFlow runtime (1-2 GiB), hence the cap.
+_MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (the default in setup.cfg): one worker a core, at most `_MAX_WORKERS`."""
+    return max(1, min(os.cpu_count() or 1, _MAX_WORKERS))
+
 
 # Docstring examples that need particular backends, with the reason.
 _BACKENDS = {
