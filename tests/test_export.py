@@ -267,7 +267,7 @@ def test_failed_export_keeps_previous_export(tmp_path, monkeypatch, failure):
                 raise OSError("export failed (simulated)")
             return real_rename(src, dst)
 
-        monkeypatch.setattr(export.os, "rename", rename)
+        monkeypatch.setattr(os, "rename", rename)
     with pytest.raises((RuntimeError, OSError), match="simulated"):
         export.export_saved_model(_self_attention_model(), path)
     monkeypatch.undo()
