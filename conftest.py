@@ -17,11 +17,11 @@ def pytest_xdist_auto_num_workers(config):
 
 # Docstring examples that need particular backends, with the reason.
 _BACKENDS = {
-    "keras_attention.export.export_saved_model": (
+    "keras_attention.export.saving.export_saved_model": (
         ("tensorflow", "jax"),
         "SavedModel export needs TensorFlow or JAX",
     ),
-    "keras_attention.export.export_torch_program": (
+    "keras_attention.export.torch_program.export_torch_program": (
         ("torch",),
         "torch.export needs the PyTorch backend",
     ),

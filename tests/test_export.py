@@ -9,6 +9,7 @@ import pytest
 
 import keras_attention
 from keras_attention import export
+from keras_attention.export import formats, saving
 from tests.utils import run_script_without_package
 
 FEATURES = 6
@@ -255,7 +256,7 @@ def test_failed_export_keeps_previous_export(tmp_path, monkeypatch, failure):
 
             return serve
 
-        monkeypatch.setattr(export, "_serving_fn", broken_serving_fn)
+        monkeypatch.setattr(saving, "_serving_fn", broken_serving_fn)
     else:
         # The new export is written, the old one moved aside, then moving the new
         # one into place fails: the old export must be put back.
@@ -266,7 +267,7 @@ def test_failed_export_keeps_previous_export(tmp_path, monkeypatch, failure):
                 raise OSError("export failed (simulated)")
             return real_rename(src, dst)
 
-        monkeypatch.setattr(export.os, "rename", rename)
+        monkeypatch.setattr(os, "rename", rename)
     with pytest.raises((RuntimeError, OSError), match="simulated"):
         export.export_saved_model(_self_attention_model(), path)
     monkeypatch.undo()
@@ -451,7 +452,7 @@ def test_export_model_names_the_format_that_works_where_one_cannot(tmp_path, mon
     if BACKEND == "jax":  # the real case: jax2tf's XlaCallModule has no OpenVINO rule
         with pytest.raises(ValueError, match=r"format='openvino' cannot work on the jax.*'onnx'"):
             export.export_model(model, str(tmp_path / "m.xml"), format="openvino")
-    monkeypatch.setitem(export._REFUSED, (BACKEND, "onnx"), ("use format='x'", "a reason"))
+    monkeypatch.setitem(formats._REFUSED, (BACKEND, "onnx"), ("use format='x'", "a reason"))
     with pytest.raises(ValueError, match=rf"on the {BACKEND} backend; use format='x'. Why: a"):
         export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
     assert os.listdir(tmp_path) == []
@@ -521,8 +522,11 @@ def test_every_converter_error_is_wrapped_with_the_complete_formats(
 
 
 def _file_formats():
-    formats = export.FORMATS[BACKEND]
-    return [f for f in formats if f in export.SUFFIXES and (BACKEND, f) not in export._REFUSED]
+    return [
+        f
+        for f in export.FORMATS[BACKEND]
+        if f in export.SUFFIXES and (BACKEND, f) not in formats._REFUSED
+    ]
 
 
 @pytest.mark.parametrize("format", _file_formats())
@@ -556,14 +560,14 @@ def test_a_missing_converter_says_how_to_install_it(tmp_path, monkeypatch):
     model = _self_attention_model()
     calls = _record_exports(model, monkeypatch)
     converters = {(BACKEND, "onnx"): ("no_such_converter_module", "no-such-converter")}
-    monkeypatch.setattr(export, "CONVERTERS", converters)
+    monkeypatch.setattr(formats, "CONVERTERS", converters)
     with pytest.raises(ModuleNotFoundError) as info:
         export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
     message = str(info.value)
     assert "format='onnx'" in message and "`pip install no-such-converter`" in message
     assert "`export` extra" in message and str(export.COMPLETE_FORMATS[BACKEND]) in message
     assert info.value.name == "no_such_converter_module"
-    monkeypatch.setitem(export.CONVERTER_CONFLICTS, "no-such-converter", "requires old numpy")
+    monkeypatch.setitem(formats.CONVERTER_CONFLICTS, "no-such-converter", "requires old numpy")
     with pytest.raises(ModuleNotFoundError, match="not in this package's `export` extra: it "):
         export.export_model(model, str(tmp_path / "m.onnx"), format="onnx")
     assert calls == [] and os.listdir(tmp_path) == []

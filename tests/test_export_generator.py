@@ -174,6 +174,34 @@ def test_saved_model_prefill_decode_and_generate_equal_generate(tmp_path):
             loaded.signatures[name](tokens=too_wide, mask=too_wide.astype(bool))
 
 
+@pytest.mark.tensorflow_only("SavedModel export of TensorFlow graphs")
+def test_saved_model_generate_stops_and_pads_as_generate(tmp_path):
+    # The one SavedModel generate export (it replaces models.export_generate): stop
+    # tokens and the pad token as in `generate`, inputs `tokens` and `mask`.
+    keras.utils.set_random_seed(6)
+    model = _causal_lm()
+    tokens = np.array([[3, 4, 5, 6], [0, 7, 8, 0]], "int32")
+    mask = np.array([[1, 1, 1, 1], [0, 1, 1, 0]], bool)
+    free = model.generate(tokens, 6, prompt_mask=mask)
+    stop = int(free[0, 5])  # the second new token of the first row
+    expected = model.generate(
+        tokens, 6, prompt_mask=mask, stop_token_ids=[stop], pad_token_id=VOCABULARY - 1
+    )
+    path = export_generator(
+        model,
+        tmp_path / "lm",
+        format="tf_saved_model",
+        max_length=10,
+        stop_token_ids=[stop],
+        pad_token_id=VOCABULARY - 1,
+    )
+    import tensorflow as tf
+
+    served = tf.saved_model.load(path).signatures["generate"](tokens=tokens, mask=mask)
+    np.testing.assert_array_equal(served["tokens"].numpy(), expected)
+    assert (expected[0, 6:] == VOCABULARY - 1).all()  # it stopped and padded
+
+
 # ------------------------------------------------------------------- bad input
 
 
@@ -202,6 +230,14 @@ def test_model_without_decoder_is_named(tmp_path):
         (
             dict(quantization="dynamic_int8", format="tf_saved_model"),
             "LiteRT format only. Received: quantization='dynamic_int8'",
+        ),
+        (
+            dict(stop_token_ids=[2]),
+            "SavedModel's `generate` signature.*Received: stop_token_ids=\\[2\\]",
+        ),
+        (
+            dict(format="tf_saved_model", stop_token_ids=[VOCABULARY]),
+            "`stop_token_ids` must be token ids in \\[0, vocabulary_size=30\\)",
         ),
     ],
 )

@@ -1,4 +1,4 @@
-"""keras_attention.export.matrix: every layer and builder against every `model.export`
+"""tools/export_matrix.py: every layer and builder against every `model.export`
 format, each artifact run in its own runtime without this package."""
 
 import importlib.util
@@ -8,10 +8,23 @@ import keras
 import numpy as np
 import pytest
 
-from keras_attention.export import matrix
+from keras_attention.export import formats
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
-DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "deployment.md")
+DOCS = os.path.join(ROOT, "docs", "deployment.md")
+
+
+def _load_tool():
+    # A developer tool, not a module of the package: loaded from its file.
+    path = os.path.join(ROOT, "tools", "export_matrix.py")
+    spec = importlib.util.spec_from_file_location("export_matrix", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+matrix = _load_tool()
 
 
 def _runtimes_installed(formats):
@@ -61,7 +74,7 @@ def test_representative_subset_runs_in_every_runtime(tmp_path, names, formats):
 def test_a_missing_converter_is_named_without_exporting(tmp_path, monkeypatch):
     format = matrix.BACKEND_FORMATS[BACKEND][0]
     converters = {(BACKEND, format): ("no_such_converter_module", "no-such-converter")}
-    monkeypatch.setattr(matrix.export, "CONVERTERS", converters)
+    monkeypatch.setattr(formats, "CONVERTERS", converters)
     results = matrix.run_matrix(["RMSNorm"], [format], workdir=tmp_path)
     assert results == {
         "RMSNorm": {
@@ -135,5 +148,5 @@ def test_full_matrix_matches_the_table_in_the_docs(tmp_path):
     assert start in document and end in document, f"no {BACKEND} table in docs/deployment.md"
     assert document[document.index(start) : document.index(end)].strip() == (f"{start}\n{text}"), (
         f"docs/deployment.md is stale: run `KERAS_BACKEND={BACKEND} "
-        "python -m keras_attention.export --matrix --write docs/deployment.md`"
+        "python tools/export_matrix.py --write docs/deployment.md`"
     )

@@ -324,9 +324,12 @@ def test_save_reload_generate(lm, tmp_path):
 
 
 @pytest.mark.tensorflow_only("export_generate writes a TensorFlow SavedModel")
-def test_exported_generate_serves_without_the_package(lm, tmp_path):
+def test_deprecated_export_generate_warns_and_serves_without_the_package(lm, tmp_path):
+    # Deprecated for keras_attention.export.export_generator (inputs `tokens`/`mask`,
+    # tested in tests/test_export_generator.py); it still writes its own signature.
     path = str(tmp_path / "generate")
-    lm.export_generate(path, max_new_tokens=5, stop_token_ids=[3])
+    with pytest.warns(DeprecationWarning, match=r"export_generator\(model, path, format="):
+        lm.export_generate(path, max_new_tokens=5, stop_token_ids=[3])
     prompt = np.array([[1, 2, 3, 4], [0, 5, 6, 0]], "int32")
     mask = np.array([[1, 1, 1, 1], [0, 1, 1, 0]], bool)
     script = (
@@ -351,6 +354,14 @@ def test_exported_generate_serves_without_the_package(lm, tmp_path):
     served = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     expected = lm.generate(prompt, 5, prompt_mask=mask, stop_token_ids=[3])
     np.testing.assert_array_equal(served, expected)
+
+
+def test_deprecated_export_generate_function_names_its_replacement(s2s, tmp_path):
+    # The warning says how the inputs were renamed; the checks stay as they were.
+    with pytest.warns(DeprecationWarning, match=r"`prompt_tokens` and `prompt_mask` renamed"):
+        with pytest.raises(ValueError, match=r"CausalLanguageModel|TensorFlow backend"):
+            models.export_generate(s2s, str(tmp_path / "generate"), max_new_tokens=2)
+    assert not os.path.exists(tmp_path / "generate")
 
 
 # -- bad inputs ----------------------------------------------------------------------

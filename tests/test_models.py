@@ -198,3 +198,32 @@ def test_builder_errors():
         models.transformer_classifier(**TINY, num_classes=0)
     with pytest.raises(ValueError, match="position='rope'"):
         models.causal_language_model(**TINY, position="rope")
+
+
+def test_builders_are_the_classes_with_their_defaults():
+    # The shorthands pass every argument on: same config as the class, same defaults.
+    pairs = [
+        (models.causal_language_model, models.CausalLanguageModel),
+        (models.transformer_seq2seq, models.Seq2SeqTransformer),
+    ]
+    required = dict(vocabulary_size=11, sequence_length=8)
+    for builder, cls in pairs:
+        assert builder(**required).get_config() == cls(**required).get_config()
+        with pytest.raises(TypeError, match="takes 0 positional arguments"):
+            builder(11, 8)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        models.causal_language_model,
+        models.CausalLanguageModel,
+        models.transformer_seq2seq,
+        models.Seq2SeqTransformer,
+    ],
+)
+def test_unknown_keyword_arguments_are_refused(make):
+    # A functional keras.Model ignores unknown keywords; the model classes do not.
+    with pytest.raises(TypeError, match=r"Unrecognized keyword arguments.*\['nmu_heads'\]"):
+        make(**TINY, nmu_heads=4)
+    assert make(**TINY, name="named", trainable=False).name == "named"

@@ -31,7 +31,13 @@ included)::
 
 A SavedModel export also has the whole greedy loop as one signature,
 `generate(tokens, mask) -> {"tokens": (batch, max_length)}` (and
-`generate(encoder_tokens, encoder_mask, tokens, mask)` for seq2seq models).
+`generate(encoder_tokens, encoder_mask, tokens, mask)` for seq2seq models), stopping
+a row at `stop_token_ids` and padding it with `pad_token_id`: the one SavedModel
+export of generation (`keras_attention.models.export_generate` is deprecated).
+
+The steps are the models' package-internal step API (`initial_cache`,
+`call_with_cache`, `left_align`, `generate_graph`, and for seq2seq `encode` and
+`encoder_state_from_cache`), the same functions `model.generate` runs.
 """
 
 import os
@@ -42,13 +48,21 @@ from keras import ops
 
 from keras_attention import _validation
 from keras_attention.export import _atomic
+from keras_attention.models.generation import GenerativeMixin, check_token_ids
 
 FORMATS = ("litert", "tf_saved_model")
 QUANTIZATIONS = (None, "dynamic_int8")
 
 
 def export_generator(
-    model, path, format="litert", max_length=None, prompt_length=None, quantization=None
+    model,
+    path,
+    format="litert",
+    max_length=None,
+    prompt_length=None,
+    quantization=None,
+    stop_token_ids=None,
+    pad_token_id=0,
 ):
     """Export `model`'s decoder as `prefill`/`decode` signatures (and `generate`).
 
@@ -72,14 +86,20 @@ def export_generator(
             shape, which some LiteRT delegates need); `None` keeps it dynamic.
         quantization: `None` (float32) or `"dynamic_int8"` (LiteRT only: weights
             stored as int8, `tf.lite.Optimize.DEFAULT`).
+        stop_token_ids: token ids that end a row in the SavedModel's `generate`
+            signature, as in `model.generate` (`"tf_saved_model"` only: a LiteRT
+            app's own loop decides when to stop).
+        pad_token_id: int written after a row's last token by `generate`
+            (`"tf_saved_model"` only).
 
     Returns:
         The absolute path written, as a string.
 
     Raises:
         ValueError: an unknown `format` or `quantization`, a model without a decoder,
-            `max_length` out of range or smaller than `prompt_length`, or a backend
-            other than TensorFlow.
+            `max_length` out of range or smaller than `prompt_length`, token ids
+            out of the vocabulary or given for LiteRT, or a backend other than
+            TensorFlow.
 
     Example:
     ```python
@@ -87,8 +107,39 @@ def export_generator(
     runner = ai_edge_litert.interpreter.Interpreter(path).get_signature_runner("prefill")
     ```
     """
-    from keras_attention.models.generation import GenerativeMixin
+    _check_format(format, quantization, stop_token_ids, pad_token_id)
+    max_length = _check_model(model, max_length, prompt_length)
+    vocabulary = model.decoder_embedding.vocabulary_size
+    generate_settings = (
+        check_token_ids(stop_token_ids, "stop_token_ids", vocabulary),
+        check_token_ids([pad_token_id], "pad_token_id", vocabulary)[0],
+    )
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(
+            "`export_generator` traces TensorFlow graphs and needs the TensorFlow "
+            f"backend. Received: keras.backend.backend()={backend!r}"
+        )
+    path = os.path.abspath(os.fspath(path))
+    if format == "litert" and not path.endswith(".tflite"):
+        raise ValueError(f"`path` must end in `.tflite` for LiteRT. Received: path={path!r}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if format == "tf_saved_model":
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(
+                f"`path` is an existing file; a SavedModel is a folder. Received: path={path!r}"
+            )
+        steps = _Steps(model, max_length, check_width=True, generate_settings=generate_settings)
+        with _atomic.atomic_folder(path) as tmp_dir:
+            _write_saved_model(steps, tmp_dir, prompt_length, with_generate=True)
+        return path
+    # LiteRT drops assertions; the app checks the width (see examples/litert_app.py).
+    steps = _Steps(model, max_length, check_width=False)
+    _write_litert(steps, path, prompt_length, quantization)
+    return path
 
+
+def _check_format(format, quantization, stop_token_ids, pad_token_id):
     if format not in FORMATS:
         raise ValueError(
             f"`format` must be one of {', '.join(map(repr, FORMATS))}. Received: format={format!r}"
@@ -103,6 +154,17 @@ def export_generator(
             "`quantization` applies to the LiteRT format only. "
             f"Received: quantization={quantization!r}, format={format!r}"
         )
+    if format != "tf_saved_model" and (stop_token_ids is not None or pad_token_id != 0):
+        raise ValueError(
+            "`stop_token_ids` and `pad_token_id` apply to the SavedModel's `generate` "
+            "signature (format='tf_saved_model'); a LiteRT app's own loop decides when "
+            f"to stop. Received: stop_token_ids={stop_token_ids!r}, "
+            f"pad_token_id={pad_token_id!r}, format={format!r}"
+        )
+
+
+def _check_model(model, max_length, prompt_length):
+    """Check the model and the lengths; the cache length to use."""
     if not isinstance(model, GenerativeMixin):
         raise ValueError(
             "`model` must have a decoder with a key/value cache (a CausalLanguageModel "
@@ -125,29 +187,14 @@ def export_generator(
             "`max_length` (prompt plus new tokens) must be greater than the prompt "
             f"length. Received: max_length={max_length}, prompt_length={prompt_length}"
         )
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise ValueError(
-            "`export_generator` traces TensorFlow graphs and needs the TensorFlow "
-            f"backend. Received: keras.backend.backend()={backend!r}"
-        )
-    path = os.path.abspath(os.fspath(path))
-    if format == "litert" and not path.endswith(".tflite"):
-        raise ValueError(f"`path` must end in `.tflite` for LiteRT. Received: path={path!r}")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    if format == "tf_saved_model":
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise ValueError(
-                f"`path` is an existing file; a SavedModel is a folder. Received: path={path!r}"
-            )
-        with _atomic.atomic_folder(path) as tmp_dir:
-            _write_saved_model(model, tmp_dir, max_length, prompt_length, with_generate=True)
-        return path
+    return max_length
+
+
+def _write_litert(steps, path, prompt_length, quantization):
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        _write_saved_model(model, saved_model_dir, max_length, prompt_length, with_generate=False)
+        _write_saved_model(steps, saved_model_dir, prompt_length, with_generate=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             saved_model_dir, signature_keys=["prefill", "decode"]
         )
@@ -159,15 +206,12 @@ def export_generator(
     with _atomic.atomic_file(path, suffix=".tmp.tflite") as tmp_path:
         with open(tmp_path, "wb") as handle:
             handle.write(flatbuffer)
-    return path
 
 
-def _write_saved_model(model, folder, max_length, prompt_length, with_generate):
+def _write_saved_model(steps, folder, prompt_length, with_generate):
     import tensorflow as tf
 
-    # LiteRT drops assertions; the app checks the width (see examples/litert_app.py).
-    steps = _Steps(model, max_length, check_width=with_generate)
-    width = prompt_length
+    max_length, width = steps.max_length, prompt_length
     tokens = [
         tf.TensorSpec((None, width), tf.int32, name="tokens"),
         tf.TensorSpec((None, width), tf.bool, name="mask"),
@@ -176,7 +220,7 @@ def _write_saved_model(model, folder, max_length, prompt_length, with_generate):
     token = tf.TensorSpec((None,), tf.int32, name="token")
     index = tf.TensorSpec((), tf.int32, name="index")
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(steps.model)
     if steps.seq2seq:
         source = [
             tf.TensorSpec((None, None), tf.int32, name="encoder_tokens"),
@@ -198,17 +242,18 @@ def _write_saved_model(model, folder, max_length, prompt_length, with_generate):
 
 
 class _Steps:
-    """The traced functions; `keras.ops` over the model's own decoding step."""
+    """The traced functions: the model's step API, with the per-layer caches and the
+    key mask packed into one tensor (the state an app passes back)."""
 
-    def __init__(self, model, max_length, check_width):
+    def __init__(self, model, max_length, check_width, generate_settings=((), 0)):
         self.model = model
         self.max_length = max_length
         self.check_width = check_width
+        self.stop_token_ids, self.pad_token_id = generate_settings
         self.seq2seq = hasattr(model, "encode")
         self.mask_zero = model.decoder_embedding.mask_zero
         self.num_layers = len(model.decoder_layers)
-        attention = model.decoder_layers[0].self_attention
-        self.layer_features = attention.get_initial_cache(1, 1).shape[-1]
+        self.layer_features = model.initial_cache(1, 1)[0].shape[-1]
         self.cache_features = self.num_layers * self.layer_features + 1
 
     # -- packing the per-layer caches and the key mask into one tensor --------------
@@ -221,16 +266,6 @@ class _Steps:
         size = self.layer_features
         caches = [state[..., i * size : (i + 1) * size] for i in range(self.num_layers)]
         return caches, state[..., -1] > 0.5
-
-    def _encoded(self, encoder_cache):
-        from keras_attention.models.generation import _Encoded
-
-        caches, mask = self._unpack(encoder_cache)
-        # The decoder reads only the encoder output's length once the cross-attention
-        # keys/values are given.
-        batch, length = ops.shape(encoder_cache)[0], ops.shape(encoder_cache)[1]
-        sequence = ops.zeros((batch, length, self.model.embedding_dim), "float32")
-        return _Encoded(sequence, mask, caches)
 
     def _checked(self, tokens):
         """`tokens`, after a run-time check that the prompt leaves room in the cache."""
@@ -250,33 +285,32 @@ class _Steps:
 
     # -- prefill and decode -----------------------------------------------------------
 
-    def _prefill(self, tokens, mask, encoded):
-        from keras_attention.models.generation import _left_align
-
-        tokens, lengths = _left_align(self._checked(tokens), mask)
+    def _prefill(self, tokens, mask, encoder_state):
+        tokens, lengths = self.model.left_align(self._checked(tokens), mask)
         batch, width = ops.shape(tokens)[0], ops.shape(tokens)[1]
         columns = ops.arange(self.max_length, dtype="int32")[None, :]
         padded = ops.pad(tokens, [[0, 0], [0, self.max_length - width]])
         key_mask = ops.logical_and(columns < lengths[:, None], ops.not_equal(padded, 0))
         if not self.mask_zero:
             key_mask = columns < lengths[:, None]
-        caches = [
-            layer.get_initial_cache(batch, self.max_length) for layer in self.model.decoder_layers
-        ]
-        logits, caches = self.model._decode(
-            tokens, 0, caches, key_mask if self.mask_zero else None, encoded
+        logits, caches = self.model.call_with_cache(
+            tokens,
+            self.model.initial_cache(batch, self.max_length),
+            0,
+            key_mask if self.mask_zero else None,
+            encoder_state,
         )
         last = ops.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
         return {"logits": ops.cast(last, "float32"), "cache": self._pack(caches, key_mask)}
 
-    def _decode(self, token, cache, index, encoded):
+    def _decode(self, token, cache, index, encoder_state):
         caches, key_mask = self._unpack(cache)
         token = ops.cast(token, "int32")[:, None]
         index = ops.cast(index, "int32")
         valid = ops.not_equal(token, 0) if self.mask_zero else ops.ones_like(token, "bool")
         key_mask = ops.slice_update(key_mask, [0, index], valid)
-        logits, caches = self.model._decode(
-            token, index, caches, key_mask if self.mask_zero else None, encoded
+        logits, caches = self.model.call_with_cache(
+            token, caches, index, key_mask if self.mask_zero else None, encoder_state
         )
         return {"logits": ops.cast(logits[:, 0], "float32"), "cache": self._pack(caches, key_mask)}
 
@@ -287,27 +321,30 @@ class _Steps:
         return self._decode(token, cache, index, None)
 
     def prefill_seq2seq(self, encoder_tokens, encoder_mask, tokens, mask):
-        encoded = self.model.encode(encoder_tokens, encoder_mask)
-        outputs = self._prefill(tokens, mask, encoded)
-        outputs["encoder_cache"] = self._pack(encoded.cross_caches, encoded.padding_mask)
+        encoder_state = self.model.encode(encoder_tokens, encoder_mask)
+        outputs = self._prefill(tokens, mask, encoder_state)
+        outputs["encoder_cache"] = self._pack(
+            encoder_state.cross_caches, encoder_state.padding_mask
+        )
         return outputs
 
     def decode_seq2seq(self, token, cache, encoder_cache, index):
-        return self._decode(token, cache, index, self._encoded(encoder_cache))
+        caches, mask = self._unpack(encoder_cache)
+        encoder_state = self.model.encoder_state_from_cache(caches, mask)
+        return self._decode(token, cache, index, encoder_state)
 
     # -- the whole greedy loop (SavedModel only: LiteRT has no loop of this kind) -----
 
     def _generate(self, tokens, mask, encoder_inputs):
-        from keras_attention.models import samplers
-        from keras_attention.models.generation import _left_align, _Settings
-
-        tokens, lengths = _left_align(self._checked(tokens), mask)
-        new_tokens = self.max_length - ops.shape(tokens)[1]
-        settings = _Settings(new_tokens, samplers.GreedySampler(), (), 0)
-        seed = ops.zeros((2,), "int32")
+        tokens = self._checked(tokens)
         return {
-            "tokens": self.model._generate_tensors(
-                settings, "graph", tokens, lengths, seed, *encoder_inputs
+            "tokens": self.model.generate_graph(
+                tokens,
+                mask,
+                self.max_length - ops.shape(tokens)[1],
+                self.stop_token_ids,
+                self.pad_token_id,
+                encoder_inputs,
             )
         }
 

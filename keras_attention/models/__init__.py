@@ -1,5 +1,6 @@
 """`keras_attention.models`: model builders, the generative model classes with their
-compiled `generate()`, the samplers, and the SavedModel export of generation."""
+compiled `generate()` and their step API, the samplers, and the deprecated
+`export_generate` (`keras_attention.export.export_generator` replaces it)."""
 
 from keras_attention.models import samplers
 from keras_attention.models.builders import (

@@ -2,7 +2,9 @@
 (:class:`CausalLanguageModel`, :class:`Seq2SeqTransformer`) with keyword arguments.
 
 Every builder takes the keyword arguments `vocabulary_size, sequence_length,
-num_layers, embedding_dim, num_heads, intermediate_dim, dropout` plus its own. With
+num_layers, embedding_dim, num_heads, intermediate_dim, dropout` plus its own;
+`causal_language_model` and `transformer_seq2seq` are shorthands of the model
+classes and pass every argument on to them (their defaults are the classes'). With
 `mask_zero=True` (the default) token id 0 is padding: the Keras mask it produces
 flows through the blocks, so padded positions are never attended, and the logits of
 the language models carry it, so `fit` leaves padded targets out of the loss.
@@ -64,22 +66,22 @@ def transformer_classifier(
     >>> model.output_shape
     (None, 3)
     """
-    _parts.check_common(
-        vocabulary_size,
-        sequence_length,
-        num_layers,
-        embedding_dim,
-        num_heads,
-        intermediate_dim,
-        dropout,
+    config = dict(
+        vocabulary_size=vocabulary_size,
+        sequence_length=sequence_length,
+        num_layers=num_layers,
+        embedding_dim=embedding_dim,
+        num_heads=num_heads,
+        intermediate_dim=intermediate_dim,
+        dropout=dropout,
+        position=position,
     )
+    _parts.check_common(config)
     _validation.check_positive_int(num_classes, "num_classes")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
-    x = _parts.embedding(
-        "token_embedding", vocabulary_size, sequence_length, embedding_dim, position, False
-    )(tokens)
+    x = _parts.embedding("token_embedding", config)(tokens)
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
-    for layer in _parts.encoder_layers(num_layers, num_heads, intermediate_dim, dropout):
+    for layer in _parts.encoder_layers(config):
         x = layer(x)
     x = keras.layers.GlobalAveragePooling1D(name="pooling")(x)
     x = keras.layers.Dropout(dropout, name="pooled_dropout")(x)
@@ -87,25 +89,8 @@ def transformer_classifier(
     return keras.Model(tokens, logits, name=name)
 
 
-def causal_language_model(
-    *,
-    vocabulary_size,
-    sequence_length,
-    num_layers=2,
-    embedding_dim=64,
-    num_heads=4,
-    intermediate_dim=128,
-    dropout=0.1,
-    position=None,
-    tie_embeddings=False,
-    mask_zero=True,
-    style="gpt",
-    num_key_value_heads=None,
-    sliding_window=None,
-    soft_cap=None,
-    name="causal_language_model",
-):
-    """A decoder-only (GPT-style) language model.
+def causal_language_model(*, vocabulary_size, sequence_length, **kwargs):
+    """A decoder-only (GPT-style) language model: `CausalLanguageModel(...)`.
 
     tokens -> `TokenAndPositionEmbedding` (`token_embedding`) -> dropout ->
     `num_layers` x `TransformerDecoder` without cross-attention
@@ -113,17 +98,17 @@ def causal_language_model(
     `tie_embeddings=True` the transposed token table.
 
     Args:
-        vocabulary_size, sequence_length, num_layers, embedding_dim, num_heads,
-        intermediate_dim, dropout: see the module docstring.
-        position: `"learned"` (default) or `"sinusoidal"` position encoding;
-            `None`/`"none"` with `style="llama"`.
-        tie_embeddings: reuse the token table as the output projection.
-        mask_zero: token id 0 is padding (default); `False` makes it a token.
-        style: `"gpt"` or `"llama"` (pre-norm RMSNorm, RoPE, grouped-query heads,
-            SwiGLU, no biases, final RMSNorm; see :class:`CausalLanguageModel`).
-        num_key_value_heads, sliding_window, soft_cap: attention options of every
-            block (grouped-query heads, a Mistral-style window, Gemma-2 soft-cap).
-        name: model name.
+        vocabulary_size, sequence_length: see the module docstring.
+        **kwargs: the other arguments of :class:`CausalLanguageModel`, with its
+            defaults: `num_layers`, `embedding_dim`, `num_heads`,
+            `intermediate_dim`, `dropout` (see the module docstring); `position`
+            (`"learned"` by default, or `"sinusoidal"`; `None`/`"none"` with
+            `style="llama"`); `tie_embeddings`; `mask_zero` (token id 0 is padding,
+            the default; `False` makes it a token); `style` (`"gpt"` or `"llama"`:
+            pre-norm RMSNorm, RoPE, grouped-query heads, SwiGLU, no biases, final
+            RMSNorm); `num_key_value_heads`, `sliding_window`, `soft_cap` (attention
+            options of every block: grouped-query heads, a Mistral-style window,
+            Gemma-2 soft-cap); `name` (default `"causal_language_model"`).
 
     Returns:
         A :class:`CausalLanguageModel` (a functional `keras.Model` from int tokens
@@ -141,41 +126,13 @@ def causal_language_model(
     (1, 5)
     """
     return CausalLanguageModel(
-        vocabulary_size=vocabulary_size,
-        sequence_length=sequence_length,
-        num_layers=num_layers,
-        embedding_dim=embedding_dim,
-        num_heads=num_heads,
-        intermediate_dim=intermediate_dim,
-        dropout=dropout,
-        position=position,
-        tie_embeddings=tie_embeddings,
-        mask_zero=mask_zero,
-        style=style,
-        num_key_value_heads=num_key_value_heads,
-        sliding_window=sliding_window,
-        soft_cap=soft_cap,
-        name=name,
+        vocabulary_size=vocabulary_size, sequence_length=sequence_length, **kwargs
     )
 
 
-def transformer_seq2seq(
-    *,
-    vocabulary_size,
-    sequence_length,
-    num_layers=2,
-    embedding_dim=64,
-    num_heads=4,
-    intermediate_dim=128,
-    dropout=0.1,
-    position="learned",
-    share_embeddings=False,
-    tie_embeddings=False,
-    scale_embeddings=False,
-    mask_zero=True,
-    name="transformer_seq2seq",
-):
-    """An encoder-decoder Transformer for sequence-to-sequence tasks.
+def transformer_seq2seq(*, vocabulary_size, sequence_length, **kwargs):
+    """An encoder-decoder Transformer for sequence-to-sequence tasks:
+    `Seq2SeqTransformer(...)`.
 
     encoder tokens -> embedding -> `num_layers` x `TransformerEncoder`
     (`encoder_layer_{i}`); decoder tokens -> embedding -> `num_layers` x
@@ -183,17 +140,18 @@ def transformer_seq2seq(
     (`decoder_layer_{i}`) -> next-token logits (`lm_head`, or the tied table).
 
     Args:
-        vocabulary_size, sequence_length, num_layers, embedding_dim, num_heads,
-        intermediate_dim, dropout: see the module docstring; the vocabulary and the
-            maximum length are those of both sides.
-        position: `"learned"` or `"sinusoidal"` position encoding.
-        share_embeddings: one token table (`shared_embedding`) for source and
-            target, instead of `encoder_embedding` and `decoder_embedding`.
-        tie_embeddings: the output projection is the (decoder's) token table,
-            transposed; no `lm_head`.
-        scale_embeddings: multiply token embeddings by `sqrt(embedding_dim)`.
-        mask_zero: token id 0 is padding (default); `False` makes it a token.
-        name: model name.
+        vocabulary_size, sequence_length: see the module docstring; the vocabulary
+            and the maximum length are those of both sides.
+        **kwargs: the other arguments of :class:`Seq2SeqTransformer`, with its
+            defaults: `num_layers`, `embedding_dim`, `num_heads`,
+            `intermediate_dim`, `dropout` (see the module docstring); `position`
+            (`"learned"` or `"sinusoidal"`); `share_embeddings` (one token table,
+            `shared_embedding`, for source and target, instead of
+            `encoder_embedding` and `decoder_embedding`); `tie_embeddings` (the
+            output projection is the decoder's token table, transposed; no
+            `lm_head`); `scale_embeddings` (multiply token embeddings by
+            `sqrt(embedding_dim)`); `mask_zero` (token id 0 is padding, the
+            default); `name` (default `"transformer_seq2seq"`).
 
     Returns:
         A :class:`Seq2SeqTransformer` (with `generate()`): inputs `[encoder_tokens (batch, src_seq),
@@ -207,19 +165,7 @@ def transformer_seq2seq(
     (None, None, 50)
     """
     return Seq2SeqTransformer(
-        vocabulary_size=vocabulary_size,
-        sequence_length=sequence_length,
-        num_layers=num_layers,
-        embedding_dim=embedding_dim,
-        num_heads=num_heads,
-        intermediate_dim=intermediate_dim,
-        dropout=dropout,
-        position=position,
-        share_embeddings=share_embeddings,
-        tie_embeddings=tie_embeddings,
-        scale_embeddings=scale_embeddings,
-        mask_zero=mask_zero,
-        name=name,
+        vocabulary_size=vocabulary_size, sequence_length=sequence_length, **kwargs
     )
 
 

@@ -1,12 +1,15 @@
 """`CausalLanguageModel`: a decoder-only (GPT-style) Transformer that owns `generate()`."""
 
+import warnings
+
 import keras
 
 from keras_attention import _validation
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
-from keras_attention.models.generation import GenerativeMixin, export_generate
+from keras_attention.models.generation import deprecated
+from keras_attention.models.generation.loop import GenerativeMixin
 
 # The block settings of style="llama": pre-norm RMSNorm, RoPE, SwiGLU, no biases.
 _LLAMA_BLOCK = {
@@ -38,6 +41,13 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
     Built functionally in `__init__` (like keras-hub's backbones), so `summary()`,
     `fit`, `.keras` save/load (no `custom_objects`) and `model.export` work as for
     any functional model; the parts are attributes, never looked up by name.
+
+    Package-internal step API, used by `generate()` and `keras_attention.export`
+    (see :class:`~keras_attention.models.generation.GenerativeMixin`):
+    `initial_cache(batch_size, max_length)`, `call_with_cache(tokens, cache, index,
+    key_mask=None, encoder_state=None, return_logits=True) -> (logits, cache)`,
+    `left_align(tokens, mask) -> (tokens, lengths)` and `generate_graph(tokens, mask,
+    max_new_tokens, stop_token_ids=(), pad_token_id=0)`.
 
     Args:
         vocabulary_size: positive int.
@@ -94,36 +104,28 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         soft_cap=None,
         **kwargs,
     ):
-        _parts.check_common(
-            vocabulary_size,
-            sequence_length,
-            num_layers,
-            embedding_dim,
-            num_heads,
-            intermediate_dim,
-            dropout,
+        _parts.check_model_kwargs(kwargs, "CausalLanguageModel")
+        config = dict(
+            vocabulary_size=vocabulary_size,
+            sequence_length=sequence_length,
+            num_layers=num_layers,
+            embedding_dim=embedding_dim,
+            num_heads=num_heads,
+            intermediate_dim=intermediate_dim,
+            dropout=dropout,
+            position=position,
+            tie_embeddings=tie_embeddings,
+            mask_zero=mask_zero,
+            style=style,
+            num_key_value_heads=num_key_value_heads,
+            sliding_window=sliding_window,
+            soft_cap=soft_cap,
         )
-        _validation.check_bool(tie_embeddings, "tie_embeddings")
-        _validation.check_bool(mask_zero, "mask_zero")
-        _validation.check_one_of(style, "style", ("gpt", "llama"))
-        llama = style == "llama"
-        if llama and position not in (None, "none"):
-            raise ValueError(
-                "style='llama' encodes positions with rotary embeddings in the attention, "
-                f"so `position` must be 'none' (or None). Received: position={position!r}"
-            )
-        position = ("none" if llama else "learned") if position is None else position
+        config["position"] = _check_arguments(config)
         kwargs.setdefault("name", "causal_language_model")
+        llama = style == "llama"
         # === Layers ===
-        embedding = _parts.embedding(
-            "token_embedding",
-            vocabulary_size,
-            sequence_length,
-            embedding_dim,
-            position,
-            False,
-            mask_zero,
-        )
+        embedding = _parts.embedding("token_embedding", config)
         embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         decoder_layers = [
             TransformerDecoder(
@@ -158,20 +160,7 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         self.lm_head = lm_head
         self.final_norm = final_norm
         # === Config ===
-        self.vocabulary_size = vocabulary_size
-        self.sequence_length = sequence_length
-        self.num_layers = num_layers
-        self.embedding_dim = embedding_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.dropout = dropout
-        self.position = position
-        self.tie_embeddings = tie_embeddings
-        self.mask_zero = mask_zero
-        self.style = style
-        self.num_key_value_heads = num_key_value_heads
-        self.sliding_window = sliding_window
-        self.soft_cap = soft_cap
+        _parts.set_config(self, config)
 
     def _logits(self, x):
         if self.final_norm is not None:
@@ -232,29 +221,30 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         )
 
     def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):
-        """See :func:`keras_attention.models.export_generate`."""
-        return export_generate(self, path, max_new_tokens, stop_token_ids, pad_token_id)
+        """Deprecated: use :func:`keras_attention.export.export_generator` with
+        `format="tf_saved_model"` (see :func:`keras_attention.models.export_generate`
+        for the renamed inputs). Emits a `DeprecationWarning`."""
+        warnings.warn(deprecated._MESSAGE, DeprecationWarning, stacklevel=2)
+        return deprecated._export_generate(self, path, max_new_tokens, stop_token_ids, pad_token_id)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "vocabulary_size": self.vocabulary_size,
-            "sequence_length": self.sequence_length,
-            "num_layers": self.num_layers,
-            "embedding_dim": self.embedding_dim,
-            "num_heads": self.num_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "dropout": self.dropout,
-            "position": self.position,
-            "tie_embeddings": self.tie_embeddings,
-            "mask_zero": self.mask_zero,
-            "style": self.style,
-            "num_key_value_heads": self.num_key_value_heads,
-            "sliding_window": self.sliding_window,
-            "soft_cap": self.soft_cap,
-        }
+        return _parts.get_config(self)
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _check_arguments(config):
+    """Check the arguments the blocks do not check; the `position` to use."""
+    _parts.check_common(config)
+    _validation.check_bool(config["tie_embeddings"], "tie_embeddings")
+    _validation.check_bool(config["mask_zero"], "mask_zero")
+    _validation.check_one_of(config["style"], "style", ("gpt", "llama"))
+    llama, position = config["style"] == "llama", config["position"]
+    if llama and position not in (None, "none"):
+        raise ValueError(
+            "style='llama' encodes positions with rotary embeddings in the attention, "
+            f"so `position` must be 'none' (or None). Received: position={position!r}"
+        )
+    return ("none" if llama else "learned") if position is None else position

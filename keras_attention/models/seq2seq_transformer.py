@@ -7,7 +7,9 @@ from keras import ops
 from keras_attention import _validation
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
-from keras_attention.models.generation import GenerativeMixin, _Encoded, prepare_prompt
+from keras_attention.models.generation.loop import GenerativeMixin
+from keras_attention.models.generation.prompts import prepare_prompt
+from keras_attention.models.generation.state import EncoderState
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -19,6 +21,14 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
     (`TransformerDecoder` with cross-attention to the encoder output,
     `decoder_layer_{i}`) -> `lm_head` (or the tied token table) -> next-token logits.
     Built functionally in `__init__`, like :class:`CausalLanguageModel`.
+
+    Package-internal step API, used by `generate()` and `keras_attention.export`:
+    that of :class:`CausalLanguageModel` (`initial_cache`, `call_with_cache`,
+    `left_align`, `generate_graph` with `encoder_inputs=(encoder_tokens,
+    encoder_padding_mask)`), plus `encode(encoder_tokens, encoder_padding_mask) ->
+    EncoderState` (run once; pass it to `call_with_cache` as `encoder_state`) and
+    `encoder_state_from_cache(cross_caches, padding_mask)` (the state from
+    cross-attention keys/values kept by the caller).
 
     Args:
         vocabulary_size, sequence_length, num_layers, embedding_dim, num_heads,
@@ -61,36 +71,35 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         mask_zero=True,
         **kwargs,
     ):
-        _parts.check_common(
-            vocabulary_size,
-            sequence_length,
-            num_layers,
-            embedding_dim,
-            num_heads,
-            intermediate_dim,
-            dropout,
+        _parts.check_model_kwargs(kwargs, "Seq2SeqTransformer")
+        config = dict(
+            vocabulary_size=vocabulary_size,
+            sequence_length=sequence_length,
+            num_layers=num_layers,
+            embedding_dim=embedding_dim,
+            num_heads=num_heads,
+            intermediate_dim=intermediate_dim,
+            dropout=dropout,
+            position=position,
+            share_embeddings=share_embeddings,
+            tie_embeddings=tie_embeddings,
+            scale_embeddings=scale_embeddings,
+            mask_zero=mask_zero,
         )
+        _parts.check_common(config)
         for flag in ("share_embeddings", "tie_embeddings", "scale_embeddings", "mask_zero"):
-            _validation.check_bool(locals()[flag], flag)
+            _validation.check_bool(config[flag], flag)
         kwargs.setdefault("name", "transformer_seq2seq")
         # === Layers ===
-        args = (
-            vocabulary_size,
-            sequence_length,
-            embedding_dim,
-            position,
-            scale_embeddings,
-            mask_zero,
-        )
         if share_embeddings:
-            encoder_embedding = _parts.embedding("shared_embedding", *args)
+            encoder_embedding = _parts.embedding("shared_embedding", config, scale_embeddings)
             decoder_embedding = encoder_embedding
         else:
-            encoder_embedding = _parts.embedding("encoder_embedding", *args)
-            decoder_embedding = _parts.embedding("decoder_embedding", *args)
+            encoder_embedding = _parts.embedding("encoder_embedding", config, scale_embeddings)
+            decoder_embedding = _parts.embedding("decoder_embedding", config, scale_embeddings)
         encoder_embedding_dropout = keras.layers.Dropout(dropout, name="encoder_embedding_dropout")
         decoder_embedding_dropout = keras.layers.Dropout(dropout, name="decoder_embedding_dropout")
-        encoder_layers = _parts.encoder_layers(num_layers, num_heads, intermediate_dim, dropout)
+        encoder_layers = _parts.encoder_layers(config)
         decoder_layers = [
             TransformerDecoder(
                 num_heads, intermediate_dim, dropout=dropout, name=f"decoder_layer_{i}"
@@ -118,22 +127,12 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         self.encoder_layers = encoder_layers
         self.lm_head = lm_head
         # === Config ===
-        self.vocabulary_size = vocabulary_size
-        self.sequence_length = sequence_length
-        self.num_layers = num_layers
-        self.embedding_dim = embedding_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.dropout = dropout
-        self.position = position
-        self.share_embeddings = share_embeddings
-        self.tie_embeddings = tie_embeddings
-        self.scale_embeddings = scale_embeddings
-        self.mask_zero = mask_zero
+        _parts.set_config(self, config)
 
     def encode(self, encoder_tokens, encoder_padding_mask):
-        """Run the encoder once: its outputs, padding mask, and the cross-attention
-        keys/values of every decoder layer (reused at every decoding step)."""
+        """Run the encoder once: an `EncoderState` of its outputs, padding mask, and
+        the cross-attention keys/values of every decoder layer (reused at every
+        decoding step). Part of the step API."""
         mask = ops.cast(encoder_padding_mask, "bool")
         if self.encoder_embedding.mask_zero:
             mask = ops.logical_and(mask, ops.not_equal(encoder_tokens, 0))
@@ -141,7 +140,22 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         for layer in self.encoder_layers:
             x = layer(x, padding_mask=mask, training=False)
         cross_caches = [layer.compute_cross_attention_cache(x) for layer in self.decoder_layers]
-        return _Encoded(x, mask, cross_caches)
+        return EncoderState(x, mask, cross_caches)
+
+    def encoder_state_from_cache(self, cross_caches, padding_mask):
+        """The `EncoderState` of cross-attention keys/values computed earlier (by
+        :meth:`encode`, kept by the caller, e.g. an exported `decode` step's input).
+
+        The decoder reads only the encoder output's length once its keys/values are
+        given, so the state's `sequence` is zeros of that length. Part of the step API.
+
+        Args:
+            cross_caches: one tensor per decoder layer, `(batch, src_len, features)`.
+            padding_mask: boolean `(batch, src_len)`, `True` for real source tokens.
+        """
+        batch, length = ops.shape(padding_mask)[0], ops.shape(padding_mask)[1]
+        sequence = ops.zeros((batch, length, self.embedding_dim), "float32")
+        return EncoderState(sequence, padding_mask, list(cross_caches))
 
     def generate(
         self,
@@ -208,22 +222,7 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
         )
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "vocabulary_size": self.vocabulary_size,
-            "sequence_length": self.sequence_length,
-            "num_layers": self.num_layers,
-            "embedding_dim": self.embedding_dim,
-            "num_heads": self.num_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "dropout": self.dropout,
-            "position": self.position,
-            "share_embeddings": self.share_embeddings,
-            "tie_embeddings": self.tie_embeddings,
-            "scale_embeddings": self.scale_embeddings,
-            "mask_zero": self.mask_zero,
-        }
+        return _parts.get_config(self)
 
     @classmethod
     def from_config(cls, config):

@@ -2,14 +2,17 @@
 model builder, exported with every `model.export` format Keras offers on the current
 backend, each artifact run in its own runtime in a child process without this package.
 
-`python -m keras_attention.export --matrix` prints the table of the current backend;
+A developer tool, never imported by the library. `python tools/export_matrix.py`
+prints the table of the current backend (`KERAS_BACKEND=jax ...` for another);
 `--write docs/deployment.md` replaces that backend's table (between its markers, see
-:func:`markers`) in that file and leaves the other backends' tables alone.
+:func:`markers`) in that file and leaves the other backends' tables alone;
+`--cases` and `--formats` run a part of it.
 A case passes (✓) when the runtime's outputs are within `ATOL` of Keras for two
 input shapes (batch and sequence length both change), so dynamic shapes are checked
 too; "static" means the artifact runs at the traced shape only.
 """
 
+import argparse
 import json
 import os
 import re
@@ -17,12 +20,18 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import keras
 import numpy as np
 
-from keras_attention import export
-from keras_attention.export import FORMATS, export_model
+# A source checkout runs this file without installing the package.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import keras_attention as ka  # noqa: E402
+from keras_attention import export, models  # noqa: E402
 
 ATOL = 1e-5
 VOCABULARY = 50
@@ -31,7 +40,7 @@ FEATURES = 8
 SHAPES = ((2, 5), (3, 9))
 # The formats of `model.export` per backend (Keras 3.15), in table order: those that
 # `export_model` takes.
-BACKEND_FORMATS = FORMATS
+BACKEND_FORMATS = export.FORMATS
 # Artifact names: the endings `export_model` requires, a folder for SavedModels,
 # `.onnx` by convention.
 SUFFIXES = {"tf_saved_model": "", "onnx": ".onnx", **export.SUFFIXES}
@@ -66,126 +75,146 @@ def _embedded(tokens):
     return keras.layers.Embedding(VOCABULARY, FEATURES, mask_zero=True)(tokens)
 
 
+# Each layer case returns the inputs and outputs of a small functional model.
+
+
+def _scaled_dot_product():
+    query, value = _sequence("query"), _sequence("value")
+    return [query, value], ka.ScaledDotProductAttention()(query, value)
+
+
+def _self_attention():
+    tokens = _tokens()
+    return tokens, ka.SelfAttention(FEATURES)(_embedded(tokens), use_causal_mask=True)
+
+
+def _multi_head():
+    tokens, context = _tokens(), _sequence("context", 6)
+    x = _embedded(tokens)
+    x = ka.MultiHeadAttention(2, 4)(x, x, use_causal_mask=True)
+    return [tokens, context], ka.MultiHeadAttention(2, 4)(x, context)
+
+
+def _grouped_query():
+    tokens = _tokens()
+    x = _embedded(tokens)
+    return tokens, ka.GroupedQueryAttention(4, 4, 2)(x, x, use_causal_mask=True)
+
+
+def _additive():
+    query, value = _sequence("query"), _sequence("value", 6)
+    return [query, value], ka.AdditiveAttention(8)(query, value)
+
+
+def _luong():
+    state = keras.Input((FEATURES,), name="state")
+    value = _sequence("value")
+    return [state, value], ka.LuongAttention("general")(state, value)
+
+
+def _pooling():
+    tokens = _tokens()
+    return tokens, ka.AttentionPooling(units=8)(_embedded(tokens))
+
+
+def _feed_forward():
+    x = _sequence("sequence")
+    return x, ka.FeedForward(16)(x)
+
+
+def _sinusoidal():
+    x = _sequence("sequence")
+    return x, ka.SinusoidalPositionEncoding()(x)
+
+
+def _position_embedding():
+    x = _sequence("sequence")
+    return x, x + ka.PositionEmbedding(sequence_length=16)(x)
+
+
+def _token_and_position():
+    tokens = _tokens()
+    return tokens, ka.TokenAndPositionEmbedding(VOCABULARY, 16, FEATURES)(tokens)
+
+
+def _encoder():
+    tokens = _tokens()
+    return tokens, ka.TransformerEncoder(2, 16)(_embedded(tokens))
+
+
+def _decoder():
+    tokens, source = _tokens(), _tokens("source")
+    y = ka.TransformerDecoder(2, 16)(_embedded(tokens), _embedded(source))
+    return [tokens, source], y
+
+
+def _rotary():
+    x = _sequence("sequence")
+    return x, ka.RotaryEmbedding()(x)
+
+
+def _rms_norm():
+    x = _sequence("sequence")
+    return x, ka.RMSNorm()(x)
+
+
+def _alibi():
+    tokens = _tokens()
+    x = _embedded(tokens)
+    layer = ka.MultiHeadAttention(2, 4, score_bias=ka.ALiBiBias(2), soft_cap=20.0)
+    return tokens, layer(x, x, use_causal_mask=True)
+
+
+def _relative_position():
+    tokens = _tokens()
+    x = _embedded(tokens)
+    bias = ka.RelativePositionBias(num_buckets=8, max_distance=16, num_heads=2)
+    return tokens, ka.MultiHeadAttention(2, 4, score_bias=bias)(x, x)
+
+
+def _modern_multi_head():
+    tokens = _tokens()
+    x = _embedded(tokens)
+    layer = ka.MultiHeadAttention(
+        4,
+        4,
+        num_key_value_heads=2,
+        position_embedding="rotary",
+        query_norm="rms_norm",
+        key_norm="rms_norm",
+        sliding_window=3,
+        use_bias=False,
+    )
+    return tokens, layer(x, x, use_causal_mask=True)
+
+
+_LAYER_CASES = {
+    "ScaledDotProductAttention": _scaled_dot_product,
+    "SelfAttention": _self_attention,
+    "MultiHeadAttention": _multi_head,
+    "GroupedQueryAttention": _grouped_query,
+    "AdditiveAttention": _additive,
+    "LuongAttention": _luong,
+    "AttentionPooling": _pooling,
+    "FeedForward": _feed_forward,
+    "SinusoidalPositionEncoding": _sinusoidal,
+    "PositionEmbedding": _position_embedding,
+    "TokenAndPositionEmbedding": _token_and_position,
+    "TransformerEncoder": _encoder,
+    "TransformerDecoder": _decoder,
+    "RotaryEmbedding": _rotary,
+    "RMSNorm": _rms_norm,
+    "ALiBiBias": _alibi,
+    "RelativePositionBias": _relative_position,
+    "MultiHeadAttention (RoPE, GQA, QK-norm, window)": _modern_multi_head,
+}
+
+
 def _layer_cases():
-    import keras_attention as ka
-
-    def scaled_dot_product():
-        query, value = _sequence("query"), _sequence("value")
-        return [query, value], ka.ScaledDotProductAttention()(query, value)
-
-    def self_attention():
-        tokens = _tokens()
-        return tokens, ka.SelfAttention(FEATURES)(_embedded(tokens), use_causal_mask=True)
-
-    def multi_head():
-        tokens, context = _tokens(), _sequence("context", 6)
-        x = _embedded(tokens)
-        x = ka.MultiHeadAttention(2, 4)(x, x, use_causal_mask=True)
-        return [tokens, context], ka.MultiHeadAttention(2, 4)(x, context)
-
-    def grouped_query():
-        tokens = _tokens()
-        x = _embedded(tokens)
-        return tokens, ka.GroupedQueryAttention(4, 4, 2)(x, x, use_causal_mask=True)
-
-    def additive():
-        query, value = _sequence("query"), _sequence("value", 6)
-        return [query, value], ka.AdditiveAttention(8)(query, value)
-
-    def luong():
-        state = keras.Input((FEATURES,), name="state")
-        value = _sequence("value")
-        return [state, value], ka.LuongAttention("general")(state, value)
-
-    def pooling():
-        tokens = _tokens()
-        return tokens, ka.AttentionPooling(units=8)(_embedded(tokens))
-
-    def feed_forward():
-        x = _sequence("sequence")
-        return x, ka.FeedForward(16)(x)
-
-    def sinusoidal():
-        x = _sequence("sequence")
-        return x, ka.SinusoidalPositionEncoding()(x)
-
-    def position_embedding():
-        x = _sequence("sequence")
-        return x, x + ka.PositionEmbedding(sequence_length=16)(x)
-
-    def token_and_position():
-        tokens = _tokens()
-        return tokens, ka.TokenAndPositionEmbedding(VOCABULARY, 16, FEATURES)(tokens)
-
-    def encoder():
-        tokens = _tokens()
-        return tokens, ka.TransformerEncoder(2, 16)(_embedded(tokens))
-
-    def decoder():
-        tokens, source = _tokens(), _tokens("source")
-        y = ka.TransformerDecoder(2, 16)(_embedded(tokens), _embedded(source))
-        return [tokens, source], y
-
-    def rotary():
-        x = _sequence("sequence")
-        return x, ka.RotaryEmbedding()(x)
-
-    def rms_norm():
-        x = _sequence("sequence")
-        return x, ka.RMSNorm()(x)
-
-    def alibi():
-        tokens = _tokens()
-        x = _embedded(tokens)
-        layer = ka.MultiHeadAttention(2, 4, score_bias=ka.ALiBiBias(2), soft_cap=20.0)
-        return tokens, layer(x, x, use_causal_mask=True)
-
-    def relative_position():
-        tokens = _tokens()
-        x = _embedded(tokens)
-        bias = ka.RelativePositionBias(num_buckets=8, max_distance=16, num_heads=2)
-        return tokens, ka.MultiHeadAttention(2, 4, score_bias=bias)(x, x)
-
-    def modern_multi_head():
-        tokens = _tokens()
-        x = _embedded(tokens)
-        layer = ka.MultiHeadAttention(
-            4,
-            4,
-            num_key_value_heads=2,
-            position_embedding="rotary",
-            query_norm="rms_norm",
-            key_norm="rms_norm",
-            sliding_window=3,
-            use_bias=False,
-        )
-        return tokens, layer(x, x, use_causal_mask=True)
-
-    return {
-        "ScaledDotProductAttention": scaled_dot_product,
-        "SelfAttention": self_attention,
-        "MultiHeadAttention": multi_head,
-        "GroupedQueryAttention": grouped_query,
-        "AdditiveAttention": additive,
-        "LuongAttention": luong,
-        "AttentionPooling": pooling,
-        "FeedForward": feed_forward,
-        "SinusoidalPositionEncoding": sinusoidal,
-        "PositionEmbedding": position_embedding,
-        "TokenAndPositionEmbedding": token_and_position,
-        "TransformerEncoder": encoder,
-        "TransformerDecoder": decoder,
-        "RotaryEmbedding": rotary,
-        "RMSNorm": rms_norm,
-        "ALiBiBias": alibi,
-        "RelativePositionBias": relative_position,
-        "MultiHeadAttention (RoPE, GQA, QK-norm, window)": modern_multi_head,
-    }
+    return dict(_LAYER_CASES)
 
 
 def _builder_cases():
-    from keras_attention import models
-
     small = dict(
         vocabulary_size=VOCABULARY,
         sequence_length=16,
@@ -211,8 +240,6 @@ def cases():
 
 def uncovered_layers():
     """Public layer classes of the package that have no case in the matrix."""
-    import keras_attention as ka
-
     covered = {getattr(ka, name.split(" ")[0]) for name in _layer_cases()}  # aliases once
     uncovered = {}
     for name in sorted(getattr(ka, "__all__", dir(ka))):
@@ -382,7 +409,7 @@ def missing_converter(format, backend=None):
 def _export(model, path, format):
     """Export as a user of this package would: `keras_attention.export.export_model`
     (built-in ops only for LiteRT, dynamic shapes for `torch`, clear errors)."""
-    export_model(model, path, format)
+    export.export_model(model, path, format)
 
 
 def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
@@ -414,46 +441,14 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
     for name in names:
         keras.utils.set_random_seed(seed)
         model = _build(all_cases[name])
-        # The runtimes name their inputs after the Keras inputs (with prefixes).
-        keys = [tensor.name for tensor in model.inputs]
-        inputs_files, expected[name] = [], []
-        for i, (batch, length) in enumerate(SHAPES):
-            arrays = _example_inputs(model, batch, length, seed + i)
-            outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
-            expected[name].append(keras.ops.convert_to_numpy(outputs))
-            inputs_file = os.path.join(workdir, f"{name}_inputs_{i}.npz")
-            np.savez(inputs_file, **dict(zip(keys, arrays)))
-            inputs_files.append(inputs_file)
+        expected[name], inputs_files = _expected_outputs(model, name, workdir, seed)
         results[name] = {}
         for format in formats:
-            artifact = os.path.join(workdir, f"{name}_{format}{SUFFIXES[format]}")
-            missing = missing_converter(format, backend)
-            if missing:
-                results[name][format] = {"status": "error", "max_error": None, "detail": missing}
-                continue
-            if log:
-                log(f"export {name} -> {format}")
-            try:
-                _export(model, artifact, format)
-            except Exception as error:
-                results[name][format] = {
-                    "status": "error",
-                    "max_error": None,
-                    "detail": f"export: {type(error).__name__}: {_short(error)}",
-                }
-                continue
-            jobs.append(
-                {
-                    "case": name,
-                    "format": format,
-                    # relative to the runtime's working folder, `workdir`: a runtime's
-                    # message names the file, never the (temporary) folder
-                    "artifact": os.path.basename(artifact),
-                    "inputs": inputs_files,
-                    "keys": keys,
-                    "outputs": os.path.join(workdir, f"{name}_{format}_out"),
-                }
-            )
+            job = _export_case(model, name, format, inputs_files, workdir, log)
+            if "status" in job:  # the export failed: its result
+                results[name][format] = job
+            else:
+                jobs.append(job)
         keras.backend.clear_session()
     if jobs:
         if log:
@@ -464,6 +459,50 @@ def run_matrix(names=None, formats=None, workdir=None, seed=0, log=None):
             results[name][format] = _judge(job, report["results"][f"{name}/{format}"], expected)
     # in the order of `formats` (failed exports were filled in first)
     return {name: {format: row[format] for format in formats} for name, row in results.items()}
+
+
+def _expected_outputs(model, name, workdir, seed):
+    """Keras' outputs at each of `SHAPES`, and the files of their inputs (named
+    after the Keras inputs: the runtimes name theirs after them, with prefixes)."""
+    keys = [tensor.name for tensor in model.inputs]
+    expected, inputs_files = [], []
+    for i, (batch, length) in enumerate(SHAPES):
+        arrays = _example_inputs(model, batch, length, seed + i)
+        outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+        expected.append(keras.ops.convert_to_numpy(outputs))
+        inputs_file = os.path.join(workdir, f"{name}_inputs_{i}.npz")
+        np.savez(inputs_file, **dict(zip(keys, arrays)))
+        inputs_files.append(inputs_file)
+    return expected, inputs_files
+
+
+def _export_case(model, name, format, inputs_files, workdir, log):
+    """Export one case in one format: the runtime's job, or the result of an export
+    that failed (a dict with `status`)."""
+    artifact = os.path.join(workdir, f"{name}_{format}{SUFFIXES[format]}")
+    missing = missing_converter(format)
+    if missing:
+        return {"status": "error", "max_error": None, "detail": missing}
+    if log:
+        log(f"export {name} -> {format}")
+    try:
+        _export(model, artifact, format)
+    except Exception as error:
+        return {
+            "status": "error",
+            "max_error": None,
+            "detail": f"export: {type(error).__name__}: {_short(error)}",
+        }
+    return {
+        "case": name,
+        "format": format,
+        # relative to the runtime's working folder, `workdir`: a runtime's message
+        # names the file, never the (temporary) folder
+        "artifact": os.path.basename(artifact),
+        "inputs": inputs_files,
+        "keys": [tensor.name for tensor in model.inputs],
+        "outputs": os.path.join(workdir, f"{name}_{format}_out"),
+    }
 
 
 def _run_children(jobs, workdir):
@@ -584,3 +623,25 @@ def write_table(text, path, backend=None):
     document = document[: start + len(mark_start)] + "\n" + text + "\n" + document[end:]
     with open(path, "w") as handle:
         handle.write(document)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python tools/export_matrix.py", description=__doc__)
+    parser.add_argument("--cases", nargs="*", help="case names (default: all)")
+    parser.add_argument("--formats", nargs="*", help="formats (default: all of the backend)")
+    parser.add_argument("--write", metavar="MARKDOWN", help="replace the table in this file")
+    args = parser.parse_args(argv)
+    start = time.time()
+    results = run_matrix(
+        args.cases, args.formats, log=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    text = table(results)
+    print(text)
+    print(f"({time.time() - start:.0f} s)", file=sys.stderr)
+    if args.write:
+        write_table(text, args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""What one generation carries: its static settings, the encoder's output, the
+compiled functions of a model, and the per-step stop bookkeeping."""
+
+import collections
+
+from keras import ops
+
+# The static settings of one generation (a hashable key of the compiled functions).
+# `max_new_tokens` is an int, or an int32 scalar tensor inside a traced export.
+GenerationSettings = collections.namedtuple(
+    "GenerationSettings", ["max_new_tokens", "sampler", "stop_token_ids", "pad_token_id"]
+)
+# The encoder's output, its padding mask, and every decoder layer's cross-attention
+# keys/values of it: computed once per generation.
+EncoderState = collections.namedtuple("EncoderState", ["sequence", "padding_mask", "cross_caches"])
+
+
+class CompiledFunctions:
+    """The compiled generate functions of one model, by their static settings.
+
+    A plain object (not a dict), so Keras and TensorFlow do not track the functions
+    as part of the model when it is saved or exported.
+    """
+
+    def __init__(self):
+        self.functions = {}
+        self.traces = 0  # Python executions of the generate function (tests read it)
+
+
+def advance(buffer, index, lengths, sampled, done, count, stop_ids, settings):
+    """The token written at `index`: the prompt's while a row is in it, the sampled
+    one after, `pad_token_id` once the row has stopped; and the new stop state."""
+    batch = ops.shape(buffer)[0]
+    prompt_token = ops.slice(buffer, [0, index], [batch, 1])[:, 0]
+    in_prompt = index < lengths
+    token = ops.where(in_prompt, prompt_token, ops.where(done, settings.pad_token_id, sampled))
+    generated = ops.logical_not(ops.logical_or(in_prompt, done))
+    count = count + ops.cast(generated, "int32")
+    is_stop = ops.any(token[:, None] == stop_ids[None, :], axis=-1)
+    done = ops.logical_or(done, ops.logical_and(generated, is_stop))
+    done = ops.logical_or(done, count >= settings.max_new_tokens)
+    return token, done, count
