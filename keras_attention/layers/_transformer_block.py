@@ -90,11 +90,7 @@ class _TransformerBlock(keras.layers.Layer):
         }
         self._check_attention_options(num_heads, key_dim)
         # Only the initializers reach the Dense layers inside (as in keras-hub).
-        self.projection = _common.ProjectionSettings(
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         self.kernel_initializer = self.projection.kernel_initializer
         self.bias_initializer = self.projection.bias_initializer
         self.seed = seed

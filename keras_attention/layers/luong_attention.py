@@ -110,16 +110,7 @@ class LuongAttention(QueryValueAttention):
                     "Pass `score` or `score_mode` (Keras' name), not both. Received: "
                     f"score={score!r}, score_mode={score_mode!r}"
                 )
-        self.projection = _common.ProjectionSettings(
-            use_bias=use_bias,
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         _validation.check_one_of(score, "score", _SCORES)
         if score == "concat":
             _validation.check_positive_int(units, "units")

@@ -191,16 +191,7 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.projection = _common.ProjectionSettings(
-            use_bias=use_bias,
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         _validation.check_positive_int(num_heads, "num_heads")
         _validation.check_positive_int(key_dim, "key_dim")
         _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
