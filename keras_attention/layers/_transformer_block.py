@@ -194,6 +194,36 @@ class _TransformerBlock(keras.layers.Layer):
             x = layer_norm(x)
         return x
 
+    def _attention_sublayer(self, attention, scores, caches, value=None, **call_arguments):
+        """The sublayer `x -> attention(x, value, **call_arguments)` for `_residual`
+        (self-attention, `x` as value, when `value` is None). It returns the output;
+        the attention scores and the new cache, when the call asks for them, go to
+        the lists `scores` and `caches`."""
+        return_scores = call_arguments.get("return_attention_scores", False)
+        with_cache = call_arguments.get("cache") is not None
+
+        def sublayer(x):
+            outputs = attention(x, x if value is None else value, **call_arguments)
+            if not (return_scores or with_cache):
+                return outputs
+            if return_scores:
+                scores.append(outputs[1])
+            if with_cache:
+                caches.append(outputs[-1])
+            return outputs[0]
+
+        return sublayer
+
+    def _feedforward_residual(self, x, training):
+        """The feed-forward sublayer with its residual connection and normalization."""
+        return self._residual(
+            x,
+            lambda y: self.feedforward(y, training=training),
+            self.feedforward_layer_norm,
+            self.feedforward_dropout,
+            training,
+        )
+
     def _build_feedforward(self, shape):
         for layer_norm in self._layer_norms():
             layer_norm.build(shape)

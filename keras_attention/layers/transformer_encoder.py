@@ -116,20 +116,14 @@ class TransformerEncoder(_TransformerBlock):
         )
 
         scores = []
-
-        def self_attention(x):
-            if not return_attention_scores:
-                return self.self_attention(x, x, attention_mask=attention_mask, training=training)
-            output, weights = self.self_attention(
-                x,
-                x,
-                attention_mask=attention_mask,
-                training=training,
-                return_attention_scores=True,
-            )
-            scores.append(weights)
-            return output
-
+        self_attention = self._attention_sublayer(
+            self.self_attention,
+            scores,
+            None,
+            attention_mask=attention_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
         x = self._residual(
             inputs,
             self_attention,
@@ -137,13 +131,7 @@ class TransformerEncoder(_TransformerBlock):
             self.self_attention_dropout,
             training,
         )
-        x = self._residual(
-            x,
-            lambda y: self.feedforward(y, training=training),
-            self.feedforward_layer_norm,
-            self.feedforward_dropout,
-            training,
-        )
+        x = self._feedforward_residual(x, training)
         return (x, scores[0]) if return_attention_scores else x
 
     def compute_output_shape(self, inputs_shape):
