@@ -20,6 +20,14 @@ from keras_attention.layers.rotary_embedding import RotaryEmbedding
 _NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
+def _padding_mask(padding_mask, keras_mask, sequence, name, sequence_name):
+    """The padding of `sequence`: its `padding_mask` (checked) combined with its Keras
+    mask (either may be None)."""
+    return masks.combine_masks(
+        _check_padding_mask(padding_mask, sequence, name, sequence_name), keras_mask
+    )
+
+
 def _check_padding_mask(padding_mask, sequence, name, sequence_name):
     """A padding mask must be `(batch, seq)` for its sequence; say which one if not."""
     if padding_mask is None:

@@ -126,7 +126,7 @@ class AdditiveAttention(QueryValueAttention):
         self.key_dense.build(key_shape)
         self.score_dense.build((None, None, None, self.units))
 
-    def _attend(self, query, key, value, mask, training, return_attention_scores):
+    def _attend(self, query, key, value, mask, **attention_arguments):
         if self.units is None:
             hidden = ops.tanh(ops.expand_dims(query, 2) + ops.expand_dims(key, 1))
             if self.scale is not None:
@@ -139,15 +139,7 @@ class AdditiveAttention(QueryValueAttention):
                 + ops.expand_dims(self.key_dense(key), 1)
             )
             scores = ops.squeeze(self.score_dense(hidden), -1)
-        return attention_ops.attention_from_scores(
-            scores,
-            value,
-            mask=mask,
-            dropout_rate=self.dropout,
-            seed=self.seed_generator,
-            training=training,
-            return_attention_scores=return_attention_scores,
-        )
+        return attention_ops.attention_from_scores(scores, value, mask=mask, **attention_arguments)
 
     def get_config(self):
         config = super().get_config()

@@ -5,10 +5,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, masks
-from keras_attention.layers._transformer_block import (
-    _check_padding_mask,
-    _TransformerBlock,
-)
+from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -196,11 +193,8 @@ class TransformerDecoder(_TransformerBlock):
         dec_len = ops.shape(decoder_sequence)[1]
         if cache is not None:
             return self._cached_self_attention_mask(padding_mask, decoder_mask, cache, dec_len)
-        padding_mask = masks.combine_masks(
-            _check_padding_mask(
-                padding_mask, decoder_sequence, "decoder_padding_mask", "decoder_sequence"
-            ),
-            decoder_mask,
+        padding_mask = _padding_mask(
+            padding_mask, decoder_mask, decoder_sequence, "decoder_padding_mask", "decoder_sequence"
         )
         return masks.merge_attention_masks(
             query_mask=padding_mask,
@@ -212,11 +206,8 @@ class TransformerDecoder(_TransformerBlock):
 
     def _cross_attention_mask(self, decoder_sequence, encoder_sequence, padding_mask, encoder_mask):
         """The cross-attention mask: the encoder's padding and Keras masks over its keys."""
-        padding_mask = masks.combine_masks(
-            _check_padding_mask(
-                padding_mask, encoder_sequence, "encoder_padding_mask", "encoder_sequence"
-            ),
-            encoder_mask,
+        padding_mask = _padding_mask(
+            padding_mask, encoder_mask, encoder_sequence, "encoder_padding_mask", "encoder_sequence"
         )
         return masks.merge_attention_masks(
             value_mask=padding_mask,

@@ -4,10 +4,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, masks
-from keras_attention.layers._transformer_block import (
-    _check_padding_mask,
-    _TransformerBlock,
-)
+from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -100,9 +97,12 @@ class TransformerEncoder(_TransformerBlock):
     ):
         # Keras fills `mask` when `inputs` is the only tensor argument and
         # `inputs_mask` when more tensors are passed.
-        padding_mask = masks.combine_masks(
-            _check_padding_mask(padding_mask, inputs, "padding_mask", "inputs"),
+        padding_mask = _padding_mask(
+            padding_mask,
             mask if mask is not None else inputs_mask,
+            inputs,
+            "padding_mask",
+            "inputs",
         )
         seq_len = ops.shape(inputs)[1]
         # Padded keys are never attended; padded queries attend nothing (their
