@@ -6,29 +6,28 @@ stores an argument but ignores it fails. Weights are read from the layers; `bias
 weights are only used when the test passed `use_bias=True`.
 """
 
-import keras
+import functools
+
 import numpy as np
 import pytest
 
 import keras_attention as ka
 from tests import reference
+from tests.utils import normal_sampler, to_numpy
+
+_np64 = functools.partial(to_numpy, dtype="float64")
 
 RNG = np.random.default_rng(2101)
 ATOL = 1e-5  # float32 against a float64 reference
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x).astype("float64")
+_rand = normal_sampler(RNG)
 
 
 def _dense(dense, x, use_bias):
-    out = np.asarray(x, np.float64) @ _np(dense.kernel)
+    out = np.asarray(x, np.float64) @ _np64(dense.kernel)
     if use_bias:
-        return out + _np(dense.bias)
+        return out + _np64(dense.bias)
     assert dense.bias is None, "use_bias=False but the projection has a bias"
     return out
 
@@ -45,15 +44,15 @@ def test_scaled_dot_product_attention_scale(scale):
     out, w = ka.ScaledDotProductAttention(scale=scale)(q, v, key=k, return_attention_scores=True)
     expected_scale = 1 / np.sqrt(4) if scale is None else scale
     ref_out, ref_w = reference.attention(q, k, v, scale=expected_scale)
-    np.testing.assert_allclose(_np(out), ref_out, atol=ATOL)
-    np.testing.assert_allclose(_np(w), ref_w, atol=ATOL)
+    np.testing.assert_allclose(_np64(out), ref_out, atol=ATOL)
+    np.testing.assert_allclose(_np64(w), ref_w, atol=ATOL)
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_self_attention_use_bias(use_bias):
     layer = ka.SelfAttention(4, use_bias=use_bias, bias_initializer="ones")
     x = _rand(2, 5, 3)
-    out = _np(layer(x))
+    out = _np64(layer(x))
     q, k, v = (
         _dense(d, x, use_bias) for d in (layer.query_dense, layer.key_dense, layer.value_dense)
     )
@@ -64,12 +63,12 @@ def test_self_attention_use_bias(use_bias):
 def test_additive_attention_use_bias(use_bias):
     layer = ka.AdditiveAttention(5, use_bias=use_bias, bias_initializer="ones")
     q, v, k = _rand(2, 3, 4), _rand(2, 6, 2), _rand(2, 6, 3)
-    out = _np(layer(q, v, key=k))
+    out = _np64(layer(q, v, key=k))
     hidden = np.tanh(
         _dense(layer.query_dense, q, use_bias)[:, :, None]
         + _dense(layer.key_dense, k, use_bias)[:, None]
     )
-    scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
+    scores = (hidden @ _np64(layer.score_dense.kernel))[..., 0]
     weights = reference.softmax(scores)
     np.testing.assert_allclose(out, weights @ v, atol=ATOL)
 
@@ -79,7 +78,7 @@ def test_additive_attention_use_bias(use_bias):
 def test_luong_scale(score, scale):
     layer = ka.LuongAttention(score=score, scale=scale)
     q, v, k = _rand(2, 3, 4), _rand(2, 6, 2), _rand(2, 6, 4)
-    out = _np(layer(q, v, key=k))
+    out = _np64(layer(q, v, key=k))
     keys = k if score == "dot" else _dense(layer.key_dense, k, False)
     scores = q @ np.swapaxes(keys, -1, -2)
     if scale:
@@ -91,10 +90,10 @@ def test_luong_scale(score, scale):
 def test_luong_concat_use_bias(use_bias):
     layer = ka.LuongAttention(score="concat", units=5, use_bias=use_bias, bias_initializer="ones")
     q, v, k = _rand(2, 3, 4), _rand(2, 6, 2), _rand(2, 6, 3)
-    out = _np(layer(q, v, key=k))
+    out = _np64(layer(q, v, key=k))
     pairs = np.concatenate([np.repeat(q[:, :, None], 6, 2), np.repeat(k[:, None], 3, 1)], axis=-1)
     hidden = np.tanh(_dense(layer.concat_dense, pairs, use_bias))
-    scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
+    scores = (hidden @ _np64(layer.score_dense.kernel))[..., 0]
     np.testing.assert_allclose(out, reference.softmax(scores) @ v, atol=ATOL)
 
 
@@ -115,15 +114,15 @@ def test_attention_pooling_arguments(kwargs):
     units = kwargs.get("units")
     use_bias = kwargs.get("use_bias", True)
     keys = x if units is None else np.tanh(_dense(layer.key_dense, x, use_bias))
-    scores = np.einsum("bsd,nd->bns", keys, _np(layer.query))
+    scores = np.einsum("bsd,nd->bns", keys, _np64(layer.query))
     if kwargs.get("scale", False):
         scores = scores / np.sqrt(keys.shape[-1])
     ref_w = reference.softmax(scores)
     ref_out = ref_w @ x
     if kwargs.get("num_queries", 1) == 1:
         ref_out, ref_w = ref_out[:, 0], ref_w[:, 0]
-    np.testing.assert_allclose(_np(out), ref_out, atol=ATOL)
-    np.testing.assert_allclose(_np(w), ref_w, atol=ATOL)
+    np.testing.assert_allclose(_np64(out), ref_out, atol=ATOL)
+    np.testing.assert_allclose(_np64(w), ref_w, atol=ATOL)
 
 
 def _numpy_mha(layer, query, value, num_heads, kv_heads, use_bias, query_keep=None):
@@ -156,7 +155,7 @@ def test_multi_head_attention_use_bias_and_kv_heads(use_bias, kv_heads):
         bias_initializer="random_normal",
     )
     query, value = _rand(2, 3, 6), _rand(2, 4, 7)
-    out = _np(layer(query, value))
+    out = _np64(layer(query, value))
     ref = _numpy_mha(layer, query, value, 2, kv_heads or 2, use_bias)
     np.testing.assert_allclose(out, ref, atol=ATOL)
 
@@ -168,13 +167,13 @@ def test_multi_head_attention_padded_query_rows_hold_the_output_bias():
     query, value = _rand(2, 4, 6), _rand(2, 5, 6)
     query_keep = np.ones((2, 4), bool)
     query_keep[0, 2:] = False
-    out = _np(layer(query, value, query_mask=query_keep))
+    out = _np64(layer(query, value, query_mask=query_keep))
     ref = _numpy_mha(layer, query, value, 2, 2, True, query_keep)
     np.testing.assert_allclose(out, ref, atol=ATOL)
     np.testing.assert_allclose(out[0, 2:], np.ones((2, 6)), atol=ATOL)
 
     no_bias = ka.MultiHeadAttention(num_heads=2, key_dim=3, use_bias=False)
-    np.testing.assert_array_equal(_np(no_bias(query, value, query_mask=query_keep))[0, 2:], 0.0)
+    np.testing.assert_array_equal(_np64(no_bias(query, value, query_mask=query_keep))[0, 2:], 0.0)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
@@ -184,7 +183,7 @@ def test_feedforward_activation_and_use_bias(activation, use_bias):
         7, activation=activation, use_bias=use_bias, bias_initializer="random_normal"
     )
     x = _rand(2, 3, 4)
-    out = _np(layer(x))
+    out = _np64(layer(x))
     act = {"tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z))}[activation]
     hidden = act(_dense(layer.intermediate_dense, x, use_bias))
     np.testing.assert_allclose(out, _dense(layer.output_dense, hidden, use_bias), atol=ATOL)
@@ -203,10 +202,10 @@ def test_transformer_encoder_epsilon_activation_and_norm_order(normalize_first):
         bias_initializer="random_normal",
     )
     x = _rand(2, 4, 6)
-    out = _np(layer(x))
+    out = _np64(layer(x))
 
     def norm(sublayer, y):
-        return _layer_norm(y, _np(sublayer.gamma), _np(sublayer.beta), epsilon)
+        return _layer_norm(y, _np64(sublayer.gamma), _np64(sublayer.beta), epsilon)
 
     def attention(y):
         return _numpy_mha(layer.self_attention, y, y, 2, 2, True)
@@ -235,8 +234,8 @@ def test_token_and_position_embedding_scale_and_sinusoid():
         max_wavelength=50,
     )
     tokens = np.array([[1, 2, 3, 4, 5], [8, 7, 6, 5, 4]])
-    out = _np(layer(tokens))
-    table = _np(layer.embeddings)
+    out = _np64(layer(tokens))
+    table = _np64(layer.embeddings)
     positions = np.arange(5)[:, None]
     dims = np.arange(4)
     angles = positions / 50.0 ** (2 * (dims // 2) / 4)
@@ -264,14 +263,14 @@ def test_large_inputs_scaled_dot_product_attention():
     q, k, v = _big(2, 4, 8), _big(2, 5, 8), _big(2, 5, 3)
     keep = RNG.random((2, 4, 5)) > 0.3
     keep[0, 1] = False
-    out = _np(ka.ScaledDotProductAttention()(q, v, key=k, attention_mask=keep))
+    out = _np64(ka.ScaledDotProductAttention()(q, v, key=k, attention_mask=keep))
     _assert_close_large(out, reference.attention(q, k, v, mask=keep)[0])
 
 
 def test_large_inputs_self_attention():
     layer = ka.SelfAttention(8, bias_initializer="random_normal")
     x = _big(2, 5, 6)
-    out = _np(layer(x, use_causal_mask=True))
+    out = _np64(layer(x, use_causal_mask=True))
     q, k, v = (_dense(d, x, True) for d in (layer.query_dense, layer.key_dense, layer.value_dense))
     _assert_close_large(out, reference.attention(q, k, v, causal=True)[0])
 
@@ -281,18 +280,18 @@ def test_large_inputs_multi_head_attention():
         num_heads=4, key_dim=2, num_key_value_heads=2, bias_initializer="random_normal"
     )
     query, value = _big(2, 4, 8), _big(2, 5, 8)
-    out = _np(layer(query, value))
+    out = _np64(layer(query, value))
     _assert_close_large(out, _numpy_mha(layer, query, value, 4, 2, True))
 
 
 def test_large_inputs_additive_attention():
     layer = ka.AdditiveAttention(6)
     q, v, k = _big(2, 3, 4), _big(2, 5, 2), _big(2, 5, 3)
-    out = _np(layer(q, v, key=k))
+    out = _np64(layer(q, v, key=k))
     hidden = np.tanh(
         _dense(layer.query_dense, q, True)[:, :, None] + _dense(layer.key_dense, k, True)[:, None]
     )
-    scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
+    scores = (hidden @ _np64(layer.score_dense.kernel))[..., 0]
     _assert_close_large(out, reference.softmax(scores) @ v)
 
 
@@ -300,7 +299,7 @@ def test_large_inputs_additive_attention():
 def test_large_inputs_luong(score):
     layer = ka.LuongAttention(score=score)
     q, v, k = _big(2, 3, 4), _big(2, 5, 2), _big(2, 5, 4)
-    out = _np(layer(q, v, key=k))
+    out = _np64(layer(q, v, key=k))
     keys = k if score == "dot" else _dense(layer.key_dense, k, False)
     _assert_close_large(out, reference.softmax(q @ np.swapaxes(keys, -1, -2)) @ v)
 
@@ -308,6 +307,6 @@ def test_large_inputs_luong(score):
 def test_large_inputs_attention_pooling():
     layer = ka.AttentionPooling()
     x = _big(2, 6, 4)
-    out = _np(layer(x))
-    scores = np.einsum("bsd,nd->bns", x.astype("float64"), _np(layer.query))
+    out = _np64(layer(x))
+    scores = np.einsum("bsd,nd->bns", x.astype("float64"), _np64(layer.query))
     _assert_close_large(out, (reference.softmax(scores) @ x)[:, 0])

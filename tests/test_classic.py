@@ -8,23 +8,18 @@ import pytest
 
 import keras_attention as ka
 from tests import reference
-from tests.utils import run_layer_test
+from tests.utils import normal_sampler, run_layer_test, to_numpy
 
 RNG = np.random.default_rng(5)
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
-
-
-def _np(tensor):
-    return keras.ops.convert_to_numpy(tensor)
+_rand = normal_sampler(RNG)
 
 
 def _dense(layer, x):
     """A Dense sublayer applied in numpy, from its own weights."""
-    out = np.asarray(x, np.float64) @ _np(layer.kernel)
-    return out + _np(layer.bias) if layer.use_bias else out
+    out = np.asarray(x, np.float64) @ to_numpy(layer.kernel)
+    return out + to_numpy(layer.bias) if layer.use_bias else out
 
 
 def _masked_attention(scores, value, allowed):
@@ -64,12 +59,12 @@ def test_additive_matches_numpy(single_step):
     hidden = np.tanh(
         _dense(layer.query_dense, q3)[:, :, None] + _dense(layer.key_dense, k)[:, None]
     )
-    scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
+    scores = (hidden @ to_numpy(layer.score_dense.kernel))[..., 0]
     ref_out, ref_w = _masked_attention(scores, v, value_keep[:, None, :])
     if single_step:
         ref_out, ref_w = ref_out[:, 0], ref_w[:, 0]
     assert out.shape == ref_out.shape and weights.shape == ref_w.shape
-    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(weights, ref_w, atol=1e-5)
 
 
@@ -84,9 +79,9 @@ def test_additive_matches_keras_additive_attention():
     keras_layer = keras.layers.AdditiveAttention(use_scale=True)
     pq, pk = layer.query_dense(q), layer.key_dense(k)
     keras_layer([pq, v, pk])
-    keras_layer.scale.assign(_np(layer.score_dense.kernel)[:, 0])
+    keras_layer.scale.assign(to_numpy(layer.score_dense.kernel)[:, 0])
     expected = keras_layer([pq, v, pk], mask=[q_keep, v_keep])
-    np.testing.assert_allclose(_np(out), expected, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out), expected, atol=1e-5)
 
 
 def _luong_scores(layer, q, k):
@@ -101,7 +96,7 @@ def _luong_scores(layer, q, k):
             axis=-1,
         )
         hidden = np.tanh(_dense(layer.concat_dense, pairs))
-        scores = (hidden @ _np(layer.score_dense.kernel))[..., 0]
+        scores = (hidden @ to_numpy(layer.score_dense.kernel))[..., 0]
     if layer.scale:
         scores = scores / np.sqrt(q.shape[-1])
     return scores
@@ -132,7 +127,7 @@ def test_luong_matches_numpy(kwargs, single_step):
     if single_step:
         ref_out, ref_w = ref_out[:, 0], ref_w[:, 0]
     assert out.shape == ref_out.shape and weights.shape == ref_w.shape
-    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(weights, ref_w, atol=1e-5)
 
 
@@ -143,14 +138,14 @@ def test_pooling_matches_numpy():
         layer = ka.AttentionPooling(**kwargs, bias_initializer="random_normal")
         out, weights = layer(x, mask=keep, return_attention_scores=True)
         keys = np.tanh(_dense(layer.key_dense, x)) if layer.key_dense is not None else x
-        scores = np.einsum("bsd,nd->bns", keys, _np(layer.query))
+        scores = np.einsum("bsd,nd->bns", keys, to_numpy(layer.query))
         if layer.scale:
             scores = scores / np.sqrt(keys.shape[-1])
         ref_out, ref_w = _masked_attention(scores, x, keep[:, None, :])
         if layer.num_queries == 1:
             ref_out, ref_w = ref_out[:, 0], ref_w[:, 0]
         assert out.shape == ref_out.shape and weights.shape == ref_w.shape, kwargs
-        np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
+        np.testing.assert_allclose(to_numpy(out), ref_out, atol=1e-5)
         np.testing.assert_allclose(weights, ref_w, atol=1e-5)
 
 
@@ -172,8 +167,8 @@ def test_luong_dot_matches_keras_attention(masked):
     np.testing.assert_allclose(out, expected, atol=1e-5)
     # Keras leaves the weights of padded queries as they are; ours are zeros.
     rows = masks["query_mask"] if masked else np.ones((2, 4), bool)
-    np.testing.assert_allclose(_np(weights)[rows], _np(expected_w)[rows], atol=1e-5)
-    assert np.all(_np(weights)[~rows] == 0)
+    np.testing.assert_allclose(to_numpy(weights)[rows], to_numpy(expected_w)[rows], atol=1e-5)
+    assert np.all(to_numpy(weights)[~rows] == 0)
 
 
 def test_luong_dot_scaled_is_scaled_dot_product_attention():
@@ -192,10 +187,10 @@ def test_pooling_invariant_to_masked_content_and_fully_masked_is_zero():
     other[~keep] = 1e3 * _rand(int((~keep).sum()), 6)
     a, wa = layer(x, mask=keep, return_attention_scores=True)
     b, wb = layer(other, mask=keep, return_attention_scores=True)
-    np.testing.assert_allclose(_np(a), _np(b), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
     np.testing.assert_allclose(wa, wb, atol=1e-6)
-    assert np.all(_np(a)[1] == 0) and np.all(_np(wa)[1] == 0)
-    assert np.all(_np(wa)[0][:, [1, 3]] == 0)
+    assert np.all(to_numpy(a)[1] == 0) and np.all(to_numpy(wa)[1] == 0)
+    assert np.all(to_numpy(wa)[0][:, [1, 3]] == 0)
 
 
 @pytest.mark.parametrize(
@@ -214,7 +209,7 @@ def test_fully_masked_rows_give_zeros(layer):
     out, weights = layer()(
         q, v, query_mask=query_keep, value_mask=value_keep, return_attention_scores=True
     )
-    out, weights = _np(out), _np(weights)
+    out, weights = to_numpy(out), to_numpy(weights)
     assert np.all(np.isfinite(out))
     assert np.all(out[1] == 0) and np.all(weights[1] == 0)
     assert np.all(out[0, 2] == 0) and np.all(weights[0, 2] == 0)
@@ -229,7 +224,7 @@ def test_keras_masks_propagate_from_embedding():
     assert context._keras_mask is not None
     pooled, pool_weights = ka.AttentionPooling(4)(x, return_attention_scores=True)
     model = keras.Model(inputs, [context, weights, pooled, pool_weights])
-    context, weights, pooled, pool_weights = (_np(t) for t in model(tokens))
+    context, weights, pooled, pool_weights = (to_numpy(t) for t in model(tokens))
     padded = tokens == 0
     assert np.all(weights[np.broadcast_to(padded[:, None, :], weights.shape)] == 0)
     assert np.all(context[padded] == 0)
@@ -387,19 +382,19 @@ def test_mixed_precision():
     ):
         out, weights = layer(q, v, return_attention_scores=True)
         assert keras.backend.standardize_dtype(out.dtype) == "float16"
-        assert np.all(np.isfinite(_np(out)))
+        assert np.all(np.isfinite(to_numpy(out)))
         assert keras.backend.standardize_dtype(layer.weights[0].dtype) == "float32"
     out = ka.AttentionPooling(4)(v)
     assert keras.backend.standardize_dtype(out.dtype) == "float16"
-    assert np.all(np.isfinite(_np(out)))
+    assert np.all(np.isfinite(to_numpy(out)))
 
 
 def test_dropout_only_in_training():
     layer = ka.AdditiveAttention(4, dropout=0.5, seed=2)
     q, v = _rand(2, 3, 4), _rand(2, 6, 4)
-    a = _np(layer(q, v))
-    np.testing.assert_allclose(a, _np(layer(q, v, training=False)))
-    assert not np.allclose(_np(layer(q, v, training=True)), a)
+    a = to_numpy(layer(q, v))
+    np.testing.assert_allclose(a, to_numpy(layer(q, v, training=False)))
+    assert not np.allclose(to_numpy(layer(q, v, training=True)), a)
 
 
 def test_reference_helper_agrees_with_shared_reference():

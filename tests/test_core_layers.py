@@ -6,18 +6,12 @@ import pytest
 
 import keras_attention as ka
 from tests import reference
-from tests.utils import run_layer_test
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
-
+from tests.utils import normal_sampler, run_layer_test, to_numpy
 
 RNG = np.random.default_rng(1)
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
+_rand = normal_sampler(RNG)
 
 
 @pytest.mark.parametrize(
@@ -89,8 +83,8 @@ def test_self_attention_matches_numpy_from_its_weights():
 
     q, k, v = (project(d) for d in (layer.query_dense, layer.key_dense, layer.value_dense))
     ref_out, ref_weights = reference.attention(q, k, v, mask=keep[:, None, :])
-    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
-    np.testing.assert_allclose(_np(weights), ref_weights, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(weights), ref_weights, atol=1e-5)
 
 
 def test_self_attention_keras_mask_from_embedding():
@@ -109,7 +103,7 @@ def test_self_attention_keras_mask_from_embedding():
 def test_dropout_only_in_training():
     layer = ka.SelfAttention(8, dropout=0.5, seed=1)
     x = _rand(2, 6, 8)
-    a, b = _np(layer(x)), _np(layer(x, training=False))
+    a, b = to_numpy(layer(x)), to_numpy(layer(x, training=False))
     np.testing.assert_allclose(a, b)
     assert not np.allclose(np.asarray(layer(x, training=True)), a)
 

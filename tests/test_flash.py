@@ -17,7 +17,7 @@ import keras_attention as ka
 from keras_attention import ops as attention_ops
 from keras_attention.ops import flash
 from tests import reference
-from tests.utils import value_and_gradients
+from tests.utils import normal_sampler, value_and_gradients
 
 _np = keras.ops.convert_to_numpy
 RNG = np.random.default_rng(18)
@@ -29,8 +29,7 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(flash, "FLASH_BLOCK_K", 3)
 
 
-def _rand(*shape, scale=1.0):
-    return (scale * RNG.standard_normal(shape)).astype("float32")
+_rand = normal_sampler(RNG)
 
 
 def _projection(q, v):

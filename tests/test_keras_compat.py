@@ -14,18 +14,11 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
+from tests.utils import random_normal, to_numpy
 
 ATOL = 1e-5
 B = 2
 IMPLEMENTATIONS = ("plain", "chunked", "fused")
-
-
-def _rand(*shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 def _randomize(layer, seed):
@@ -51,20 +44,20 @@ def transplant(keras_layer, ours):
             assert (source is None) == (target is None), name
             if source is None:
                 continue
-            kernel = _np(source.kernel)
+            kernel = to_numpy(source.kernel)
             rows = kernel.shape[0] * kernel.shape[1] if name == "output" else kernel.shape[0]
             weights = [kernel.reshape(rows, -1)]
             if source.bias is not None:
-                weights.append(_np(source.bias).reshape(-1))
+                weights.append(to_numpy(source.bias).reshape(-1))
             target.set_weights(weights)
         return
     if isinstance(keras_layer, keras.layers.AdditiveAttention):
         if keras_layer.scale is not None:
-            ours.scale.assign(_np(keras_layer.scale))
+            ours.scale.assign(to_numpy(keras_layer.scale))
         return
     if isinstance(keras_layer, keras.layers.Attention):
         if keras_layer.scale is not None:
-            ours.score_scale.assign(_np(keras_layer.scale))
+            ours.score_scale.assign(to_numpy(keras_layer.scale))
         return
     raise TypeError(f"No transplant for {type(keras_layer).__name__}")
 
@@ -83,7 +76,7 @@ def _pair(keras_cls, ours_cls, kwargs, build_args, seed=0, ours_kwargs=None):
 
 
 def _close(actual, expected, atol=ATOL):
-    np.testing.assert_allclose(_np(actual), _np(expected), atol=atol, rtol=0)
+    np.testing.assert_allclose(to_numpy(actual), to_numpy(expected), atol=atol, rtol=0)
 
 
 # ---------------------------------------------------------------- MultiHeadAttention
@@ -162,8 +155,8 @@ MHA_CASES = {
 
 
 def _mha_inputs(q_shape, v_shape, key_features):
-    query, value = _rand(*q_shape, seed=1), _rand(*v_shape, seed=2)
-    key = None if key_features is None else _rand(*v_shape[:-1], key_features, seed=3)
+    query, value = random_normal(*q_shape, seed=1), random_normal(*v_shape, seed=2)
+    key = None if key_features is None else random_normal(*v_shape[:-1], key_features, seed=3)
     return query, value, key
 
 
@@ -241,7 +234,7 @@ def test_multi_head_attention_masks_match_keras(case):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_causal_mask_and_padding_match_keras(implementation):
-    query, value = _rand(B, 5, 8, seed=1), _rand(B, 5, 8, seed=2)
+    query, value = random_normal(B, 5, 8, seed=1), random_normal(B, 5, 8, seed=2)
     keras_layer, ours = _pair(
         keras.layers.MultiHeadAttention,
         ka.MultiHeadAttention,
@@ -265,7 +258,7 @@ def test_causal_mask_over_attention_axes_is_the_documented_difference(attention_
     """Documented difference: with `attention_axes` (or rank > 3) ours makes the
     causal mask over the attention positions in row-major order; Keras builds it
     from axis 1 whatever the attention axes. Ours equals Keras given that mask."""
-    x = _rand(B, 3, 4, 8, seed=1)
+    x = random_normal(B, 3, 4, 8, seed=1)
     kwargs = {"num_heads": 2, "key_dim": 4, "attention_axes": attention_axes}
     keras_layer, ours = _pair(
         keras.layers.MultiHeadAttention, ka.MultiHeadAttention, kwargs, (x, x)
@@ -285,7 +278,7 @@ def test_query_rows_without_keys_are_the_documented_difference():
     row) gets zero attention here in every path, so its output is the output bias.
     Keras gives the same with `return_attention_scores=True`, but without it (its
     fused `dot_product_attention` path) the mean of the projected values."""
-    query, value = _rand(B, 4, 8, seed=1), _rand(B, 4, 8, seed=2)
+    query, value = random_normal(B, 4, 8, seed=1), random_normal(B, 4, 8, seed=2)
     keras_layer, ours = _pair(
         keras.layers.MultiHeadAttention,
         ka.MultiHeadAttention,
@@ -300,10 +293,12 @@ def test_query_rows_without_keys_are_the_documented_difference():
     output, scores = ours(query, value, attention_mask=mask, return_attention_scores=True)
     _close(output, expected)
     _close(scores, expected_scores)
-    np.testing.assert_array_equal(_np(scores)[0, :, 2], 0.0)
-    np.testing.assert_allclose(_np(output)[0, 2], _np(ours.output_dense.bias), atol=ATOL, rtol=0)
-    fused = _np(keras_layer(query, value, attention_mask=mask))
-    mean = _np(ours.output_dense(keras.ops.mean(ours.value_dense(value), axis=1)))
+    np.testing.assert_array_equal(to_numpy(scores)[0, :, 2], 0.0)
+    np.testing.assert_allclose(
+        to_numpy(output)[0, 2], to_numpy(ours.output_dense.bias), atol=ATOL, rtol=0
+    )
+    fused = to_numpy(keras_layer(query, value, attention_mask=mask))
+    mean = to_numpy(ours.output_dense(keras.ops.mean(ours.value_dense(value), axis=1)))
     np.testing.assert_allclose(fused[0, 2], mean[0], atol=ATOL, rtol=0)
     for implementation in IMPLEMENTATIONS:
         ours.implementation = implementation
@@ -330,7 +325,7 @@ def test_functional_model_with_keras_arguments_saves_and_reloads(tmp_path):
         num_heads=2, key_dim=4, attention_axes=(2,), use_gate=True, output_shape=(2, 3)
     )
     model = keras.Model(inputs, layer(inputs, inputs))
-    x = _rand(B, 3, 4, 8, seed=5)
+    x = random_normal(B, 3, 4, 8, seed=5)
     before = model.predict(x, verbose=0)
     assert before.shape == (B, 3, 4, 2, 3)
     path = str(tmp_path / "model.keras")
@@ -344,7 +339,7 @@ def test_lora_and_int8_reach_the_gate():
     inputs = keras.Input((5, 8))
     layer = ka.MultiHeadAttention(num_heads=2, key_dim=4, use_gate=True)
     model = keras.Model(inputs, layer(inputs, inputs))
-    x = _rand(B, 5, 8, seed=1)
+    x = random_normal(B, 5, 8, seed=1)
     before = model.predict(x, verbose=0)
     layer.gate_dense.enable_lora(2)
     assert layer.gate_dense.lora_enabled
@@ -370,7 +365,7 @@ def test_grouped_query_attention_matches_keras(heads, use_gate):
         "num_key_value_heads": num_key_value_heads,
         "use_gate": use_gate,
     }
-    query, value = _rand(B, 5, 8, seed=1), _rand(B, 6, 8, seed=2)
+    query, value = random_normal(B, 5, 8, seed=1), random_normal(B, 6, 8, seed=2)
     keras_layer, ours = _pair(
         keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (query, value)
     )
@@ -388,16 +383,16 @@ def test_grouped_query_attention_matches_keras(heads, use_gate):
 
 def test_grouped_query_attention_decoding_cache_matches_keras_causal():
     kwargs = {"head_dim": 4, "num_query_heads": 4, "num_key_value_heads": 2, "use_gate": True}
-    x = _rand(B, 5, 8, seed=1)
+    x = random_normal(B, 5, 8, seed=1)
     keras_layer, ours = _pair(
         keras.layers.GroupQueryAttention, ka.GroupedQueryAttention, kwargs, (x, x)
     )
-    expected = _np(keras_layer(x, x, use_causal_mask=True))
+    expected = to_numpy(keras_layer(x, x, use_causal_mask=True))
     cache = ours.get_initial_cache(B, 5)
     for index in range(5):
         step = x[:, index : index + 1]
         output, cache = ours(step, step, cache=cache, cache_index=index)
-        np.testing.assert_allclose(_np(output)[:, 0], expected[:, index], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(to_numpy(output)[:, 0], expected[:, index], atol=ATOL, rtol=0)
 
 
 def test_grouped_query_attention_layer_test(tmp_path):
@@ -406,7 +401,7 @@ def test_grouped_query_attention_layer_test(tmp_path):
     run_layer_test(
         ka.GroupedQueryAttention,
         {"head_dim": 4, "num_query_heads": 4, "num_key_value_heads": 2, "use_gate": True},
-        {"query": _rand(B, 5, 8, seed=1), "value": _rand(B, 6, 8, seed=2)},
+        {"query": random_normal(B, 5, 8, seed=1), "value": random_normal(B, 6, 8, seed=2)},
         tmp_path=tmp_path,
         expected_output_shape=(B, 5, 8),
         expected_num_trainable_weights=10,
@@ -437,10 +432,14 @@ LIST_CASES = {
 @pytest.mark.parametrize("with_key", [False, True])
 def test_list_calls_match_keras(case, with_key):
     keras_cls, ours_cls, kwargs = LIST_CASES[case]
-    query, value, key = _rand(B, 4, 6, seed=1), _rand(B, 5, 3, seed=2), _rand(B, 5, 6, seed=3)
-    inputs = [query, value, key] if with_key else [query, value, _rand(B, 5, 6, seed=2)][:2]
+    query, value, key = (
+        random_normal(B, 4, 6, seed=1),
+        random_normal(B, 5, 3, seed=2),
+        random_normal(B, 5, 6, seed=3),
+    )
+    inputs = [query, value, key] if with_key else [query, value, random_normal(B, 5, 6, seed=2)][:2]
     if not with_key:
-        value = inputs[1] = _rand(B, 5, 6, seed=2)
+        value = inputs[1] = random_normal(B, 5, 6, seed=2)
     keras_layer, ours = _pair(keras_cls, ours_cls, kwargs, (inputs,))
     expected, expected_scores = keras_layer(inputs, return_attention_scores=True)
     output, scores = ours(inputs, return_attention_scores=True)
@@ -455,7 +454,7 @@ def test_list_calls_match_keras(case, with_key):
     )
     output, scores = ours(inputs, mask=[query_mask, value_mask], return_attention_scores=True)
     _close(output, expected)  # zeros at the padded query, in both
-    expected_scores, scores = _np(expected_scores), _np(scores)
+    expected_scores, scores = to_numpy(expected_scores), to_numpy(scores)
     # Documented difference: the scores of a padded query are zeros here.
     np.testing.assert_allclose(scores[query_mask], expected_scores[query_mask], atol=ATOL, rtol=0)
     np.testing.assert_array_equal(scores[0, 3], 0.0)
@@ -474,7 +473,7 @@ def test_list_calls_in_functional_models(case, tmp_path):
     layer = ours_cls(**kwargs)
     output = layer([query_in, masked_value])
     model = keras.Model([query_in, value_in], output)
-    query, value = _rand(B, 4, 6, seed=1), _rand(B, 5, 6, seed=2)
+    query, value = random_normal(B, 4, 6, seed=1), random_normal(B, 5, 6, seed=2)
     value[0, 3:] = 0.0
     keras_layer = keras_cls(**kwargs)
     keras_output = keras_layer([query_in, keras.layers.Masking(0.0)(value_in)])
@@ -501,7 +500,7 @@ def test_list_calls_in_functional_models(case, tmp_path):
 
 
 def test_transformer_blocks_return_attention_scores():
-    x, source = _rand(B, 5, 8, seed=1), _rand(B, 6, 8, seed=2)
+    x, source = random_normal(B, 5, 8, seed=1), random_normal(B, 6, 8, seed=2)
     encoder = ka.TransformerEncoder(num_heads=2, intermediate_dim=16)
     output, scores = encoder(x, return_attention_scores=True)
     _close(output, encoder(x))
@@ -513,8 +512,8 @@ def test_transformer_blocks_return_attention_scores():
     _close(output, decoder(x, source))
     assert tuple(self_scores.shape) == (B, 2, 5, 5)
     assert tuple(cross_scores.shape) == (B, 2, 5, 6)
-    np.testing.assert_array_equal(np.triu(_np(self_scores)[0, 0], 1), 0.0)  # causal
-    np.testing.assert_allclose(_np(cross_scores).sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.triu(to_numpy(self_scores)[0, 0], 1), 0.0)  # causal
+    np.testing.assert_allclose(to_numpy(cross_scores).sum(-1), 1.0, atol=1e-5)
 
     symbolic = decoder.compute_output_spec(
         keras.KerasTensor((None, 5, 8)),
@@ -529,7 +528,7 @@ def test_transformer_blocks_return_attention_scores():
 
 
 def test_transformer_decoder_scores_with_cache():
-    x = _rand(B, 4, 8, seed=1)
+    x = random_normal(B, 4, 8, seed=1)
     decoder = ka.TransformerDecoder(num_heads=2, intermediate_dim=16)
     full, full_scores = decoder(x, return_attention_scores=True)
     cache = decoder.get_initial_cache(B, 4)
@@ -540,8 +539,8 @@ def test_transformer_decoder_scores_with_cache():
             cache_index=index,
             return_attention_scores=True,
         )
-        _close(output[:, 0], _np(full)[:, index])
-        _close(scores[:, :, 0], _np(full_scores)[:, :, index])
+        _close(output[:, 0], to_numpy(full)[:, index])
+        _close(scores[:, :, 0], to_numpy(full_scores)[:, :, index])
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -579,51 +578,59 @@ BAD_CASES = [
         r"`use_gate`.*Received: use_gate=1",
     ),
     (
-        lambda: ka.MultiHeadAttention(2, 4, attention_axes=3)(_rand(2, 3, 8), _rand(2, 3, 8)),
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=3)(
+            random_normal(2, 3, 8), random_normal(2, 3, 8)
+        ),
         ValueError,
         r"`attention_axes`.*\[1, 1\].*Received: attention_axes=\(3,\)",
     ),
     (
         lambda: ka.MultiHeadAttention(2, 4, attention_axes=-1)(
-            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8)
+            random_normal(2, 3, 4, 8), random_normal(2, 3, 4, 8)
         ),
         ValueError,
         r"`attention_axes`.*Received: attention_axes=\(-1,\)",
     ),
     (
-        lambda: ka.MultiHeadAttention(2, 4)(_rand(2, 3, 4, 8), _rand(2, 3, 8)),
+        lambda: ka.MultiHeadAttention(2, 4)(random_normal(2, 3, 4, 8), random_normal(2, 3, 8)),
         ValueError,
         r"`value` must be rank 4, the rank of `query`",
     ),
     (
-        lambda: ka.MultiHeadAttention(2, 4, attention_axes=2)(_rand(2, 3, 4, 8), _rand(2, 5, 4, 8)),
+        lambda: ka.MultiHeadAttention(2, 4, attention_axes=2)(
+            random_normal(2, 3, 4, 8), random_normal(2, 5, 4, 8)
+        ),
         ValueError,
         r"`query` and `value` must agree.*\(0, 1\)",
     ),
     (
         lambda: ka.MultiHeadAttention(2, 4)(
-            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), query_mask=np.ones((2, 3), bool)
+            random_normal(2, 3, 4, 8), random_normal(2, 3, 4, 8), query_mask=np.ones((2, 3), bool)
         ),
         ValueError,
         r"Keras masks.*attention_mask",
     ),
     (
         lambda: ka.MultiHeadAttention(2, 4)(
-            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((3,), bool)
+            random_normal(2, 3, 4, 8), random_normal(2, 3, 4, 8), attention_mask=np.ones((3,), bool)
         ),
         ValueError,
         r"`attention_mask` must have between 4 and 6 axes",
     ),
     (
         lambda: ka.MultiHeadAttention(2, 4)(
-            _rand(2, 3, 4, 8), _rand(2, 3, 4, 8), attention_mask=np.ones((2, 3, 4, 3, 5), bool)
+            random_normal(2, 3, 4, 8),
+            random_normal(2, 3, 4, 8),
+            attention_mask=np.ones((2, 3, 4, 3, 5), bool),
         ),
         ValueError,
         r"`attention_mask` of shape \(2, 1, 3, 4, 3, 5\)",
     ),
     (
         lambda: ka.MultiHeadAttention(2, 4)(
-            _rand(2, 3, 8), _rand(2, 5, 8), attention_mask=np.full((3, 5), 0.5, "float32")
+            random_normal(2, 3, 8),
+            random_normal(2, 5, 8),
+            attention_mask=np.full((3, 5), 0.5, "float32"),
         ),
         ValueError,
         r"`attention_mask`.*holding 0.5",
@@ -660,17 +667,17 @@ BAD_CASES = [
         r"`use_scale` is only used without `units`",
     ),
     (
-        lambda: ka.AdditiveAttention()([_rand(2, 3, 4), _rand(2, 5, 6)]),
+        lambda: ka.AdditiveAttention()([random_normal(2, 3, 4), random_normal(2, 5, 6)]),
         ValueError,
         r"Without `units`.*query.shape=\(2, 3, 4\)",
     ),
     (
-        lambda: ka.LuongAttention()([_rand(2, 3, 4)]),
+        lambda: ka.LuongAttention()([random_normal(2, 3, 4)]),
         ValueError,
         r"`inputs` must be a list \[query, value\].*length 1",
     ),
     (
-        lambda: ka.LuongAttention()([_rand(2, 3, 4)] * 2, mask=np.ones((2, 3), bool)),
+        lambda: ka.LuongAttention()([random_normal(2, 3, 4)] * 2, mask=np.ones((2, 3), bool)),
         ValueError,
         r"`mask` must be a list \[query_mask, value_mask\]",
     ),
@@ -694,4 +701,6 @@ def test_symbolic_shape_errors_match_eager():
     with pytest.raises(ValueError, match=r"`key` and `value` must have the same length"):
         layer.compute_output_shape((None, 3, 8), (None, 2, 8), (None, 1, 8))
     with pytest.raises(ValueError, match=r"`key` and `value` must have the same length"):
-        ka.MultiHeadAttention(2, 4)(_rand(2, 3, 8), _rand(2, 2, 8), _rand(2, 1, 8))
+        ka.MultiHeadAttention(2, 4)(
+            random_normal(2, 3, 8), random_normal(2, 2, 8), random_normal(2, 1, 8)
+        )

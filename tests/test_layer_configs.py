@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
+from tests.utils import random_normal
 
 PUBLIC_LAYERS = [
     "ScaledDotProductAttention",
@@ -52,17 +53,13 @@ def _projection(seed):
     }
 
 
-def _rand(*shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
-Q = _rand(2, 4, 5, seed=1)
-V = _rand(2, 6, 3, seed=2)
-K = _rand(2, 6, 5, seed=3)
-X = _rand(2, 6, 4, seed=4)
+Q = random_normal(2, 4, 5, seed=1)
+V = random_normal(2, 6, 3, seed=2)
+K = random_normal(2, 6, 5, seed=3)
+X = random_normal(2, 6, 4, seed=4)
 TOKENS = np.array([[3, 1, 4, 1, 5, 0], [2, 7, 1, 8, 0, 0]], dtype="int32")
 
-HEADS4 = _rand(2, 3, 6, 4, seed=6)
+HEADS4 = random_normal(2, 3, 6, 4, seed=6)
 POSITIONS_Q = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], dtype="float32")
 POSITIONS_K = np.array([[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]], dtype="float32")
 
@@ -381,7 +378,7 @@ CASES = {
             "seed": 13,
         },
         X,
-        {"encoder_sequence": _rand(2, 5, 4, seed=5)},
+        {"encoder_sequence": random_normal(2, 5, 4, seed=5)},
     ),
 }
 

@@ -11,16 +11,9 @@ from keras_attention.layers._decoding_cache import (
     check_cache,
     write_cache,
 )
+from tests.utils import random_normal, to_numpy
 
 B, MAX_LEN, KEY_F, VALUE_F = 2, 6, 4, 3
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
-
-
-def _rand(*shape):
-    return np.random.default_rng(0).normal(size=shape).astype("float32")
 
 
 def test_check_cache_passes_a_good_cache_and_normalizes_the_index():
@@ -31,7 +24,7 @@ def test_check_cache_passes_a_good_cache_and_normalizes_the_index():
         cache, keras.ops.convert_to_tensor(4, "int16"), (B, 1, KEY_F), KEY_F + VALUE_F
     )
     assert keras.backend.standardize_dtype(index.dtype) == "int32"
-    assert int(_np(index)) == 4
+    assert int(to_numpy(index)) == 4
 
 
 @pytest.mark.parametrize(
@@ -52,16 +45,16 @@ def test_check_cache_refuses(cache_shape, index, new_len, message):
 
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_write_cache_puts_keys_then_values_at_the_index(as_tensor):
-    cache = _rand(B, MAX_LEN, KEY_F + VALUE_F)
-    keys, values = _rand(B, 2, KEY_F) + 1, _rand(B, 2, VALUE_F) - 1
+    cache = random_normal(B, MAX_LEN, KEY_F + VALUE_F)
+    keys, values = random_normal(B, 2, KEY_F) + 1, random_normal(B, 2, VALUE_F) - 1
     index = keras.ops.convert_to_tensor(3, "int32") if as_tensor else 3
     new_cache, all_keys, all_values = write_cache(cache, index, keys, values)
 
     expected = cache.copy()
     expected[:, 3:5] = np.concatenate([keys, values], axis=-1)
-    np.testing.assert_array_equal(_np(new_cache), expected)
-    np.testing.assert_array_equal(_np(all_keys), expected[..., :KEY_F])
-    np.testing.assert_array_equal(_np(all_values), expected[..., KEY_F:])
+    np.testing.assert_array_equal(to_numpy(new_cache), expected)
+    np.testing.assert_array_equal(to_numpy(all_keys), expected[..., :KEY_F])
+    np.testing.assert_array_equal(to_numpy(all_values), expected[..., KEY_F:])
 
 
 def test_write_cache_casts_to_the_cache_dtype_and_back():
@@ -71,7 +64,7 @@ def test_write_cache_casts_to_the_cache_dtype_and_back():
     new_cache, all_keys, _ = write_cache(cache, 1, keys, values)
     assert keras.backend.standardize_dtype(new_cache.dtype) == "float16"
     assert keras.backend.standardize_dtype(all_keys.dtype) == "float32"
-    np.testing.assert_array_equal(_np(all_keys)[0, :, 0], [0.0, np.float16(1.0009765625), 0.0])
+    np.testing.assert_array_equal(to_numpy(all_keys)[0, :, 0], [0.0, np.float16(1.0009765625), 0.0])
 
 
 def _reference_mask(index, max_length, q_len, query_mask, key_padding, attention_mask):
@@ -112,12 +105,12 @@ def test_cached_key_mask_matches_numpy(as_tensor, use_query, use_padding, use_at
         attention_mask=attention_mask,
     )
     expected = _reference_mask(index, MAX_LEN, q_len, query_mask, key_padding, attention_mask)
-    got = np.broadcast_to(_np(mask), expected.shape)
+    got = np.broadcast_to(to_numpy(mask), expected.shape)
     np.testing.assert_array_equal(got, expected)
 
 
 def test_cached_key_mask_without_masks_is_the_offset_causal_mask():
-    mask = _np(cached_key_mask(4, MAX_LEN, 1))
+    mask = to_numpy(cached_key_mask(4, MAX_LEN, 1))
     np.testing.assert_array_equal(
         np.reshape(mask, (-1,))[-MAX_LEN:], [True, True, True, True, True, False]
     )

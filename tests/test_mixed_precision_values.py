@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
+from tests.utils import normal_sampler
 
 TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 6e-2}
 RNG = np.random.default_rng(1618)
 
 
-def _rand(*shape, scale=1.0):
-    return (RNG.standard_normal(shape) * scale).astype("float32")
+_rand = normal_sampler(RNG)
 
 
 def _np32(x):

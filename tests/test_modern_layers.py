@@ -9,14 +9,13 @@ import pytest
 
 import keras_attention as ka
 from keras_attention import ops as attention_ops
-from tests.utils import run_layer_test
+from tests.utils import normal_sampler, run_layer_test
 
 _np = keras.ops.convert_to_numpy
 RNG = np.random.default_rng(11)
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
+_rand = normal_sampler(RNG)
 
 
 # --- numpy references -------------------------------------------------------------

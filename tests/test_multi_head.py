@@ -8,17 +8,12 @@ import pytest
 
 import keras_attention as ka
 from tests import reference
-from tests.utils import run_layer_test
+from tests.utils import normal_sampler, run_layer_test, to_numpy
 
 RNG = np.random.default_rng(4)
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
+_rand = normal_sampler(RNG)
 
 
 def _transplant(keras_mha, ours):
@@ -29,12 +24,12 @@ def _transplant(keras_mha, ours):
         (keras_mha._value_dense, ours.value_dense),
     )
     for src, dst in pairs:
-        kernel = _np(src.kernel)  # (features, heads, dim)
+        kernel = to_numpy(src.kernel)  # (features, heads, dim)
         dst.kernel.assign(kernel.reshape(kernel.shape[0], -1))
-        dst.bias.assign(_np(src.bias).reshape(-1))  # (heads, dim)
-    kernel = _np(keras_mha._output_dense.kernel)  # (heads, dim, out)
+        dst.bias.assign(to_numpy(src.bias).reshape(-1))  # (heads, dim)
+    kernel = to_numpy(keras_mha._output_dense.kernel)  # (heads, dim, out)
     ours.output_dense.kernel.assign(kernel.reshape(-1, kernel.shape[-1]))
-    ours.output_dense.bias.assign(_np(keras_mha._output_dense.bias))
+    ours.output_dense.bias.assign(to_numpy(keras_mha._output_dense.bias))
 
 
 PARITY_CASES = {
@@ -65,7 +60,7 @@ def test_parity_with_keras(case, causal):
     _transplant(theirs, ours)
     out, scores = ours(query, value, **call)
     assert out.shape == ref_out.shape and scores.shape == ref_scores.shape
-    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
@@ -88,12 +83,12 @@ def test_parity_with_keras_explicit_padding_masks():
     out, scores = ours(query, value, **call)
     # Keras gives padded query rows a uniform average; ours gives them no attention
     # (zero heads, so the output projection's bias). Compare the real rows.
-    np.testing.assert_allclose(_np(out)[query_mask], _np(ref_out)[query_mask], atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out)[query_mask], to_numpy(ref_out)[query_mask], atol=1e-5)
     rows = np.broadcast_to(query_mask[:, None, :], scores.shape[:3])
-    np.testing.assert_allclose(_np(scores)[rows], _np(ref_scores)[rows], atol=1e-5)
-    assert np.all(_np(scores)[~rows] == 0)
-    bias = _np(ours.output_dense.bias)
-    np.testing.assert_allclose(_np(out)[~query_mask], np.tile(bias, (2, 1)), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(scores)[rows], to_numpy(ref_scores)[rows], atol=1e-5)
+    assert np.all(to_numpy(scores)[~rows] == 0)
+    bias = to_numpy(ours.output_dense.bias)
+    np.testing.assert_allclose(to_numpy(out)[~query_mask], np.tile(bias, (2, 1)), atol=1e-6)
 
 
 def test_parity_with_keras_through_embedding_masks():
@@ -106,7 +101,7 @@ def test_parity_with_keras_through_embedding_masks():
     ref_out, out = model.predict(tokens, verbose=0)
     real = tokens != 0
     np.testing.assert_allclose(out[real], ref_out[real], atol=1e-5)
-    bias = _np(ours.output_dense.bias)
+    bias = to_numpy(ours.output_dense.bias)
     np.testing.assert_allclose(out[~real], np.tile(bias, (2, 1)), atol=1e-6)
     # The output carries the query's Keras mask on to the next layer.
     symbolic = ours(embedded, embedded)
@@ -117,7 +112,7 @@ def _numpy_mha(layer, query, value, mask=None):
     """Multi-head attention in numpy from the layer's own weights (GQA included)."""
 
     def project(dense, x):
-        return x @ _np(dense.kernel) + _np(dense.bias)
+        return x @ to_numpy(dense.kernel) + to_numpy(dense.bias)
 
     def heads(x, n):
         b, s, _ = x.shape
@@ -150,7 +145,7 @@ def test_matches_numpy_reference_from_own_weights():
     out, scores = layer(query, value, attention_mask=attention_mask, return_attention_scores=True)
     ref_out, ref_scores = _numpy_mha(layer, query, value, mask=attention_mask[:, None])
     assert out.shape == (2, 4, 7) and scores.shape == (2, 4, 4, 5)
-    np.testing.assert_allclose(_np(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out), ref_out, atol=1e-5)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
@@ -160,8 +155,8 @@ def test_attention_mask_with_head_axis():
     mask = RNG.random((2, 2, 5, 5)) > 0.4
     out, scores = layer(x, x, attention_mask=mask, return_attention_scores=True)
     _, ref_scores = _numpy_mha(layer, x, x, mask=mask)
-    np.testing.assert_allclose(_np(scores), ref_scores, atol=1e-5)
-    assert np.all(_np(scores)[~mask] == 0)
+    np.testing.assert_allclose(to_numpy(scores), ref_scores, atol=1e-5)
+    assert np.all(to_numpy(scores)[~mask] == 0)
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
@@ -183,9 +178,9 @@ def test_gqa_equals_mha_with_repeated_kv_heads(kv_heads):
         (gqa.key_dense, mha.key_dense, key_dim),
         (gqa.value_dense, mha.value_dense, value_dim),
     ):
-        kernel = _np(src.kernel).reshape(6, kv_heads, dim)
+        kernel = to_numpy(src.kernel).reshape(6, kv_heads, dim)
         dst.kernel.assign(np.repeat(kernel, group, axis=1).reshape(6, -1))
-        bias = _np(src.bias).reshape(kv_heads, dim)
+        bias = to_numpy(src.bias).reshape(kv_heads, dim)
         dst.bias.assign(np.repeat(bias, group, axis=0).reshape(-1))
     for src, dst in ((gqa.query_dense, mha.query_dense), (gqa.output_dense, mha.output_dense)):
         dst.kernel.assign(src.kernel)
@@ -193,7 +188,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads(kv_heads):
     assert tuple(gqa.key_dense.kernel.shape) == (6, kv_heads * key_dim)
     a, sa = gqa(query, value, use_causal_mask=True, return_attention_scores=True)
     b, sb = mha(query, value, use_causal_mask=True, return_attention_scores=True)
-    np.testing.assert_allclose(_np(a), _np(b), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
     np.testing.assert_allclose(sa, sb, atol=1e-5)
 
 
@@ -203,7 +198,7 @@ def _full_and_layer(kv_heads=2):
     )
     x = _rand(2, 6, 8)
     full, full_scores = layer(x, x, use_causal_mask=True, return_attention_scores=True)
-    return layer, x, _np(full), _np(full_scores)
+    return layer, x, to_numpy(full), to_numpy(full_scores)
 
 
 def test_cache_decoding_equals_full_causal_call():
@@ -218,12 +213,14 @@ def test_cache_decoding_equals_full_causal_call():
             token, token, cache=cache, cache_index=i, return_attention_scores=True
         )
         assert out.shape == (2, 1, 8) and scores.shape == (2, 4, 1, 6)
-        np.testing.assert_allclose(_np(scores)[:, :, 0], _np(full_scores)[:, :, i], atol=1e-5)
-        steps.append(_np(out))
+        np.testing.assert_allclose(
+            to_numpy(scores)[:, :, 0], to_numpy(full_scores)[:, :, i], atol=1e-5
+        )
+        steps.append(to_numpy(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
     # The cache holds the projected keys then values of every position.
-    keys = _np(layer.key_dense(x))
-    values = _np(layer.value_dense(x))
+    keys = to_numpy(layer.key_dense(x))
+    values = to_numpy(layer.value_dense(x))
     np.testing.assert_allclose(cache, np.concatenate([keys, values], -1), atol=1e-6)
 
 
@@ -232,7 +229,9 @@ def test_cache_chunked_prefill_then_steps():
     cache = layer.get_initial_cache(2, 6)
     first, cache = layer(x[:, :4], x[:, :4], cache=cache, cache_index=0)
     rest, cache = layer(x[:, 4:], x[:, 4:], cache=cache, cache_index=4)
-    np.testing.assert_allclose(np.concatenate([_np(first), _np(rest)], 1), _np(full), atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate([to_numpy(first), to_numpy(rest)], 1), to_numpy(full), atol=1e-5
+    )
 
 
 @pytest.mark.tensorflow_only("tf.function retracing count")
@@ -249,7 +248,7 @@ def test_cache_in_tf_function_with_tensor_index():
     steps = []
     for i in range(6):
         out, cache = step(cache, tf.constant(i), x[:, i : i + 1])
-        steps.append(_np(out))
+        steps.append(to_numpy(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
     assert step.experimental_get_tracing_count() == 1
 
@@ -280,10 +279,10 @@ def test_cache_padding_mask_covers_new_positions():
         value_mask=keep,
         return_attention_scores=True,
     )
-    scores = _np(scores)
+    scores = to_numpy(scores)
     assert np.all(scores[1, :, 0, 3:] == 0) and np.all(scores[0, :, 0, 4:] == 0)
     assert np.all(scores[0, :, 0, 3] > 0)
-    np.testing.assert_allclose(_np(out)[0], _np(full)[0, 3:4], atol=1e-5)
+    np.testing.assert_allclose(to_numpy(out)[0], to_numpy(full)[0, 3:4], atol=1e-5)
 
 
 def test_dropout_only_in_training():
@@ -293,10 +292,10 @@ def test_dropout_only_in_training():
     plain(x, x)
     layer(x, x)
     plain.set_weights(layer.get_weights())
-    expected = _np(plain(x, x))
-    np.testing.assert_allclose(_np(layer(x, x)), expected, atol=1e-6)
+    expected = to_numpy(plain(x, x))
+    np.testing.assert_allclose(to_numpy(layer(x, x)), expected, atol=1e-6)
     np.testing.assert_allclose(layer(x, x, training=False), expected, atol=1e-6)
-    assert np.max(np.abs(_np(layer(x, x, training=True)) - expected)) > 1e-3
+    assert np.max(np.abs(to_numpy(layer(x, x, training=True)) - expected)) > 1e-3
 
 
 RUN_CASES = {
@@ -388,8 +387,8 @@ def test_mixed_precision(policy):
     out, scores = layer(x, x, use_causal_mask=True, return_attention_scores=True)
     compute = policy.split("_")[1]
     assert keras.backend.standardize_dtype(out.dtype) == compute
-    assert np.all(np.isfinite(_np(keras.ops.cast(out, "float32"))))
-    assert np.all(np.isfinite(_np(keras.ops.cast(scores, "float32"))))
+    assert np.all(np.isfinite(to_numpy(keras.ops.cast(out, "float32"))))
+    assert np.all(np.isfinite(to_numpy(keras.ops.cast(scores, "float32"))))
     assert keras.backend.standardize_dtype(layer.query_dense.kernel.dtype) == "float32"
     cache = layer.get_initial_cache(2, 5)
     assert keras.backend.standardize_dtype(cache.dtype) == compute
@@ -488,7 +487,7 @@ def test_cache_with_attention_mask_over_cached_positions():
     layer, x, _, _ = _full_and_layer()
     allowed = RNG.random((2, 6, 6)) > 0.3
     allowed[:, :, 0] = True  # every row keeps one key
-    full = _np(layer(x, x, attention_mask=allowed, use_causal_mask=True))
+    full = to_numpy(layer(x, x, attention_mask=allowed, use_causal_mask=True))
     cache = layer.get_initial_cache(2, 6)
     steps = []
     for i in range(6):
@@ -496,5 +495,5 @@ def test_cache_with_attention_mask_over_cached_positions():
         out, cache = layer(
             token, token, cache=cache, cache_index=i, attention_mask=allowed[:, i : i + 1]
         )
-        steps.append(_np(out))
+        steps.append(to_numpy(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)

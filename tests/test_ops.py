@@ -10,15 +10,14 @@ from keras_attention import backend as backend_lib
 from keras_attention import ops as attention_ops
 from keras_attention.ops import attention, chunked, flash, positions
 from tests import reference
-from tests.utils import value_and_gradients
+from tests.utils import normal_sampler, value_and_gradients
 
 _np = keras.ops.convert_to_numpy
 
 RNG = np.random.default_rng(0)
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
+_rand = normal_sampler(RNG)
 
 
 def _run(q, k, v, **kwargs):

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from tests.utils import run_layer_test
+from tests.utils import normal_sampler, run_layer_test
 
 RNG = np.random.default_rng(6)
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
+_rand = normal_sampler(RNG)
 
 
 def _numpy_sinusoid(length, depth, start=0, max_wavelength=10000.0):

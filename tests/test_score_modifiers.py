@@ -10,15 +10,14 @@ import pytest
 from keras_attention import backend as backend_lib
 from keras_attention import ops as attention_ops
 from tests import reference
-from tests.utils import value_and_gradients
+from tests.utils import normal_sampler, value_and_gradients
 
 _np = keras.ops.convert_to_numpy
 RNG = np.random.default_rng(7)
 PATHS = ["plain", "chunked", "flash", "fused"]
 
 
-def _rand(*shape, scale=1.0):
-    return (scale * RNG.standard_normal(shape)).astype("float32")
+_rand = normal_sampler(RNG)
 
 
 def _qkv(q_len=11, kv_len=11, d=8):

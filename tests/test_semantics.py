@@ -8,54 +8,50 @@ drop a fraction `p` of the entries; keep the mean (`E[D] = W`); and return the
 weights before dropout (equal to the weights of an inference call).
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_attention as ka
+from tests.utils import random_normal, to_numpy
+
+_np64 = functools.partial(to_numpy, dtype="float64")
 
 RATE = 0.3
 BATCH = 64  # identical rows: BATCH independent dropout draws of the same weights
 KV_LEN = 6
 
 
-def _np(x):
-    return ops.convert_to_numpy(x).astype("float64")
-
-
 def _eye_batch(n, batch=BATCH):
     return np.broadcast_to(np.eye(n, dtype="float32"), (batch, n, n)).copy()
 
 
-def _random(shape, seed):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
 def _sdpa():
     layer = ka.ScaledDotProductAttention(dropout=RATE, seed=1)
-    query = np.broadcast_to(_random((1, 4, 5), 1), (BATCH, 4, 5)).copy()
-    key = np.broadcast_to(_random((1, KV_LEN, 5), 2), (BATCH, KV_LEN, 5)).copy()
+    query = np.broadcast_to(random_normal(1, 4, 5, seed=1), (BATCH, 4, 5)).copy()
+    key = np.broadcast_to(random_normal(1, KV_LEN, 5, seed=2), (BATCH, KV_LEN, 5)).copy()
 
     def run(training):
         out, w = layer(
             query, _eye_batch(KV_LEN), key=key, return_attention_scores=True, training=training
         )
-        return _np(out), _np(w)
+        return _np64(out), _np64(w)
 
     return run
 
 
 def _additive():
     layer = ka.AdditiveAttention(units=8, dropout=RATE, seed=1)
-    query = np.broadcast_to(_random((1, 4, 5), 1), (BATCH, 4, 5)).copy()
-    key = np.broadcast_to(_random((1, KV_LEN, 3), 2), (BATCH, KV_LEN, 3)).copy()
+    query = np.broadcast_to(random_normal(1, 4, 5, seed=1), (BATCH, 4, 5)).copy()
+    key = np.broadcast_to(random_normal(1, KV_LEN, 3, seed=2), (BATCH, KV_LEN, 3)).copy()
 
     def run(training):
         out, w = layer(
             query, _eye_batch(KV_LEN), key=key, return_attention_scores=True, training=training
         )
-        return _np(out), _np(w)
+        return _np64(out), _np64(w)
 
     return run
 
@@ -64,14 +60,14 @@ def _luong(score):
     def factory():
         units = 8 if score == "concat" else None
         layer = ka.LuongAttention(score=score, units=units, dropout=RATE, seed=1)
-        query = np.broadcast_to(_random((1, 4, 5), 1), (BATCH, 4, 5)).copy()
-        key = np.broadcast_to(_random((1, KV_LEN, 5), 2), (BATCH, KV_LEN, 5)).copy()
+        query = np.broadcast_to(random_normal(1, 4, 5, seed=1), (BATCH, 4, 5)).copy()
+        key = np.broadcast_to(random_normal(1, KV_LEN, 5, seed=2), (BATCH, KV_LEN, 5)).copy()
 
         def run(training):
             out, w = layer(
                 query, _eye_batch(KV_LEN), key=key, return_attention_scores=True, training=training
             )
-            return _np(out), _np(w)
+            return _np64(out), _np64(w)
 
         return run
 
@@ -85,11 +81,11 @@ def _pooling(units):
         # the pooled values are the identity, so the output is the weight matrix.
         inputs = _eye_batch(KV_LEN)
         layer.build(inputs.shape)
-        layer.query.assign(_random((2, layer.query.shape[1]), 3))
+        layer.query.assign(random_normal(2, layer.query.shape[1], seed=3))
 
         def run(training):
             out, w = layer(inputs, return_attention_scores=True, training=training)
-            return _np(out), _np(w)
+            return _np64(out), _np64(w)
 
         return run
 
@@ -100,13 +96,13 @@ def _self_attention():
     layer = ka.SelfAttention(units=KV_LEN, use_bias=False, dropout=RATE, seed=1)
     inputs = _eye_batch(KV_LEN)
     layer.build(inputs.shape)
-    layer.query_dense.kernel.assign(_random((KV_LEN, KV_LEN), 4))
-    layer.key_dense.kernel.assign(_random((KV_LEN, KV_LEN), 5))
+    layer.query_dense.kernel.assign(random_normal(KV_LEN, KV_LEN, seed=4))
+    layer.key_dense.kernel.assign(random_normal(KV_LEN, KV_LEN, seed=5))
     layer.value_dense.kernel.assign(np.eye(KV_LEN, dtype="float32"))
 
     def run(training):
         out, w = layer(inputs, return_attention_scores=True, training=training)
-        return _np(out), _np(w)
+        return _np64(out), _np64(w)
 
     return run
 
@@ -122,20 +118,20 @@ def _multi_head():
         dropout=RATE,
         seed=1,
     )
-    query = np.broadcast_to(_random((1, 3, 5), 1), (BATCH, 3, 5)).copy()
+    query = np.broadcast_to(random_normal(1, 3, 5, seed=1), (BATCH, 3, 5)).copy()
     value = _eye_batch(KV_LEN)
     layer.build(query.shape, value.shape)
     # Both value heads are the identity; the output projection puts head h in
     # output columns h * KV_LEN:(h + 1) * KV_LEN.
     layer.value_dense.kernel.assign(np.tile(np.eye(KV_LEN, dtype="float32"), (1, heads)))
     layer.output_dense.kernel.assign(np.eye(heads * KV_LEN, dtype="float32"))
-    layer.key_dense.kernel.assign(_random((KV_LEN, heads * 4), 6))
+    layer.key_dense.kernel.assign(random_normal(KV_LEN, heads * 4, seed=6))
 
     def run(training):
         out, w = layer(query, value, return_attention_scores=True, training=training)
-        out = _np(out)  # (batch, q, heads * kv) -> (batch, heads, q, kv)
+        out = _np64(out)  # (batch, q, heads * kv) -> (batch, heads, q, kv)
         out = out.reshape(BATCH, out.shape[1], heads, KV_LEN).transpose(0, 2, 1, 3)
-        return out, _np(w)
+        return out, _np64(w)
 
     return run
 
@@ -201,9 +197,9 @@ def test_ops_dropout_semantics():
     out, w = ka.ops.scaled_dot_product_attention(
         q, k, v, dropout_rate=RATE, seed=seed, training=True, return_attention_scores=True
     )
-    out, w = _np(out), _np(w)
+    out, w = _np64(out), _np64(w)
     reference = ka.ops.scaled_dot_product_attention(q, k, v)
-    np.testing.assert_allclose(w, _np(reference), atol=1e-6)
+    np.testing.assert_allclose(w, _np64(reference), atol=1e-6)
     is_dropped = out == 0
     np.testing.assert_allclose(out[~is_dropped] / w[~is_dropped], 1 / (1 - RATE), rtol=1e-4)
     assert abs(is_dropped.mean() - RATE) < 5 * np.sqrt(RATE * (1 - RATE) / out.size)
@@ -215,8 +211,8 @@ def test_shuffling_key_value_pairs_leaves_the_output_unchanged():
     rng = np.random.default_rng(3)
     q, k, v = (rng.normal(size=s).astype("float32") for s in ((2, 3, 4), (2, 6, 4), (2, 6, 5)))
     order = np.array([4, 0, 5, 2, 1, 3])
-    base = _np(ka.ops.scaled_dot_product_attention(q, k, v))
-    pairs = _np(ka.ops.scaled_dot_product_attention(q, k[:, order], v[:, order]))
-    keys_only = _np(ka.ops.scaled_dot_product_attention(q, k[:, order], v))
+    base = _np64(ka.ops.scaled_dot_product_attention(q, k, v))
+    pairs = _np64(ka.ops.scaled_dot_product_attention(q, k[:, order], v[:, order]))
+    keys_only = _np64(ka.ops.scaled_dot_product_attention(q, k[:, order], v))
     np.testing.assert_allclose(pairs, base, atol=1e-6)
     assert np.max(np.abs(keys_only - base)) > 0.05

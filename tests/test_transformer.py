@@ -6,31 +6,26 @@ import pytest
 
 import keras_attention as ka
 from tests import reference
-from tests.utils import run_layer_test
+from tests.utils import normal_sampler, run_layer_test, to_numpy
 
 RNG = np.random.default_rng(66)
 
 
-def _rand(*shape):
-    return RNG.standard_normal(shape).astype("float32")
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
+_rand = normal_sampler(RNG)
 
 
 # --- independent numpy references, fed with the layers' weights ---------------------
 
 
 def _dense(layer, x):
-    out = x @ _np(layer.kernel)
-    return out + _np(layer.bias) if layer.use_bias else out
+    out = x @ to_numpy(layer.kernel)
+    return out + to_numpy(layer.bias) if layer.use_bias else out
 
 
 def _np_layer_norm(layer, x):
     mean = x.mean(-1, keepdims=True)
     var = x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + layer.epsilon) * _np(layer.gamma) + _np(layer.beta)
+    return (x - mean) / np.sqrt(var + layer.epsilon) * to_numpy(layer.gamma) + to_numpy(layer.beta)
 
 
 def _np_mha(mha, query, value, mask=None):
@@ -110,7 +105,7 @@ def _ffn_params(d, f):
 def test_feedforward_matches_numpy_and_counts_params():
     layer = ka.FeedForward(12, bias_initializer="random_normal")
     x = _rand(2, 5, 6)
-    np.testing.assert_allclose(_np(layer(x)), _np_ffn(layer, x), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer(x)), _np_ffn(layer, x), atol=1e-5)
     assert layer.count_params() == _ffn_params(6, 12)
     assert ka.FeedForward(12, use_bias=False)(x).shape == (2, 5, 6)
 
@@ -147,7 +142,7 @@ def test_encoder_matches_numpy(normalize_first):
     x = _rand(3, 5, 8)
     keep = np.ones((3, 5), bool)
     keep[1, 3:] = False
-    out = _np(layer(x, padding_mask=keep))
+    out = to_numpy(layer(x, padding_mask=keep))
     # Padded positions are masked downstream; only the real ones have to agree.
     np.testing.assert_allclose(out[keep], _np_encoder(layer, x, keep)[keep], atol=1e-4)
     assert np.all(np.isfinite(out))
@@ -188,7 +183,7 @@ def test_encoder_ignores_padded_content():
     other = x.copy()
     other[~keep] = 100.0 * _rand(int((~keep).sum()), 8)
     for kwargs in ({"padding_mask": keep}, {"padding_mask": keep.astype("int32")}):
-        a, b = _np(layer(x, **kwargs)), _np(layer(other, **kwargs))
+        a, b = to_numpy(layer(x, **kwargs)), to_numpy(layer(other, **kwargs))
         np.testing.assert_allclose(a[keep], b[keep], atol=1e-5)
         assert np.all(np.isfinite(b))
     tokens = keras.Input((6, 8))
@@ -201,7 +196,7 @@ def test_encoder_ignores_padded_content():
     a = model.predict([x, keep], verbose=0)
     b = model.predict([other, keep], verbose=0)
     np.testing.assert_allclose(a[keep], b[keep], atol=1e-5)
-    np.testing.assert_allclose(a[keep], _np(layer(x, padding_mask=keep))[keep], atol=1e-5)
+    np.testing.assert_allclose(a[keep], to_numpy(layer(x, padding_mask=keep))[keep], atol=1e-5)
 
 
 def test_encoder_attention_mask_and_fully_padded_rows():
@@ -209,10 +204,10 @@ def test_encoder_attention_mask_and_fully_padded_rows():
     x = _rand(2, 4, 8)
     band = np.eye(4, dtype=bool)[None].repeat(2, 0)
     out = layer(x, attention_mask=band)
-    np.testing.assert_allclose(_np(out), _np_encoder_band(layer, x, band), atol=1e-4)
+    np.testing.assert_allclose(to_numpy(out), _np_encoder_band(layer, x, band), atol=1e-4)
     # A fully padded sequence gives finite outputs (no NaN from an empty softmax).
     out = layer(x, padding_mask=np.zeros((2, 4), bool))
-    assert np.all(np.isfinite(_np(out)))
+    assert np.all(np.isfinite(to_numpy(out)))
 
 
 def _np_encoder_band(block, x, band):
@@ -256,7 +251,7 @@ def test_decoder_matches_numpy(normalize_first, cross):
     )
     x, enc = _rand(2, 5, 8), (_rand(2, 3, 6) if cross else None)
     out = layer(x, enc)
-    np.testing.assert_allclose(_np(out), _np_decoder(layer, x, enc), atol=1e-4)
+    np.testing.assert_allclose(to_numpy(out), _np_decoder(layer, x, enc), atol=1e-4)
     assert (layer.cross_attention is not None) == cross
 
 
@@ -276,11 +271,11 @@ def test_decoder_is_causal():
     for enc in (None, _rand(2, 4, 8)):
         layer = ka.TransformerDecoder(2, 16, dropout=0.0)
         x = _rand(2, 6, 8)
-        base = _np(layer(x, enc))
+        base = to_numpy(layer(x, enc))
         for t in range(1, 6):
             changed = x.copy()
             changed[:, t:] = _rand(2, 6 - t, 8) * 10
-            out = _np(layer(changed, enc))
+            out = to_numpy(layer(changed, enc))
             np.testing.assert_allclose(out[:, :t], base[:, :t], atol=1e-5)
             assert not np.allclose(out[:, t], base[:, t])
 
@@ -289,11 +284,11 @@ def test_decoder_is_causal():
 def test_decoder_cache_matches_full_sequence(cross):
     layer = ka.TransformerDecoder(2, 16, dropout=0.0)
     x, enc = _rand(2, 6, 8), (_rand(2, 3, 8) if cross else None)
-    full = _np(layer(x, enc))
+    full = to_numpy(layer(x, enc))
     cache = layer.get_initial_cache(2, 8)
     # A 2-token prefill, then one token per step (a tensor index, as in a loop).
     out, cache = layer(x[:, :2], enc, self_attention_cache=cache, cache_index=0)
-    steps = [_np(out)]
+    steps = [to_numpy(out)]
     for i in range(2, 6):
         out, cache = layer(
             x[:, i : i + 1],
@@ -301,7 +296,7 @@ def test_decoder_cache_matches_full_sequence(cross):
             self_attention_cache=cache,
             cache_index=keras.ops.convert_to_tensor(i),
         )
-        steps.append(_np(out))
+        steps.append(to_numpy(out))
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
     assert tuple(cache.shape) == (2, 8, 2 * 8)
 
@@ -328,7 +323,7 @@ def test_decoder_cache_with_padding_over_cache_positions():
         out, cache = layer(
             x[:, i : i + 1], decoder_padding_mask=keep, self_attention_cache=cache, cache_index=i
         )
-        outs.append(_np(out))
+        outs.append(to_numpy(out))
     outs = np.concatenate(outs, 1)
     np.testing.assert_allclose(outs[keep], ref[keep], atol=1e-4)
 
@@ -365,8 +360,8 @@ def test_decoder_ignores_padded_encoder_content():
     keep = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
     other = enc.copy()
     other[~keep] = 50.0
-    a = _np(layer(x, enc, encoder_padding_mask=keep))
-    b = _np(layer(x, other, encoder_padding_mask=keep))
+    a = to_numpy(layer(x, enc, encoder_padding_mask=keep))
+    b = to_numpy(layer(x, other, encoder_padding_mask=keep))
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -419,7 +414,7 @@ def test_blocks_under_mixed_precision():
     cache = decoder.get_initial_cache(2, 4)
     step, cache = decoder(x[:, :1], enc, self_attention_cache=cache, cache_index=0)
     assert keras.backend.standardize_dtype(step.dtype) == "float16"
-    np.testing.assert_allclose(_np(step), _np(full)[:, :1], atol=2e-2)
+    np.testing.assert_allclose(to_numpy(step), to_numpy(full)[:, :1], atol=2e-2)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
@@ -440,5 +435,7 @@ def test_blocks_layer_norm_equals_keras_layer(policy, axis):
     got, want = norm(x), keras_norm(x)
     assert keras.backend.standardize_dtype(got.dtype) == norm.compute_dtype
     atol = 1e-6 if policy == "float32" else 0.0
-    np.testing.assert_allclose(_np(got).astype("float32"), _np(want).astype("float32"), atol=atol)
+    np.testing.assert_allclose(
+        to_numpy(got).astype("float32"), to_numpy(want).astype("float32"), atol=atol
+    )
     assert norm.get_config() == keras_norm.get_config()

@@ -302,3 +302,27 @@ def run_script_without_package(script, *args, cwd):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def to_numpy(x, dtype=None):
+    """A tensor of any backend (or an array) as a numpy array, cast to `dtype` if given
+    (`"float64"` for comparisons against a float64 reference)."""
+    array = keras.ops.convert_to_numpy(x)
+    return array if dtype is None else array.astype(dtype)
+
+
+def normal_sampler(rng):
+    """`sample(*shape, scale=1.0)`: float32 standard-normal draws times `scale`, from
+    one stream (`rng`, a `numpy.random.Generator` or a seed) shared by a test module."""
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+
+    def sample(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype("float32")
+
+    return sample
+
+
+def random_normal(*shape, seed=0):
+    """float32 standard-normal draws of `shape` from a fresh stream seeded by `seed`."""
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
