@@ -1,11 +1,11 @@
-"""A small mutation tester for `keras_attention/ops.py` and `keras_attention/masks.py`.
+"""A small mutation tester for `keras_attention/ops/` and `keras_attention/masks.py`.
 
 Each mutant changes one operator or constant of the module's code (not docstrings
 or error messages), the module is reloaded in place and the selected tests run
 with `-x`; a mutant survives when every test passes. TensorFlow is imported once,
 so a mutant costs only its tests. Prints one line per surviving mutant and a score.
 
-    python .ci/mutation_test.py [--modules ops masks] [--tests tests/test_ops.py ...]
+    python .ci/mutation_test.py [--modules ops.attention masks] [--tests tests/test_ops.py ...]
 
 (mutmut 3 copies the project into `mutants/` and runs pytest there, which conflicts
 with the editable install of this repository; this script is the bounded
@@ -148,7 +148,11 @@ def run_tests(pytest, tests, deselect, timeout):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modules", nargs="+", default=["ops", "masks"])
+    parser.add_argument(
+        "--modules",
+        nargs="+",
+        default=["ops.attention", "ops.scores", "ops._checks", "ops.chunked", "masks"],
+    )
     parser.add_argument("--tests", nargs="+", default=["tests/test_masks.py", "tests/test_ops.py"])
     parser.add_argument(
         "--deselect",
@@ -199,10 +203,8 @@ def main():
                     handle.write(mutated)
                 try:
                     importlib.reload(module)
-                    if name == "masks":
-                        importlib.reload(
-                            modules.get("ops") or importlib.import_module("keras_attention.ops")
-                        )
+                    # The package re-exports the modules' functions: bind the new ones.
+                    importlib.reload(importlib.import_module("keras_attention.ops"))
                     outcome = run_tests(pytest, tests, args.deselect, args.timeout)
                 except Exception as error:  # noqa: BLE001  (a mutant that cannot import)
                     outcome = "killed"

@@ -15,6 +15,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention import ops as attention_ops
+from keras_attention.ops import flash
 from tests import reference
 from tests.utils import value_and_gradients
 
@@ -24,8 +25,8 @@ RNG = np.random.default_rng(18)
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
-    monkeypatch.setattr(attention_ops, "FLASH_BLOCK_Q", 4)
-    monkeypatch.setattr(attention_ops, "FLASH_BLOCK_K", 3)
+    monkeypatch.setattr(flash, "FLASH_BLOCK_Q", 4)
+    monkeypatch.setattr(flash, "FLASH_BLOCK_K", 3)
 
 
 def _rand(*shape, scale=1.0):
@@ -187,18 +188,18 @@ def test_head_groups_share_one_compiled_pass(monkeypatch):
     monkeypatch.setattr(flash_tensorflow, "COMPILE_MIN_SCORES", 0)
     monkeypatch.setattr(flash_tensorflow, "_threads", lambda: 2)
     made = []
-    passes = flash_tensorflow._passes
+    passes = flash_tensorflow._FlashPasses
     monkeypatch.setattr(
-        flash_tensorflow, "_passes", lambda *args: made.append(passes(*args)) or made[-1]
+        flash_tensorflow, "_FlashPasses", lambda *args: made.append(passes(*args)) or made[-1]
     )
     q, k, v = _rand(2, 4, Q_LEN, 8), _rand(2, 4, KV_LEN, 8), _rand(2, 4, KV_LEN, 5)
     expected = _outputs_and_grads("plain", q, k, v, causal=True)
     results = _traced_outputs_and_grads("flash", q, k, v, causal=True)
     for a, b in zip(expected, results):
         np.testing.assert_allclose(b, a, atol=1e-5)
-    [(forward, backward)] = made
-    assert forward.experimental_get_tracing_count() == 1
-    assert backward.experimental_get_tracing_count() == 1
+    [passes] = made
+    assert passes.forward.experimental_get_tracing_count() == 1
+    assert passes.backward.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.tensorflow_only("the TensorFlow kernel's compiled passes")

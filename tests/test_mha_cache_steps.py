@@ -1,14 +1,15 @@
-"""The three steps of `MultiHeadAttention`'s decoding cache (check, write, cached-key
-mask), each against a numpy reference written here."""
+"""The three steps of `MultiHeadAttention`'s full decoding cache (check, write,
+cached-key mask; `keras_attention.layers._decoding_cache`), each against a numpy
+reference written here."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_attention.layers.multi_head_attention import (
-    _cached_key_mask,
-    _check_cache,
-    _write_cache,
+from keras_attention.layers._decoding_cache import (
+    cached_key_mask,
+    check_cache,
+    write_cache,
 )
 
 B, MAX_LEN, KEY_F, VALUE_F = 2, 6, 4, 3
@@ -24,9 +25,9 @@ def _rand(*shape):
 
 def test_check_cache_passes_a_good_cache_and_normalizes_the_index():
     cache = np.zeros((B, MAX_LEN, KEY_F + VALUE_F), "float32")
-    checked, index = _check_cache(cache, np.int64(2), (B, 3, KEY_F), KEY_F + VALUE_F)
+    checked, index = check_cache(cache, np.int64(2), (B, 3, KEY_F), KEY_F + VALUE_F)
     assert tuple(checked.shape) == cache.shape and index == 2 and type(index) is int
-    _, index = _check_cache(
+    _, index = check_cache(
         cache, keras.ops.convert_to_tensor(4, "int16"), (B, 1, KEY_F), KEY_F + VALUE_F
     )
     assert keras.backend.standardize_dtype(index.dtype) == "int32"
@@ -46,7 +47,7 @@ def test_check_cache_passes_a_good_cache_and_normalizes_the_index():
 )
 def test_check_cache_refuses(cache_shape, index, new_len, message):
     with pytest.raises(ValueError, match=message):
-        _check_cache(np.zeros(cache_shape, "float32"), index, (B, new_len, KEY_F), 7)
+        check_cache(np.zeros(cache_shape, "float32"), index, (B, new_len, KEY_F), 7)
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
@@ -54,7 +55,7 @@ def test_write_cache_puts_keys_then_values_at_the_index(as_tensor):
     cache = _rand(B, MAX_LEN, KEY_F + VALUE_F)
     keys, values = _rand(B, 2, KEY_F) + 1, _rand(B, 2, VALUE_F) - 1
     index = keras.ops.convert_to_tensor(3, "int32") if as_tensor else 3
-    new_cache, all_keys, all_values = _write_cache(cache, index, keys, values)
+    new_cache, all_keys, all_values = write_cache(cache, index, keys, values)
 
     expected = cache.copy()
     expected[:, 3:5] = np.concatenate([keys, values], axis=-1)
@@ -67,7 +68,7 @@ def test_write_cache_casts_to_the_cache_dtype_and_back():
     cache = np.zeros((1, 3, 2), "float16")
     keys = np.array([[[1.0009765625]]], "float32")  # not a float16 number
     values = np.array([[[2.0]]], "float32")
-    new_cache, all_keys, _ = _write_cache(cache, 1, keys, values)
+    new_cache, all_keys, _ = write_cache(cache, 1, keys, values)
     assert keras.backend.standardize_dtype(new_cache.dtype) == "float16"
     assert keras.backend.standardize_dtype(all_keys.dtype) == "float32"
     np.testing.assert_array_equal(_np(all_keys)[0, :, 0], [0.0, np.float16(1.0009765625), 0.0])
@@ -102,7 +103,7 @@ def test_cached_key_mask_matches_numpy(as_tensor, use_query, use_padding, use_at
     query_mask = np.array([[True, False, True], [True, True, True]]) if use_query else None
     key_padding = np.array([[True, False, True], [False, True, True]]) if use_padding else None
     attention_mask = rng.random((2, q_len, MAX_LEN)) > 0.3 if use_attention else None
-    mask = _cached_key_mask(
+    mask = cached_key_mask(
         keras.ops.convert_to_tensor(index, "int32") if as_tensor else index,
         MAX_LEN,
         q_len,
@@ -116,7 +117,7 @@ def test_cached_key_mask_matches_numpy(as_tensor, use_query, use_padding, use_at
 
 
 def test_cached_key_mask_without_masks_is_the_offset_causal_mask():
-    mask = _np(_cached_key_mask(4, MAX_LEN, 1))
+    mask = _np(cached_key_mask(4, MAX_LEN, 1))
     np.testing.assert_array_equal(
         np.reshape(mask, (-1,))[-MAX_LEN:], [True, True, True, True, True, False]
     )

@@ -6,7 +6,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention import backend as backend_lib
-from keras_attention import ops as attention_ops
+from keras_attention.ops import attention, chunked, flash
 from tests.utils import value_and_gradients
 
 RNG = np.random.default_rng(7)
@@ -47,13 +47,11 @@ def test_paths_agree_with_masks_causal_and_gqa(implementation, causal):
 
 def test_default_switches_to_a_memory_efficient_path_above_threshold(monkeypatch):
     # The flash path where the backend has a kernel for it (TensorFlow), else chunked.
-    expected = "_flash_attention" if backend_lib.has_flash_attention() else "_chunked_attention"
+    path = flash if backend_lib.has_flash_attention() else chunked
     used = []
-    original = getattr(attention_ops, expected)
-    monkeypatch.setattr(
-        attention_ops, expected, lambda *a, **k: used.append(1) or original(*a, **k)
-    )
-    monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 1000)
+    original = path.attend
+    monkeypatch.setattr(path, "attend", lambda *a, **k: used.append(1) or original(*a, **k))
+    monkeypatch.setattr(attention, "CHUNKED_THRESHOLD", 1000)
     layer = ka.MultiHeadAttention(num_heads=2, key_dim=4)
     x = RNG.standard_normal((2, 30, 8)).astype("float32")
     out = layer(x, x)

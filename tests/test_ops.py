@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from keras_attention import backend as backend_lib
 from keras_attention import ops as attention_ops
+from keras_attention.ops import attention, chunked, flash, positions
 from tests import reference
 from tests.utils import value_and_gradients
 
@@ -317,19 +318,30 @@ def test_chunked_with_dynamic_length_in_tf_function():
 
 def test_default_switches_to_a_memory_efficient_path_for_large_scores(monkeypatch):
     # The flash path where the backend has a kernel for it (TensorFlow), else chunked.
-    expected = "_flash_attention" if backend_lib.has_flash_attention() else "_chunked_attention"
+    path = flash if backend_lib.has_flash_attention() else chunked
     calls = []
-    original = getattr(attention_ops, expected)
-    monkeypatch.setattr(
-        attention_ops, expected, lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
-    monkeypatch.setattr(attention_ops, "CHUNKED_THRESHOLD", 100)
+    original = path.attend
+    monkeypatch.setattr(path, "attend", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(attention, "CHUNKED_THRESHOLD", 100)
     q = _rand(1, 16, 8)
     out = attention_ops.scaled_dot_product_attention(q, q, q)
     assert calls, "large scores should use a memory-efficient path"
     np.testing.assert_allclose(out, reference.attention(q, q, q)[0], atol=1e-5)
     attention_ops.scaled_dot_product_attention(q, q, q, return_attention_scores=True)
     assert len(calls) == 1, "weights need the plain path"
+
+
+def test_constants_are_set_where_the_code_reads_them(monkeypatch):
+    # The package's constants are copies of its modules' (which the code reads): set on
+    # the package, one would be ignored, so that is refused, naming the module to set.
+    names = [n for n in vars(attention_ops) if n.isupper() and not n.startswith("_")]
+    assert {"CHUNKED_THRESHOLD", "FLASH_THRESHOLD", "FLASH_BLOCK_Q", "CHUNK_ELEMENTS"} <= set(names)
+    for name in names:
+        [home] = [m for m in (attention, chunked, flash, positions) if name in vars(m)]
+        assert getattr(attention_ops, name) == getattr(home, name)
+        with pytest.raises(AttributeError, match=rf"set `{home.__name__}\.{name}` instead"):
+            monkeypatch.setattr(attention_ops, name, None)
+        monkeypatch.setattr(home, name, getattr(home, name))
 
 
 @pytest.mark.parametrize(
@@ -374,20 +386,20 @@ def test_default_picks_flash_above_flash_threshold_where_the_kernel_runs(monkeyp
     # Below CHUNKED_THRESHOLD: flash on TensorFlow (it has the kernel) when the kernel
     # covers the call; the plain path elsewhere and for a tensor bias.
     calls = []
-    for name in ("_flash_attention", "_chunked_attention"):
-        original = getattr(attention_ops, name)
+    for path in (flash, chunked):
+        original = path.attend
         monkeypatch.setattr(
-            attention_ops,
-            name,
-            lambda *a, _name=name, _original=original, **k: (
+            path,
+            "attend",
+            lambda *a, _name=path.__name__, _original=original, **k: (
                 calls.append(_name) or _original(*a, **k)
             ),
         )
-    monkeypatch.setattr(attention_ops, "FLASH_THRESHOLD", 100)
+    monkeypatch.setattr(attention, "FLASH_THRESHOLD", 100)
     q = _rand(1, 2, 16, 8)
     out = attention_ops.scaled_dot_product_attention(q, q, q, causal=True)
     np.testing.assert_allclose(out, reference.attention(q, q, q, causal=True)[0], atol=1e-5)
-    expected = ["_flash_attention"] if backend_lib.has_flash_attention() else []
+    expected = [flash.__name__] if backend_lib.has_flash_attention() else []
     assert calls == expected
     bias = _rand(1, 2, 16, 16)
     out = attention_ops.scaled_dot_product_attention(q, q, q, bias=bias)

@@ -52,12 +52,9 @@ __all__ = [
     "to_numpy",
 ]
 
-# Measured forward+backward of `MultiHeadAttention` (batch 8, d_model 256, 8 heads,
-# N = 128 ... 2048) against `keras.layers.MultiHeadAttention` on CPU (tables in
-# docs/performance.md): on PyTorch (eager) the plain path is 1.6-2.5x Keras' time and
-# the fused one (`torch.nn.functional.scaled_dot_product_attention`) 0.88-1.08x; on
-# JAX (`jax.jit`) plain is 0.56-0.93x and fused 0.99-1.03x; on TensorFlow plain is
-# 0.85-0.97x and fused slower than plain.
+# The faster of the plain and fused paths per backend, forward+backward of
+# `MultiHeadAttention` against `keras.layers.MultiHeadAttention` (docs/performance.md,
+# "Per backend").
 _DEFAULT_IMPLEMENTATION = {"tensorflow": "plain", "jax": "plain", "torch": "fused"}
 
 
@@ -74,7 +71,7 @@ def has_flash_attention():
 
 
 def flash_attention(query, key, value, tile, block_q, block_k):
-    """The backend's flash attention kernel around `ops._FlashTile` (TensorFlow only)."""
+    """The backend's flash attention kernel around `ops.flash.FlashTile` (TensorFlow only)."""
     from keras_attention.backend import flash_tensorflow
 
     return flash_tensorflow.flash_attention(query, key, value, tile, block_q, block_k)

@@ -1,10 +1,11 @@
 """Flash attention on TensorFlow: the loops and the custom gradient around `ops`' tiles.
 
 The tile math (scores, soft cap, bias, masks, the online softmax and the backward
-tile) is `keras_attention.ops._FlashTile`, written with `keras.ops`; this module only
-adds what TensorFlow needs for itself: `tf.while_loop`s over the blocks (with bounds
+tile) is `keras_attention.ops.flash.FlashTile`, written with `keras.ops`; this module
+only adds what TensorFlow needs for itself: `tf.while_loop`s over the blocks (with bounds
 that skip the tiles the causal mask or the sliding window hide) and
-`tf.custom_gradient` for FlashAttention-2's backward pass.
+`tf.custom_gradient` for FlashAttention-2's backward pass. A tile is immutable: the
+passes make their own (`tile.with_padding`, `tile.heads`).
 
 Forward: for each query block, an online softmax over its key blocks; only the output
 and the log-sum-exp per query are kept. Backward (FlashAttention-2), from the saved
@@ -26,6 +27,7 @@ scores), and the key/value heads run in one group per CPU thread side by side (a
 groups share the compiled passes: the group's first head is an argument).
 """
 
+import collections
 import math
 import os
 
@@ -44,9 +46,9 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     """Exact attention of `(B, H, q_len, d)` queries (already scaled) on
     `(B, Hk, kv_len, d)` keys and values, `H` a multiple of `Hk`.
 
-    `tile` is an `ops._FlashTile` holding the masks and score modifiers. The key/value
-    heads are split into as many groups as there are CPU threads (where they divide
-    evenly), each group an independent computation: TensorFlow runs them side by side,
+    `tile` is a `keras_attention.ops.flash.FlashTile` holding the masks and score
+    modifiers. The key/value heads are split into as many groups as there are CPU
+    threads (where they divide evenly), each group an independent computation: TensorFlow runs them side by side,
     while one group's compiled loops use about one core (its tiles' products are too
     small to be split across threads).
     """
@@ -55,25 +57,24 @@ def flash_attention(query, key, value, tile, block_q, block_k):
     parts = math.gcd(kv_heads or 1, _threads()) if compiles else 1
     count = (kv_heads or 1) // parts
     # One pair of passes for every group, which takes its first key/value head as an
-    # argument: XLA compiles each pass once, not once per group (the first call of a
-    # shape 2-5 s shorter at N = 16384-32768; docs/performance.md).
-    forward, backward = _passes(
+    # argument: XLA compiles each pass once, not once per group.
+    passes = _FlashPasses(
         query, key, value, tile, block_q, block_k, compiles, None if parts == 1 else count
     )
     firsts = [tf.constant(n * count) for n in range(parts)]
 
     # The log-sum-exps are outputs so that the gradient function reads only the
-    # inputs and outputs of `attend` (a SavedModel saves that function, and it
-    # cannot capture the forward pass's intermediates). Every group's passes read
+    # inputs and outputs of `attention_with_gradient` (a SavedModel saves that
+    # function, and it cannot capture the forward pass's intermediates). Every group's passes read
     # the whole query, key and value and slice their heads themselves: inside the
     # compiled pass that slice is the copy XLA makes of its inputs anyway, where a
     # `tf.split` outside would be one more copy of each, kept for the backward pass.
     @tf.custom_gradient
-    def attend(query, key, value):
+    def attention_with_gradient(query, key, value):
         # No tape records the passes (they are differentiated by `grad`), so no
         # compiled pass has to return its loops' intermediates.
         inputs = tuple(map(tf.stop_gradient, (query, key, value)))
-        results = [forward(*inputs, first) for first in firsts]
+        results = [passes.forward(*inputs, first) for first in firsts]
         lses = [lse for _, lse in results]
         output = results[0][0] if parts == 1 else tf.concat([o for o, _ in results], 1)
 
@@ -81,7 +82,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
             del d_lses  # the log-sum-exps are outputs only for the gradient's sake
             args = tuple(map(tf.stop_gradient, (output, d_output)))
             grads = [
-                backward(*inputs, args[0], tf.stop_gradient(lse), args[1], first)
+                passes.backward(*inputs, args[0], tf.stop_gradient(lse), args[1], first)
                 for first, lse in zip(firsts, lses)
             ]
             if parts == 1:
@@ -90,7 +91,7 @@ def flash_attention(query, key, value, tile, block_q, block_k):
 
         return (output, *lses), grad
 
-    return attend(query, key, value)[0]
+    return attention_with_gradient(query, key, value)[0]
 
 
 # Below this many scores (`batch * heads * q_len * kv_len`, static dimensions) the
@@ -123,32 +124,45 @@ def _threads():
     return os.cpu_count() or 1
 
 
-def _passes(query, key, value, tile, block_q, block_k, compiles, group_heads):
+class _FlashPasses:
     """The forward and backward passes of `group_heads` key/value heads (all heads
     when `None`) from key/value head `first` (an int32 scalar tensor):
     `forward(query, key, value, first) -> (output, lse)` and `backward(query, key,
     value, output, lse, d_output, first) -> (dq, dk, dv)`, both given all heads and
-    returning those of the group."""
-    heads, kv_heads = query.shape[1], key.shape[1]
-    group = 1 if heads == kv_heads else heads // kv_heads
-    if group_heads is not None:
-        kv_heads = group_heads
+    returning those of the group.
 
-    d_k, d_v = query.shape[-1], value.shape[-1]
-    q_len, kv_len = _length(query), _length(key)
-    bq = min(block_q, q_len) if isinstance(q_len, int) else block_q
-    bk = min(block_k, kv_len) if isinstance(kv_len, int) else block_k
-    nq, nk = _ceil_div(q_len, bq), _ceil_div(kv_len, bk)
-    tile.pad_keys = not (isinstance(kv_len, int) and kv_len % bk == 0)
-    if tile.mask is not None:
-        tile.mask = _pad_mask(tile.mask, nq * bq, nk * bk)
-    mod = tile.score_mod
-    causal, window = mod.causal, mod.sliding_window
+    With `compiles`, XLA compiles each pass whole (its loops, tiles and block reads),
+    which fuses the element-wise tile math into few loops; it needs static lengths (a
+    SavedModel serving any length runs the same loops uncompiled).
+    """
 
-    def key_blocks(i):
+    def __init__(self, query, key, value, tile, block_q, block_k, compiles, group_heads):
+        heads, kv_heads = query.shape[1], key.shape[1]
+        self.group = 1 if heads == kv_heads else heads // kv_heads
+        self.group_heads = group_heads
+        self.kv_heads = kv_heads if group_heads is None else group_heads
+        self.d_k, self.d_v = query.shape[-1], value.shape[-1]
+        self.q_len, self.kv_len = _length(query), _length(key)
+        q_len, kv_len = self.q_len, self.kv_len
+        self.bq = min(block_q, q_len) if isinstance(q_len, int) else block_q
+        self.bk = min(block_k, kv_len) if isinstance(kv_len, int) else block_k
+        self.nq, self.nk = _ceil_div(q_len, self.bq), _ceil_div(kv_len, self.bk)
+        mask = tile.mask
+        if mask is not None:
+            mask = _pad_mask(mask, self.nq * self.bq, self.nk * self.bk)
+        pad_keys = not (isinstance(kv_len, int) and kv_len % self.bk == 0)
+        self.tile = tile.with_padding(pad_keys, mask)
+        self.causal, self.window = tile.score_mod.causal, tile.score_mod.sliding_window
+        self.forward, self.backward = self._forward, self._backward
+        if compiles:
+            self.forward = tf.function(self._forward, jit_compile=True)
+            self.backward = tf.function(self._backward, jit_compile=True)
+
+    def key_blocks(self, i):
         """Key blocks `[lo, hi)` that query block `i` can see."""
-        first, last = i * bq, tf.minimum((i + 1) * bq, q_len) - 1
-        lo, hi = tf.constant(0), tf.cast(nk, tf.int32)
+        bq, bk, causal, window = self.bq, self.bk, self.causal, self.window
+        first, last = i * bq, tf.minimum((i + 1) * bq, self.q_len) - 1
+        lo, hi = tf.constant(0), tf.cast(self.nk, tf.int32)
         if causal:
             hi = tf.minimum(hi, last // bk + 1)
         if window is not None:
@@ -157,10 +171,11 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, group_heads):
                 hi = tf.minimum(hi, (last + window - 1) // bk + 1)
         return lo, hi
 
-    def query_blocks(j):
+    def query_blocks(self, j):
         """Query blocks `[lo, hi)` that see key block `j`."""
-        first, last = j * bk, tf.minimum((j + 1) * bk, kv_len) - 1
-        lo, hi = tf.constant(0), tf.cast(nq, tf.int32)
+        bq, bk, causal, window = self.bq, self.bk, self.causal, self.window
+        first, last = j * bk, tf.minimum((j + 1) * bk, self.kv_len) - 1
+        lo, hi = tf.constant(0), tf.cast(self.nq, tf.int32)
         if causal:
             lo = first // bq
         if window is not None:
@@ -169,179 +184,195 @@ def _passes(query, key, value, tile, block_q, block_k, compiles, group_heads):
                 lo = tf.maximum(first - window + 1, 0) // bq
         return lo, hi
 
-    def pad_rows(x, length):
-        """A 4-D `x` with rows (axis 2) padded to `length`; itself when none are
-        missing (a padded tensor is a copy)."""
-        if isinstance(length, int) and x.shape[2] == length:
-            return x
-        return tf.pad(x, [[0, 0], [0, 0], [0, length - tf.shape(x)[2]], [0, 0]])
+    def _group_tile(self, first):
+        """The tile of the group's heads, from key/value head `first`."""
+        if self.group_heads is None:
+            return self.tile
+        return self.tile.heads(first, self.group_heads)
 
-    def first_rows(x, length):
-        """Rows `0 ... length - 1` of a 4-D `x` (itself when it has no more)."""
-        if isinstance(length, int) and x.shape[2] == length:
-            return x
-        return x[:, :, :length]
+    def _num_kv_heads(self, key):
+        """The group's key/value heads (read from `key` when not static)."""
+        return self.kv_heads if self.kv_heads is not None else tf.shape(key)[1]
 
-    def num_kv_heads(key):
-        return kv_heads if kv_heads is not None else tf.shape(key)[1]
-
-    def reader(x, per_kv_head, size, hk, first):
-        """`read(start)`: rows `start ... start + size - 1` of the 4-D `x`'s heads
-        `first * per_kv_head ...` (`hk` key/value heads' worth), as a `(B, hk,
-        per_kv_head, size, f)` block.
-
-        A slice of `x` itself: XLA reads the block in place. A reshaped, padded or
-        head-sliced `x` fed to the loops would be a copy of it (XLA copies whatever
-        the loops read that is not a parameter of the compiled pass)."""
-        shape = tf.shape(x)
-        size_4d = tf.stack([shape[0], hk * per_kv_head, size, shape[3]])
-        size_5d = tf.stack([shape[0], hk, per_kv_head, size, shape[3]])
-
-        def read(start):
-            block = tf.slice(x, tf.stack([0, first * per_kv_head, start, 0]), size_4d)
-            return tf.reshape(block, size_5d)
-
-        return read
-
-    def writer(batch, heads, size):
-        """`write(x, start, block)`: the 4-D `x` (`heads` heads) with rows `start ...
-        start + size - 1` replaced by the 5-D `block`: a scatter into the loop
-        state, which XLA does in place (a `TensorArray` of blocks would need a
-        stack and a transpose, two copies of the whole result)."""
-        axes = [tf.range(batch), tf.range(heads), tf.range(size)]
-        base = tf.stack(tf.meshgrid(*axes, indexing="ij"), -1)
-
-        def write(x, start, block):
-            rows = tf.reshape(block, tf.concat([tf.shape(base)[:3], tf.shape(block)[-1:]], 0))
-            return tf.tensor_scatter_nd_update(x, base + tf.stack([0, 0, start]), rows)
-
-        return write
-
-    def loop(lo, hi, body, state, most):
-        """`for index in range(lo, hi): state = body(index, state)`, at most `most` times.
-
-        One iteration at a time: running several blocks at once (TensorFlow's
-        default of 10) multiplies the memory of the tiles in flight and gains nothing
-        (every matmul already uses all cores).
-        """
-        return tf.while_loop(
-            lambda index, *_: index < hi,
-            lambda index, *state: (index + 1,) + tuple(body(index, state)),
-            (lo,) + tuple(state),
-            parallel_iterations=1,
-            maximum_iterations=most,
-        )[1:]
-
-    # Both passes take every head and read their group's (from head `first`) in the blocks.
-    def group_tile(first):
-        """The group's heads' tile (inside each pass, `tile` names this one)."""
-        if group_heads is None:
-            return tile
-        return tile.heads(first, group_heads)
-
-    def forward_all(query, key, value, first):
-        tile = group_tile(first)
-        query = pad_rows(query, nq * bq)
-        key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
-        hk, batch = num_kv_heads(key), tf.shape(query)[0]
-        read_q = reader(query, group, bq, hk, first)
-        read_k, read_v = reader(key, 1, bk, hk, first), reader(value, 1, bk, hk, first)
-        write = writer(batch, hk * group, bq)
+    def _forward(self, query, key, value, first):
+        """`(output, lse)` of the group's heads: each query block's online softmax."""
+        tile, bq, bk, nq, nk = self._group_tile(first), self.bq, self.bk, self.nq, self.nk
+        query = _pad_rows(query, nq * bq)
+        key, value = _pad_rows(key, nk * bk), _pad_rows(value, nk * bk)
+        hk, batch = self._num_kv_heads(key), tf.shape(query)[0]
+        read_q = _reader(query, self.group, bq, hk, first)
+        read_k, read_v = _reader(key, 1, bk, hk, first), _reader(value, 1, bk, hk, first)
+        write = _writer(batch, hk * self.group, bq)
 
         def forward_block(i, state):
             out4, lse4 = state
             q = read_q(i * bq)
-            lo, hi = key_blocks(i)
-            acc = loop(
+            lo, hi = self.key_blocks(i)
+            acc = _loop(
                 lo,
                 hi,
                 lambda j, acc: tile.forward(acc, q, read_k(j * bk), read_v(j * bk), i * bq, j * bk),
-                tile.initial_state(q, d_v),
+                tile.initial_state(q, self.d_v),
                 nk,
             )
             out, lse = tile.finish(acc, value.dtype)
             return write(out4, i * bq, out), write(lse4, i * bq, lse[..., None])
 
-        rows4 = tf.stack([batch, hk * group, nq * bq])
-        out4, lse4 = loop(
+        rows4 = tf.stack([batch, hk * self.group, nq * bq])
+        out4, lse4 = _loop(
             0,
             nq,
             forward_block,
             (
-                tf.zeros(tf.concat([rows4, [d_v]], 0), value.dtype),
+                tf.zeros(tf.concat([rows4, [self.d_v]], 0), value.dtype),
                 tf.zeros(tf.concat([rows4, [1]], 0), tf.float32),
             ),
             nq,
         )
-        return first_rows(out4, q_len), lse4
+        return _first_rows(out4, self.q_len), lse4
 
-    def backward_all(query, key, value, output, lse4, d_output, first):
-        tile = group_tile(first)
-        query, output, d_output = (pad_rows(x, nq * bq) for x in (query, output, d_output))
-        key, value = pad_rows(key, nk * bk), pad_rows(value, nk * bk)
-        hk, batch = num_kv_heads(key), tf.shape(query)[0]
-        read_q, read_o, read_do = (
-            reader(x, group, bq, hk, first) for x in (query, output, d_output)
+    def _backward(self, query, key, value, output, lse4, d_output, first):
+        """`(dq, dk, dv)` of the group's heads: one loop over the key blocks."""
+        tile, bq, bk, nq, nk = self._group_tile(first), self.bq, self.bk, self.nq, self.nk
+        query, output, d_output = (_pad_rows(x, nq * bq) for x in (query, output, d_output))
+        key, value = _pad_rows(key, nk * bk), _pad_rows(value, nk * bk)
+        hk, batch, group = self._num_kv_heads(key), tf.shape(query)[0], self.group
+        blocks = _BackwardBlocks(
+            *(_reader(x, group, bq, hk, first) for x in (query, output, d_output)),
+            read_k=_reader(key, 1, bk, hk, first),
+            read_v=_reader(value, 1, bk, hk, first),
+            read_lse=_reader(lse4, group, bq, hk, first=0),
+            write_q=_writer(batch, hk * group, bq),
+            write_k=_writer(batch, hk, bk),
+            read_dq=lambda dq4: _reader(dq4, group, bq, hk, first=0),
         )
-        read_k, read_v = reader(key, 1, bk, hk, first), reader(value, 1, bk, hk, first)
-        read_lse = reader(lse4, group, bq, hk, first=0)
-        write_q, write_k = writer(batch, hk * group, bq), writer(batch, hk, bk)
-        float32 = lambda x: tf.cast(x, tf.float32)  # noqa: E731
 
         def key_block_grads(j, state):
             dk4, dv4, dq4 = state
-            k, v = read_k(j * bk), read_v(j * bk)
+            dk, dv, dq4 = self._key_block_grads(tile, blocks, j, dq4)
+            return blocks.write_k(dk4, j * bk, dk), blocks.write_k(dv4, j * bk, dv), dq4
 
-            def add(i, state):
-                dk, dv, dq4 = state
-                q, d_out = read_q(i * bq), read_do(i * bq)
-                # delta = rowsum(dO * O), recomputed per tile (block_q * d numbers,
-                # against block_q * block_k * d for a product) instead of stored.
-                delta_i = tf.reduce_sum(float32(d_out) * float32(read_o(i * bq)), -1)
-                lse_i = read_lse(i * bq)[..., 0]
-                # Keys by queries (see `tile.backward`): every product below is
-                # a plain or a `K`-transposed one.
-                p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
-                dv += tf.reduce_sum(tf.matmul(p_t, float32(d_out)), 2, keepdims=True)
-                dk += tf.reduce_sum(tf.matmul(ds_t, float32(q)), 2, keepdims=True)
-                # dQ of query block i, added in place: one block is read and
-                # rewritten, never the whole dQ (the product is dQ^T, transposed
-                # here: d x block_q numbers, not a probability tile).
-                dq_t = tf.matmul(float32(k), ds_t, transpose_a=True)
-                dq_i = reader(dq4, group, bq, hk, first=0)(i * bq)
-                return dk, dv, write_q(dq4, i * bq, dq_i + tf.linalg.matrix_transpose(dq_t))
-
-            lo, hi = query_blocks(j)
-            zeros = (tf.zeros_like(float32(k)), tf.zeros_like(float32(v)))
-            dk, dv, dq4 = loop(lo, hi, add, zeros + (dq4,), nq)
-            return write_k(dk4, j * bk, dk), write_k(dv4, j * bk, dv), dq4
-
-        dk4, dv4, dq4 = loop(
+        dk4, dv4, dq4 = _loop(
             0,
             nk,
             key_block_grads,
             (
-                tf.zeros(tf.stack([batch, hk, nk * bk, d_k])),
-                tf.zeros(tf.stack([batch, hk, nk * bk, d_v])),
-                tf.zeros(tf.stack([batch, hk * group, nq * bq, d_k])),
+                tf.zeros(tf.stack([batch, hk, nk * bk, self.d_k])),
+                tf.zeros(tf.stack([batch, hk, nk * bk, self.d_v])),
+                tf.zeros(tf.stack([batch, hk * group, nq * bq, self.d_k])),
             ),
             nk,
         )
         return (
-            tf.cast(first_rows(dq4, q_len), query.dtype),
-            tf.cast(first_rows(dk4, kv_len), key.dtype),
-            tf.cast(first_rows(dv4, kv_len), value.dtype),
+            tf.cast(_first_rows(dq4, self.q_len), query.dtype),
+            tf.cast(_first_rows(dk4, self.kv_len), key.dtype),
+            tf.cast(_first_rows(dv4, self.kv_len), value.dtype),
         )
 
-    # XLA compiles each pass whole (its loops, tiles and block reads), which fuses the
-    # element-wise tile math into few loops; it needs static lengths (a SavedModel
-    # serving any length runs the same loops uncompiled).
-    if compiles:
-        return (
-            tf.function(forward_all, jit_compile=True),
-            tf.function(backward_all, jit_compile=True),
-        )
-    return forward_all, backward_all
+    def _key_block_grads(self, tile, blocks, j, dq4):
+        """`(dK, dV)` of key block `j`, and `dq4` with the block's share of every
+        query block's `dQ` added, over the query blocks that see key block `j`."""
+        bq, bk = self.bq, self.bk
+        k, v = blocks.read_k(j * bk), blocks.read_v(j * bk)
+
+        def add(i, state):
+            dk, dv, dq4 = state
+            q, d_out = blocks.read_q(i * bq), blocks.read_do(i * bq)
+            # delta = rowsum(dO * O), recomputed per tile (block_q * d numbers,
+            # against block_q * block_k * d for a product) instead of stored.
+            delta_i = tf.reduce_sum(_float32(d_out) * _float32(blocks.read_o(i * bq)), -1)
+            lse_i = blocks.read_lse(i * bq)[..., 0]
+            # Keys by queries (see `tile.backward`): every product below is a plain
+            # or a `K`-transposed one.
+            p_t, ds_t = tile.backward(q, k, v, d_out, lse_i, delta_i, i * bq, j * bk)
+            dv += tf.reduce_sum(tf.matmul(p_t, _float32(d_out)), 2, keepdims=True)
+            dk += tf.reduce_sum(tf.matmul(ds_t, _float32(q)), 2, keepdims=True)
+            # dQ of query block i, added in place: one block is read and rewritten,
+            # never the whole dQ (the product is dQ^T, transposed here: d x block_q
+            # numbers, not a probability tile).
+            dq_t = tf.matmul(_float32(k), ds_t, transpose_a=True)
+            dq_i = blocks.read_dq(dq4)(i * bq)
+            return dk, dv, blocks.write_q(dq4, i * bq, dq_i + tf.linalg.matrix_transpose(dq_t))
+
+        lo, hi = self.query_blocks(j)
+        zeros = (tf.zeros_like(_float32(k)), tf.zeros_like(_float32(v)))
+        return _loop(lo, hi, add, zeros + (dq4,), self.nq)
+
+
+# The backward pass's block readers (`read_x(start) -> block`) and writers (`write_x(x,
+# start, block) -> x`); `read_dq(dq4)` makes the reader of `dq4`.
+_BackwardBlocks = collections.namedtuple(
+    "_BackwardBlocks", "read_q read_o read_do read_k read_v read_lse write_q write_k read_dq"
+)
+
+
+def _pad_rows(x, length):
+    """A 4-D `x` with rows (axis 2) padded to `length`; itself when none are missing
+    (a padded tensor is a copy)."""
+    if isinstance(length, int) and x.shape[2] == length:
+        return x
+    return tf.pad(x, [[0, 0], [0, 0], [0, length - tf.shape(x)[2]], [0, 0]])
+
+
+def _first_rows(x, length):
+    """Rows `0 ... length - 1` of a 4-D `x` (itself when it has no more)."""
+    if isinstance(length, int) and x.shape[2] == length:
+        return x
+    return x[:, :, :length]
+
+
+def _float32(x):
+    return tf.cast(x, tf.float32)
+
+
+def _reader(x, per_kv_head, size, hk, first):
+    """`read(start)`: rows `start ... start + size - 1` of the 4-D `x`'s heads
+    `first * per_kv_head ...` (`hk` key/value heads' worth), as a `(B, hk,
+    per_kv_head, size, f)` block.
+
+    A slice of `x` itself: XLA reads the block in place. A reshaped, padded or
+    head-sliced `x` fed to the loops would be a copy of it (XLA copies whatever the
+    loops read that is not a parameter of the compiled pass)."""
+    shape = tf.shape(x)
+    size_4d = tf.stack([shape[0], hk * per_kv_head, size, shape[3]])
+    size_5d = tf.stack([shape[0], hk, per_kv_head, size, shape[3]])
+
+    def read(start):
+        block = tf.slice(x, tf.stack([0, first * per_kv_head, start, 0]), size_4d)
+        return tf.reshape(block, size_5d)
+
+    return read
+
+
+def _writer(batch, heads, size):
+    """`write(x, start, block)`: the 4-D `x` (`heads` heads) with rows `start ...
+    start + size - 1` replaced by the 5-D `block`: a scatter into the loop state,
+    which XLA does in place (a `TensorArray` of blocks would need a stack and a
+    transpose, two copies of the whole result)."""
+    axes = [tf.range(batch), tf.range(heads), tf.range(size)]
+    base = tf.stack(tf.meshgrid(*axes, indexing="ij"), -1)
+
+    def write(x, start, block):
+        rows = tf.reshape(block, tf.concat([tf.shape(base)[:3], tf.shape(block)[-1:]], 0))
+        return tf.tensor_scatter_nd_update(x, base + tf.stack([0, 0, start]), rows)
+
+    return write
+
+
+def _loop(lo, hi, body, state, most):
+    """`for index in range(lo, hi): state = body(index, state)`, at most `most` times.
+
+    One iteration at a time: running several blocks at once (TensorFlow's default
+    of 10) multiplies the memory of the tiles in flight and gains nothing (every
+    matmul already uses all cores).
+    """
+    return tf.while_loop(
+        lambda index, *_: index < hi,
+        lambda index, *state: (index + 1,) + tuple(body(index, state)),
+        (lo,) + tuple(state),
+        parallel_iterations=1,
+        maximum_iterations=most,
+    )[1:]
 
 
 def _length(x):

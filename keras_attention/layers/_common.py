@@ -12,6 +12,8 @@ _SETTING_MODULES = {
     "kernel_constraint": keras.constraints,
     "bias_constraint": keras.constraints,
 }
+# Keras' defaults of those not None, as in `keras.layers.Dense`.
+_DEFAULTS = {"kernel_initializer": "glorot_uniform", "bias_initializer": "zeros"}
 INITIALIZER_KEYS = ("kernel_initializer", "bias_initializer")
 
 
@@ -19,30 +21,36 @@ class ProjectionSettings:
     """The settings a layer shares among its `Dense` projections, and their factory.
 
     Holds `use_bias`, the dtype policy and the initializer/regularizer/constraint
-    arguments; `dense(units, name)` builds a `keras.layers.Dense` with them, so a
-    layer states only what is its own (units, name, and where it differs: a bias-free
-    score vector, an activation). `get_config()` merges into the layer's config.
+    arguments (`settings`, Keras' names and defaults); `dense(units, name)` builds a
+    `keras.layers.Dense` with them, so a layer states only what is its own (units,
+    name, and where it differs: a bias-free score vector, an activation).
+    `get_config()` merges into the layer's config.
+
+    A layer keeps the Keras-style arguments (`kernel_initializer=...`) in its own
+    signature and hands them over in one line with `from_arguments(locals(), dtype)`.
 
     `activity_regularizer` is not among them: it goes to the base `keras.layers.Layer`
     and regularizes the layer's output, as for any Keras layer.
     """
 
-    def __init__(
-        self,
-        use_bias=True,
-        dtype=None,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-    ):
+    def __init__(self, use_bias=True, dtype=None, **settings):
+        unknown = sorted(set(settings) - set(_SETTING_MODULES))
+        if unknown:
+            raise TypeError(
+                f"Unknown projection settings {unknown}; expected some of {list(_SETTING_MODULES)}."
+            )
         self.use_bias = use_bias
         self.dtype = dtype
-        values = locals()
         for key, module in _SETTING_MODULES.items():
-            setattr(self, key, module.get(values[key]))
+            setattr(self, key, module.get(settings.get(key, _DEFAULTS.get(key))))
+
+    @classmethod
+    def from_arguments(cls, arguments, dtype):
+        """The settings among a layer constructor's `arguments` (its `locals()`, taken
+        before it rebinds any of them): `use_bias` and the initializer/regularizer/
+        constraint arguments it has; the ones it lacks keep Keras' defaults."""
+        names = ("use_bias", *_SETTING_MODULES)
+        return cls(dtype=dtype, **{name: arguments[name] for name in names if name in arguments})
 
     def dense(self, units, name, use_bias=None, activation=None):
         """A `keras.layers.Dense(units)` projection named `name` with these settings;

@@ -15,8 +15,10 @@ class QueryValueAttention(keras.layers.Layer):
     (rank 2, `(batch, features)`, treated as one query step), the Keras masks, the
     shape checks and the symbolic shapes. Subclasses build their projections in
     `_build_scores(query_shape, key_shape)` and implement
-    `_attend(query, key, value, mask, training, return_attention_scores)` on rank-3
-    queries, finishing with `keras_attention.ops`.
+    `_attend(query, key, value, mask, **attention_arguments)` on rank-3 queries,
+    finishing with `keras_attention.ops` (`scaled_dot_product_attention` or
+    `attention_from_scores`), to which they pass `attention_arguments` on: the
+    dropout (`dropout_rate`, `seed`, `training`) and `return_attention_scores`.
 
     Also takes the list calls of `keras.layers.Attention` and
     `keras.layers.AdditiveAttention`: `layer([query, value])`,
@@ -102,14 +104,23 @@ class QueryValueAttention(keras.layers.Layer):
             q_len=ops.shape(query)[1],
             kv_len=ops.shape(key)[1],
         )
-        outputs = self._attend(query, key, value, mask, bool(training), return_attention_scores)
+        outputs = self._attend(
+            query,
+            key,
+            value,
+            mask,
+            dropout_rate=self.dropout,
+            seed=self.seed_generator,
+            training=bool(training),
+            return_attention_scores=return_attention_scores,
+        )
         if not single_step:
             return outputs
         if return_attention_scores:
             return ops.squeeze(outputs[0], 1), ops.squeeze(outputs[1], 1)
         return ops.squeeze(outputs, 1)
 
-    def _attend(self, query, key, value, mask, training, return_attention_scores):
+    def _attend(self, query, key, value, mask, **attention_arguments):
         raise NotImplementedError
 
     def compute_mask(self, query, previous_mask=None):

@@ -20,6 +20,14 @@ from keras_attention.layers.rotary_embedding import RotaryEmbedding
 _NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
+def _padding_mask(padding_mask, keras_mask, sequence, name, sequence_name):
+    """The padding of `sequence`: its `padding_mask` (checked) combined with its Keras
+    mask (either may be None)."""
+    return masks.combine_masks(
+        _check_padding_mask(padding_mask, sequence, name, sequence_name), keras_mask
+    )
+
+
 def _check_padding_mask(padding_mask, sequence, name, sequence_name):
     """A padding mask must be `(batch, seq)` for its sequence; say which one if not."""
     if padding_mask is None:
@@ -90,11 +98,7 @@ class _TransformerBlock(keras.layers.Layer):
         }
         self._check_attention_options(num_heads, key_dim)
         # Only the initializers reach the Dense layers inside (as in keras-hub).
-        self.projection = _common.ProjectionSettings(
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         self.kernel_initializer = self.projection.kernel_initializer
         self.bias_initializer = self.projection.bias_initializer
         self.seed = seed
@@ -197,6 +201,36 @@ class _TransformerBlock(keras.layers.Layer):
         if not self.normalize_first:
             x = layer_norm(x)
         return x
+
+    def _attention_sublayer(self, attention, scores, caches, value=None, **call_arguments):
+        """The sublayer `x -> attention(x, value, **call_arguments)` for `_residual`
+        (self-attention, `x` as value, when `value` is None). It returns the output;
+        the attention scores and the new cache, when the call asks for them, go to
+        the lists `scores` and `caches`."""
+        return_scores = call_arguments.get("return_attention_scores", False)
+        with_cache = call_arguments.get("cache") is not None
+
+        def sublayer(x):
+            outputs = attention(x, x if value is None else value, **call_arguments)
+            if not (return_scores or with_cache):
+                return outputs
+            if return_scores:
+                scores.append(outputs[1])
+            if with_cache:
+                caches.append(outputs[-1])
+            return outputs[0]
+
+        return sublayer
+
+    def _feedforward_residual(self, x, training):
+        """The feed-forward sublayer with its residual connection and normalization."""
+        return self._residual(
+            x,
+            lambda y: self.feedforward(y, training=training),
+            self.feedforward_layer_norm,
+            self.feedforward_dropout,
+            training,
+        )
 
     def _build_feedforward(self, shape):
         for layer_norm in self._layer_norms():

@@ -83,16 +83,7 @@ class AdditiveAttention(QueryValueAttention):
         **kwargs,
     ):
         super().__init__(dropout=dropout, seed=seed, **kwargs)
-        self.projection = _common.ProjectionSettings(
-            use_bias=use_bias,
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         _validation.check_positive_int(units, "units", allow_none=True)
         _validation.check_bool(use_bias, "use_bias")
         if use_scale is not None:
@@ -135,7 +126,7 @@ class AdditiveAttention(QueryValueAttention):
         self.key_dense.build(key_shape)
         self.score_dense.build((None, None, None, self.units))
 
-    def _attend(self, query, key, value, mask, training, return_attention_scores):
+    def _attend(self, query, key, value, mask, **attention_arguments):
         if self.units is None:
             hidden = ops.tanh(ops.expand_dims(query, 2) + ops.expand_dims(key, 1))
             if self.scale is not None:
@@ -148,15 +139,7 @@ class AdditiveAttention(QueryValueAttention):
                 + ops.expand_dims(self.key_dense(key), 1)
             )
             scores = ops.squeeze(self.score_dense(hidden), -1)
-        return attention_ops.attention_from_scores(
-            scores,
-            value,
-            mask=mask,
-            dropout_rate=self.dropout,
-            seed=self.seed_generator,
-            training=training,
-            return_attention_scores=return_attention_scores,
-        )
+        return attention_ops.attention_from_scores(scores, value, mask=mask, **attention_arguments)
 
     def get_config(self):
         config = super().get_config()

@@ -110,16 +110,7 @@ class LuongAttention(QueryValueAttention):
                     "Pass `score` or `score_mode` (Keras' name), not both. Received: "
                     f"score={score!r}, score_mode={score_mode!r}"
                 )
-        self.projection = _common.ProjectionSettings(
-            use_bias=use_bias,
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         _validation.check_one_of(score, "score", _SCORES)
         if score == "concat":
             _validation.check_positive_int(units, "units")
@@ -185,13 +176,7 @@ class LuongAttention(QueryValueAttention):
             self.concat_dense.build((None, None, None, query_features + key_features))
             self.score_dense.build((None, None, None, self.units))
 
-    def _attend(self, query, key, value, mask, training, return_attention_scores):
-        dropout = {
-            "dropout_rate": self.dropout,
-            "seed": self.seed_generator,
-            "training": training,
-            "return_attention_scores": return_attention_scores,
-        }
+    def _attend(self, query, key, value, mask, **attention_arguments):
         if self.score in ("dot", "general"):
             if self.score == "general":
                 key = self.key_dense(key)
@@ -205,7 +190,7 @@ class LuongAttention(QueryValueAttention):
                 value,
                 mask=mask,
                 scale=None if self.scale else 1.0,
-                **dropout,
+                **attention_arguments,
             )
         # Pair every query with every key: (batch, q_len, kv_len, q_f + k_f).
         q_len, kv_len = ops.shape(query)[1], ops.shape(key)[1]
@@ -218,7 +203,7 @@ class LuongAttention(QueryValueAttention):
         )
         hidden = ops.tanh(self.concat_dense(pairs))
         scores = ops.squeeze(self.score_dense(hidden), -1)
-        return attention_ops.attention_from_scores(scores, value, mask=mask, **dropout)
+        return attention_ops.attention_from_scores(scores, value, mask=mask, **attention_arguments)
 
     def get_config(self):
         config = super().get_config()

@@ -1,5 +1,6 @@
 """`MultiHeadAttention`: self-, cross- and grouped-query attention with a decoding cache."""
 
+import functools
 import math
 import numbers
 
@@ -8,7 +9,7 @@ from keras import ops
 
 from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
-from keras_attention.layers import _common
+from keras_attention.layers import _attention_axes, _common, _decoding_cache
 from keras_attention.layers._layer_normalization import LayerNormalization
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
@@ -30,19 +31,11 @@ class MultiHeadAttention(keras.layers.Layer):
     The call signature is the one of `keras.layers.MultiHeadAttention`, so one can be
     swapped for the other.
 
-    Kernel layout (for porting weights): four `keras.layers.Dense` sublayers,
-    `query_dense` with kernel `(query_features, num_heads * key_dim)`,
-    `key_dense` `(key_features, num_key_value_heads * key_dim)`,
-    `value_dense` `(value_features, num_key_value_heads * value_dim)` and
-    `output_dense` `(num_heads * value_dim, output_dim)`. Head `h` uses the columns
-    `h * key_dim:(h + 1) * key_dim` (the projection reshaped to
-    `(batch, seq, heads, dim)`), and rows `h * value_dim:(h + 1) * value_dim` of the
-    output kernel. A `keras.layers.MultiHeadAttention` kernel of shape
-    `(features, heads, dim)` becomes ours with `kernel.reshape(features, heads * dim)`;
-    its output kernel `(heads, dim, *output_shape)` with
-    `kernel.reshape(heads * dim, -1)`; its biases with `bias.reshape(-1)`. With
-    `use_gate`, `gate_dense` has a kernel `(query_features, num_heads * value_dim)`
-    (Keras' `gate` kernel `(features, heads, dim)` reshaped the same way).
+    Weights: `keras.layers.Dense` sublayers `query_dense`, `key_dense`, `value_dense`,
+    `output_dense` (and `gate_dense` with `use_gate`); head `h` uses columns
+    `h * key_dim:(h + 1) * key_dim` of a projection. Porting weights from
+    `keras.layers.MultiHeadAttention`, and what else differs from it: docs/guide.md,
+    "Moving from Keras' layers".
 
     Grouped-query attention (GQA; multi-query attention for `num_key_value_heads=1`):
     query heads come in contiguous groups of `num_heads // num_key_value_heads`, and
@@ -50,14 +43,13 @@ class MultiHeadAttention(keras.layers.Layer):
     in `keras.layers.GroupedQueryAttention`. It equals ordinary multi-head attention
     whose key/value kernels repeat each shared head `group` times.
 
-    Incremental decoding: a cache is ONE tensor of shape
-    `(batch, max_length, num_key_value_heads * key_dim + num_key_value_heads * value_dim)`
-    holding, per position, the projected keys (the `key_dense` output) followed by the
-    projected values (the `value_dense` output), before the head split.
-    `get_initial_cache(batch_size, max_length)` returns an empty (zero) one. Called
-    with `cache` and `cache_index`, the layer writes the keys/values of the new
-    token(s) at positions `[cache_index, cache_index + new_len)` and the new queries
-    attend causally to all cached positions `<= cache_index + i`.
+    Incremental decoding: `get_initial_cache(batch_size, max_length)` returns an empty
+    cache, ONE tensor `(batch, max_length, num_key_value_heads * (key_dim + value_dim))`
+    holding per position the projected keys, then values (its layout, and the ring of
+    a `sliding_window`: `layers/_decoding_cache.py`). Called with `cache` and
+    `cache_index`, the layer writes the new token(s) at positions
+    `[cache_index, cache_index + new_len)`, and new query `i` attends causally to the
+    cached positions `<= cache_index + i`.
 
     Args:
         num_heads: positive int, number of query heads.
@@ -88,17 +80,13 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_constraint, bias_constraint: passed to the four `Dense` projections.
         activity_regularizer: regularizer on the layer's output.
         seed: int, seed for dropout.
-        implementation: how the attention core runs (see
-            `keras_attention.ops.scaled_dot_product_attention`): `None` (default)
-            uses the plain path and switches by itself to an exact,
-            memory-efficient path (`"flash"` on TensorFlow, `"chunked"` elsewhere)
-            when the score tensor `(batch, num_heads, q_len, kv_len)` would exceed
-            `keras_attention.ops.CHUNKED_THRESHOLD` (2**28) elements and neither
-            scores nor dropout are needed (on TensorFlow to `"flash"` already above
-            `keras_attention.ops.FLASH_THRESHOLD`, 2**23, where it is faster than
-            plain: docs/performance.md); `"plain"`, `"chunked"`, `"flash"` or
-            `"fused"` force a path (calls that need the scores or dropout always use
-            `"plain"`).
+        implementation: how the attention core runs: `None` (default) uses the plain
+            path and switches by itself to an exact, memory-efficient one (`"flash"`
+            on TensorFlow, `"chunked"` elsewhere) for large score tensors when neither
+            scores nor dropout are needed (thresholds: `implementation` of
+            `keras_attention.ops.scaled_dot_product_attention`); `"plain"`,
+            `"chunked"`, `"flash"` or `"fused"` force a path (calls that need the
+            scores or dropout always use `"plain"`).
         sliding_window: optional positive int `w`, local attention as in
             `keras.layers.GroupedQueryAttention`: query `i` sees only keys `j` with
             `|i - j| < w`; with `use_causal_mask=True` (and with a cache) that is
@@ -203,23 +191,14 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.projection = _common.ProjectionSettings(
-            use_bias=use_bias,
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         _validation.check_positive_int(num_heads, "num_heads")
         _validation.check_positive_int(key_dim, "key_dim")
         _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
         _validation.check_positive_int(num_key_value_heads, "num_key_value_heads", allow_none=True)
         _validation.check_positive_int(output_dim, "output_dim", allow_none=True)
-        output_shape = _check_output_shape(output_shape, output_dim)
-        attention_axes = _check_attention_axes(attention_axes)
+        output_shape = _attention_axes.check_output_shape(output_shape, output_dim)
+        attention_axes = _attention_axes.check_attention_axes(attention_axes)
         _validation.check_bool(use_gate, "use_gate")
         _validation.check_rate(dropout, "dropout")
         _validation.check_bool(use_bias, "use_bias")
@@ -295,20 +274,6 @@ class MultiHeadAttention(keras.layers.Layer):
         """The trailing output axes: `output_shape`, `output_dim` or the query's features."""
         return self._output_shape or (self.output_dim or query_shape[-1],)
 
-    def _attention_axes_for(self, rank):
-        """The attention axes for inputs of `rank` as non-negative ints, in order."""
-        if self.attention_axes is None:
-            return tuple(range(1, rank - 1))
-        axes = tuple(axis + rank if axis < 0 else axis for axis in self.attention_axes)
-        if any(not 1 <= axis <= rank - 2 for axis in axes) or len(set(axes)) != len(axes):
-            raise ValueError(
-                "`attention_axes` must be distinct axes of the inputs other than the "
-                f"batch axis (0) and the features axis (-1), i.e. in [1, {rank - 2}] "
-                f"or [{1 - rank}, -2] for inputs of rank {rank}. Received: "
-                f"attention_axes={self.attention_axes}"
-            )
-        return axes
-
     def _check_shapes(self, query_shape, value_shape, key_shape):
         """The shape checks of `build`, `call` and the symbolic shapes, in one place:
         ranks, attention axes, key/value lengths and the batch (non-attention) axes."""
@@ -324,7 +289,7 @@ class MultiHeadAttention(keras.layers.Layer):
                     f"`{name}` must be rank {rank}, the rank of `query`. Received: "
                     f"query.shape={query_shape}, {name}.shape={shape}"
                 )
-        axes = self._attention_axes_for(rank)
+        axes = _attention_axes.attention_axes_for(self.attention_axes, rank)
         if not _validation.compatible(key_shape[1:-1], value_shape[1:-1]):
             raise ValueError(
                 "`key` and `value` must have the same length (the same shape except "
@@ -374,15 +339,11 @@ class MultiHeadAttention(keras.layers.Layer):
                 "`build(query_shape, value_shape)` first, so that the projections "
                 "exist before a cache is made."
             )
-        batch_size = _validation.check_index(batch_size, "batch_size", positive=True)
-        max_length = _validation.check_index(max_length, "max_length", positive=True)
-        if self.sliding_window is not None and isinstance(max_length, int):
-            # a ring: only the `sliding_window` most recent positions are ever seen
-            max_length = min(max_length, self.sliding_window)
-        elif self.sliding_window is not None:
-            max_length = ops.minimum(max_length, self.sliding_window)
-        return ops.zeros(
-            (batch_size, max_length, self._cache_features),
+        return _decoding_cache.initial_cache(
+            batch_size,
+            max_length,
+            self._cache_features,
+            self.sliding_window,
             dtype=dtype or self.compute_dtype,
         )
 
@@ -406,70 +367,59 @@ class MultiHeadAttention(keras.layers.Layer):
             key = value
             key_mask = None
         self._check_call_shapes(query, value, key)
-        if self._needs_flattening(len(query.shape)):
+        if _attention_axes.needs_flattening(self.attention_axes, len(query.shape)):
             if cache is not None or key_value_cache is not None:
                 raise ValueError(
                     "`cache` and `key_value_cache` need rank-3 inputs attending over "
                     f"axis 1. Received: query.shape={tuple(query.shape)}, "
                     f"attention_axes={self.attention_axes}"
                 )
-            return self._call_flattened(
+
+            attend = functools.partial(
+                self._attend,
+                use_causal_mask=use_causal_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
+            )
+            return _attention_axes.attend_over_axes(
+                attend,
                 query,
                 value,
                 key,
                 (query_mask, value_mask, key_mask),
                 attention_mask,
-                use_causal_mask,
-                return_attention_scores,
-                training,
+                self.attention_axes,
+                self._output_features(query.shape),
+                self.num_heads,
             )
-        if key_value_cache is not None and cache is not None:
-            raise ValueError(
-                "`key_value_cache` (fixed keys/values) and `cache` (a growing decoding "
-                "cache) cannot be combined. Received both."
-            )
-        if (cache is None) != (cache_index is None):
-            raise ValueError(
-                "`cache` and `cache_index` must be given together. Received: "
-                f"cache={'None' if cache is None else 'a tensor'}, "
-                f"cache_index={cache_index!r}"
-            )
-        start_index = 0 if cache is None else cache_index
-        queries = self._query_heads(query, start_index)
-        if cache is None:
-            keys, values, mask = self._uncached_keys_values(
+        _decoding_cache.check_call_arguments(cache, cache_index, key_value_cache)
+        if cache is not None:
+            return self._attend_cached(
                 query,
-                key,
-                value,
-                key_value_cache,
-                query_mask=query_mask,
-                value_mask=value_mask,
-                key_mask=key_mask,
-                attention_mask=attention_mask,
-                use_causal_mask=use_causal_mask,
-            )
-            bias, window, new_cache = self._bias_with_offset(0), self.sliding_window, None
-        else:
-            keys, values, mask, bias, new_cache = self._cached_keys_values(
                 key,
                 value,
                 cache,
                 cache_index,
-                q_len=ops.shape(query)[1],
+                return_attention_scores,
+                training,
                 query_mask=query_mask,
                 key_padding=masks.combine_masks(value_mask, key_mask),
                 attention_mask=attention_mask,
             )
-            window = None  # the cache's mask holds the window
-        heads, scores = self._attention(
-            queries, keys, values, mask, bias, window, return_attention_scores, training
+        output, scores = self._attend(
+            query,
+            key,
+            value,
+            key_value_cache,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            return_attention_scores=return_attention_scores,
+            training=training,
         )
-        outputs = (self._output(heads, query),)
-        if return_attention_scores:
-            outputs += (scores,)
-        if new_cache is not None:
-            outputs += (new_cache,)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return (output, scores) if return_attention_scores else output
 
     # The rank-3 path in steps: the heads of the projections, the keys/values/mask of
     # each cache mode, the attention, the output projection. Keys and values stay in
@@ -478,6 +428,85 @@ class MultiHeadAttention(keras.layers.Layer):
     # would be fused by the LiteRT converter into one reshape with two dynamic sizes,
     # which it refuses. The cache's `(batch, seq, features)` layout is used only with
     # a cache.
+
+    def _attend(
+        self,
+        query,
+        key,
+        value,
+        key_value_cache=None,
+        return_attention_scores=False,
+        training=None,
+        **mask_arguments,
+    ):
+        """Rank-3 attention without a decoding cache: `(output, scores)`, scores None
+        unless asked for. The key and value heads are projected, or taken from a
+        `key_value_cache` made by `compute_key_value_cache`; the mask is
+        `masks.merge_attention_masks` of `mask_arguments`."""
+        if key_value_cache is None:
+            keys = self._key_heads(key, start_index=0)
+            values = attention_ops.split_heads(self.value_dense(value), self._kv_heads)
+        else:
+            split = self._kv_heads * self.key_dim
+            keys = attention_ops.split_heads(key_value_cache[..., :split], self._kv_heads)
+            values = attention_ops.split_heads(key_value_cache[..., split:], self._kv_heads)
+        mask = masks.merge_attention_masks(
+            q_len=ops.shape(query)[1], kv_len=ops.shape(keys)[2], **mask_arguments
+        )
+        heads, scores = self._attend_heads(
+            self._query_heads(query, 0),
+            keys,
+            values,
+            mask,
+            self._bias_with_offset(0),
+            self.sliding_window,
+            return_attention_scores,
+            training,
+        )
+        return self._output(heads, query), scores
+
+    def _attend_cached(
+        self,
+        query,
+        key,
+        value,
+        cache,
+        cache_index,
+        return_attention_scores,
+        training,
+        **mask_arguments,
+    ):
+        """Rank-3 attention with a decoding cache: the new tokens' keys and values are
+        written into it (`_decoding_cache.update`) and the new queries attend over all
+        cached ones. Returns `(output, new_cache)` or `(output, scores, new_cache)`."""
+        q_len = ops.shape(query)[1]
+        queries = self._query_heads(query, cache_index)
+        keys, values = self._project_keys(key, cache_index), self.value_dense(value)
+        new_cache, keys, values, mask, cache_index, key_positions = _decoding_cache.update(
+            cache,
+            cache_index,
+            keys,
+            values,
+            self._cache_features,
+            self.sliding_window,
+            q_len,
+            **mask_arguments,
+        )
+        if key_positions is None:
+            bias = self._bias_with_offset(cache_index)
+        elif self.score_bias is not None:
+            query_positions = ops.arange(q_len, dtype="int32") + cache_index
+            bias = self.score_bias(query_positions, key_positions)
+        else:
+            bias = None
+        keys = attention_ops.split_heads(keys, self._kv_heads)
+        values = attention_ops.split_heads(values, self._kv_heads)
+        # No `sliding_window` here: the cache's mask holds the window.
+        heads, scores = self._attend_heads(
+            queries, keys, values, mask, bias, None, return_attention_scores, training
+        )
+        output = self._output(heads, query)
+        return (output, scores, new_cache) if return_attention_scores else (output, new_cache)
 
     def _heads(self, projected, num_heads, norm, start_index):
         """`(batch, seq, num_heads * dim)` projections as `(batch, num_heads, seq, dim)`
@@ -505,68 +534,12 @@ class MultiHeadAttention(keras.layers.Layer):
     def _key_heads(self, key, start_index):
         return self._heads(self.key_dense(key), self._kv_heads, self.key_norm_layer, start_index)
 
-    def _uncached_keys_values(self, query, key, value, key_value_cache=None, **mask_arguments):
-        """A call without a decoding cache: the key and value heads (projected, or
-        taken from a `key_value_cache` made by `compute_key_value_cache`) and the mask
-        (`masks.merge_attention_masks` of `mask_arguments`)."""
-        if key_value_cache is None:
-            keys = self._key_heads(key, start_index=0)
-            values = attention_ops.split_heads(self.value_dense(value), self._kv_heads)
-        else:
-            split = self._kv_heads * self.key_dim
-            keys = attention_ops.split_heads(key_value_cache[..., :split], self._kv_heads)
-            values = attention_ops.split_heads(key_value_cache[..., split:], self._kv_heads)
-        mask = masks.merge_attention_masks(
-            q_len=ops.shape(query)[1], kv_len=ops.shape(keys)[2], **mask_arguments
-        )
-        return keys, values, mask
-
     def _project_keys(self, key, start_index):
         """`key_dense(key)`, normalized and rotated per head when asked, in the
         cache's `(batch, seq, num_key_value_heads * key_dim)` layout."""
         if self.key_norm_layer is None and self.rotary_embedding is None:
             return self.key_dense(key)
         return attention_ops.merge_heads(self._key_heads(key, start_index))
-
-    def _cached_keys_values(
-        self, key, value, cache, cache_index, q_len, query_mask, key_padding, attention_mask
-    ):
-        """A call with a decoding cache: write the new tokens' keys and values into it
-        (a ring with a `sliding_window`); return all the cached key and value heads,
-        the mask of the new queries over them, the score bias and the new cache."""
-        keys, values = self._project_keys(key, cache_index), self.value_dense(value)
-        cache, cache_index = _check_cache(
-            cache, cache_index, keys.shape, self._cache_features, window=self.sliding_window
-        )
-        if self.sliding_window is None:
-            new_cache, keys, values = _write_cache(cache, cache_index, keys, values)
-            mask = _cached_key_mask(
-                cache_index,
-                ops.shape(cache)[1],
-                q_len,
-                query_mask=query_mask,
-                key_padding=key_padding,
-                attention_mask=attention_mask,
-            )
-            bias = self._bias_with_offset(cache_index)
-        else:
-            new_cache, keys, values, mask, key_positions = _rolling_cache_step(
-                cache,
-                cache_index,
-                keys,
-                values,
-                self.sliding_window,
-                query_mask=query_mask,
-                key_padding=key_padding,
-                attention_mask=attention_mask,
-            )
-            bias = None
-            if self.score_bias is not None:
-                query_positions = ops.arange(q_len, dtype="int32") + cache_index
-                bias = self.score_bias(query_positions, key_positions)
-        keys = attention_ops.split_heads(keys, self._kv_heads)
-        values = attention_ops.split_heads(values, self._kv_heads)
-        return keys, values, mask, bias, new_cache
 
     def _bias_with_offset(self, offset):
         """The score bias (None without one) as the callable of positions that the
@@ -580,7 +553,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
         return bias
 
-    def _attention(
+    def _attend_heads(
         self, queries, keys, values, mask, bias, sliding_window, return_attention_scores, training
     ):
         """The attention of the query heads over the key/value heads: `(heads, scores)`,
@@ -664,78 +637,6 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         return None
 
-    def _needs_flattening(self, rank):
-        return rank > 3 or self._attention_axes_for(rank) != (1,)
-
-    def _call_flattened(
-        self,
-        query,
-        value,
-        key,
-        keras_masks,
-        attention_mask,
-        use_causal_mask,
-        return_attention_scores,
-        training,
-    ):
-        """Attention over `attention_axes` of inputs of any rank: the other axes move
-        next to the batch axis, the attention axes become one sequence axis, the
-        rank-3 path runs, and the result is put back in place."""
-        if any(mask is not None for mask in keras_masks):
-            raise ValueError(
-                "Keras masks (`query_mask`, `value_mask`, `key_mask`) are only used "
-                "with rank-3 inputs attending over axis 1; for other inputs pass an "
-                "`attention_mask`. Received a Keras mask with "
-                f"query.shape={tuple(query.shape)}, attention_axes={self.attention_axes}"
-            )
-        rank = len(query.shape)
-        axes = self._attention_axes_for(rank)
-        others = [axis for axis in range(1, rank - 1) if axis not in axes]
-        perm = [0] + others + list(axes) + [rank - 1]
-        q_shape, kv_shape = ops.shape(query), ops.shape(value)
-        batch_dims = [q_shape[axis] for axis in [0] + others]
-        q_dims = [q_shape[axis] for axis in axes]
-        kv_dims = [kv_shape[axis] for axis in axes]
-
-        flat_query = ops.reshape(ops.transpose(query, perm), (-1, _prod(q_dims), query.shape[-1]))
-        flat_value = ops.reshape(ops.transpose(value, perm), (-1, _prod(kv_dims), value.shape[-1]))
-        flat_key = ops.reshape(ops.transpose(key, perm), (-1, _prod(kv_dims), key.shape[-1]))
-        if attention_mask is not None:
-            attention_mask = masks.flatten_attention_mask(
-                attention_mask, batch_dims, q_dims, kv_dims, name="attention_mask"
-            )
-        keys, values, mask = self._uncached_keys_values(
-            flat_query,
-            flat_key,
-            flat_value,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-        )
-        heads, scores = self._attention(
-            self._query_heads(flat_query, 0),
-            keys,
-            values,
-            mask,
-            self._bias_with_offset(0),
-            self.sliding_window,
-            return_attention_scores,
-            training,
-        )
-        output = self._output(heads, flat_query)
-        out_features = self._output_features(query.shape)
-        output = ops.reshape(output, tuple(batch_dims) + tuple(q_dims) + tuple(out_features))
-        # Inverse permutation of the non-feature axes; output axes stay last.
-        inverse = [perm[:-1].index(axis) for axis in range(rank - 1)]
-        inverse += list(range(rank - 1, rank - 1 + len(out_features)))
-        output = ops.transpose(output, inverse)
-        if not return_attention_scores:
-            return output
-        # Scores in Keras' layout: (batch, other axes..., heads, query axes..., key axes...).
-        scores = ops.reshape(
-            scores, tuple(batch_dims) + (self.num_heads,) + tuple(q_dims) + tuple(kv_dims)
-        )
-        return output, scores
-
     def _check_call_shapes(self, query, value, key):
         self._check_shapes(tuple(query.shape), tuple(value.shape), tuple(key.shape))
         built = (
@@ -769,20 +670,14 @@ class MultiHeadAttention(keras.layers.Layer):
     ):
         key = value if key is None else key
         output_shape = self.compute_output_shape(query.shape, value.shape, key.shape)
-        rank = len(query.shape)
-        axes = self._attention_axes_for(rank)
-        others = [axis for axis in range(rank - 1) if axis not in axes]
-        kv_shape = key.shape if cache is None else (None, cache.shape[1])
-        if cache is not None and self.sliding_window is not None:
-            # the ring of cached keys, then the new ones
-            ring = cache.shape[1]
-            kv_shape = (None, None if ring is None or key.shape[1] is None else ring + key.shape[1])
-        scores_shape = (
-            tuple(query.shape[axis] for axis in others)
-            + (self.num_heads,)
-            + tuple(query.shape[axis] for axis in axes)
-            + tuple(kv_shape[axis] for axis in axes)
-        )
+        axes = _attention_axes.attention_axes_for(self.attention_axes, len(query.shape))
+        key_shape = key.shape
+        if cache is not None:
+            key_shape = (
+                None,
+                _decoding_cache.key_length(cache.shape[1], key.shape[1], self.sliding_window),
+            )
+        scores_shape = _attention_axes.scores_shape(query.shape, key_shape, axes, self.num_heads)
         output = _common.attention_output_spec(
             self, output_shape, scores_shape, return_attention_scores
         )
@@ -827,194 +722,3 @@ class MultiHeadAttention(keras.layers.Layer):
             }
         )
         return config
-
-
-def _prod(dims):
-    """The product of static ints and/or scalar tensors (a size of a merged axis)."""
-    result = 1
-    for dim in dims:
-        result = result * dim
-    return result
-
-
-def _check_output_shape(output_shape, output_dim):
-    """`output_shape` (Keras' name: an int or a tuple of ints) as a tuple, or None."""
-    if output_shape is None:
-        return None
-    if output_dim is not None:
-        raise ValueError(
-            "Pass `output_dim` or `output_shape` (Keras' name), not both. Received: "
-            f"output_dim={output_dim!r}, output_shape={output_shape!r}"
-        )
-    shape = (output_shape,) if _validation._is_int(output_shape) else output_shape
-    if (
-        not isinstance(shape, (tuple, list))
-        or not shape
-        or not all(_validation._is_int(dim) and dim > 0 for dim in shape)
-    ):
-        raise ValueError(
-            "`output_shape` must be a positive integer or a non-empty tuple of "
-            f"positive integers. Received: output_shape={output_shape!r}"
-        )
-    return tuple(int(dim) for dim in shape)
-
-
-def _check_attention_axes(attention_axes):
-    """`attention_axes` (an int or a tuple of ints) as a tuple, or None."""
-    if attention_axes is None:
-        return None
-    axes = (attention_axes,) if _validation._is_int(attention_axes) else attention_axes
-    if (
-        not isinstance(axes, (tuple, list))
-        or not axes
-        or not all(_validation._is_int(axis) for axis in axes)
-        or 0 in axes
-        or len(set(axes)) != len(axes)
-    ):
-        raise ValueError(
-            "`attention_axes` must be None, an int or a tuple of distinct ints "
-            "(axes of the inputs, neither the batch axis 0 nor the features axis). "
-            f"Received: attention_axes={attention_axes!r}"
-        )
-    return tuple(int(axis) for axis in axes)
-
-
-# Incremental decoding, in three steps: check the cache and its index, write the new
-# keys/values into it, and build the mask over all the cached keys.
-
-
-def _check_cache(cache, cache_index, keys_shape, features, window=None):
-    """Check `cache` against the projected new keys `(batch, new_len, ...)` and the
-    cache's `features`; return the cache as a tensor and `cache_index` as an int or an
-    int32 scalar tensor."""
-    cache = ops.convert_to_tensor(cache)
-    expected = (keys_shape[0], None, features)
-    if len(cache.shape) != 3 or not _validation.compatible(tuple(cache.shape), expected):
-        raise ValueError(
-            "`cache` must have shape (batch, max_length, num_key_value_heads * "
-            f"(key_dim + value_dim)) = {expected}, as made by "
-            f"`get_initial_cache`. Received: cache.shape={tuple(cache.shape)}"
-        )
-    cache_index = _validation.check_index(cache_index, "cache_index")
-    new_len, max_length = keys_shape[1], cache.shape[1]
-    # A ring of `window` slots may wrap around; a shorter cache (max_length < window)
-    # must not, or it would drop positions the window still sees.
-    if (
-        (window is None or (max_length is not None and max_length < window))
-        and isinstance(cache_index, int)
-        and new_len is not None
-        and max_length is not None
-        and cache_index + new_len > max_length
-    ):
-        raise ValueError(
-            f"`cache_index` + the number of new tokens ({new_len}) must not "
-            f"exceed the cache length max_length={max_length}. "
-            f"Received: cache_index={cache_index}"
-        )
-    return cache, cache_index
-
-
-def _write_cache(cache, cache_index, keys, values):
-    """Write `concat(keys, values)` of the new tokens at positions
-    `[cache_index, cache_index + new_len)`; return the new cache and all the cached
-    keys and values (in the dtypes of `keys` and `values`)."""
-    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
-    zero = ops.zeros((), "int32")
-    new_cache = ops.slice_update(cache, [zero, ops.cast(cache_index, "int32"), zero], update)
-    split = keys.shape[-1]
-    all_keys = ops.cast(new_cache[..., :split], keys.dtype)
-    all_values = ops.cast(new_cache[..., split:], values.dtype)
-    return new_cache, all_keys, all_values
-
-
-def _cached_key_mask(
-    cache_index, max_length, q_len, query_mask=None, key_padding=None, attention_mask=None
-):
-    """The mask of `q_len` new queries over the `max_length` cached keys.
-
-    New query `i` sees the cached keys `j <= cache_index + i` (causal). The padding
-    mask `key_padding` `(batch, new_len)` of the new tokens covers only their own
-    cache positions; earlier positions stay allowed (an `attention_mask`
-    `(batch, q_len, max_length)` can mask them).
-    """
-    if key_padding is not None:
-        key_padding = ops.cast(masks.validate_mask(key_padding), "int32")
-        zero = ops.zeros((), "int32")
-        key_padding = ops.slice_update(
-            ops.ones((ops.shape(key_padding)[0], max_length), "int32"),
-            [zero, ops.cast(cache_index, "int32")],
-            key_padding,
-        )
-    mask = masks.merge_attention_masks(
-        query_mask=query_mask,
-        value_mask=key_padding,
-        attention_mask=attention_mask,
-        q_len=q_len,
-        kv_len=max_length,
-    )
-    return masks.combine_masks(mask, masks.causal_mask(q_len, max_length, offset=cache_index))
-
-
-def _rolling_cache_step(
-    cache,
-    cache_index,
-    keys,
-    values,
-    window,
-    query_mask=None,
-    key_padding=None,
-    attention_mask=None,
-):
-    """One call with a sliding-window ring cache of `S` slots.
-
-    Slot `s` holds the most recent position `p < cache_index` with `p % S == s`. The
-    new queries attend to the ring (before this write) followed by the new keys; key
-    at position `p` is visible to query position `t` when `t - window < p <= t`.
-    `attention_mask` `(batch, q_len, total_length)` is over absolute positions and
-    is gathered at the keys' positions. Return the new ring, all keys and values,
-    the mask and the keys' positions.
-    """
-    slots = ops.shape(cache)[1]
-    new_len = ops.shape(keys)[1]
-    index = ops.cast(cache_index, "int32")
-    slot = ops.arange(slots, dtype="int32")
-    slot_positions = index - 1 - ops.mod(index - 1 - slot + slots, slots)
-    new_positions = index + ops.arange(new_len, dtype="int32")
-    key_positions = ops.concatenate([slot_positions, new_positions], axis=0)
-    query_positions = new_positions[:, None]
-    visible = (
-        (key_positions[None, :] >= 0)
-        & (key_positions[None, :] <= query_positions)
-        & (query_positions - key_positions[None, :] < window)
-    )
-    if key_padding is not None:
-        key_padding = masks.validate_mask(key_padding)
-        batch = ops.shape(key_padding)[0]
-        key_padding = ops.concatenate([ops.ones((batch, slots), "bool"), key_padding], axis=1)
-    if attention_mask is not None:
-        attention_mask = masks.validate_mask(attention_mask, "attention_mask")
-        columns = ops.clip(key_positions, 0, ops.shape(attention_mask)[-1] - 1)
-        if attention_mask.shape[-1] == 1:
-            columns = ops.zeros_like(columns)
-        attention_mask = ops.take(attention_mask, columns, axis=-1)
-    mask = masks.merge_attention_masks(
-        query_mask=query_mask,
-        value_mask=key_padding,
-        attention_mask=attention_mask,
-        q_len=new_len,
-        kv_len=slots + new_len,
-    )
-    mask = masks.combine_masks(mask, visible)
-
-    # Write the last `min(new_len, S)` new tokens (distinct slots) into the ring.
-    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
-    written = (ops.mod(new_positions, slots)[:, None] == slot[None, :]) & (
-        ops.arange(new_len, dtype="int32")[:, None] >= new_len - slots
-    )
-    written = ops.cast(written, cache.dtype)
-    kept = 1 - ops.max(written, axis=0)
-    new_cache = cache * kept[None, :, None] + ops.einsum("ns,bnf->bsf", written, update)
-    split = keys.shape[-1]
-    all_keys = ops.concatenate([ops.cast(cache[..., :split], keys.dtype), keys], axis=1)
-    all_values = ops.concatenate([ops.cast(cache[..., split:], values.dtype), values], axis=1)
-    return new_cache, all_keys, all_values, mask, key_positions

@@ -52,17 +52,9 @@ class ScaledDotProductAttention(QueryValueAttention):
             _validation.check_positive_float(scale, "scale")
         self.scale = scale
 
-    def _attend(self, query, key, value, mask, training, return_attention_scores):
+    def _attend(self, query, key, value, mask, **attention_arguments):
         return attention_ops.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            mask=mask,
-            scale=self.scale,
-            dropout_rate=self.dropout,
-            seed=self.seed_generator,
-            training=training,
-            return_attention_scores=return_attention_scores,
+            query, key, value, mask=mask, scale=self.scale, **attention_arguments
         )
 
     def get_config(self):

@@ -62,16 +62,7 @@ class SelfAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.projection = _common.ProjectionSettings(
-            use_bias=use_bias,
-            dtype=self.dtype_policy,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
+        self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
         _validation.check_positive_int(units, "units")
         _validation.check_bool(use_bias, "use_bias")
         _validation.check_rate(dropout, "dropout")

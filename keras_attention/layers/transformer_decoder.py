@@ -5,10 +5,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, masks
-from keras_attention.layers._transformer_block import (
-    _check_padding_mask,
-    _TransformerBlock,
-)
+from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -143,51 +140,22 @@ class TransformerDecoder(_TransformerBlock):
         return_attention_scores=False,
     ):
         self._check_call(encoder_sequence, self_attention_cache, cache_index)
-        use_cache = self_attention_cache is not None
-        dec_len = ops.shape(decoder_sequence)[1]
         decoder_mask = mask if decoder_sequence_mask is None else decoder_sequence_mask
-        if use_cache:
-            self_mask = self._cached_self_attention_mask(
-                decoder_padding_mask, decoder_mask, self_attention_cache, dec_len
-            )
-        else:
-            decoder_padding_mask = masks.combine_masks(
-                _check_padding_mask(
-                    decoder_padding_mask,
-                    decoder_sequence,
-                    "decoder_padding_mask",
-                    "decoder_sequence",
-                ),
-                decoder_mask,
-            )
-            self_mask = masks.merge_attention_masks(
-                query_mask=decoder_padding_mask,
-                value_mask=decoder_padding_mask,
-                use_causal_mask=True,
-                q_len=dec_len,
-                kv_len=dec_len,
-            )
-
-        new_cache, scores = [], []
-
-        def self_attention(x):
-            cache = {"cache": self_attention_cache, "cache_index": cache_index} if use_cache else {}
-            outputs = self.self_attention(
-                x,
-                x,
-                attention_mask=self_mask,
-                training=training,
-                return_attention_scores=return_attention_scores,
-                **cache,
-            )
-            if not (use_cache or return_attention_scores):
-                return outputs
-            if use_cache:
-                new_cache.append(outputs[-1])
-            if return_attention_scores:
-                scores.append(outputs[1])
-            return outputs[0]
-
+        cache_arguments = {}
+        if self_attention_cache is not None:
+            cache_arguments = {"cache": self_attention_cache, "cache_index": cache_index}
+        scores, new_cache = [], []
+        self_attention = self._attention_sublayer(
+            self.self_attention,
+            scores,
+            new_cache,
+            attention_mask=self._self_attention_mask(
+                decoder_sequence, decoder_padding_mask, decoder_mask, self_attention_cache
+            ),
+            training=training,
+            return_attention_scores=return_attention_scores,
+            **cache_arguments,
+        )
         x = self._residual(
             decoder_sequence,
             self_attention,
@@ -196,35 +164,18 @@ class TransformerDecoder(_TransformerBlock):
             training,
         )
         if encoder_sequence is not None:
-            encoder_padding_mask = masks.combine_masks(
-                _check_padding_mask(
-                    encoder_padding_mask,
-                    encoder_sequence,
-                    "encoder_padding_mask",
-                    "encoder_sequence",
+            cross_attention = self._attention_sublayer(
+                self.cross_attention,
+                scores,
+                new_cache,
+                value=encoder_sequence,
+                attention_mask=self._cross_attention_mask(
+                    decoder_sequence, encoder_sequence, encoder_padding_mask, encoder_sequence_mask
                 ),
-                encoder_sequence_mask,
+                training=training,
+                key_value_cache=cross_attention_cache,
+                return_attention_scores=return_attention_scores,
             )
-            cross_mask = masks.merge_attention_masks(
-                value_mask=encoder_padding_mask,
-                q_len=dec_len,
-                kv_len=ops.shape(encoder_sequence)[1],
-            )
-
-            def cross_attention(y):
-                outputs = self.cross_attention(
-                    y,
-                    encoder_sequence,
-                    attention_mask=cross_mask,
-                    training=training,
-                    key_value_cache=cross_attention_cache,
-                    return_attention_scores=return_attention_scores,
-                )
-                if not return_attention_scores:
-                    return outputs
-                scores.append(outputs[1])
-                return outputs[0]
-
             x = self._residual(
                 x,
                 cross_attention,
@@ -232,15 +183,37 @@ class TransformerDecoder(_TransformerBlock):
                 self.cross_attention_dropout,
                 training,
             )
-        x = self._residual(
-            x,
-            lambda y: self.feedforward(y, training=training),
-            self.feedforward_layer_norm,
-            self.feedforward_dropout,
-            training,
-        )
+        x = self._feedforward_residual(x, training)
         outputs = (x, *scores, *new_cache)
         return outputs if len(outputs) > 1 else x
+
+    def _self_attention_mask(self, decoder_sequence, padding_mask, decoder_mask, cache):
+        """The causal self-attention mask: the padding and Keras masks merged, causal
+        over the sequence, or over the cache's slots with a cache."""
+        dec_len = ops.shape(decoder_sequence)[1]
+        if cache is not None:
+            return self._cached_self_attention_mask(padding_mask, decoder_mask, cache, dec_len)
+        padding_mask = _padding_mask(
+            padding_mask, decoder_mask, decoder_sequence, "decoder_padding_mask", "decoder_sequence"
+        )
+        return masks.merge_attention_masks(
+            query_mask=padding_mask,
+            value_mask=padding_mask,
+            use_causal_mask=True,
+            q_len=dec_len,
+            kv_len=dec_len,
+        )
+
+    def _cross_attention_mask(self, decoder_sequence, encoder_sequence, padding_mask, encoder_mask):
+        """The cross-attention mask: the encoder's padding and Keras masks over its keys."""
+        padding_mask = _padding_mask(
+            padding_mask, encoder_mask, encoder_sequence, "encoder_padding_mask", "encoder_sequence"
+        )
+        return masks.merge_attention_masks(
+            value_mask=padding_mask,
+            q_len=ops.shape(decoder_sequence)[1],
+            kv_len=ops.shape(encoder_sequence)[1],
+        )
 
     def _check_call(self, encoder_sequence, cache, cache_index):
         if encoder_sequence is not None and self.cross_attention is None:

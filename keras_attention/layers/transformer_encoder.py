@@ -4,10 +4,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, masks
-from keras_attention.layers._transformer_block import (
-    _check_padding_mask,
-    _TransformerBlock,
-)
+from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -100,9 +97,12 @@ class TransformerEncoder(_TransformerBlock):
     ):
         # Keras fills `mask` when `inputs` is the only tensor argument and
         # `inputs_mask` when more tensors are passed.
-        padding_mask = masks.combine_masks(
-            _check_padding_mask(padding_mask, inputs, "padding_mask", "inputs"),
+        padding_mask = _padding_mask(
+            padding_mask,
             mask if mask is not None else inputs_mask,
+            inputs,
+            "padding_mask",
+            "inputs",
         )
         seq_len = ops.shape(inputs)[1]
         # Padded keys are never attended; padded queries attend nothing (their
@@ -116,20 +116,14 @@ class TransformerEncoder(_TransformerBlock):
         )
 
         scores = []
-
-        def self_attention(x):
-            if not return_attention_scores:
-                return self.self_attention(x, x, attention_mask=attention_mask, training=training)
-            output, weights = self.self_attention(
-                x,
-                x,
-                attention_mask=attention_mask,
-                training=training,
-                return_attention_scores=True,
-            )
-            scores.append(weights)
-            return output
-
+        self_attention = self._attention_sublayer(
+            self.self_attention,
+            scores,
+            None,
+            attention_mask=attention_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
         x = self._residual(
             inputs,
             self_attention,
@@ -137,13 +131,7 @@ class TransformerEncoder(_TransformerBlock):
             self.self_attention_dropout,
             training,
         )
-        x = self._residual(
-            x,
-            lambda y: self.feedforward(y, training=training),
-            self.feedforward_layer_norm,
-            self.feedforward_dropout,
-            training,
-        )
+        x = self._feedforward_residual(x, training)
         return (x, scores[0]) if return_attention_scores else x
 
     def compute_output_shape(self, inputs_shape):

@@ -1,0 +1,221 @@
+"""The decoding cache of `MultiHeadAttention`: its layout, its checks, and one step of
+incremental decoding with the full cache and with the sliding-window ring.
+
+Layout. A cache is ONE tensor `(batch, length, num_key_value_heads * key_dim +
+num_key_value_heads * value_dim)`. Row `s` (a slot) holds one position's projected
+keys (the `key_dense` output, QK-normalized and rotated at that position when the
+layer does so) followed by its projected values (the `value_dense` output), before
+the head split: key/value head `h` is columns `h * key_dim:(h + 1) * key_dim` of the
+keys part. An empty cache is zeros. `cache_index` is the absolute position of the
+first new token of a call; a call with `new_len` tokens writes positions
+`[cache_index, cache_index + new_len)` and returns the updated cache.
+
+Full cache (no `sliding_window`): `length = max_length`, slot `p` holds position `p`.
+New query `i` (position `cache_index + i`) sees slots `j <= cache_index + i`; slots
+not yet written are zero and hidden by that causal mask. The keys of a call are the
+`max_length` slots, and an `attention_mask` `(batch, new_len, max_length)` may hide
+earlier positions. `cache_index + new_len` must not exceed `max_length`.
+
+Ring (a `sliding_window` `w`): `length = S = min(max_length, w)`, and position `p`
+lives in slot `p % S`, so slot `s` holds the most recent position `p < cache_index`
+with `p % S == s` (a negative `p`: never written, never visible). A call's keys are
+the `S` slots as they were before the call, followed by the `new_len` new tokens;
+key position `p` is visible to query position `t` when `t - w < p <= t`. The last
+`min(new_len, S)` new tokens are then written. An `attention_mask` is over absolute
+positions, `(batch, new_len, total_length)`, and is gathered at the keys' positions.
+A ring shorter than the window (`max_length < w`) must not wrap around, or it would
+drop positions the window still sees: there `cache_index + new_len <= max_length`.
+"""
+
+from keras import ops
+
+from keras_attention import _validation, masks
+
+
+def check_call_arguments(cache, cache_index, key_value_cache):
+    """A call takes a decoding cache (`cache` with its `cache_index`) or fixed
+    keys/values (`key_value_cache`), not both."""
+    if key_value_cache is not None and cache is not None:
+        raise ValueError(
+            "`key_value_cache` (fixed keys/values) and `cache` (a growing decoding "
+            "cache) cannot be combined. Received both."
+        )
+    if (cache is None) != (cache_index is None):
+        raise ValueError(
+            "`cache` and `cache_index` must be given together. Received: "
+            f"cache={'None' if cache is None else 'a tensor'}, "
+            f"cache_index={cache_index!r}"
+        )
+
+
+def initial_cache(batch_size, max_length, features, window, dtype):
+    """An empty cache of `features` per position: zeros `(batch_size, max_length,
+    features)`, or `min(max_length, window)` positions for a ring."""
+    batch_size = _validation.check_index(batch_size, "batch_size", positive=True)
+    max_length = _validation.check_index(max_length, "max_length", positive=True)
+    if window is not None and isinstance(max_length, int):
+        # a ring: only the `window` most recent positions are ever seen
+        max_length = min(max_length, window)
+    elif window is not None:
+        max_length = ops.minimum(max_length, window)
+    return ops.zeros((batch_size, max_length, features), dtype=dtype)
+
+
+def key_length(cache_length, new_len, window):
+    """The static number of keys a call attends over (None when unknown): the cache's
+    slots, and for a ring the new tokens after them."""
+    if window is None:
+        return cache_length
+    return None if cache_length is None or new_len is None else cache_length + new_len
+
+
+def update(cache, cache_index, keys, values, features, window, q_len, **mask_arguments):
+    """One decoding step: check the cache, write the new tokens' `keys` and `values`
+    `(batch, new_len, ...)`, and build the mask of the `q_len` new queries.
+
+    `mask_arguments` are `query_mask`, `key_padding` (the new tokens' padding) and
+    `attention_mask`. Returns `(new_cache, keys, values, mask, cache_index,
+    key_positions)`: all the keys and values the queries attend over, `cache_index`
+    as an int or an int32 scalar tensor, and the keys' absolute positions for a ring
+    (None for the full cache, whose key `j` is at position `j`).
+    """
+    cache, cache_index = check_cache(cache, cache_index, keys.shape, features, window=window)
+    if window is not None:
+        new_cache, keys, values, mask, key_positions = ring_cache_step(
+            cache, cache_index, keys, values, window, **mask_arguments
+        )
+        return new_cache, keys, values, mask, cache_index, key_positions
+    new_cache, keys, values = write_cache(cache, cache_index, keys, values)
+    mask = cached_key_mask(cache_index, ops.shape(cache)[1], q_len, **mask_arguments)
+    return new_cache, keys, values, mask, cache_index, None
+
+
+def check_cache(cache, cache_index, keys_shape, features, window=None):
+    """Check `cache` against the projected new keys `(batch, new_len, ...)` and the
+    cache's `features`; return the cache as a tensor and `cache_index` as an int or an
+    int32 scalar tensor."""
+    cache = ops.convert_to_tensor(cache)
+    expected = (keys_shape[0], None, features)
+    if len(cache.shape) != 3 or not _validation.compatible(tuple(cache.shape), expected):
+        raise ValueError(
+            "`cache` must have shape (batch, max_length, num_key_value_heads * "
+            f"(key_dim + value_dim)) = {expected}, as made by "
+            f"`get_initial_cache`. Received: cache.shape={tuple(cache.shape)}"
+        )
+    cache_index = _validation.check_index(cache_index, "cache_index")
+    new_len, max_length = keys_shape[1], cache.shape[1]
+    # A ring of `window` slots may wrap around; a shorter cache (max_length < window)
+    # must not, or it would drop positions the window still sees.
+    if (
+        (window is None or (max_length is not None and max_length < window))
+        and isinstance(cache_index, int)
+        and new_len is not None
+        and max_length is not None
+        and cache_index + new_len > max_length
+    ):
+        raise ValueError(
+            f"`cache_index` + the number of new tokens ({new_len}) must not "
+            f"exceed the cache length max_length={max_length}. "
+            f"Received: cache_index={cache_index}"
+        )
+    return cache, cache_index
+
+
+def write_cache(cache, cache_index, keys, values):
+    """Write `concat(keys, values)` of the new tokens at positions
+    `[cache_index, cache_index + new_len)`; return the new cache and all the cached
+    keys and values (in the dtypes of `keys` and `values`)."""
+    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
+    zero = ops.zeros((), "int32")
+    new_cache = ops.slice_update(cache, [zero, ops.cast(cache_index, "int32"), zero], update)
+    split = keys.shape[-1]
+    all_keys = ops.cast(new_cache[..., :split], keys.dtype)
+    all_values = ops.cast(new_cache[..., split:], values.dtype)
+    return new_cache, all_keys, all_values
+
+
+def cached_key_mask(
+    cache_index, max_length, q_len, query_mask=None, key_padding=None, attention_mask=None
+):
+    """The mask of `q_len` new queries over the `max_length` cached keys.
+
+    New query `i` sees the cached keys `j <= cache_index + i` (causal). The padding
+    mask `key_padding` `(batch, new_len)` of the new tokens covers only their own
+    cache positions; earlier positions stay allowed (an `attention_mask`
+    `(batch, q_len, max_length)` can mask them).
+    """
+    if key_padding is not None:
+        key_padding = ops.cast(masks.validate_mask(key_padding), "int32")
+        zero = ops.zeros((), "int32")
+        key_padding = ops.slice_update(
+            ops.ones((ops.shape(key_padding)[0], max_length), "int32"),
+            [zero, ops.cast(cache_index, "int32")],
+            key_padding,
+        )
+    mask = masks.merge_attention_masks(
+        query_mask=query_mask,
+        value_mask=key_padding,
+        attention_mask=attention_mask,
+        q_len=q_len,
+        kv_len=max_length,
+    )
+    return masks.combine_masks(mask, masks.causal_mask(q_len, max_length, offset=cache_index))
+
+
+def ring_cache_step(
+    cache,
+    cache_index,
+    keys,
+    values,
+    window,
+    query_mask=None,
+    key_padding=None,
+    attention_mask=None,
+):
+    """One call with a sliding-window ring cache of `S` slots (see the module
+    docstring): return the new ring, all keys and values (the ring before the write,
+    then the new tokens), their mask and the keys' absolute positions."""
+    slots = ops.shape(cache)[1]
+    new_len = ops.shape(keys)[1]
+    index = ops.cast(cache_index, "int32")
+    slot = ops.arange(slots, dtype="int32")
+    slot_positions = index - 1 - ops.mod(index - 1 - slot + slots, slots)
+    new_positions = index + ops.arange(new_len, dtype="int32")
+    key_positions = ops.concatenate([slot_positions, new_positions], axis=0)
+    query_positions = new_positions[:, None]
+    visible = (
+        (key_positions[None, :] >= 0)
+        & (key_positions[None, :] <= query_positions)
+        & (query_positions - key_positions[None, :] < window)
+    )
+    if key_padding is not None:
+        key_padding = masks.validate_mask(key_padding)
+        batch = ops.shape(key_padding)[0]
+        key_padding = ops.concatenate([ops.ones((batch, slots), "bool"), key_padding], axis=1)
+    if attention_mask is not None:
+        attention_mask = masks.validate_mask(attention_mask, "attention_mask")
+        columns = ops.clip(key_positions, 0, ops.shape(attention_mask)[-1] - 1)
+        if attention_mask.shape[-1] == 1:
+            columns = ops.zeros_like(columns)
+        attention_mask = ops.take(attention_mask, columns, axis=-1)
+    mask = masks.merge_attention_masks(
+        query_mask=query_mask,
+        value_mask=key_padding,
+        attention_mask=attention_mask,
+        q_len=new_len,
+        kv_len=slots + new_len,
+    )
+    mask = masks.combine_masks(mask, visible)
+
+    # Write the last `min(new_len, S)` new tokens (distinct slots) into the ring.
+    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
+    written = (ops.mod(new_positions, slots)[:, None] == slot[None, :]) & (
+        ops.arange(new_len, dtype="int32")[:, None] >= new_len - slots
+    )
+    written = ops.cast(written, cache.dtype)
+    kept = 1 - ops.max(written, axis=0)
+    new_cache = cache * kept[None, :, None] + ops.einsum("ns,bnf->bsf", written, update)
+    split = keys.shape[-1]
+    all_keys = ops.concatenate([ops.cast(cache[..., :split], keys.dtype), keys], axis=1)
+    all_values = ops.concatenate([ops.cast(cache[..., split:], values.dtype), values], axis=1)
+    return new_cache, all_keys, all_values, mask, key_positions
