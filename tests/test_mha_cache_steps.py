@@ -90,7 +90,10 @@ def test_ring_keeps_the_last_slots_of_the_first_write_length_tokens(length):
     slots, new_len = 3, 7
     ring = _rand(B, slots, KEY_F + VALUE_F)
     keys, values = _rand(B, new_len, KEY_F) + 1, _rand(B, new_len, VALUE_F) - 1
-    new_ring, all_keys, _, _, positions = ring_cache_step(ring, 0, keys, values, 3, length)
+    # (a tensor ring, as `update` hands it over after `check_cache`)
+    new_ring, all_keys, _, _, positions = ring_cache_step(
+        keras.ops.convert_to_tensor(ring), 0, keys, values, 3, length
+    )
 
     expected = ring.copy()
     for position in range(max(0, length - slots), length):
