@@ -153,14 +153,33 @@ def test_litert_greedy_loop_equals_generate_seq2seq(tmp_path):
 
 
 @pytest.mark.tensorflow_only("SavedModel export of TensorFlow graphs")
-def test_saved_model_prefill_decode_and_generate_equal_generate(tmp_path):
+@pytest.mark.parametrize(
+    "model_kwargs, tokens, mask",
+    [
+        (
+            {"mask_zero": False, "position": "sinusoidal"},
+            [[3, 4, 0], [5, 6, 7]],
+            [[1, 1, 0], [1, 1, 1]],
+        ),
+        # A sliding window shorter than the prompts: the cache of each layer is a
+        # ring, and the prefill must leave it at the shorter (left-padded) prompt.
+        (
+            {"style": "llama", "sliding_window": 3},
+            [[0, 0, 0, 0, 0, 3, 4], [5, 6, 7, 8, 9, 10, 11]],
+            [[0, 0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1]],
+        ),
+    ],
+    ids=["gpt", "sliding_window"],
+)
+def test_saved_model_prefill_decode_and_generate_equal_generate(
+    tmp_path, model_kwargs, tokens, mask
+):
     keras.utils.set_random_seed(5)
-    model = _causal_lm(mask_zero=False, position="sinusoidal")
+    model = _causal_lm(**model_kwargs)
     path = export_generator(model, tmp_path / "lm", format="tf_saved_model", max_length=MAX_LENGTH)
-    tokens = np.array([[3, 4, 0], [5, 6, 7]], "int32")
-    mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
+    tokens, mask = np.array(tokens, "int32"), np.array(mask, bool)
     lengths = mask.sum(axis=1)
-    expected = model.generate(tokens, MAX_LENGTH - 3, prompt_mask=mask)
+    expected = model.generate(tokens, MAX_LENGTH - tokens.shape[1], prompt_mask=mask)
     served = _run_app("tf_saved_model", path, tmp_path, tokens=tokens, mask=mask)
     for row, expected_row in enumerate(_expected_rows(expected, lengths)):
         np.testing.assert_array_equal(served["tokens"][row, : len(expected_row)], expected_row)

@@ -98,6 +98,49 @@ def test_causal_lm_compiled_eager_recompute(lm, lengths, new):
         assert (compiled[i, length + new :] == 0).all()  # pad_token_id
 
 
+@pytest.fixture(scope="module")
+def windowed_lms():
+    """Llama-style models (RoPE, so no position table) whose sliding window is
+    shorter than the longest prompt plus its new tokens: generation runs on the ring
+    cache. Three layers, so a wrong key in one layer's ring reaches the next."""
+    built = {}
+    for window in (3, 6):
+        keras.utils.set_random_seed(20 + window)
+        built[window] = models.CausalLanguageModel(
+            **{**TINY, "num_layers": 3}, style="llama", sliding_window=window
+        )
+    return built
+
+
+@pytest.mark.parametrize("window", [3, 6])
+@pytest.mark.parametrize("lengths", [(7, 11), (3, 11)], ids=["7_11", "3_11"])
+@pytest.mark.parametrize("compile", [True, False], ids=["compiled", "eager"])
+def test_sliding_window_mixed_length_prompts(windowed_lms, window, lengths, compile):
+    # One prefill runs the padded batch; the loop resumes at the shortest prompt, so
+    # the ring must not hold positions past it (they would evict the window's keys).
+    model, new = windowed_lms[window], 5
+    rng = np.random.default_rng(window + sum(lengths))
+    prompt, mask = _mixed_prompts(rng, lengths, max(lengths), fill=11)
+    output = model.generate(prompt, new, prompt_mask=mask, compile=compile)
+    expected = [_reference(model, prompt[i, :length], new) for i, length in enumerate(lengths)]
+    assert _rows(output, lengths, new) == expected
+    # With a stop token (the short row's second new token), rows stop and pad alike.
+    stop = expected[0][lengths[0] + 1]
+    stopped = model.generate(
+        prompt,
+        new,
+        prompt_mask=mask,
+        stop_token_ids=[stop],
+        pad_token_id=VOCAB - 1,
+        compile=compile,
+    )
+    for i, (row, length) in enumerate(zip(expected, lengths)):
+        tail = row[length:]
+        end = length + (tail.index(stop) + 1 if stop in tail else new)
+        assert list(stopped[i, :end]) == row[:end]
+        assert (stopped[i, end:] == VOCAB - 1).all()
+
+
 def test_left_padded_and_ragged_prompts(lm):
     right = np.array([[3, 4, 5], [6, 7, 9]], "int32")
     left = np.array([[3, 4, 5], [0, 6, 7]], "int32")

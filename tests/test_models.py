@@ -227,3 +227,28 @@ def test_unknown_keyword_arguments_are_refused(make):
     with pytest.raises(TypeError, match=r"Unrecognized keyword arguments.*\['nmu_heads'\]"):
         make(**TINY, nmu_heads=4)
     assert make(**TINY, name="named", trainable=False).name == "named"
+
+
+def _from_config(**kwargs):
+    config = models.CausalLanguageModel(vocabulary_size=50, sequence_length=16).get_config()
+    return models.CausalLanguageModel.from_config({**config, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        models.CausalLanguageModel,
+        models.causal_language_model,
+        models.Seq2SeqTransformer,
+        models.transformer_seq2seq,
+        models.transformer_classifier,
+        models.transformer_base,
+        _from_config,
+    ],
+    ids=lambda make: make.__name__,
+)
+@pytest.mark.parametrize("option", ["bogus_option", "num_kv_heads"])
+def test_misspelt_options_are_named_by_every_model_and_builder(make, option):
+    # Issue 28: `num_kv_heads` for `num_key_value_heads` must not build another model.
+    with pytest.raises(TypeError, match=option):
+        make(vocabulary_size=50, sequence_length=16, **{option: 2})

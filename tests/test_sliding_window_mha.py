@@ -77,6 +77,45 @@ def test_cached_steps_equal_full_pass():
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full_out, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 3, 5])
+def test_prefill_of_different_length_rows_then_steps_equal_recompute(window):
+    # Rows of 3 and 7 tokens prefilled together (junk after the short one), keeping
+    # the 3 positions both have (`cache_write_length`); then one token a step from
+    # position 3 on, each row its own sequence, as `generate` does. Every output
+    # equals the layer's full recompute of that row with the band mask.
+    windowed, full, _ = _pair(window or 3)
+    layer = windowed if window else full
+    total, lengths = 12, (3, 7)
+    rng = np.random.default_rng(1)
+    sequence = rng.standard_normal((2, total, 8)).astype("float32")
+    prompt = sequence[:, : max(lengths)].copy()
+    prompt[0, lengths[0] :] = rng.standard_normal((max(lengths) - lengths[0], 8))
+    band = _band(total, total, window or total, causal=True)
+    expected = _np(
+        full(sequence, sequence, attention_mask=np.broadcast_to(band, (2,) + band.shape))
+    )
+
+    cache = layer.get_initial_cache(2, total)
+    if window:
+        assert cache.shape[1] == window < max(lengths)  # the ring wraps in the prefill
+    out, cache = layer(prompt, prompt, cache=cache, cache_index=0, cache_write_length=3)
+    for row, length in enumerate(lengths):
+        np.testing.assert_allclose(_np(out)[row, :length], expected[row, :length], atol=1e-5)
+    for t in range(min(lengths), total):
+        step = sequence[:, t : t + 1]
+        out, cache = layer(step, step, cache=cache, cache_index=t)
+        np.testing.assert_allclose(_np(out)[:, 0], expected[:, t], atol=1e-5)
+
+
+def test_cache_write_length_needs_a_cache():
+    layer, _, x = _pair(3)
+    with pytest.raises(ValueError, match="`cache_write_length` is only used with `cache`"):
+        layer(x, x, cache_write_length=2)
+    cache = layer.get_initial_cache(2, 9)
+    with pytest.raises(ValueError, match=r"at most the number of new tokens \(4\)"):
+        layer(x[:, :4], x[:, :4], cache=cache, cache_index=0, cache_write_length=5)
+
+
 def test_window_in_config_and_validated():
     layer = MultiHeadAttention(num_heads=2, key_dim=4, sliding_window=5)
     assert layer.get_config()["sliding_window"] == 5

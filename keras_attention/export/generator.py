@@ -9,8 +9,11 @@ The exported functions, for a :class:`~keras_attention.models.CausalLanguageMode
   the rows are left-aligned as `generate` does). `logits` float32
   `(batch, vocabulary_size)` predict the token after each row's last prompt token;
   `cache` float32 `(batch, max_length, cache_features)` holds every decoder layer's
-  keys and values and, in its last channel, 1.0 where a position holds a key the model
-  attends to (token 0 is padding for models built with `mask_zero=True`).
+  keys and values (a layer with a sliding window `w` keeps its ring in the first
+  `min(max_length, w)` rows, zeros after) and, in its last channel, 1.0 where a
+  position holds a key the model attends to (token 0 is padding for models built
+  with `mask_zero=True`). It holds the positions every prompt row has, up to the
+  shortest prompt's length, where the app's loop resumes.
 - `decode(token, cache, index) -> {"logits", "cache"}`: `token` int32 `(batch,)` is
   written at position `index` (int32 scalar); `logits` predict position `index + 1`.
 
@@ -253,18 +256,27 @@ class _Steps:
         self.seq2seq = hasattr(model, "encode")
         self.mask_zero = model.decoder_embedding.mask_zero
         self.num_layers = len(model.decoder_layers)
-        self.layer_features = model.initial_cache(1, 1)[0].shape[-1]
+        caches = model.initial_cache(1, max_length)
+        self.layer_features = caches[0].shape[-1]
+        # Positions each layer's cache holds: `max_length`, or a sliding window's ring.
+        self.layer_slots = [cache.shape[1] for cache in caches]
         self.cache_features = self.num_layers * self.layer_features + 1
 
     # -- packing the per-layer caches and the key mask into one tensor --------------
 
     def _pack(self, caches, key_mask):
         flags = ops.expand_dims(ops.cast(key_mask, "float32"), -1)
-        return ops.concatenate([ops.cast(c, "float32") for c in caches] + [flags], axis=-1)
+        rows = [
+            ops.pad(ops.cast(cache, "float32"), [[0, 0], [0, self.max_length - slots], [0, 0]])
+            for cache, slots in zip(caches, self.layer_slots)
+        ]
+        return ops.concatenate(rows + [flags], axis=-1)
 
     def _unpack(self, state):
         size = self.layer_features
-        caches = [state[..., i * size : (i + 1) * size] for i in range(self.num_layers)]
+        caches = [
+            state[:, :slots, i * size : (i + 1) * size] for i, slots in enumerate(self.layer_slots)
+        ]
         return caches, state[..., -1] > 0.5
 
     def _checked(self, tokens):
@@ -293,12 +305,14 @@ class _Steps:
         key_mask = ops.logical_and(columns < lengths[:, None], ops.not_equal(padded, 0))
         if not self.mask_zero:
             key_mask = columns < lengths[:, None]
+        # The cache keeps the positions every row has: the app's loop starts there.
         logits, caches = self.model.call_with_cache(
             tokens,
             self.model.initial_cache(batch, self.max_length),
             0,
             key_mask if self.mask_zero else None,
             encoder_state,
+            cache_write_length=ops.min(lengths),
         )
         last = ops.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
         return {"logits": ops.cast(last, "float32"), "cache": self._pack(caches, key_mask)}

@@ -8,7 +8,13 @@ layer does so) followed by its projected values (the `value_dense` output), befo
 the head split: key/value head `h` is columns `h * key_dim:(h + 1) * key_dim` of the
 keys part. An empty cache is zeros. `cache_index` is the absolute position of the
 first new token of a call; a call with `new_len` tokens writes positions
-`[cache_index, cache_index + new_len)` and returns the updated cache.
+`[cache_index, cache_index + new_len)` and returns the updated cache. With a
+`write_length` `n` (the layers' `cache_write_length`) it keeps only the first `n` new
+tokens, `[cache_index, cache_index + n)`: the new queries still attend to all the new
+tokens, but the cache is left as if the call had ended at position `cache_index + n`.
+A prefill of prompt rows of different lengths keeps the part every row shares, so a
+decoding loop resuming at the shortest prompt finds the cache at that position: a
+ring filled past it would have dropped keys the window still needs.
 
 Full cache (no `sliding_window`): `length = max_length`, slot `p` holds position `p`.
 New query `i` (position `cache_index + i`) sees slots `j <= cache_index + i`; slots
@@ -21,10 +27,14 @@ lives in slot `p % S`, so slot `s` holds the most recent position `p < cache_ind
 with `p % S == s` (a negative `p`: never written, never visible). A call's keys are
 the `S` slots as they were before the call, followed by the `new_len` new tokens;
 key position `p` is visible to query position `t` when `t - w < p <= t`. The last
-`min(new_len, S)` new tokens are then written. An `attention_mask` is over absolute
-positions, `(batch, new_len, total_length)`, and is gathered at the keys' positions.
-A ring shorter than the window (`max_length < w`) must not wrap around, or it would
-drop positions the window still sees: there `cache_index + new_len <= max_length`.
+`min(n, S)` of the `n` new tokens kept (all `new_len` by default) are then written.
+An `attention_mask` is over absolute positions, `(batch, new_len, total_length)`,
+and is gathered at the keys' positions. A ring shorter than the window
+(`max_length < w`) must not wrap around, or it would drop positions the window still
+sees: there `cache_index + new_len <= max_length`. A call starts where the kept
+tokens of the previous one end (or one position before, writing that key again):
+positions kept past the next `cache_index` would have evicted keys the window still
+sees.
 """
 
 from keras import ops
@@ -32,9 +42,9 @@ from keras import ops
 from keras_attention import _validation, masks
 
 
-def check_call_arguments(cache, cache_index, key_value_cache):
-    """A call takes a decoding cache (`cache` with its `cache_index`) or fixed
-    keys/values (`key_value_cache`), not both."""
+def check_call_arguments(cache, cache_index, key_value_cache, write_length=None):
+    """A call takes a decoding cache (`cache` with its `cache_index`, and optionally
+    `cache_write_length`) or fixed keys/values (`key_value_cache`), not both."""
     if key_value_cache is not None and cache is not None:
         raise ValueError(
             "`key_value_cache` (fixed keys/values) and `cache` (a growing decoding "
@@ -45,6 +55,11 @@ def check_call_arguments(cache, cache_index, key_value_cache):
             "`cache` and `cache_index` must be given together. Received: "
             f"cache={'None' if cache is None else 'a tensor'}, "
             f"cache_index={cache_index!r}"
+        )
+    if write_length is not None and cache is None:
+        raise ValueError(
+            "`cache_write_length` is only used with `cache`. Received: "
+            f"cache_write_length={write_length!r}, cache=None"
         )
 
 
@@ -69,9 +84,12 @@ def key_length(cache_length, new_len, window):
     return None if cache_length is None or new_len is None else cache_length + new_len
 
 
-def update(cache, cache_index, keys, values, features, window, q_len, **mask_arguments):
+def update(
+    cache, cache_index, keys, values, features, window, q_len, write_length=None, **mask_arguments
+):
     """One decoding step: check the cache, write the new tokens' `keys` and `values`
-    `(batch, new_len, ...)`, and build the mask of the `q_len` new queries.
+    `(batch, new_len, ...)` (the first `write_length` of them when given), and build
+    the mask of the `q_len` new queries.
 
     `mask_arguments` are `query_mask`, `key_padding` (the new tokens' padding) and
     `attention_mask`. Returns `(new_cache, keys, values, mask, cache_index,
@@ -80,12 +98,13 @@ def update(cache, cache_index, keys, values, features, window, q_len, **mask_arg
     (None for the full cache, whose key `j` is at position `j`).
     """
     cache, cache_index = check_cache(cache, cache_index, keys.shape, features, window=window)
+    write_length = check_write_length(write_length, keys.shape[1])
     if window is not None:
         new_cache, keys, values, mask, key_positions = ring_cache_step(
-            cache, cache_index, keys, values, window, **mask_arguments
+            cache, cache_index, keys, values, window, write_length, **mask_arguments
         )
         return new_cache, keys, values, mask, cache_index, key_positions
-    new_cache, keys, values = write_cache(cache, cache_index, keys, values)
+    new_cache, keys, values = write_cache(cache, cache_index, keys, values, write_length)
     mask = cached_key_mask(cache_index, ops.shape(cache)[1], q_len, **mask_arguments)
     return new_cache, keys, values, mask, cache_index, None
 
@@ -121,17 +140,38 @@ def check_cache(cache, cache_index, keys_shape, features, window=None):
     return cache, cache_index
 
 
-def write_cache(cache, cache_index, keys, values):
+def check_write_length(write_length, new_len):
+    """`cache_write_length`: None, or an int in `[0, new_len]` (checked when both are
+    known) or an int32 scalar tensor."""
+    if write_length is None:
+        return None
+    write_length = _validation.check_index(write_length, "cache_write_length")
+    if isinstance(write_length, int) and new_len is not None and write_length > new_len:
+        raise ValueError(
+            "`cache_write_length` must be at most the number of new tokens "
+            f"({new_len}). Received: cache_write_length={write_length}"
+        )
+    return write_length
+
+
+def write_cache(cache, cache_index, keys, values, write_length=None):
     """Write `concat(keys, values)` of the new tokens at positions
     `[cache_index, cache_index + new_len)`; return the new cache and all the cached
-    keys and values (in the dtypes of `keys` and `values`)."""
+    keys and values (in the dtypes of `keys` and `values`). With `write_length`, the
+    returned keys and values hold every new token, the new cache only the first
+    `write_length`."""
     update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
     zero = ops.zeros((), "int32")
-    new_cache = ops.slice_update(cache, [zero, ops.cast(cache_index, "int32"), zero], update)
+    start = [zero, ops.cast(cache_index, "int32"), zero]
+    attended = ops.slice_update(cache, start, update)
     split = keys.shape[-1]
-    all_keys = ops.cast(new_cache[..., :split], keys.dtype)
-    all_values = ops.cast(new_cache[..., split:], values.dtype)
-    return new_cache, all_keys, all_values
+    all_keys = ops.cast(attended[..., :split], keys.dtype)
+    all_values = ops.cast(attended[..., split:], values.dtype)
+    if write_length is None:
+        return attended, all_keys, all_values
+    kept = ops.arange(ops.shape(update)[1], dtype="int32")[None, :, None] < write_length
+    update = ops.where(kept, update, ops.slice(cache, start, ops.shape(update)))
+    return ops.slice_update(cache, start, update), all_keys, all_values
 
 
 def cached_key_mask(
@@ -168,6 +208,7 @@ def ring_cache_step(
     keys,
     values,
     window,
+    write_length=None,
     query_mask=None,
     key_padding=None,
     attention_mask=None,
@@ -207,10 +248,14 @@ def ring_cache_step(
     )
     mask = masks.combine_masks(mask, visible)
 
-    # Write the last `min(new_len, S)` new tokens (distinct slots) into the ring.
+    # Write the last `min(n, S)` of the `n` kept new tokens (distinct slots).
     update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
-    written = (ops.mod(new_positions, slots)[:, None] == slot[None, :]) & (
-        ops.arange(new_len, dtype="int32")[:, None] >= new_len - slots
+    count = new_len if write_length is None else write_length
+    token = ops.arange(new_len, dtype="int32")[:, None]
+    written = (
+        (ops.mod(new_positions, slots)[:, None] == slot[None, :])
+        & (token < count)
+        & (token >= count - slots)
     )
     written = ops.cast(written, cache.dtype)
     kept = 1 - ops.max(written, axis=0)

@@ -134,6 +134,12 @@ class MultiHeadAttention(keras.layers.Layer):
             `attention_mask` of shape `(batch, new_len, max_length)`.
         cache_index: int or scalar int tensor, position of the first new token in
             the cache; required with `cache`.
+        cache_write_length: optional int or scalar int tensor `n` (with `cache`):
+            keep only the first `n` new tokens in the returned cache, as if the
+            call had ended at position `cache_index + n`; the new queries still
+            attend to all of them. A prefill of prompts of different lengths keeps
+            the positions every row has, where the decoding loop resumes (a ring
+            filled past them would have lost keys the window still needs).
         key_value_cache: optional projected keys and values of `key`/`value` from
             :meth:`compute_key_value_cache`, used instead of projecting them again
             (a cross-attention cache: the encoder's keys/values, computed once for
@@ -362,11 +368,15 @@ class MultiHeadAttention(keras.layers.Layer):
         cache=None,
         cache_index=None,
         key_value_cache=None,
+        cache_write_length=None,
     ):
         if key is None:
             key = value
             key_mask = None
         self._check_call_shapes(query, value, key)
+        _decoding_cache.check_call_arguments(
+            cache, cache_index, key_value_cache, cache_write_length
+        )
         if _attention_axes.needs_flattening(self.attention_axes, len(query.shape)):
             if cache is not None or key_value_cache is not None:
                 raise ValueError(
@@ -392,7 +402,6 @@ class MultiHeadAttention(keras.layers.Layer):
                 self._output_features(query.shape),
                 self.num_heads,
             )
-        _decoding_cache.check_call_arguments(cache, cache_index, key_value_cache)
         if cache is not None:
             return self._attend_cached(
                 query,
@@ -402,6 +411,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 cache_index,
                 return_attention_scores,
                 training,
+                write_length=cache_write_length,
                 query_mask=query_mask,
                 key_padding=masks.combine_masks(value_mask, key_mask),
                 attention_mask=attention_mask,
@@ -474,11 +484,12 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_index,
         return_attention_scores,
         training,
+        write_length=None,
         **mask_arguments,
     ):
         """Rank-3 attention with a decoding cache: the new tokens' keys and values are
-        written into it (`_decoding_cache.update`) and the new queries attend over all
-        cached ones. Returns `(output, new_cache)` or `(output, scores, new_cache)`."""
+        written into it (`_decoding_cache.update`; the first `write_length` of them
+        when given) and the new queries attend over all cached ones. Returns `(output, new_cache)` or `(output, scores, new_cache)`."""
         q_len = ops.shape(query)[1]
         queries = self._query_heads(query, cache_index)
         keys, values = self._project_keys(key, cache_index), self.value_dense(value)
@@ -490,6 +501,7 @@ class MultiHeadAttention(keras.layers.Layer):
             self._cache_features,
             self.sliding_window,
             q_len,
+            write_length,
             **mask_arguments,
         )
         if key_positions is None:

@@ -52,6 +52,10 @@ class TransformerDecoder(_TransformerBlock):
             `(batch, max_length, num_heads * 2 * key_dim)`.
         cache_index: int or scalar int tensor, where the new tokens go in the cache
             (required with `self_attention_cache`).
+        cache_write_length: optional int or scalar int tensor `n` (with
+            `self_attention_cache`): the new cache keeps only the first `n` new
+            tokens (see `MultiHeadAttention`), e.g. the prompt positions every row
+            of a batch of prompts of different lengths has.
         cross_attention_cache: optional projected keys/values of `encoder_sequence`
             from :meth:`compute_cross_attention_cache`, used instead of projecting
             `encoder_sequence` again.
@@ -138,12 +142,17 @@ class TransformerDecoder(_TransformerBlock):
         decoder_sequence_mask=None,
         encoder_sequence_mask=None,
         return_attention_scores=False,
+        cache_write_length=None,
     ):
-        self._check_call(encoder_sequence, self_attention_cache, cache_index)
+        self._check_call(encoder_sequence, self_attention_cache, cache_index, cache_write_length)
         decoder_mask = mask if decoder_sequence_mask is None else decoder_sequence_mask
         cache_arguments = {}
         if self_attention_cache is not None:
-            cache_arguments = {"cache": self_attention_cache, "cache_index": cache_index}
+            cache_arguments = {
+                "cache": self_attention_cache,
+                "cache_index": cache_index,
+                "cache_write_length": cache_write_length,
+            }
         scores, new_cache = [], []
         self_attention = self._attention_sublayer(
             self.self_attention,
@@ -215,7 +224,7 @@ class TransformerDecoder(_TransformerBlock):
             kv_len=ops.shape(encoder_sequence)[1],
         )
 
-    def _check_call(self, encoder_sequence, cache, cache_index):
+    def _check_call(self, encoder_sequence, cache, cache_index, cache_write_length=None):
         if encoder_sequence is not None and self.cross_attention is None:
             raise ValueError(
                 "This TransformerDecoder was built without cross-attention (its first "
@@ -231,11 +240,15 @@ class TransformerDecoder(_TransformerBlock):
             raise ValueError(
                 "`cache_index` is required with `self_attention_cache`. Received: cache_index=None"
             )
-        if cache is None and cache_index is not None:
-            raise ValueError(
-                "`cache_index` is only used with `self_attention_cache`. "
-                f"Received: cache_index={cache_index!r}, self_attention_cache=None"
-            )
+        for name, value in (
+            ("cache_index", cache_index),
+            ("cache_write_length", cache_write_length),
+        ):
+            if cache is None and value is not None:
+                raise ValueError(
+                    f"`{name}` is only used with `self_attention_cache`. "
+                    f"Received: {name}={value!r}, self_attention_cache=None"
+                )
 
     def _cached_self_attention_mask(self, padding_mask, query_mask, cache, dec_len):
         """With a cache, the keys are the cache's `max_length` slots; the attention

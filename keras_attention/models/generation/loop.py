@@ -9,8 +9,11 @@ shapes and settings.
 
 Prompts of different lengths share one index: the loop starts at the shortest
 prompt, and a row still inside its prompt keeps its prompt token instead of the
-sampled one, so every row gets exactly the tokens it would get alone. Token id 0 is
-padding only for models built with `mask_zero=True`.
+sampled one, so every row gets exactly the tokens it would get alone. The prefill
+keeps in the cache only the positions every row has (`cache_write_length`), so the
+loop resumes on a cache at its first position: a sliding window's ring filled with
+the longer rows' positions would have lost keys the shorter rows still attend to.
+Token id 0 is padding only for models built with `mask_zero=True`.
 """
 
 import functools
@@ -44,9 +47,10 @@ class GenerativeMixin:
 
     - :meth:`initial_cache` `(batch_size, max_length)`: the zero key/value cache.
     - :meth:`call_with_cache` `(tokens, cache, index, key_mask=None,
-      encoder_state=None, return_logits=True)`: tokens at positions `index...`
-      through the decoder, `(logits, cache)`: the prefill (the prompt at index 0)
-      and every decoding step.
+      encoder_state=None, return_logits=True, cache_write_length=None)`: tokens at
+      positions `index...` through the decoder, `(logits, cache)`: the prefill (the
+      prompt at index 0, keeping the shortest prompt's positions) and every
+      decoding step.
     - :meth:`left_align` `(tokens, mask)`: the prompt rows' tokens moved to the
       front, `(tokens, lengths)`.
     - :meth:`generate_graph` `(tokens, mask, max_new_tokens, stop_token_ids=(),
@@ -70,7 +74,14 @@ class GenerativeMixin:
         return [layer.get_initial_cache(batch_size, max_length) for layer in self.decoder_layers]
 
     def call_with_cache(
-        self, tokens, cache, index, key_mask=None, encoder_state=None, return_logits=True
+        self,
+        tokens,
+        cache,
+        index,
+        key_mask=None,
+        encoder_state=None,
+        return_logits=True,
+        cache_write_length=None,
     ):
         """Run `tokens` at positions `index, index + 1, ...` through the decoder,
         reading and writing the key/value `cache`.
@@ -86,6 +97,10 @@ class GenerativeMixin:
                 `encode` (or `encoder_state_from_cache`).
             return_logits: `False` skips the output projection (a prefill whose
                 logits are not read) and returns `None` for them.
+            cache_write_length: optional int or int32 scalar tensor `n`: the new
+                cache keeps only `tokens[:, :n]` (the logits cover all). A prefill
+                of prompts of different lengths passes the shortest length, where
+                the decoding loop resumes.
 
         Returns:
             `(logits (batch, n, vocabulary_size) or None, new cache)`.
@@ -98,6 +113,7 @@ class GenerativeMixin:
                 decoder_padding_mask=key_mask,
                 self_attention_cache=layer_cache,
                 cache_index=index,
+                cache_write_length=cache_write_length,
                 training=False,
             )
             if encoder_state is None:
@@ -169,10 +185,16 @@ class GenerativeMixin:
         in_prompt = ops.arange(total, dtype="int32")[None, :] < lengths[:, None]
         buffer = ops.where(in_prompt, buffer, settings.pad_token_id)
         caches = self.initial_cache(batch, total)
-        # The prompt in one call; rows' padding is overwritten by the loop before any
-        # real token attends to it (the loop starts at the shortest prompt).
+        # The prompt in one call, keeping the positions every row has: the loop starts
+        # at the shortest prompt and runs the longer rows' next tokens from there.
         _, caches = self.call_with_cache(
-            tokens, caches, 0, self._key_mask(buffer), encoded, return_logits=False
+            tokens,
+            caches,
+            0,
+            self._key_mask(buffer),
+            encoded,
+            return_logits=False,
+            cache_write_length=ops.min(lengths),
         )
         return buffer, caches, total
 
