@@ -8,11 +8,15 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
   tables in `docs/performance.md`).
 - :func:`fused_supports`: whether `keras.ops.dot_product_attention` accepts these
   head sizes on this backend (JAX's needs `d_k == d_v`).
+- :func:`fused_runs`: whether that function runs for a dtype here (not float16 on
+  JAX's CPU under `jax.jit`).
 - :func:`map_sequentially`: a loop over chunks (`keras.ops.scan`), except on
   TensorFlow where a bounded loop keeps it differentiable under XLA.
 - :func:`has_flash_attention`, :func:`flash_attention`: the flash-attention kernel
   (`tf.custom_gradient` and `tf.while_loop` around `ops`' tile math), TensorFlow only
   (:mod:`keras_attention.backend.flash_tensorflow`).
+- :func:`remat_differentiates`: whether `keras.remat` differentiates the variables a
+  callable score bias reads (not TensorFlow's `recompute_grad` inside a loop).
 - :func:`is_symbolic_size`: a size that is only known when the program runs
   (PyTorch's `SymInt` while `torch.export` traces), kept as is rather than turned
   into a tensor (which would fix it to the example's value).
@@ -42,6 +46,7 @@ __all__ = [
     "concrete_value",
     "default_implementation",
     "flash_attention",
+    "fused_runs",
     "fused_supports",
     "has_flash_attention",
     "is_symbolic_size",
@@ -49,6 +54,7 @@ __all__ = [
     "map_sequentially",
     "moveaxis",
     "reads_trainable_variables",
+    "remat_differentiates",
     "to_numpy",
 ]
 
@@ -82,6 +88,35 @@ def reads_trainable_variables(fn):
     from keras_attention.backend import flash_tensorflow
 
     return flash_tensorflow.reads_trainable_variables(fn)
+
+
+def remat_differentiates(fn):
+    """Whether a callable score bias `fn(query_positions, key_positions)` can be
+    evaluated inside `keras.remat` (within a loop) and differentiated.
+
+    Not on TensorFlow: `recompute_grad` differentiates only its arguments, and inside
+    the chunked path's `tf.scan` under `tf.function` the gradient fails for a
+    variable (`"... captures ... resource"`) or a tensor from outside the function
+    (`"... is in list of internal_captures but not in internal_capture_to_output"`)
+    that `fn` reads by closure. JAX and PyTorch differentiate what the function reads.
+    """
+    del fn  # the same answer for every callable (kept for a backend that could tell)
+    return keras.backend.backend() != "tensorflow"
+
+
+def fused_runs(dtype):
+    """Whether `keras.ops.dot_product_attention` runs for `dtype` inputs here.
+
+    Not float16 on JAX's CPU: under `jax.jit`, `jax.nn.dot_product_attention` asks
+    for a float16 product accumulated in float32, which XLA's CPU `dot_general` does
+    not support ("The precision 'F16_F16_F32' is not supported"); eager calls and
+    bfloat16 work, and so does every dtype on GPU and TPU.
+    """
+    if keras.backend.backend() != "jax" or keras.backend.standardize_dtype(dtype) != "float16":
+        return True
+    import jax
+
+    return jax.default_backend() != "cpu"
 
 
 def fused_supports(query_shape, key_shape, value_shape):

@@ -338,8 +338,14 @@ def _reader(x, per_kv_head, size, hk, first):
     size_5d = tf.stack([shape[0], hk, per_kv_head, size, shape[3]])
 
     def read(start):
-        block = tf.slice(x, tf.stack([0, first * per_kv_head, start, 0]), size_4d)
-        return tf.reshape(block, size_5d)
+        block = tf.reshape(
+            tf.slice(x, tf.stack([0, first * per_kv_head, start, 0]), size_4d), size_5d
+        )
+        # The feature size stays static: a loop state updated from a block of unknown
+        # size 1 broadcasts to an unknown size, which `tf.while_loop` refuses (a value
+        # head size of 1).
+        block.set_shape([None] * 4 + [x.shape[3]])
+        return block
 
     return read
 

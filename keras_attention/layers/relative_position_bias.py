@@ -22,7 +22,8 @@ class RelativePositionBias(_PositionBias):
 
     Args:
         num_buckets: positive int (32 in T5).
-        max_distance: positive int (128 in T5).
+        max_distance: int greater than the exact buckets' reach, `num_buckets // 4`
+            bidirectional or `num_buckets // 2` (128 in T5).
         bidirectional: `True` for encoders, `False` for causal decoders.
         num_heads: positive int.
         embeddings_initializer: initializer of the table.
@@ -59,6 +60,19 @@ class RelativePositionBias(_PositionBias):
             raise ValueError(
                 "`num_buckets` must be at least 4 (bidirectional) or 2. Received: "
                 f"num_buckets={num_buckets}, bidirectional={bidirectional}"
+            )
+        # T5's log-spaced buckets span distances from the exact ones' end
+        # (`max_exact`, half the buckets of a direction) to `max_distance`, dividing
+        # by `log(max_distance / max_exact)`: that must be positive, or the buckets
+        # come out negative (wrapping to the wrong bias) or INT_MIN (issue 35).
+        max_exact = num_buckets // (4 if bidirectional else 2)
+        if max_distance <= max_exact:
+            raise ValueError(
+                "`max_distance` must be greater than the distances the exact buckets "
+                f"cover (num_buckets // {4 if bidirectional else 2} = {max_exact}"
+                f"{', bidirectional' if bidirectional else ''}), so at least "
+                f"{max_exact + 1}. Received: max_distance={max_distance} "
+                f"(num_buckets={num_buckets}, bidirectional={bidirectional})"
             )
         self.num_buckets = num_buckets
         self.max_distance = max_distance

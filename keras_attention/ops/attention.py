@@ -5,6 +5,7 @@ is here, the others one a module: `chunked`, `flash`, `fused`)."""
 import math
 import numbers
 
+import keras
 from keras import ops
 
 from keras_attention import _validation
@@ -88,11 +89,13 @@ def scaled_dot_product_attention(
             (`keras_attention.backend.flash_tensorflow`; inside a traced function
             with static lengths its passes are compiled by XLA on the first call
             of a shape); on JAX and PyTorch, and for a tensor `bias` or a callable
-            one with trainable weights, it runs the chunked path. `"fused"` calls `keras.ops.dot_product_attention` (the
-            backend's fused kernel where it has one) and keeps this function's
+            one with trainable weights, it runs the chunked path. `"fused"` calls
+            `keras.ops.dot_product_attention` (the backend's fused kernel where it has one) and keeps this function's
             semantics (fully masked rows give zeros; where the backend's kernel needs
             `d_k == d_v`, as JAX's does, the smaller of the two is zero-padded, which
-            changes no number). `None` picks `"flash"` (`"chunked"` where the
+            changes no number; float16 on JAX's CPU, where the kernel does not
+            compile under `jax.jit`, runs the plain path:
+            `keras_attention.backend.fused_runs`). `None` picks `"flash"` (`"chunked"` where the
             backend has no flash kernel) when the scores would exceed
             `CHUNKED_THRESHOLD` elements and neither weights nor dropout are
             requested; on TensorFlow also above `FLASH_THRESHOLD` elements where
@@ -166,12 +169,17 @@ def scaled_dot_product_attention(
             "implementation='fused' needs (batch, heads, seq, dim) inputs. "
             f"Received: query.shape={tuple(query.shape)}"
         )
+    if implementation == "fused" and not backend_lib.fused_runs(query.dtype):
+        implementation = "plain"  # the same numbers from the path fused stands for
     if implementation != "flash":
         # The flash path reads grouped-query keys without this copy.
         key, value = _checks.repeat_kv_heads(query, key, value)
     score_mod = scores_lib.ScoreModifier(bias, soft_cap, sliding_window, causal)
-    if implementation == "fused" and isinstance(scale, numbers.Real):
-        # The kernel takes the scale: no separate pass over the queries.
+    low_precision = keras.backend.standardize_dtype(query.dtype) in scores_lib.LOW_PRECISION_DTYPES
+    if implementation == "fused" and isinstance(scale, numbers.Real) and not low_precision:
+        # The kernel takes the scale: no separate pass over the queries. Not in
+        # float16/bfloat16: kernels scale after the product, which can overflow first
+        # (q . k = 102400 > 65504 where q . k / 8 fits).
         return fused.attend(query, key, value, mask, score_mod, scale=float(scale))
     # Scaling the queries (q_len * d_k numbers) is cheaper than scaling the scores
     # (q_len * kv_len) and keeps float16 products further from overflow.

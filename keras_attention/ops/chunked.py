@@ -161,24 +161,53 @@ class _OneChunk:
         # Only floating tensors enter the recomputed function (TensorFlow's
         # `recompute_grad` warns for every integer or boolean input it watches); the
         # offset and the mask chunk are constants of the recomputation, closed over.
+        bias_argument = self._bias_argument(bias, bias_chunk, offset, k_start, key)
+
         @keras.remat
-        def chunk_output(q_chunk, key, value, *bias_rows):
+        def chunk_output(q_chunk, key, value, *bias_argument):
             kv_len = ops.shape(key)[-2]
             chunk_mask = masks_lib.combine_masks(
                 mask,
                 ops.cast(mask_chunk, "bool") if self.mask_has_rows else None,
                 score_mod.mask(chunks.size, kv_len, offset, k_offset=k_start),
             )
-            if self.bias_has_rows:
-                chunk_bias = bias_rows[0]
+            if bias_argument:
+                chunk_bias = bias_argument[0]
             elif callable(bias):
-                chunk_bias = score_mod.block_bias(chunks.size, kv_len, offset, k_offset=k_start)
+                chunk_bias = score_mod.block_bias(
+                    chunks.size, kv_len, offset, k_offset=k_start, q_end=chunks.q_len
+                )
             else:
-                chunk_bias = bias
+                chunk_bias = None
             scores = score_mod.apply(ops.einsum("...qd,...kd->...qk", q_chunk, key), chunk_bias)
             chunk_mask = _checks.check_mask(chunk_mask, tuple(scores.shape))
             weights = scores_lib.masked_softmax(scores, chunk_mask, in_loop=True)
             return ops.matmul(ops.cast(weights, value.dtype), value)
 
-        bias_rows = (bias_chunk,) if self.bias_has_rows else ()
-        return chunk_output(q_chunk, key, value, *bias_rows)
+        return chunk_output(q_chunk, key, value, *bias_argument)
+
+    def _bias_argument(self, bias, bias_chunk, offset, k_start, key):
+        """The chunk's bias as an argument of the recomputed function: `()` or a 1-tuple.
+
+        A tensor bias is an argument, never closed over: TensorFlow's `recompute_grad`
+        differentiates only its arguments, so a bias read by closure would get no
+        gradient. A callable bias is called inside the recomputation, except where
+        `keras.remat` cannot differentiate what it reads
+        (:func:`keras_attention.backend.remat_differentiates`): then it is called here,
+        and the loop keeps the chunk's bias for the backward pass.
+        """
+        if self.bias_has_rows:
+            return (bias_chunk,)
+        if bias is None:
+            return ()
+        if not callable(bias):
+            return (bias,)
+        if backend_lib.remat_differentiates(bias):
+            return ()
+        kv_len = ops.shape(key)[-2]
+        chunks = self.chunks
+        return (
+            self.score_mod.block_bias(
+                chunks.size, kv_len, offset, k_offset=k_start, q_end=chunks.q_len
+            ),
+        )

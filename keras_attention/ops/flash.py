@@ -4,11 +4,13 @@
 import dataclasses
 import math
 
+import keras
 from keras import ops
 
 from keras_attention import backend as backend_lib
 from keras_attention import masks as masks_lib
 from keras_attention.ops import _checks, chunked
+from keras_attention.ops import scores as scores_lib
 
 # Tile sizes: key blocks of FLASH_BLOCK_K keys, and query blocks of at most
 # FLASH_BLOCK_Q queries, fewer when there are many (batch, head) pairs, so that one
@@ -67,6 +69,7 @@ def attend(query, key, value, mask, score_mod):
         num_heads=query.shape[-3] if rank == 4 else None,
         num_kv_heads=key.shape[-3] if rank == 4 else None,
         kv_len=ops.shape(key)[-2],
+        q_len=ops.shape(query)[-2],
     )
     pairs = math.prod(d for d in ops.shape(query)[:-2] if _checks.is_static_dim(d))
     block_q = FLASH_TILE_ELEMENTS // (pairs * FLASH_BLOCK_K)
@@ -99,6 +102,8 @@ class FlashTile:
         mask: `None` or the 5-D boolean mask (see :meth:`to_5d`).
         num_heads, num_kv_heads: query and key/value heads (`None` below rank 4).
         kv_len: the number of keys (an int or a scalar tensor).
+        q_len: the number of queries (an int, a scalar tensor, or `None`): a
+            callable bias is called at real positions only (padded rows clipped).
         pad_keys: whether keys at `kv_len` and beyond (padding of the last key
             block) are masked.
         head_range: `None`, or `(start, count)`: the tile covers only those
@@ -110,13 +115,14 @@ class FlashTile:
     num_heads: object
     num_kv_heads: object
     kv_len: object
+    q_len: object = None
     pad_keys: bool = True
     head_range: object = None
 
     @classmethod
-    def create(cls, score_mod, mask, num_heads, num_kv_heads, kv_len):
+    def create(cls, score_mod, mask, num_heads, num_kv_heads, kv_len, q_len=None):
         """The tile of a call: `mask` broadcastable to `(B, H, q, k)`, made 5-D."""
-        tile = cls(score_mod, None, num_heads, num_kv_heads, kv_len)
+        tile = cls(score_mod, None, num_heads, num_kv_heads, kv_len, q_len)
         if mask is None:
             return tile
         return dataclasses.replace(tile, mask=tile.to_5d(mask))
@@ -167,6 +173,12 @@ class FlashTile:
         layout: its products then need no transposed probability tile).
         """
         q_size, k_size = q.shape[-2], k.shape[-2]
+        if keras.backend.standardize_dtype(q.dtype) in scores_lib.LOW_PRECISION_DTYPES:
+            # The backward pass recomputes the forward's logits, keys by queries: in
+            # float16 the two products round differently (by a unit of 8 at a logit
+            # of 1e4), and `exp(logits - lse)` would be off by up to e^8. In float32
+            # both agree to rounding.
+            q, k = ops.cast(q, "float32"), ops.cast(k, "float32")
         if keys_first:
             scores = ops.einsum("...kd,...qd->...kq", k, q)
         else:
@@ -176,7 +188,9 @@ class FlashTile:
         capped = self.score_mod.cap(scores)
         logits = capped
         if self.score_mod.bias is not None:
-            bias = self.score_mod.block_bias(q_size, k_size, q_offset, k_offset=k_offset)
+            bias = self.score_mod.block_bias(
+                q_size, k_size, q_offset, k_offset=k_offset, q_end=self.q_len, k_end=self.kv_len
+            )
             logits = logits + orient(ops.cast(self.to_5d(bias), "float32"))
         allowed = self.score_mod.mask(q_size, k_size, q_offset, k_offset)
         if self.mask is not None:

@@ -125,12 +125,25 @@ class ScoreModifier:
             window = masks_lib.sliding_window_mask(q_len, kv_len, self.sliding_window, offset)
         return masks_lib.combine_masks(causal, window)
 
-    def block_bias(self, q_len, kv_len, q_offset=0, scores_shape=None, k_offset=0):
-        """The bias of the block (`None` without one); a callable is evaluated here."""
+    def block_bias(
+        self, q_len, kv_len, q_offset=0, scores_shape=None, k_offset=0, q_end=None, k_end=None
+    ):
+        """The bias of the block (`None` without one); a callable is evaluated here.
+
+        `q_end`, `k_end`: the sequences' lengths, where the block may reach past them
+        (padded query rows, padded key tiles): the callable is promised positions of
+        real queries and keys, so those are clipped to the last one (a lookup in a
+        `(q_len, kv_len)` table would fail, or give NaN; the padded rows' and keys'
+        scores are discarded or masked anyway).
+        """
         if not callable(self.bias):
             return self.bias
         q_positions = backend_lib.positions(q_len) + ops.cast(q_offset, "int32")
         k_positions = backend_lib.positions(kv_len) + ops.cast(k_offset, "int32")
+        if q_end is not None:
+            q_positions = ops.minimum(q_positions, ops.cast(q_end, "int32") - 1)
+        if k_end is not None:
+            k_positions = ops.minimum(k_positions, ops.cast(k_end, "int32") - 1)
         bias = ops.convert_to_tensor(self.bias(q_positions, k_positions))
         if scores_shape is not None:
             _checks.check_bias(bias, scores_shape)
