@@ -42,7 +42,7 @@ from keras import ops
 from keras_attention import ops as attention_ops
 
 BACKEND = keras.backend.backend()
-DEFAULT_EXAMPLES = {"tensorflow": 45, "jax": 8, "torch": 150}.get(BACKEND, 40)
+DEFAULT_EXAMPLES = {"tensorflow": 40, "jax": 8, "torch": 150}.get(BACKEND, 40)
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
 SEED = int(os.environ.get("FUZZ_SEED", 0))
 
@@ -650,3 +650,13 @@ if __name__ == "__main__":
     print(f"{EXAMPLES} cases (seed {SEED}):")
     for (path, mode), n in sorted(counts.items()):
         print(f"  {path:8s} {mode:6s} {n}")
+    features = collections.Counter()
+    for i in range(EXAMPLES):
+        c = make_case(i)
+        features[c["dtype"]] += 1
+        features["grouped-query heads"] += c["k_shape"][:-2] != c["q_shape"][:-2]
+        features["q_len != kv_len, causal"] += c["causal"] and c["q_shape"][-2] != c["k_shape"][-2]
+        for key in ("mask", "window", "soft_cap", "scale", "logit_size"):
+            features[key] += c[key] is not None
+        features[f"bias: {c['bias'][0] if c['bias'] else None}"] += 1
+    print("  " + ", ".join(f"{k}: {n}" for k, n in sorted(features.items())))
