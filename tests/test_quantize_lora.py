@@ -248,3 +248,99 @@ def test_quantizing_twice_is_rejected():
     model.quantize("int8")
     with pytest.raises(ValueError, match=r"already quantized \(mode='int8'\).*mode='int4'"):
         model.quantize("int4")
+
+
+# -- LoRA ----------------------------------------------------------------------------
+
+
+def _lora_names(variables):
+    return sorted(v.path for v in variables if "lora" in v.name)
+
+
+def test_enable_lora_trains_under_two_percent_of_a_llama_shaped_model():
+    model = _causal_lm(
+        vocabulary_size=8000, num_layers=4, embedding_dim=256, num_heads=8, intermediate_dim=688
+    )
+    layers = model.enable_lora(4)
+    assert sorted({layer.name for layer in layers}) == ["query", "value"] and len(layers) == 8
+    trainable = model.trainable_weights
+    assert len(trainable) == 16 and _lora_names(trainable) == sorted(v.path for v in trainable)
+    count = sum(int(np.prod(v.shape)) for v in trainable)
+    assert count / model.count_params() <= 0.02
+
+
+def _fine_tuned(model):
+    """One epoch of `fit` on next-token targets: only the LoRA factors may move."""
+    before = {v.path: to_numpy(v) for v in model.weights}
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(TOKENS[:, :-1], TOKENS[:, 1:], epochs=3, verbose=0)
+    return before
+
+
+def test_lora_fine_tuning_moves_only_the_lora_weights_and_reaches_generate(tmp_path):
+    model = _causal_lm("gpt")
+    prompt = TOKENS[:, :3]
+    model.generate(prompt, max_new_tokens=4)  # compiled before LoRA
+    model.enable_lora(2, target_layer_names=("query", "value", "lm_head"))
+    before = _fine_tuned(model)
+    changed = sorted(
+        v.path for v in model.weights if not np.array_equal(to_numpy(v), before[v.path])
+    )
+    assert changed and set(changed) <= set(_lora_names(model.weights))
+    compiled = model.generate(prompt, max_new_tokens=4)
+    np.testing.assert_array_equal(compiled, model.generate(prompt, max_new_tokens=4, compile=False))
+    path = os.path.join(tmp_path, "lora.keras")
+    model.save(path)  # Keras' Dense merges the factors into the kernel
+    reloaded = keras.saving.load_model(path)
+    assert _lora_names(reloaded.weights) == []
+    np.testing.assert_allclose(
+        to_numpy(reloaded(TOKENS)), to_numpy(model(TOKENS)), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_array_equal(reloaded.generate(prompt, max_new_tokens=4), compiled)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="SavedModel export needs TensorFlow")
+def test_lora_model_exports_merged(tmp_path):
+    import tensorflow as tf
+
+    model = _causal_lm()
+    model.enable_lora(2)
+    for layer in model._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            layer.lora_kernel_b.assign(0.1 * np.ones(layer.lora_kernel_b.shape, "float32"))
+    path = os.path.join(tmp_path, "generator")
+    ka.export.export_generator(model, path, format="tf_saved_model", max_length=7)
+    generate = tf.saved_model.load(path).signatures["generate"]
+    prompt = TOKENS[:, :3]
+    out = generate(tokens=tf.constant(prompt), mask=tf.constant(np.ones((2, 3), bool)))
+    np.testing.assert_array_equal(out["tokens"].numpy(), model.generate(prompt, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("layer_class", ["MultiHeadAttention", "FeedForward"])
+def test_layer_enable_lora_on_its_projections(layer_class):
+    if layer_class == "MultiHeadAttention":
+        layer = ka.MultiHeadAttention(num_heads=2, key_dim=8, query_norm="rms_norm")
+        layer(X, X)
+        expected = ["attention_output", "key", "query", "value"]
+    else:
+        layer = ka.FeedForward(32, activation="swiglu")
+        layer(X)
+        expected = ["gate_dense", "intermediate_dense", "output_dense"]
+    assert sorted(target.name for target in layer.enable_lora(2)) == expected
+    assert len(layer.trainable_weights) == 2 * len(expected)
+    assert _lora_names(layer.trainable_weights) == sorted(v.path for v in layer.trainable_weights)
+
+
+@pytest.mark.parametrize("rank", [0, -1, 1.5, True])
+def test_bad_lora_rank_is_rejected(rank):
+    with pytest.raises(
+        ValueError, match=f"`rank` must be a positive integer. Received: rank={rank!r}"
+    ):
+        _causal_lm().enable_lora(rank)
+
+
+def test_lora_target_that_matches_nothing_is_rejected():
+    with pytest.raises(ValueError, match=r"no match: \['querry'\].*target_layer_names=\('querry',"):
+        _causal_lm().enable_lora(2, target_layer_names=("querry", "value"))
+    with pytest.raises(ValueError, match="no match: \\['final_norm'\\]"):
+        _causal_lm().enable_lora(2, target_layer_names="final_norm")
