@@ -1,6 +1,9 @@
-"""Helpers shared by the layers: the Dense projection settings and symbolic outputs."""
+"""Helpers shared by the layers: the Dense projection settings, symbolic outputs, and
+the quantization and LoRA hooks (`NothingToQuantize`, `LoraMixin`, `enable_lora`)."""
 
 import keras
+
+from keras_attention import _validation
 
 # The Dense arguments a layer passes on unchanged to its projections, and the Keras
 # module that turns each into an object (and back into config).
@@ -86,3 +89,76 @@ def attention_output_spec(layer, output_shape, scores_shape, return_attention_sc
     if not return_attention_scores:
         return output
     return output, keras.KerasTensor(scores_shape, dtype=layer.compute_dtype)
+
+
+class NothingToQuantize:
+    """A layer whose weights, if any, stay in float under `model.quantize(mode)`.
+
+    `keras.Model.quantize` calls `quantize` on every leaf layer and warns for each
+    that lacks it; norms, rotary and sinusoidal positions, position biases and
+    tables are small or have no weights, so they keep them, quietly. Keras still
+    checks the mode and that the layer is built first.
+    """
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        del mode, type_check, config  # nothing to quantize
+
+
+class LoraMixin:
+    """`enable_lora(rank)` for a layer made of `Dense` projections (LoRA on them)."""
+
+    def enable_lora(self, rank, target_layer_names=None):
+        """Freeze this layer's weights and add rank-`rank` LoRA factors to its
+        `Dense` projections (all of them, or those named in `target_layer_names`,
+        e.g. `("query", "value")`); only the LoRA factors then train.
+
+        Keras' `Dense.enable_lora` keeps `kernel + (alpha / rank) * A @ B` in the
+        call and merges it into the kernel when the layer is saved. The layer must be
+        built.
+        """
+        if target_layer_names is None:
+            target_layer_names = tuple(
+                layer.name
+                for layer in self._flatten_layers(include_self=False)
+                if isinstance(layer, keras.layers.Dense)
+            )
+        return enable_lora(self, rank, target_layer_names)
+
+
+def enable_lora(root, rank, target_layer_names):
+    """keras-hub's `Backbone.enable_lora` on `root`: every weight frozen, LoRA on the
+    sublayers whose name is in `target_layer_names` (their kernels and biases stay
+    frozen). Returns the layers given LoRA."""
+    _validation.check_positive_int(rank, "rank")
+    names = (target_layer_names,) if isinstance(target_layer_names, str) else target_layer_names
+    names = tuple(names)
+    if not root.built:
+        raise ValueError(f"Build `{root.name}` before `enable_lora` (LoRA factors need shapes).")
+    targets = [
+        layer
+        for layer in root._flatten_layers(include_self=False)
+        if layer.name in names and hasattr(layer, "enable_lora") and layer.weights
+    ]
+    missing = [name for name in names if name not in {layer.name for layer in targets}]
+    if not names or missing:
+        raise ValueError(
+            "`target_layer_names` must name Dense, EinsumDense or Embedding sublayers of "
+            f"'{root.name}' (no match: {missing}). Received: target_layer_names={names!r}"
+        )
+    enabled = [layer.name for layer in targets if layer.lora_enabled]
+    if enabled:
+        raise ValueError(
+            f"LoRA is already enabled on {enabled}; enable it once. Received: rank={rank}"
+        )
+    root.trainable = True
+    for variable in root.trainable_variables:
+        variable.trainable = False
+    for layer in root._flatten_layers(include_self=False):
+        layer.trainable = False
+    for layer in targets:
+        frozen = [id(variable) for variable in layer.variables]
+        layer.trainable = True
+        layer.enable_lora(rank)
+        for variable in layer.variables:  # the kernel, a bias: only the new factors train
+            variable.trainable = id(variable) not in frozen
+    return targets

@@ -4,10 +4,11 @@ import keras
 from keras import ops
 
 from keras_attention import backend
+from keras_attention.layers._common import NothingToQuantize
 
 
 @keras.saving.register_keras_serializable(package="keras_attention", name="_LayerNormalization")
-class LayerNormalization(keras.layers.LayerNormalization):
+class LayerNormalization(NothingToQuantize, keras.layers.LayerNormalization):
     """Keras' `LayerNormalization` (same arguments, config, `gamma`/`beta` weights and
     values), computed by :func:`keras_attention.backend.layer_normalization`.
 

@@ -11,9 +11,10 @@ import keras
 from keras import ops
 
 from keras_attention import _validation
+from keras_attention.layers._common import NothingToQuantize
 
 
-class _PositionBias(keras.layers.Layer):
+class _PositionBias(NothingToQuantize, keras.layers.Layer):
     """Shared call/shape logic: positions `(..., q)` and `(..., k)` -> `(..., heads, q, k)`."""
 
     def __init__(self, num_heads, **kwargs):

@@ -10,7 +10,7 @@ GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class FeedForward(keras.layers.Layer):
+class FeedForward(_common.LoraMixin, keras.layers.Layer):
     """Position-wise feed-forward network: `FFN(x) = act(x W_1 + b_1) W_2 + b_2`.
 
     The same two `Dense` layers (`intermediate_dense`, `output_dense`) are applied at

@@ -12,7 +12,7 @@ _SCORES = ("dot", "general", "concat")
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class LuongAttention(QueryValueAttention):
+class LuongAttention(_common.NothingToQuantize, QueryValueAttention):
     """Luong attention with the three score functions of Luong et al. (2015).
 
     - `score="dot"`: `q . k` (no weights; queries and keys must have equal sizes).

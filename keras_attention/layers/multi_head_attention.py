@@ -19,7 +19,7 @@ _QK_NORMS = (None, "rms_norm", "layer_norm")
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class MultiHeadAttention(keras.layers.Layer):
+class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
     """Multi-head attention: `num_heads` attentions over learned projections, concatenated.
 
     For each head `h`: `head_h = softmax(Q_h K_h^T / sqrt(key_dim) + mask) V_h`, and
@@ -268,6 +268,9 @@ class MultiHeadAttention(keras.layers.Layer):
         for norm in (self.query_norm_layer, self.key_norm_layer):
             if norm is not None:
                 norm.build((None, None, None, self.key_dim))
+        if self.rotary_embedding is not None and not self.rotary_embedding.built:
+            rank = 3 + abs(self.rotary_embedding.sequence_axis)  # a rank its axis fits
+            self.rotary_embedding.build((None,) * (rank - 1) + (self.key_dim,))
         if self.score_bias is not None and not self.score_bias.built:
             self.score_bias.build((None,), (None,))
         self.value_dense.build(value_shape)

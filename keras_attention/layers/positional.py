@@ -13,12 +13,13 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, backend
+from keras_attention.layers._common import NothingToQuantize
 
 _POSITION_KINDS = ("learned", "sinusoidal", "none")
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class SinusoidalPositionEncoding(keras.layers.Layer):
+class SinusoidalPositionEncoding(NothingToQuantize, keras.layers.Layer):
     """Adds the fixed sin/cos position encoding of "Attention Is All You Need".
 
     `PE(pos, 2i) = sin(pos / max_wavelength^(2i / d))` and
@@ -96,7 +97,7 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class PositionEmbedding(keras.layers.Layer):
+class PositionEmbedding(NothingToQuantize, keras.layers.Layer):
     """Adds a learned embedding of each position (as in BERT and GPT-2).
 
     One trainable `(sequence_length, features)` table; position `p` adds row `p`.

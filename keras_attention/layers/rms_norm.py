@@ -4,10 +4,11 @@ import keras
 from keras import ops
 
 from keras_attention import _validation
+from keras_attention.layers._common import NothingToQuantize
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class RMSNorm(keras.layers.Layer):
+class RMSNorm(NothingToQuantize, keras.layers.Layer):
     """Root-mean-square normalization (Zhang & Sennrich 2019), as in Llama and T5.
 
     `y = x / sqrt(mean(x^2) + epsilon) * scale` over the last axis: LayerNorm without

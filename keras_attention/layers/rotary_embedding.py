@@ -4,10 +4,11 @@ import keras
 
 from keras_attention import _validation, backend
 from keras_attention import ops as attention_ops
+from keras_attention.layers._common import NothingToQuantize
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class RotaryEmbedding(keras.layers.Layer):
+class RotaryEmbedding(NothingToQuantize, keras.layers.Layer):
     """Rotary position embedding: rotate feature pairs by a position-dependent angle.
 
     Pair `k` of the first `r = rotary_fraction * head_dim` features at position `p`

@@ -4,11 +4,12 @@ import keras
 
 from keras_attention import _validation
 from keras_attention import ops as attention_ops
+from keras_attention.layers._common import NothingToQuantize
 from keras_attention.layers._query_value import QueryValueAttention
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class ScaledDotProductAttention(QueryValueAttention):
+class ScaledDotProductAttention(NothingToQuantize, QueryValueAttention):
     """Scaled dot-product attention, `softmax(Q K^T * scale + mask) V`, with no weights.
 
     The layer wraps `keras_attention.ops.scaled_dot_product_attention` so it can be

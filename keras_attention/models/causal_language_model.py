@@ -8,6 +8,7 @@ from keras_attention import _validation
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
+from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import deprecated
 from keras_attention.models.generation.loop import GenerativeMixin
 
@@ -23,7 +24,7 @@ _LLAMA_BLOCK = {
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class CausalLanguageModel(GenerativeMixin, keras.Model):
+class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
     """A decoder-only language model: next-token logits and compiled generation.
 
     tokens -> `TokenAndPositionEmbedding` (`embedding`, layer name
@@ -226,13 +227,6 @@ class CausalLanguageModel(GenerativeMixin, keras.Model):
         for the renamed inputs). Emits a `DeprecationWarning`."""
         warnings.warn(deprecated._MESSAGE, DeprecationWarning, stacklevel=2)
         return deprecated._export_generate(self, path, max_new_tokens, stop_token_ids, pad_token_id)
-
-    def get_config(self):
-        return _parts.get_config(self)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _check_arguments(config):

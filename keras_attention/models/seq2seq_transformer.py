@@ -7,13 +7,14 @@ from keras import ops
 from keras_attention import _validation
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
+from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation.loop import GenerativeMixin
 from keras_attention.models.generation.prompts import prepare_prompt
 from keras_attention.models.generation.state import EncoderState
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class Seq2SeqTransformer(GenerativeMixin, keras.Model):
+class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
     """An encoder-decoder Transformer ("Attention Is All You Need") with `generate()`.
 
     encoder tokens -> `encoder_embedding` -> `encoder_layers` (`TransformerEncoder`,
@@ -220,10 +221,3 @@ class Seq2SeqTransformer(GenerativeMixin, keras.Model):
             compile,
             encoder_inputs=(source, encoder_padding_mask.astype(bool)),
         )
-
-    def get_config(self):
-        return _parts.get_config(self)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
