@@ -667,7 +667,8 @@ BAD_CASES = [
     (
         lambda: ka.LuongAttention()([_rand(2, 3, 4)]),
         ValueError,
-        r"`inputs` must be a list \[query, value\].*length 1",
+        r"accepts inputs list of length 2 or 3.*`input_shape` must be a list \[query, value\]"
+        r".*length 1",
     ),
     (
         lambda: ka.LuongAttention()([_rand(2, 3, 4)] * 2, mask=np.ones((2, 3), bool)),
