@@ -41,8 +41,8 @@ def transplant(keras_layer, ours):
     `(features, heads, dim)` become our `Dense` kernels `(features, heads * dim)`,
     the output kernel `(heads, dim, *output_shape)` becomes
     `(heads * dim, prod(output_shape))`, biases are flattened.
-    `Attention`/`AdditiveAttention`: their `scale` weight is our `score_scale`
-    (`LuongAttention`) or `scale` (`AdditiveAttention`).
+    `Attention`/`AdditiveAttention`: their `scale` weight is our `scale`
+    (`LuongAttention`, `AdditiveAttention`).
     """
     if isinstance(keras_layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
         for name in ("query", "key", "value", "gate", "output"):
@@ -64,7 +64,7 @@ def transplant(keras_layer, ours):
         return
     if isinstance(keras_layer, keras.layers.Attention):
         if keras_layer.scale is not None:
-            ours.score_scale.assign(_np(keras_layer.scale))
+            ours.scale.assign(_np(keras_layer.scale))
         return
     raise TypeError(f"No transplant for {type(keras_layer).__name__}")
 
