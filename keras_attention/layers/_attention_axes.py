@@ -51,9 +51,10 @@ def check_output_shape(output_shape, output_dim):
         or not shape
         or not all(_validation._is_int(dim) and dim > 0 for dim in shape)
     ):
-        raise ValueError(
+        raise _validation.keras_error(
+            "output_shape",
             "`output_shape` must be a positive integer or a non-empty tuple of "
-            f"positive integers. Received: output_shape={output_shape!r}"
+            f"positive integers. Received: output_shape={output_shape!r}",
         )
     return tuple(int(dim) for dim in shape)
 

@@ -88,6 +88,11 @@ class QueryValueAttention(keras.layers.Layer):
         training=None,
         mask=None,
     ):
+        if isinstance(query, (list, tuple)) and value is not None:
+            # Keras' list form with the mask by position: layer(inputs, mask).
+            mask, value = _positional(mask, value, "mask"), None
+            if isinstance(value_mask, (list, tuple)):  # filled by Keras for `mask`
+                value_mask = None
         if value is None:  # Keras' list form: layer([query, value(, key)], mask=[...]).
             query, value, key = self._unpack_inputs(query, "inputs")
             if isinstance(query_mask, (list, tuple)):
@@ -234,6 +239,13 @@ class QueryValueAttention(keras.layers.Layer):
             mask[0] if query_mask is None else query_mask,
             mask[1] if value_mask is None else value_mask,
         )
+
+
+def _positional(keyword, positional, name):
+    """The `mask` of Keras' list form, given by position or by keyword."""
+    if keyword is not None and positional is not None:
+        raise TypeError(f"Got `{name}` both by position and by keyword.")
+    return positional if keyword is None else keyword
 
 
 def _input_shape(query_shape, keywords, method):
