@@ -889,6 +889,8 @@ def test_grouped_query_attention_refuses_different_query_and_value_features():
             layer.compute_output_shape((2, 4, 8), (2, 2, 7), 2)
     with pytest.raises(ValueError, match=r"must be equal.*query.shape=\(2, 4, 8\)"):
         ka.GroupQueryAttention(**kwargs)(_rand(2, 4, 8), _rand(2, 2, 7))
+    # Documented difference: Keras' layer refuses them only symbolically.
+    keras.layers.GroupQueryAttention(**kwargs)(_rand(2, 4, 8), _rand(2, 2, 7))
     with pytest.raises(ValueError, match=r"must be equal"):
         ka.GroupQueryAttention(**kwargs)(keras.Input((4, 8)), keras.Input((2, 7)))
 
@@ -964,6 +966,8 @@ def test_n_dimensional_inputs_match_keras(case):
     query_mask = np.random.default_rng(0).random((B, 3, 4)) < 0.7
     value_mask = np.random.default_rng(1).random((B, 3, 5)) < 0.7
     value_mask[..., 0] = True
+    with pytest.raises(Exception):  # documented difference: Keras' layers refuse them
+        keras_layer(inputs, mask=[query_mask, value_mask])
     output = ours(inputs, mask=[query_mask, value_mask])
     flat = ours(
         [x.reshape(-1, *x.shape[2:]) for x in inputs],
@@ -1067,3 +1071,218 @@ def test_positional_constructor_arguments_are_the_documented_difference():
         ka.LuongAttention(True)  # Keras: use_scale=True
     with pytest.raises(ValueError, match="units"):
         ka.AdditiveAttention(True)  # Keras: use_scale=True
+
+
+# ------------------------------------------------------ keras-hub's Transformer blocks
+
+
+def transplant_block(hub_block, ours):
+    """Copy the weights of a built keras-hub `TransformerEncoder`/`TransformerDecoder`
+    into ours: its `_self_attention_layer` (a Keras `MultiHeadAttention`) is our
+    `self_attention`, `_feedforward_intermediate_dense`/`_feedforward_output_dense`
+    our `feedforward.intermediate_dense`/`output_dense`, and the LayerNorms keep
+    their names."""
+    for name in ("self_attention", "cross_attention"):
+        source = getattr(hub_block, f"_{name}_layer", None)
+        if source is None:
+            assert getattr(ours, name, None) is None
+            continue
+        transplant(source, getattr(ours, name))
+        getattr(ours, f"{name}_layer_norm").set_weights(
+            getattr(hub_block, f"_{name}_layer_norm").get_weights()
+        )
+    ours.feedforward.intermediate_dense.set_weights(
+        hub_block._feedforward_intermediate_dense.get_weights()
+    )
+    ours.feedforward.output_dense.set_weights(hub_block._feedforward_output_dense.get_weights())
+    ours.feedforward_layer_norm.set_weights(hub_block._feedforward_layer_norm.get_weights())
+
+
+def _block_pair(name, build_args, seed=0, **kwargs):
+    hub_block = getattr(keras_hub.layers, name)(16, 2, **kwargs)
+    ours = getattr(ka, name)(16, 2, **kwargs)
+    hub_block(*build_args)
+    ours(*build_args)
+    _randomize(hub_block, seed)
+    transplant_block(hub_block, ours)
+    return hub_block, ours
+
+
+@needs_keras_hub
+@pytest.mark.parametrize("name", ["TransformerEncoder", "TransformerDecoder"])
+def test_blocks_take_keras_hub_argument_order_and_defaults(name):
+    """`TransformerEncoder(64, 4)` is `intermediate_dim=64, num_heads=4` in both, with
+    keras-hub's defaults (dropout 0); all eight keras-hub arguments by position."""
+    hub_cls, ours_cls = getattr(keras_hub.layers, name), getattr(ka, name)
+    names = list(inspect.signature(hub_cls.__init__).parameters)[1:-1]
+    block = ours_cls(64, 4)
+    assert (block.intermediate_dim, block.num_heads, block.dropout) == (64, 4, 0)
+    positional = (64, 4, 0.2, "gelu", 1e-6, "he_normal", "ones", True)
+    hub_config = hub_cls(*positional).get_config()
+    config = ours_cls(*positional).get_config()
+    for argument in names:
+        assert config[argument] == hub_config[argument], argument
+    hub_config, config = hub_cls(64, 4).get_config(), block.get_config()
+    for argument in names:
+        assert config[argument] == hub_config[argument], argument
+
+
+@needs_keras_hub
+def test_old_block_configs_load_unchanged():
+    """Configs name their arguments, so a block saved before the order changed (its
+    dropout 0.1 then the default) loads with the same values."""
+    old = {
+        "name": "encoder",
+        "num_heads": 4,
+        "intermediate_dim": 32,
+        "key_dim": None,
+        "dropout": 0.1,
+        "activation": "relu",
+        "layer_norm_epsilon": 1e-05,
+        "normalize_first": False,
+        "seed": None,
+    }
+    for cls in (ka.TransformerEncoder, ka.TransformerDecoder):
+        block = keras.saving.deserialize_keras_object(
+            {"module": None, "class_name": f"keras_attention>{cls.__name__}", "config": old}
+        )
+        assert isinstance(block, cls)
+        assert (block.num_heads, block.intermediate_dim, block.dropout) == (4, 32, 0.1)
+
+
+@needs_keras_hub
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_encoder_matches_keras_hub(normalize_first):
+    x = _rand(B, 5, 8, seed=1)
+    hub_block, ours = _block_pair("TransformerEncoder", (x,), normalize_first=normalize_first)
+    padding = np.array([[True] * 5, [True, True, True, False, False]])
+    band = np.tril(np.ones((5, 5), bool), 1)[None].repeat(B, 0)
+    for kwargs in ({}, {"attention_mask": band}):
+        expected, expected_scores = hub_block(x, return_attention_scores=True, **kwargs)
+        output, scores = ours(x, return_attention_scores=True, **kwargs)
+        _close(output, expected)
+        _close(scores, expected_scores)
+    # Documented difference: padded positions attend nothing here (keras-hub: the
+    # real keys); the real positions agree.
+    expected = _np(hub_block(x, padding_mask=padding))
+    output = _np(ours(x, padding_mask=padding))
+    np.testing.assert_allclose(output[padding], expected[padding], atol=ATOL, rtol=0)
+    assert not np.allclose(output[~padding], expected[~padding], atol=1e-3)
+
+
+@needs_keras_hub
+@pytest.mark.parametrize("normalize_first", [False, True])
+@pytest.mark.parametrize("cross", [False, True])
+def test_decoder_matches_keras_hub(normalize_first, cross):
+    x, source = _rand(B, 5, 8, seed=1), _rand(B, 6, 8, seed=2)
+    args = (x, source) if cross else (x,)
+    hub_block, ours = _block_pair("TransformerDecoder", args, normalize_first=normalize_first)
+    masks = {"decoder_attention_mask": np.tril(np.ones((5, 5), bool), 1)[None].repeat(B, 0)}
+    if cross:
+        masks["encoder_padding_mask"] = np.array([[True] * 6, [True] * 4 + [False] * 2])
+        masks["encoder_attention_mask"] = _mask((B, 5, 6), seed=3)
+    for kwargs in ({}, masks, {"use_causal_mask": False}):
+        _close(ours(*args, **kwargs), hub_block(*args, **kwargs))
+
+
+def _stacked_cache(length, heads=2, head_dim=4):
+    return np.zeros((B, 2, length, heads, head_dim), "float32")
+
+
+@needs_keras_hub
+def test_decoder_cache_protocol_of_keras_hub_gpt():
+    """A keras-hub GPT-style loop (its cache layout and argument names) after the
+    import changes: the same outputs and the same caches as keras-hub's block."""
+    x = _rand(B, 6, 8, seed=1)
+    hub_block, ours = _block_pair("TransformerDecoder", (x,))
+    caches = {}
+    for name, block in (("hub", hub_block), ("ours", ours)):
+        cache = _stacked_cache(6)
+        prefill, cache = block(
+            x[:, :3], self_attention_cache=cache, self_attention_cache_update_index=0
+        )
+        steps = [prefill]
+        for index in range(3, 6):
+            step, cache = block(
+                x[:, index : index + 1],
+                self_attention_cache=cache,
+                self_attention_cache_update_index=index,
+            )
+            steps.append(step)
+        caches[name] = (np.concatenate([_np(s) for s in steps], axis=1), _np(cache))
+    _close(caches["ours"][0], caches["hub"][0])
+    _close(caches["ours"][1], caches["hub"][1])
+    _close(caches["ours"][0], hub_block(x))
+    assert caches["ours"][1].shape == (B, 2, 6, 2, 4)
+
+
+@needs_keras_hub
+def test_decoder_cross_attention_cache_protocol_of_keras_hub_bart():
+    """keras-hub's seq2seq protocol: both caches, the cross-attention cache filled at
+    index 0 on the first call and reused (index None) afterwards, and returned."""
+    x, source = _rand(B, 4, 8, seed=1), _rand(B, 6, 8, seed=2)
+    hub_block, ours = _block_pair("TransformerDecoder", (x, source))
+    results = {}
+    for name, block in (("hub", hub_block), ("ours", ours)):
+        self_cache, cross_cache = _stacked_cache(4), _stacked_cache(6)
+        outputs = []
+        for index in range(4):
+            step, self_cache, cross_cache = block(
+                x[:, index : index + 1],
+                source,
+                self_attention_cache=self_cache,
+                self_attention_cache_update_index=index,
+                cross_attention_cache=cross_cache,
+                cross_attention_cache_update_index=0 if index == 0 else None,
+            )
+            outputs.append(_np(step))
+        results[name] = (np.concatenate(outputs, 1), _np(self_cache), _np(cross_cache))
+    for ours_result, hub_result in zip(results["ours"], results["hub"]):
+        _close(ours_result, hub_result)
+    _close(results["ours"][0], hub_block(x, source))
+    # keras-hub's rule: with cross-attention, both caches or neither.
+    with pytest.raises(ValueError, match="must both be given, or neither"):
+        ours(x[:, :1], source, self_attention_cache=_stacked_cache(4), cache_index=0)
+    symbolic = ours.compute_output_spec(
+        keras.KerasTensor((B, 1, 8)),
+        keras.KerasTensor((B, 6, 8)),
+        self_attention_cache=keras.KerasTensor((B, 2, 4, 2, 4)),
+        cross_attention_cache=keras.KerasTensor((B, 2, 6, 2, 4)),
+    )
+    assert [tuple(t.shape) for t in symbolic] == [(B, 1, 8), (B, 2, 4, 2, 4), (B, 2, 6, 2, 4)]
+
+
+@needs_keras_hub
+def test_decoder_protocol_differences_are_documented():
+    """Documented differences of the decoder's keras-hub protocol: a cache is causal
+    (`use_causal_mask=False` with a cache is refused, keras-hub drops the causal
+    mask); `self_attention_cache_update_index=None` with a cache (keras-hub: use the
+    cache as it is) is refused; both index names at once are refused."""
+    x = _rand(B, 4, 8, seed=1)
+    decoder = ka.TransformerDecoder(16, 2)
+    decoder(x)
+    with pytest.raises(ValueError, match="use_causal_mask=False"):
+        decoder(x, self_attention_cache=_stacked_cache(4), cache_index=0, use_causal_mask=False)
+    with pytest.raises(ValueError, match="self_attention_cache_update_index.*is required"):
+        decoder(x, self_attention_cache=_stacked_cache(4))
+    with pytest.raises(ValueError, match="not both"):
+        decoder(
+            x,
+            self_attention_cache=_stacked_cache(4),
+            cache_index=0,
+            self_attention_cache_update_index=0,
+        )
+    with pytest.raises(ValueError, match=r"keras-hub's layout.*\(None, 2, None, 2, 4\)"):
+        decoder(x, self_attention_cache=np.zeros((B, 2, 4, 4, 2), "float32"), cache_index=0)
+    # A padding mask with a cache covers the cache positions, not the new tokens.
+    with pytest.raises(ValueError, match=r"decoder_padding_mask.*\(batch, max_length\)"):
+        decoder(
+            x[:, :1],
+            self_attention_cache=_stacked_cache(4),
+            cache_index=0,
+            decoder_padding_mask=np.ones((B, 1), bool),
+        )
+    # keras-hub's head size is hidden_dim // num_heads; here the features must divide.
+    with pytest.raises(ValueError, match=r"features \(7\).*divisible"):
+        ka.TransformerEncoder(16, 2)(_rand(B, 3, 7))
+    keras_hub.layers.TransformerEncoder(16, 2)(_rand(B, 3, 7))

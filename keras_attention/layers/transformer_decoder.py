@@ -101,8 +101,8 @@ class TransformerDecoder(_TransformerBlock):
     (2, 4, 8)
     """
 
-    def __init__(self, intermediate_dim, num_heads, **kwargs):
-        super().__init__(intermediate_dim, num_heads, **kwargs)
+    def __init__(self, intermediate_dim, num_heads, *args, **kwargs):
+        super().__init__(intermediate_dim, num_heads, *args, **kwargs)
         self.self_attention = None
         self.self_attention_dropout = self._dropout("self_attention_dropout")
         self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
