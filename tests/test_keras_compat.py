@@ -694,6 +694,13 @@ def test_bad_keras_arguments_raise_clear_errors(make, error, pattern):
         make()
 
 
+def test_features_other_than_built_are_refused():
+    layer = ka.MultiHeadAttention(2, 4)
+    layer(_rand(2, 3, 8), _rand(2, 5, 6))
+    with pytest.raises(ValueError, match=r"`value` must be 6, as when the layer was built"):
+        layer(_rand(2, 3, 8), _rand(2, 5, 8))
+
+
 def test_symbolic_shape_errors_match_eager():
     """A key of length 1 with a value of length 2 fails when the model is built,
     as in the eager call."""

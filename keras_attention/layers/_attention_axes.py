@@ -112,6 +112,18 @@ def check_shapes(query_shape, value_shape, key_shape, attention_axes):
         )
 
 
+def check_built_features(inputs):
+    """Each `(name, tensor, dense)` of `inputs` has the feature size (last axis) its
+    projection `dense` was built for."""
+    for name, tensor, dense in inputs:
+        expected = dense.kernel.shape[0]
+        if tensor.shape[-1] is not None and tensor.shape[-1] != expected:
+            raise ValueError(
+                f"The last dimension (features) of `{name}` must be {expected}, "
+                f"as when the layer was built. Received: {name}.shape={tuple(tensor.shape)}"
+            )
+
+
 def needs_flattening(attention_axes, rank):
     """Whether a call differs from the rank-3 attention over axis 1."""
     return rank > 3 or attention_axes_for(attention_axes, rank) != (1,)

@@ -645,38 +645,25 @@ class MultiHeadAttention(keras.layers.Layer):
         return output
 
     def _init_score_options(self, position_embedding, score_bias, soft_cap, query_norm, key_norm):
-        self.rotary_embedding = _attention_options.rotary_embedding(
-            position_embedding, self.key_dim
-        )
+        options = _attention_options
+        self.rotary_embedding = options.rotary_embedding(position_embedding, self.key_dim)
         if isinstance(position_embedding, dict):
             position_embedding = self.rotary_embedding
         self.position_embedding = position_embedding
-        self.score_bias = _attention_options.score_bias_layer(score_bias, self.num_heads)
+        self.score_bias = options.score_bias_layer(score_bias, self.num_heads)
         if soft_cap is not None:
             _validation.check_positive_float(soft_cap, "soft_cap")
         self.soft_cap = soft_cap
-        self.query_norm = query_norm
-        self.key_norm = key_norm
-        self.query_norm_layer = _attention_options.qk_norm(
-            query_norm, "query_norm", self.dtype_policy
-        )
-        self.key_norm_layer = _attention_options.qk_norm(key_norm, "key_norm", self.dtype_policy)
+        self.query_norm, self.key_norm = query_norm, key_norm
+        self.query_norm_layer = options.qk_norm(query_norm, "query_norm", self.dtype_policy)
+        self.key_norm_layer = options.qk_norm(key_norm, "key_norm", self.dtype_policy)
 
     def _check_call_shapes(self, query, value, key):
         self._check_shapes(tuple(query.shape), tuple(value.shape), tuple(key.shape))
-        built = (
-            ("query", query, self.query_dense),
-            ("value", value, self.value_dense),
-            ("key", key, self.key_dense),
+        denses = (self.query_dense, self.value_dense, self.key_dense)
+        _attention_axes.check_built_features(
+            zip(("query", "value", "key"), (query, value, key), denses)
         )
-        for name, tensor, dense in built:
-            expected = dense.kernel.shape[0]
-            if tensor.shape[-1] is not None and tensor.shape[-1] != expected:
-                raise ValueError(
-                    f"The last dimension (features) of `{name}` must be {expected}, "
-                    f"as when the layer was built. Received: "
-                    f"{name}.shape={tuple(tensor.shape)}"
-                )
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         query_shape, value_shape = tuple(query_shape), tuple(value_shape)
