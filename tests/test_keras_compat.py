@@ -973,7 +973,8 @@ def test_n_dimensional_inputs_match_keras(case):
     query_mask = np.random.default_rng(0).random((B, 3, 4)) < 0.7
     value_mask = np.random.default_rng(1).random((B, 3, 5)) < 0.7
     value_mask[..., 0] = True
-    with pytest.raises(Exception):  # documented difference: Keras' layers refuse them
+    # Documented difference: Keras' layers fail (each backend with its own error).
+    with pytest.raises(Exception):  # noqa: B017
         keras_layer(inputs, mask=[query_mask, value_mask])
     output = ours(inputs, mask=[query_mask, value_mask])
     flat = ours(
