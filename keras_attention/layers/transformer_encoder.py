@@ -38,7 +38,8 @@ class TransformerEncoder(_TransformerBlock):
         layer_norm_epsilon: positive float.
         kernel_initializer, bias_initializer: for every `Dense` inside.
         normalize_first: pre-norm if `True`, post-norm (the paper) if `False`.
-        key_dim: size of each head; default `features // num_heads`.
+        key_dim: size of each head; default `features / num_heads` (which must
+            divide; keras-hub rounds down).
         seed: int, seed for the dropouts.
         normalization: `"layer_norm"` (the paper) or `"rms_norm"` (:class:`RMSNorm`,
             Llama); `layer_norm_epsilon` is its epsilon.
