@@ -97,7 +97,7 @@ def build_models(embedding_dim=64, num_heads=4, intermediate_dim=128):
         len(SOURCE_VOCAB) + 1, SOURCE_LEN, embedding_dim, mask_zero=True, name="source_embed"
     )(source)
     encoded = keras_attention.TransformerEncoder(
-        num_heads, intermediate_dim, dropout=0.0, name="encoder"
+        intermediate_dim, num_heads, dropout=0.0, name="encoder"
     )(x)
 
     y = keras_attention.TokenAndPositionEmbedding(

@@ -1,15 +1,17 @@
 """Argument checks shared by every layer and function, raising errors in Keras wording.
 
 Each check names the argument, says what was expected and shows what was received:
-``"`num_heads` must be a positive integer. Received: num_heads=0"``. Checks return
-nothing unless noted; they never change a valid value.
+``"`num_heads` must be a positive integer. Received: num_heads=0"``. Where Keras'
+own layers raise for the same mistake, the message leads with Keras' phrase
+(`keras_error`), so code and tests written against Keras' errors still match. Checks
+return nothing unless noted; they never change a valid value.
 
 Example:
 >>> check_positive_int(4, "num_heads")
 >>> check_positive_int(0, "num_heads")
 Traceback (most recent call last):
     ...
-ValueError: `num_heads` must be a positive integer. Received: num_heads=0
+ValueError: Received an invalid value for argument `num_heads`. `num_heads` must be a positive integer. Received: num_heads=0
 >>> check_rate(1.0, "dropout")
 Traceback (most recent call last):
     ...
@@ -23,6 +25,32 @@ from keras import ops
 
 from keras_attention import backend as backend_lib
 
+# Keras' phrases for the mistakes its attention layers refuse too (their messages, and
+# the patterns Keras' own tests match), by the name `keras_error` takes.
+KERAS_PHRASES = {
+    "invalid_argument": "Received an invalid value for argument `{name}`",
+    "key_value_shapes": ("All dimensions of `value` and `key`, except the last one, must be equal"),
+    "query_value_features": "The last dimension of `query` and `value` must be equal",
+    "output_shape": "Invalid `output_shape`",
+    "inputs_list": "{layer} layer must be called on a list of inputs",
+    "inputs_length": "{layer} layer accepts inputs list of length 2 or 3",
+    "mask_list": "{layer} layer mask must be a list",
+    "mask_length": "{layer} layer accepts mask list of length 2 or 3",
+    "flash_dropout": "Dropout is not supported when flash attention is enabled",
+    "flash_scores": ("Returning attention scores is not supported when flash attention is enabled"),
+}
+
+
+def keras_error(phrase, message, error=ValueError, **fields):
+    """The `error` for a mistake Keras' layers refuse too: Keras' sentence for it
+    (`KERAS_PHRASES[phrase]`, formatted with `fields`), then `message`, ours, which
+    names the argument, what was expected and what was received.
+
+    >>> keras_error("invalid_argument", "`key_dim` must be ... Received: key_dim=0", name="key_dim")
+    ValueError('Received an invalid value for argument `key_dim`. `key_dim` must be ... Received: key_dim=0')
+    """
+    return error(f"{KERAS_PHRASES[phrase].format(**fields)}. {message}")
+
 
 def _is_int(value):
     """A Python or numpy integer, not a bool."""
@@ -34,7 +62,11 @@ def check_positive_int(value, name, allow_none=False):
     if value is None and allow_none:
         return
     if not _is_int(value) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        raise keras_error(
+            "invalid_argument",
+            f"`{name}` must be a positive integer. Received: {name}={value!r}",
+            name=name,
+        )
 
 
 def check_positive_float(value, name):

@@ -203,7 +203,7 @@ CASES = [
     ),
     (
         "encoder_num_heads_zero",
-        lambda p: ka.TransformerEncoder(num_heads=0, intermediate_dim=8),
+        lambda p: ka.TransformerEncoder(intermediate_dim=8, num_heads=0),
         ValueError,
         r"`num_heads`.*Received: num_heads=0",
     ),
@@ -491,13 +491,13 @@ CASES = [
     ),
     (
         "encoder_heads_do_not_divide_features",
-        lambda p: ka.TransformerEncoder(3, 8)(_x(B, T, D)),
+        lambda p: ka.TransformerEncoder(8, 3)(_x(B, T, D)),
         ValueError,
         r"\(8\).*num_heads=3",
     ),
     (
         "encoder_padding_mask_wrong_length",
-        lambda p: ka.TransformerEncoder(2, 8)(_x(B, T, D), padding_mask=_x(B, T + 1, dtype=bool)),
+        lambda p: ka.TransformerEncoder(8, 2)(_x(B, T, D), padding_mask=_x(B, T + 1, dtype=bool)),
         ValueError,
         r"`padding_mask`.*Received: padding_mask\.shape=\(2, 5\)",
     ),

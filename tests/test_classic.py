@@ -97,7 +97,7 @@ def _luong_scores(layer, q, k):
         )
         hidden = np.tanh(_dense(layer.concat_dense, pairs))
         scores = (hidden @ to_numpy(layer.score_dense.kernel))[..., 0]
-    if layer.scale:
+    if layer.scale_by_sqrt_dim:
         scores = scores / np.sqrt(q.shape[-1])
     return scores
 

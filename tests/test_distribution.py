@@ -39,7 +39,7 @@ _CHILD = textwrap.dedent(
     def build():
         tokens = keras.Input((8,), dtype="int32", name="tokens")
         x = ka.TokenAndPositionEmbedding(32, 8, 16, name="embedding")(tokens)
-        x = ka.TransformerEncoder(num_heads=4, intermediate_dim=32, dropout=0.0,
+        x = ka.TransformerEncoder(intermediate_dim=32, num_heads=4, dropout=0.0,
                                   name="encoder")(x)
         x = ka.MultiHeadAttention(4, 4, num_key_value_heads=2, name="gqa")(x, x)
         x = ka.AttentionPooling(units=8, name="pool")(x)
@@ -84,7 +84,7 @@ _CHILD = textwrap.dedent(
             results["map"] = {
                 v.path: list(layouts[v.path].axes)
                 for v in model.weights if layouts[v.path] is not None}
-    three_heads = keras.Sequential([keras.Input((4, 12)), ka.TransformerEncoder(3, 8)])
+    three_heads = keras.Sequential([keras.Input((4, 12)), ka.TransformerEncoder(8, 3)])
     try:
         layout_map(three_heads, mesh)
     except ValueError as error:
@@ -153,7 +153,7 @@ def test_weights_are_sharded_as_the_map_says(child_results):
 def _small_model():
     tokens = keras.Input((None,), dtype="int32")
     x = ka.TokenAndPositionEmbedding(20, 8, 12)(tokens)
-    x = ka.TransformerDecoder(num_heads=3, intermediate_dim=6)(x, x)
+    x = ka.TransformerDecoder(intermediate_dim=6, num_heads=3)(x, x)
     return keras.Model(tokens, x)
 
 

@@ -317,7 +317,7 @@ def _positional_transformer_model():
     x = keras_attention.SinusoidalPositionEncoding()(x)
     x = x + keras_attention.PositionEmbedding(sequence_length=12)(x)
     x = keras_attention.MultiHeadAttention(2, 8)(x, x, use_causal_mask=True)
-    x = keras_attention.TransformerEncoder(num_heads=2, intermediate_dim=16)(x)
+    x = keras_attention.TransformerEncoder(intermediate_dim=16, num_heads=2)(x)
     return keras.Model(tokens, keras.layers.Dense(3)(x))
 
 

@@ -183,7 +183,7 @@ def test_seq2seq_compiled_eager_recompute():
 
 def test_cross_attention_cache_equals_recompute():
     keras.utils.set_random_seed(5)
-    decoder = TransformerDecoder(num_heads=2, intermediate_dim=16, dropout=0.0)
+    decoder = TransformerDecoder(intermediate_dim=16, num_heads=2, dropout=0.0)
     target = np.random.rand(2, 4, 8).astype("float32")
     source = np.random.rand(2, 6, 8).astype("float32")
     source_mask = np.array([[1] * 6, [1] * 3 + [0] * 3], bool)

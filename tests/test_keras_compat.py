@@ -9,12 +9,20 @@ scores must agree within 1e-5 (float32), except for the differences documented i
 docs/guide.md ("Moving from Keras' layers"), which are asserted as documented.
 """
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
 
 import keras_attention as ka
-from tests.utils import random_normal, to_numpy
+from tests.utils import random_normal, run_layer_test, to_numpy
+
+try:
+    import keras_hub
+except ImportError:  # keras-hub is the `bench` extra
+    keras_hub = None
+needs_keras_hub = pytest.mark.skipif(keras_hub is None, reason="needs keras-hub")
 
 ATOL = 1e-5
 B = 2
@@ -34,8 +42,8 @@ def transplant(keras_layer, ours):
     `(features, heads, dim)` become our `Dense` kernels `(features, heads * dim)`,
     the output kernel `(heads, dim, *output_shape)` becomes
     `(heads * dim, prod(output_shape))`, biases are flattened.
-    `Attention`/`AdditiveAttention`: their `scale` weight is our `score_scale`
-    (`LuongAttention`) or `scale` (`AdditiveAttention`).
+    `Attention`/`AdditiveAttention`: their `scale` weight is our `scale`
+    (`LuongAttention`, `AdditiveAttention`).
     """
     if isinstance(keras_layer, (keras.layers.MultiHeadAttention, keras.layers.GroupQueryAttention)):
         for name in ("query", "key", "value", "gate", "output"):
@@ -57,7 +65,7 @@ def transplant(keras_layer, ours):
         return
     if isinstance(keras_layer, keras.layers.Attention):
         if keras_layer.scale is not None:
-            ours.score_scale.assign(to_numpy(keras_layer.scale))
+            ours.scale.assign(to_numpy(keras_layer.scale))
         return
     raise TypeError(f"No transplant for {type(keras_layer).__name__}")
 
@@ -396,8 +404,6 @@ def test_grouped_query_attention_decoding_cache_matches_keras_causal():
 
 
 def test_grouped_query_attention_layer_test(tmp_path):
-    from tests.utils import run_layer_test
-
     run_layer_test(
         ka.GroupedQueryAttention,
         {"head_dim": 4, "num_query_heads": 4, "num_key_value_heads": 2, "use_gate": True},
@@ -501,13 +507,13 @@ def test_list_calls_in_functional_models(case, tmp_path):
 
 def test_transformer_blocks_return_attention_scores():
     x, source = random_normal(B, 5, 8, seed=1), random_normal(B, 6, 8, seed=2)
-    encoder = ka.TransformerEncoder(num_heads=2, intermediate_dim=16)
+    encoder = ka.TransformerEncoder(intermediate_dim=16, num_heads=2)
     output, scores = encoder(x, return_attention_scores=True)
     _close(output, encoder(x))
     _, expected = encoder.self_attention(x, x, return_attention_scores=True)
     _close(scores, expected)  # post-norm: the block's attention sees its input
 
-    decoder = ka.TransformerDecoder(num_heads=2, intermediate_dim=16)
+    decoder = ka.TransformerDecoder(intermediate_dim=16, num_heads=2)
     output, self_scores, cross_scores = decoder(x, source, return_attention_scores=True)
     _close(output, decoder(x, source))
     assert tuple(self_scores.shape) == (B, 2, 5, 5)
@@ -529,7 +535,7 @@ def test_transformer_blocks_return_attention_scores():
 
 def test_transformer_decoder_scores_with_cache():
     x = random_normal(B, 4, 8, seed=1)
-    decoder = ka.TransformerDecoder(num_heads=2, intermediate_dim=16)
+    decoder = ka.TransformerDecoder(intermediate_dim=16, num_heads=2)
     full, full_scores = decoder(x, return_attention_scores=True)
     cache = decoder.get_initial_cache(B, 4)
     for index in range(4):
@@ -674,7 +680,8 @@ BAD_CASES = [
     (
         lambda: ka.LuongAttention()([random_normal(2, 3, 4)]),
         ValueError,
-        r"`inputs` must be a list \[query, value\].*length 1",
+        r"accepts inputs list of length 2 or 3.*`input_shape` must be a list \[query, value\]"
+        r".*length 1",
     ),
     (
         lambda: ka.LuongAttention()([random_normal(2, 3, 4)] * 2, mask=np.ones((2, 3), bool)),
@@ -692,6 +699,13 @@ def test_bad_keras_arguments_raise_clear_errors(make, error, pattern):
         make()
 
 
+def test_features_other_than_built_are_refused():
+    layer = ka.MultiHeadAttention(2, 4)
+    layer(random_normal(2, 3, 8), random_normal(2, 5, 6))
+    with pytest.raises(ValueError, match=r"`value` must be 6, as when the layer was built"):
+        layer(random_normal(2, 3, 8), random_normal(2, 5, 8))
+
+
 def test_symbolic_shape_errors_match_eager():
     """A key of length 1 with a value of length 2 fails when the model is built,
     as in the eager call."""
@@ -704,3 +718,592 @@ def test_symbolic_shape_errors_match_eager():
         ka.MultiHeadAttention(2, 4)(
             random_normal(2, 3, 8), random_normal(2, 2, 8), random_normal(2, 1, 8)
         )
+
+
+# ----------------------------------------------------- one tensor, Keras' keywords
+
+
+CLASSIC = {
+    "luong": (ka.LuongAttention, keras.layers.Attention),
+    "additive": (ka.AdditiveAttention, keras.layers.AdditiveAttention),
+    "scaled_dot_product": (ka.ScaledDotProductAttention, keras.layers.Attention),
+}
+
+
+@pytest.mark.parametrize("case", list(CLASSIC))
+@pytest.mark.parametrize("shape", [(2, 4), (1, 2, 2), (2, 3, 4, 4)])
+@pytest.mark.parametrize("built", [False, True])
+def test_one_tensor_raises_value_error_as_keras(case, shape, built):
+    """One tensor where a list [query, value] is expected: a `ValueError` in Keras'
+    words and ours, at every rank, before and after the layer is built."""
+    ours_cls, keras_cls = CLASSIC[case]
+    tensor = random_normal(*shape)
+    ours = ours_cls()
+    if built:
+        ours([random_normal(2, 3, 4), random_normal(2, 5, 4)])
+    with pytest.raises(ValueError, match=r"must be called on a list.*Received: one input of shape"):
+        ours(tensor)
+    with pytest.raises(ValueError, match="must be called on a list"):
+        keras_cls()(tensor)
+
+
+@pytest.mark.parametrize("case", list(CLASSIC))
+def test_keras_keyword_names_of_build_compute_output_shape_compute_mask(case):
+    """`build(input_shape=...)`, `compute_output_shape(input_shape=...)` and
+    `compute_mask(inputs=..., mask=...)` as Keras' layers take them; positional calls
+    keep working."""
+    ours_cls, keras_cls = CLASSIC[case]
+    shapes = [(2, 3, 4), (2, 5, 4)]
+    ours, reference = ours_cls(), keras_cls()
+    ours.build(input_shape=shapes)
+    reference.build(input_shape=shapes)
+    assert ours.built
+    assert ours.compute_output_shape(input_shape=shapes) == reference.compute_output_shape(
+        input_shape=shapes
+    )
+    assert ours_cls().compute_output_shape(shapes) == (2, 3, 4)
+    inputs = [random_normal(2, 3, 4), random_normal(2, 5, 4)]
+    query_mask = np.array([[True, False, True], [True, True, False]])
+    for mask in (None, [None, np.ones((2, 5), bool)], [query_mask, None]):
+        expected = reference.compute_mask(inputs=inputs, mask=mask)
+        actual = ours.compute_mask(inputs=inputs, mask=mask)
+        assert (actual is None) == (expected is None)
+        if expected is not None:
+            np.testing.assert_array_equal(to_numpy(actual), to_numpy(expected))
+    np.testing.assert_array_equal(
+        to_numpy(ours.compute_mask(inputs, [query_mask, None])), query_mask
+    )
+
+
+def test_list_form_call_arguments_by_position():
+    """Keras' `layer(inputs, mask)`: the mask by position."""
+    inputs = [random_normal(B, 4, 6, seed=1), random_normal(B, 5, 6, seed=2)]
+    value_mask = np.array([[True, True, False, True, False], [True] * 5])
+    layer = ka.LuongAttention(use_scale=True)
+    keras_layer = keras.layers.Attention(use_scale=True)
+    keras_layer(inputs)
+    layer(inputs)
+    transplant(keras_layer, layer)
+    _close(layer(inputs, [None, value_mask]), keras_layer(inputs, [None, value_mask]))
+
+
+# --------------------------------------------------------- the _compute_attention hook
+
+
+def _sigmoid_attention(query, key, value, attention_mask):
+    """A custom attention in Keras' layout: sigmoid weights, no softmax."""
+    scores = keras.ops.einsum("btnh,bsnh->bnts", query, key)
+    weights = keras.ops.sigmoid(scores)
+    if attention_mask is not None:
+        mask = keras.ops.cast(attention_mask, weights.dtype)
+        weights = weights * (mask if len(mask.shape) == 4 else keras.ops.expand_dims(mask, 1))
+    return keras.ops.einsum("bnts,bsnh->btnh", weights, value), weights
+
+
+class KerasSigmoidAttention(keras.layers.MultiHeadAttention):
+    def _compute_attention(
+        self, query, key, value, attention_mask=None, training=None, return_attention_scores=False
+    ):
+        return _sigmoid_attention(query, key, value, attention_mask)
+
+
+class SigmoidAttention(ka.MultiHeadAttention):
+    def _compute_attention(
+        self, query, key, value, attention_mask=None, training=None, return_attention_scores=False
+    ):
+        return _sigmoid_attention(query, key, value, attention_mask)
+
+
+class ZeroAttention(ka.MultiHeadAttention):
+    """Records what the hook receives and returns zeros."""
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None):
+        self.received = (query.shape, key.shape, value.shape, attention_mask)
+        output_shape = tuple(keras.ops.shape(query)[:-1]) + (value.shape[-1],)
+        return keras.ops.zeros(output_shape, query.dtype), None
+
+
+def test_compute_attention_override_matches_keras_override():
+    """The same override, written for Keras' layer, gives the same numbers here."""
+    query, value = random_normal(B, 5, 8, seed=1), random_normal(B, 6, 8, seed=2)
+    mask = _mask((B, 5, 6), seed=3)
+    keras_layer, ours = _pair(
+        KerasSigmoidAttention, SigmoidAttention, {"num_heads": 2, "key_dim": 4}, (query, value)
+    )
+    for kwargs in ({}, {"attention_mask": mask}, {"use_causal_mask": True}):
+        expected, expected_scores = keras_layer(
+            query, value, return_attention_scores=True, **kwargs
+        )
+        output, scores = ours(query, value, return_attention_scores=True, **kwargs)
+        _close(output, expected)
+        _close(scores, expected_scores)
+
+
+@pytest.mark.parametrize("num_key_value_heads", [None, 1])
+def test_compute_attention_override_takes_effect_without_and_with_cache(num_key_value_heads):
+    """An override runs on the no-cache path and on the cache path (keys and values
+    of every cache slot), with key/value heads repeated for their query heads."""
+    x = random_normal(B, 4, 8, seed=1)
+    layer = ZeroAttention(num_heads=2, key_dim=4, num_key_value_heads=num_key_value_heads)
+    layer(x, x)
+    _randomize(layer, 0)
+    bias = to_numpy(layer.output_dense.bias)
+    output = to_numpy(layer(x, x, use_causal_mask=True))
+    np.testing.assert_allclose(output, np.broadcast_to(bias, output.shape), atol=1e-6)
+    query_shape, key_shape, value_shape, mask = layer.received
+    assert (tuple(query_shape), tuple(key_shape), tuple(value_shape)) == (
+        (B, 4, 2, 4),
+        (B, 4, 2, 4),
+        (B, 4, 2, 4),
+    )
+    np.testing.assert_array_equal(to_numpy(mask)[0], np.tril(np.ones((4, 4), bool)))
+    cache = layer.get_initial_cache(B, 6)
+    step, cache = layer(x[:, :2], x[:, :2], cache=cache, cache_index=0)
+    np.testing.assert_allclose(to_numpy(step), np.broadcast_to(bias, step.shape), atol=1e-6)
+    query_shape, key_shape, _, mask = layer.received
+    assert tuple(query_shape) == (B, 2, 2, 4) and tuple(key_shape) == (B, 6, 2, 4)
+    assert to_numpy(mask).shape[-2:] == (2, 6)
+    np.testing.assert_array_equal(to_numpy(mask)[0, 1], [True, True, False, False, False, False])
+    # A subclass calling super() gives the layer's own attention.
+    plain = ka.MultiHeadAttention(num_heads=2, key_dim=4, num_key_value_heads=num_key_value_heads)
+    plain(x, x)
+    plain.set_weights(layer.get_weights())
+
+    class Passthrough(ka.MultiHeadAttention):
+        def _compute_attention(self, *args, **kwargs):
+            return super()._compute_attention(*args, **kwargs)
+
+    wrapped = Passthrough(num_heads=2, key_dim=4, num_key_value_heads=num_key_value_heads)
+    wrapped(x, x)
+    wrapped.set_weights(layer.get_weights())
+    _close(wrapped(x, x, use_causal_mask=True), plain(x, x, use_causal_mask=True))
+    cache = wrapped.get_initial_cache(B, 4)
+    expected = to_numpy(plain(x, x, use_causal_mask=True))
+    for index in range(4):
+        step, cache = wrapped(
+            x[:, index : index + 1], x[:, index : index + 1], cache=cache, cache_index=index
+        )
+        np.testing.assert_allclose(to_numpy(step)[:, 0], expected[:, index], atol=ATOL, rtol=0)
+
+
+def test_compute_attention_override_sees_the_flattened_attention_axes():
+    """Documented difference: with `attention_axes`, the hook gets the rank-3 form
+    (the attention axes flattened into one), Keras' hook the inputs' rank."""
+    x = random_normal(B, 3, 4, 8, seed=1)
+    layer = ZeroAttention(num_heads=2, key_dim=4, attention_axes=(1, 2))
+    layer(x, x)
+    assert tuple(layer.received[0]) == (B, 12, 2, 4)
+
+
+# --------------------------------------------- shapes, fused, dropout, N-D, scale
+
+
+def test_grouped_query_attention_refuses_different_query_and_value_features():
+    kwargs = {"num_query_heads": 4, "num_key_value_heads": 4, "head_dim": 2}
+    for layer in (keras.layers.GroupQueryAttention(**kwargs), ka.GroupQueryAttention(**kwargs)):
+        with pytest.raises(ValueError, match=r"must be equal"):
+            layer.compute_output_shape((2, 4, 8), (2, 2, 7), 2)
+    with pytest.raises(ValueError, match=r"must be equal.*query.shape=\(2, 4, 8\)"):
+        ka.GroupQueryAttention(**kwargs)(random_normal(2, 4, 8), random_normal(2, 2, 7))
+    # Documented difference: Keras' layer refuses them only symbolically.
+    keras.layers.GroupQueryAttention(**kwargs)(random_normal(2, 4, 8), random_normal(2, 2, 7))
+    with pytest.raises(ValueError, match=r"must be equal"):
+        ka.GroupQueryAttention(**kwargs)(keras.Input((4, 8)), keras.Input((2, 7)))
+
+
+def test_fused_refuses_dropout_and_scores_as_keras_flash_attention():
+    with pytest.raises(ValueError, match="Dropout is not supported when flash attention"):
+        keras.layers.MultiHeadAttention(num_heads=2, key_dim=2, flash_attention=True, dropout=0.1)
+    for kwargs in ({"flash_attention": True}, {"implementation": "fused"}):
+        with pytest.raises(ValueError, match=r"Dropout is not supported.*dropout=0.1"):
+            ka.MultiHeadAttention(num_heads=2, key_dim=2, dropout=0.1, **kwargs)
+        layer = ka.MultiHeadAttention(num_heads=2, key_dim=2, **kwargs)
+        assert layer.implementation == "fused"
+        with pytest.raises(ValueError, match="Returning attention scores is not supported when"):
+            layer(random_normal(2, 4, 8), random_normal(2, 4, 8), return_attention_scores=True)
+    layer = ka.MultiHeadAttention(num_heads=2, key_dim=2, dropout=0.1)
+    layer(random_normal(2, 4, 8), random_normal(2, 4, 8))
+    layer.implementation = "fused"  # set after construction: refused when it matters
+    with pytest.raises(ValueError, match=r"Dropout is not supported.*training=True"):
+        layer(random_normal(2, 4, 8), random_normal(2, 4, 8), training=True)
+    assert ka.MultiHeadAttention(2, 2, flash_attention=False).implementation == "plain"
+    with pytest.raises(ValueError, match=r"flash_attention=True.*implementation='chunked'"):
+        ka.MultiHeadAttention(2, 2, flash_attention=True, implementation="chunked")
+    config = ka.MultiHeadAttention(2, 2, flash_attention=True).get_config()
+    assert ka.MultiHeadAttention.from_config(config).implementation == "fused"
+
+
+def test_flash_attention_matches_keras():
+    query, value = random_normal(B, 5, 8, seed=1), random_normal(B, 5, 8, seed=2)
+    keras_layer, ours = _pair(
+        keras.layers.MultiHeadAttention,
+        ka.MultiHeadAttention,
+        {"num_heads": 2, "key_dim": 4},
+        (query, value),
+        ours_kwargs={"num_heads": 2, "key_dim": 4, "flash_attention": True},
+    )
+    _close(
+        ours(query, value, use_causal_mask=True), keras_layer(query, value, use_causal_mask=True)
+    )
+
+
+@pytest.mark.parametrize("case", ["attention", "additive"])
+def test_attention_weights_with_dropout_are_the_documented_difference(case):
+    """Documented difference: with dropout in training, Keras' `Attention` and
+    `AdditiveAttention` return the weights after dropout (some zero, the others
+    scaled up); ours the weights before dropout (each row sums to 1), as Keras'
+    `MultiHeadAttention` and every layer here."""
+    ours_cls, keras_cls = CLASSIC["luong" if case == "attention" else case]
+    inputs = [random_normal(B, 4, 6, seed=1), random_normal(B, 16, 6, seed=2)]
+    _, weights = ours_cls(dropout=0.5, seed=1)(inputs, training=True, return_attention_scores=True)
+    _, keras_weights = keras_cls(dropout=0.5, seed=1)(
+        inputs, training=True, return_attention_scores=True
+    )
+    np.testing.assert_allclose(to_numpy(weights).sum(-1), 1.0, atol=1e-5)
+    assert np.any(to_numpy(keras_weights) == 0.0)
+    assert not np.allclose(to_numpy(keras_weights).sum(-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("case", list(LIST_CASES))
+def test_n_dimensional_inputs_match_keras(case):
+    """Keras' `Attention`/`AdditiveAttention` take `(batch, ..., len, features)`:
+    the leading axes are batch axes."""
+    keras_cls, ours_cls, kwargs = LIST_CASES[case]
+    inputs = [
+        random_normal(B, 3, 4, 6, seed=1),
+        random_normal(B, 3, 5, 6, seed=2),
+        random_normal(B, 3, 5, 6, seed=3),
+    ]
+    keras_layer, ours = _pair(keras_cls, ours_cls, kwargs, (inputs,))
+    for call in ({}, {"use_causal_mask": True}):
+        expected, expected_scores = keras_layer(inputs, return_attention_scores=True, **call)
+        output, scores = ours(inputs, return_attention_scores=True, **call)
+        assert tuple(output.shape) == (B, 3, 4, 6) and tuple(scores.shape) == (B, 3, 4, 5)
+        _close(output, expected)
+        _close(scores, expected_scores)
+    # Keras' masks (batch, ..., len), which Keras' own layers refuse at rank > 3, equal
+    # the rank-3 call on the flattened batch axes.
+    query_mask = np.random.default_rng(0).random((B, 3, 4)) < 0.7
+    value_mask = np.random.default_rng(1).random((B, 3, 5)) < 0.7
+    value_mask[..., 0] = True
+    # Documented difference: Keras' layers fail (each backend with its own error).
+    with pytest.raises(Exception):  # noqa: B017
+        keras_layer(inputs, mask=[query_mask, value_mask])
+    output = ours(inputs, mask=[query_mask, value_mask])
+    flat = ours(
+        [x.reshape(-1, *x.shape[2:]) for x in inputs],
+        mask=[query_mask.reshape(-1, 4), value_mask.reshape(-1, 5)],
+    )
+    _close(output, to_numpy(flat).reshape(B, 3, 4, 6))
+    symbolic = ours.compute_output_spec(
+        [keras.KerasTensor(x.shape) for x in inputs], return_attention_scores=True
+    )
+    assert [tuple(t.shape) for t in symbolic] == [(B, 3, 4, 6), (B, 3, 4, 5)]
+
+
+def test_luong_scale_is_keras_learned_weight():
+    shapes = [(2, 3, 4), (2, 5, 4)]
+    ours, reference = ka.LuongAttention(use_scale=True), keras.layers.Attention(use_scale=True)
+    ours.build(shapes)
+    reference.build(shapes)
+    assert isinstance(ours.scale, keras.Variable)
+    assert ours.scale.name == reference.scale.name == "scale"
+    assert tuple(ours.scale.shape) == tuple(reference.scale.shape) == ()
+    assert ours.score_scale is ours.scale  # the former name
+    unscaled = ka.LuongAttention(scale=True)
+    unscaled.build(shapes)
+    assert unscaled.scale is None and unscaled.scale_by_sqrt_dim is True
+    assert unscaled.get_config()["scale"] is True
+
+
+# ------------------------------------------------------------ Keras' error phrases
+
+KERAS_ERROR_CASES = {
+    "num_heads": (lambda m: m.MultiHeadAttention(num_heads=0, key_dim=4), "argument `num_heads`"),
+    "num_heads_float": (
+        lambda m: m.MultiHeadAttention(num_heads=1.5, key_dim=4),
+        "argument `num_heads`",
+    ),
+    "key_dim": (lambda m: m.MultiHeadAttention(num_heads=4, key_dim=-2), "argument `key_dim`"),
+    "value_dim": (
+        lambda m: m.MultiHeadAttention(num_heads=4, key_dim=4, value_dim=0),
+        "argument `value_dim`",
+    ),
+    "output_shape": (
+        lambda m: m.MultiHeadAttention(num_heads=2, key_dim=16, output_shape=8.0),
+        r"Invalid `output_shape`",
+    ),
+    "sliding_window": (
+        lambda m: m.MultiHeadAttention(num_heads=2, key_dim=4, sliding_window=0),
+        "sliding_window",
+    ),
+    "query_value_dim_mismatch": (
+        lambda m: m.MultiHeadAttention(4, 2, 2).compute_output_shape((2, 4, 8), (2, 2, 7), (2,)),
+        "must be equal",
+    ),
+    "key_value_dim_mismatch": (
+        lambda m: m.MultiHeadAttention(4, 2, 2).compute_output_shape(
+            (2, 4, 8), (2, 2, 8), (2, 1, 7)
+        ),
+        "must be equal",
+    ),
+    "key_value_dim_mismatch_high_dim_call": (
+        lambda m: m.MultiHeadAttention(4, 2, 2)(
+            np.ones((2, 4, 2, 3, 8)), np.ones((2, 1, 1, 5, 8)), np.ones((2, 1, 15, 5, 2))
+        ),
+        "must be equal",
+    ),
+    "list_of_one": (lambda m: _attention(m)()(random_normal(2, 3, 4)), "must be called on a list"),
+    "list_of_four": (lambda m: _attention(m)()([random_normal(2, 3, 4)] * 4), "length 2 or 3"),
+    "mask_not_list": (
+        lambda m: _attention(m)()([random_normal(2, 3, 4)] * 2, mask=random_normal(2, 3) > 0),
+        "layer mask must be a list",
+    ),
+    "mask_of_one": (
+        lambda m: _attention(m)()([random_normal(2, 3, 4)] * 2, mask=[random_normal(2, 3) > 0]),
+        "length 2 or 3",
+    ),
+}
+
+
+def _attention(module):
+    return keras.layers.Attention if module is keras.layers else module.LuongAttention
+
+
+@pytest.mark.parametrize("case", list(KERAS_ERROR_CASES))
+def test_errors_carry_keras_phrases(case):
+    """Keras' tests match these phrases; ours carry them before our own message,
+    which names the argument and what was received."""
+    make, phrase = KERAS_ERROR_CASES[case]
+    with pytest.raises(ValueError, match=phrase):
+        make(keras.layers)
+    with pytest.raises(ValueError, match=phrase) as error:
+        make(ka)
+    assert "Received" in str(error.value)
+
+
+def test_positional_constructor_arguments_are_the_documented_difference():
+    """Documented difference: past the arguments both share, constructor arguments
+    are positioned differently; a Keras positional call raises here, never silently
+    means something else."""
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        ka.MultiHeadAttention(2, 4, None, 0.1)  # Keras: dropout=0.1
+    with pytest.raises(ValueError, match="score"):
+        ka.LuongAttention(True)  # Keras: use_scale=True
+    with pytest.raises(ValueError, match="units"):
+        ka.AdditiveAttention(True)  # Keras: use_scale=True
+
+
+# ------------------------------------------------------ keras-hub's Transformer blocks
+
+
+def transplant_block(hub_block, ours):
+    """Copy the weights of a built keras-hub `TransformerEncoder`/`TransformerDecoder`
+    into ours: its `_self_attention_layer` (a Keras `MultiHeadAttention`) is our
+    `self_attention`, `_feedforward_intermediate_dense`/`_feedforward_output_dense`
+    our `feedforward.intermediate_dense`/`output_dense`, and the LayerNorms keep
+    their names."""
+    for name in ("self_attention", "cross_attention"):
+        source = getattr(hub_block, f"_{name}_layer", None)
+        if source is None:
+            assert getattr(ours, name, None) is None
+            continue
+        transplant(source, getattr(ours, name))
+        getattr(ours, f"{name}_layer_norm").set_weights(
+            getattr(hub_block, f"_{name}_layer_norm").get_weights()
+        )
+    ours.feedforward.intermediate_dense.set_weights(
+        hub_block._feedforward_intermediate_dense.get_weights()
+    )
+    ours.feedforward.output_dense.set_weights(hub_block._feedforward_output_dense.get_weights())
+    ours.feedforward_layer_norm.set_weights(hub_block._feedforward_layer_norm.get_weights())
+
+
+def _block_pair(name, build_args, seed=0, **kwargs):
+    hub_block = getattr(keras_hub.layers, name)(16, 2, **kwargs)
+    ours = getattr(ka, name)(16, 2, **kwargs)
+    hub_block(*build_args)
+    ours(*build_args)
+    _randomize(hub_block, seed)
+    transplant_block(hub_block, ours)
+    return hub_block, ours
+
+
+@needs_keras_hub
+@pytest.mark.parametrize("name", ["TransformerEncoder", "TransformerDecoder"])
+def test_blocks_take_keras_hub_argument_order_and_defaults(name):
+    """`TransformerEncoder(64, 4)` is `intermediate_dim=64, num_heads=4` in both, with
+    keras-hub's defaults (dropout 0); all eight keras-hub arguments by position."""
+    hub_cls, ours_cls = getattr(keras_hub.layers, name), getattr(ka, name)
+    names = list(inspect.signature(hub_cls.__init__).parameters)[1:-1]
+    block = ours_cls(64, 4)
+    assert (block.intermediate_dim, block.num_heads, block.dropout) == (64, 4, 0)
+    positional = (64, 4, 0.2, "gelu", 1e-6, "he_normal", "ones", True)
+    hub_config = hub_cls(*positional).get_config()
+    config = ours_cls(*positional).get_config()
+    for argument in names:
+        assert config[argument] == hub_config[argument], argument
+    hub_config, config = hub_cls(64, 4).get_config(), block.get_config()
+    for argument in names:
+        assert config[argument] == hub_config[argument], argument
+
+
+@needs_keras_hub
+def test_old_block_configs_load_unchanged():
+    """Configs name their arguments, so a block saved before the order changed (its
+    dropout 0.1 then the default) loads with the same values."""
+    old = {
+        "name": "encoder",
+        "num_heads": 4,
+        "intermediate_dim": 32,
+        "key_dim": None,
+        "dropout": 0.1,
+        "activation": "relu",
+        "layer_norm_epsilon": 1e-05,
+        "normalize_first": False,
+        "seed": None,
+    }
+    for cls in (ka.TransformerEncoder, ka.TransformerDecoder):
+        block = keras.saving.deserialize_keras_object(
+            {"module": None, "class_name": f"keras_attention>{cls.__name__}", "config": old}
+        )
+        assert isinstance(block, cls)
+        assert (block.num_heads, block.intermediate_dim, block.dropout) == (4, 32, 0.1)
+
+
+@needs_keras_hub
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_encoder_matches_keras_hub(normalize_first):
+    x = random_normal(B, 5, 8, seed=1)
+    hub_block, ours = _block_pair("TransformerEncoder", (x,), normalize_first=normalize_first)
+    padding = np.array([[True] * 5, [True, True, True, False, False]])
+    band = np.tril(np.ones((5, 5), bool), 1)[None].repeat(B, 0)
+    for kwargs in ({}, {"attention_mask": band}):
+        expected, expected_scores = hub_block(x, return_attention_scores=True, **kwargs)
+        output, scores = ours(x, return_attention_scores=True, **kwargs)
+        _close(output, expected)
+        _close(scores, expected_scores)
+    # Documented difference: padded positions attend nothing here (keras-hub: the
+    # real keys); the real positions agree.
+    expected = to_numpy(hub_block(x, padding_mask=padding))
+    output = to_numpy(ours(x, padding_mask=padding))
+    np.testing.assert_allclose(output[padding], expected[padding], atol=ATOL, rtol=0)
+    assert not np.allclose(output[~padding], expected[~padding], atol=1e-3)
+
+
+@needs_keras_hub
+@pytest.mark.parametrize("normalize_first", [False, True])
+@pytest.mark.parametrize("cross", [False, True])
+def test_decoder_matches_keras_hub(normalize_first, cross):
+    x, source = random_normal(B, 5, 8, seed=1), random_normal(B, 6, 8, seed=2)
+    args = (x, source) if cross else (x,)
+    hub_block, ours = _block_pair("TransformerDecoder", args, normalize_first=normalize_first)
+    masks = {"decoder_attention_mask": np.tril(np.ones((5, 5), bool), 1)[None].repeat(B, 0)}
+    if cross:
+        masks["encoder_padding_mask"] = np.array([[True] * 6, [True] * 4 + [False] * 2])
+        masks["encoder_attention_mask"] = _mask((B, 5, 6), seed=3)
+    for kwargs in ({}, masks, {"use_causal_mask": False}):
+        _close(ours(*args, **kwargs), hub_block(*args, **kwargs))
+
+
+def _stacked_cache(length, heads=2, head_dim=4):
+    return np.zeros((B, 2, length, heads, head_dim), "float32")
+
+
+@needs_keras_hub
+def test_decoder_cache_protocol_of_keras_hub_gpt():
+    """A keras-hub GPT-style loop (its cache layout and argument names) after the
+    import changes: the same outputs and the same caches as keras-hub's block."""
+    x = random_normal(B, 6, 8, seed=1)
+    hub_block, ours = _block_pair("TransformerDecoder", (x,))
+    caches = {}
+    for name, block in (("hub", hub_block), ("ours", ours)):
+        cache = _stacked_cache(6)
+        prefill, cache = block(
+            x[:, :3], self_attention_cache=cache, self_attention_cache_update_index=0
+        )
+        steps = [prefill]
+        for index in range(3, 6):
+            step, cache = block(
+                x[:, index : index + 1],
+                self_attention_cache=cache,
+                self_attention_cache_update_index=index,
+            )
+            steps.append(step)
+        caches[name] = (np.concatenate([to_numpy(s) for s in steps], axis=1), to_numpy(cache))
+    _close(caches["ours"][0], caches["hub"][0])
+    _close(caches["ours"][1], caches["hub"][1])
+    _close(caches["ours"][0], hub_block(x))
+    assert caches["ours"][1].shape == (B, 2, 6, 2, 4)
+
+
+@needs_keras_hub
+def test_decoder_cross_attention_cache_protocol_of_keras_hub_bart():
+    """keras-hub's seq2seq protocol: both caches, the cross-attention cache filled at
+    index 0 on the first call and reused (index None) afterwards, and returned."""
+    x, source = random_normal(B, 4, 8, seed=1), random_normal(B, 6, 8, seed=2)
+    hub_block, ours = _block_pair("TransformerDecoder", (x, source))
+    results = {}
+    for name, block in (("hub", hub_block), ("ours", ours)):
+        self_cache, cross_cache = _stacked_cache(4), _stacked_cache(6)
+        outputs = []
+        for index in range(4):
+            step, self_cache, cross_cache = block(
+                x[:, index : index + 1],
+                source,
+                self_attention_cache=self_cache,
+                self_attention_cache_update_index=index,
+                cross_attention_cache=cross_cache,
+                cross_attention_cache_update_index=0 if index == 0 else None,
+            )
+            outputs.append(to_numpy(step))
+        results[name] = (np.concatenate(outputs, 1), to_numpy(self_cache), to_numpy(cross_cache))
+    for ours_result, hub_result in zip(results["ours"], results["hub"]):
+        _close(ours_result, hub_result)
+    _close(results["ours"][0], hub_block(x, source))
+    # keras-hub's rule: with cross-attention, both caches or neither.
+    with pytest.raises(ValueError, match="must both be given, or neither"):
+        ours(x[:, :1], source, self_attention_cache=_stacked_cache(4), cache_index=0)
+    symbolic = ours.compute_output_spec(
+        keras.KerasTensor((B, 1, 8)),
+        keras.KerasTensor((B, 6, 8)),
+        self_attention_cache=keras.KerasTensor((B, 2, 4, 2, 4)),
+        cross_attention_cache=keras.KerasTensor((B, 2, 6, 2, 4)),
+    )
+    assert [tuple(t.shape) for t in symbolic] == [(B, 1, 8), (B, 2, 4, 2, 4), (B, 2, 6, 2, 4)]
+
+
+@needs_keras_hub
+def test_decoder_protocol_differences_are_documented():
+    """Documented differences of the decoder's keras-hub protocol: a cache is causal
+    (`use_causal_mask=False` with a cache is refused, keras-hub drops the causal
+    mask); `self_attention_cache_update_index=None` with a cache (keras-hub: use the
+    cache as it is) is refused; both index names at once are refused."""
+    x = random_normal(B, 4, 8, seed=1)
+    decoder = ka.TransformerDecoder(16, 2)
+    decoder(x)
+    with pytest.raises(ValueError, match="use_causal_mask=False"):
+        decoder(x, self_attention_cache=_stacked_cache(4), cache_index=0, use_causal_mask=False)
+    with pytest.raises(ValueError, match="self_attention_cache_update_index.*is required"):
+        decoder(x, self_attention_cache=_stacked_cache(4))
+    with pytest.raises(ValueError, match="not both"):
+        decoder(
+            x,
+            self_attention_cache=_stacked_cache(4),
+            cache_index=0,
+            self_attention_cache_update_index=0,
+        )
+    with pytest.raises(ValueError, match=r"keras-hub's layout.*\(None, 2, None, 2, 4\)"):
+        decoder(x, self_attention_cache=np.zeros((B, 2, 4, 4, 2), "float32"), cache_index=0)
+    # A padding mask with a cache covers the cache positions, not the new tokens.
+    with pytest.raises(ValueError, match=r"decoder_padding_mask.*\(batch, max_length\)"):
+        decoder(
+            x[:, :1],
+            self_attention_cache=_stacked_cache(4),
+            cache_index=0,
+            decoder_padding_mask=np.ones((B, 1), bool),
+        )
+    # keras-hub's head size is hidden_dim // num_heads; here the features must divide.
+    with pytest.raises(ValueError, match=r"features \(7\).*divisible"):
+        ka.TransformerEncoder(16, 2)(random_normal(B, 3, 7))
+    keras_hub.layers.TransformerEncoder(16, 2)(random_normal(B, 3, 7))

@@ -57,6 +57,7 @@ Q = random_normal(2, 4, 5, seed=1)
 V = random_normal(2, 6, 3, seed=2)
 K = random_normal(2, 6, 5, seed=3)
 X = random_normal(2, 6, 4, seed=4)
+V5 = random_normal(2, 6, 5, seed=5)  # a value of the query's features (GroupedQueryAttention)
 TOKENS = np.array([[3, 1, 4, 1, 5, 0], [2, 7, 1, 8, 0, 0]], dtype="int32")
 
 HEADS4 = random_normal(2, 3, 6, 4, seed=6)
@@ -103,6 +104,7 @@ CASES = {
             "output_shape": (2, 3),
             "attention_axes": (-2,),
             "use_gate": True,
+            "flash_attention": False,
         },
         Q,
         {"value": V, "key": K},
@@ -124,13 +126,19 @@ CASES = {
             **_projection(25),
         },
         Q,
-        {"value": V, "key": K},
+        {"value": V5, "key": K},
     ),
     "GroupedQueryAttention-output_shape": (
         "GroupedQueryAttention",
-        {"head_dim": 3, "num_query_heads": 2, "num_key_value_heads": 1, "output_shape": (3, 2)},
+        {
+            "head_dim": 3,
+            "num_query_heads": 2,
+            "num_key_value_heads": 1,
+            "output_shape": (3, 2),
+            "flash_attention": False,
+        },
         Q,
-        {"value": V, "key": K},
+        {"value": V5, "key": K},
     ),
     "AdditiveAttention-keras": (
         "AdditiveAttention",
@@ -173,7 +181,7 @@ CASES = {
             "key_norm": "layer_norm",
         },
         Q,
-        {"value": V, "key": K},
+        {"value": V5, "key": K},
     ),
     "MultiHeadAttention-alibi": (
         "MultiHeadAttention",
@@ -391,7 +399,7 @@ def _constructor_arguments(cls):
         if not klass.__module__.startswith("keras_attention"):
             continue
         for param in inspect.signature(klass.__init__).parameters.values():
-            if param.name in ("self", "kwargs") or param.kind is param.VAR_KEYWORD:
+            if param.name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
                 continue
             names.setdefault(param.name, param.default)
     # Base-class arguments a subclass takes under other names (GroupedQueryAttention).

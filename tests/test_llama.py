@@ -72,7 +72,7 @@ def test_decoder_cached_steps_equal_full_pass():
 
 def test_block_bad_options():
     with pytest.raises(ValueError, match="normalization='batch_norm'"):
-        ka.TransformerEncoder(2, 4, normalization="batch_norm")
+        ka.TransformerEncoder(4, 2, normalization="batch_norm")
     with pytest.raises(ValueError, match="num_key_value_heads=3"):
         ka.TransformerDecoder(4, 4, num_key_value_heads=3)
     with pytest.raises(ValueError, match="sliding_window=0"):

@@ -61,19 +61,19 @@ def test_write_cache_puts_keys_then_values_at_the_index(as_tensor):
 
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_write_cache_keeps_only_the_first_write_length_tokens(as_tensor):
-    cache = _rand(B, MAX_LEN, KEY_F + VALUE_F)
-    keys, values = _rand(B, 3, KEY_F) + 1, _rand(B, 3, VALUE_F) - 1
+    cache = random_normal(B, MAX_LEN, KEY_F + VALUE_F)
+    keys, values = random_normal(B, 3, KEY_F) + 1, random_normal(B, 3, VALUE_F) - 1
     length = keras.ops.convert_to_tensor(2, "int32") if as_tensor else 2
     new_cache, all_keys, all_values = write_cache(cache, 1, keys, values, length)
 
     update = np.concatenate([keys, values], axis=-1)
     kept = cache.copy()
     kept[:, 1:3] = update[:, :2]  # position 3 keeps what was there
-    np.testing.assert_array_equal(_np(new_cache), kept)
+    np.testing.assert_array_equal(to_numpy(new_cache), kept)
     attended = cache.copy()
     attended[:, 1:4] = update  # this call's queries still see all three new tokens
-    np.testing.assert_array_equal(_np(all_keys), attended[..., :KEY_F])
-    np.testing.assert_array_equal(_np(all_values), attended[..., KEY_F:])
+    np.testing.assert_array_equal(to_numpy(all_keys), attended[..., :KEY_F])
+    np.testing.assert_array_equal(to_numpy(all_values), attended[..., KEY_F:])
 
 
 @pytest.mark.parametrize("length", [0, 2, 5, 7])
@@ -81,8 +81,8 @@ def test_ring_keeps_the_last_slots_of_the_first_write_length_tokens(length):
     # A ring of 3 slots, 7 new tokens at positions 0..6: the ring afterwards holds
     # positions length-3 .. length-1 (position p in slot p % 3), the rest untouched.
     slots, new_len = 3, 7
-    ring = _rand(B, slots, KEY_F + VALUE_F)
-    keys, values = _rand(B, new_len, KEY_F) + 1, _rand(B, new_len, VALUE_F) - 1
+    ring = random_normal(B, slots, KEY_F + VALUE_F)
+    keys, values = random_normal(B, new_len, KEY_F) + 1, random_normal(B, new_len, VALUE_F) - 1
     # (a tensor ring, as `update` hands it over after `check_cache`)
     new_ring, all_keys, _, _, positions = ring_cache_step(
         keras.ops.convert_to_tensor(ring), 0, keys, values, 3, length
@@ -91,9 +91,9 @@ def test_ring_keeps_the_last_slots_of_the_first_write_length_tokens(length):
     expected = ring.copy()
     for position in range(max(0, length - slots), length):
         expected[:, position % slots] = np.concatenate([keys, values], axis=-1)[:, position]
-    np.testing.assert_array_equal(_np(new_ring), expected)
-    np.testing.assert_array_equal(_np(all_keys)[:, slots:], keys)  # attended: all new
-    np.testing.assert_array_equal(_np(positions)[slots:], np.arange(new_len))
+    np.testing.assert_array_equal(to_numpy(new_ring), expected)
+    np.testing.assert_array_equal(to_numpy(all_keys)[:, slots:], keys)  # attended: all new
+    np.testing.assert_array_equal(to_numpy(positions)[slots:], np.arange(new_len))
 
 
 def test_write_length_refuses_more_than_the_new_tokens_and_non_integers():

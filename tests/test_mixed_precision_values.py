@@ -73,11 +73,11 @@ CASES = {
         lambda layer: layer(X),
     ),
     "TransformerEncoder": (
-        lambda d: ka.TransformerEncoder(2, 16, dropout=0.0, dtype=d),
+        lambda d: ka.TransformerEncoder(16, 2, dropout=0.0, dtype=d),
         lambda layer: layer(X, padding_mask=KEEP),
     ),
     "TransformerDecoder": (
-        lambda d: ka.TransformerDecoder(2, 16, dropout=0.0, dtype=d),
+        lambda d: ka.TransformerDecoder(16, 2, dropout=0.0, dtype=d),
         lambda layer: layer(Q, V, encoder_padding_mask=KEEP),
     ),
     "TokenAndPositionEmbedding": (

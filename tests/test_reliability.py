@@ -341,8 +341,8 @@ CONFIG_LAYERS = [
     lambda: ka.PositionEmbedding(sequence_length=6),
     lambda: ka.TokenAndPositionEmbedding(20, 6, 8, mask_zero=True),
     lambda: ka.FeedForward(intermediate_dim=8, activation="gelu"),
-    lambda: ka.TransformerEncoder(num_heads=2, intermediate_dim=8),
-    lambda: ka.TransformerDecoder(num_heads=2, intermediate_dim=8),
+    lambda: ka.TransformerEncoder(intermediate_dim=8, num_heads=2),
+    lambda: ka.TransformerDecoder(intermediate_dim=8, num_heads=2),
 ]
 
 
@@ -411,12 +411,12 @@ XLA_CASES = [
     ("feedforward", lambda: ka.FeedForward(intermediate_dim=16), lambda l, x, y: l(x)),
     (
         "encoder",
-        lambda: ka.TransformerEncoder(num_heads=2, intermediate_dim=16),
+        lambda: ka.TransformerEncoder(intermediate_dim=16, num_heads=2),
         lambda l, x, y: l(x),
     ),
     (
         "decoder",
-        lambda: ka.TransformerDecoder(num_heads=2, intermediate_dim=16),
+        lambda: ka.TransformerDecoder(intermediate_dim=16, num_heads=2),
         lambda l, x, y: l(x, y),
     ),
 ]
@@ -439,8 +439,8 @@ def test_every_layer_under_xla_with_two_lengths(factory, call):
 def test_transformer_and_positional_layers_reload_in_safe_mode(tmp_path):
     tokens = keras.Input((None,), dtype="int32")
     x = ka.TokenAndPositionEmbedding(20, 8, D, mask_zero=True)(tokens)
-    x = ka.TransformerEncoder(num_heads=2, intermediate_dim=16)(x)
-    x = ka.TransformerDecoder(num_heads=2, intermediate_dim=16)(x, x)
+    x = ka.TransformerEncoder(intermediate_dim=16, num_heads=2)(x)
+    x = ka.TransformerDecoder(intermediate_dim=16, num_heads=2)(x, x)
     x = x + ka.PositionEmbedding(sequence_length=8)(x)
     x = x + ka.SinusoidalPositionEncoding()(x)
     x = ka.FeedForward(intermediate_dim=16)(x)

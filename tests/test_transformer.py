@@ -137,7 +137,7 @@ def test_feedforward_errors():
 @pytest.mark.parametrize("normalize_first", [False, True])
 def test_encoder_matches_numpy(normalize_first):
     layer = ka.TransformerEncoder(
-        2, 16, normalize_first=normalize_first, bias_initializer="random_normal"
+        16, 2, normalize_first=normalize_first, bias_initializer="random_normal"
     )
     x = _rand(3, 5, 8)
     keep = np.ones((3, 5), bool)
@@ -150,10 +150,10 @@ def test_encoder_matches_numpy(normalize_first):
 
 def test_encoder_param_count_formula():
     d, h, f = 8, 2, 16
-    layer = ka.TransformerEncoder(h, f)
+    layer = ka.TransformerEncoder(f, h)
     layer.build((None, None, d))
     assert layer.count_params() == _mha_params(d, d, h, d // h) + _ffn_params(d, f) + 2 * 2 * d
-    layer = ka.TransformerEncoder(h, f, key_dim=5)
+    layer = ka.TransformerEncoder(f, h, key_dim=5)
     layer.build((None, None, d))
     assert layer.count_params() == _mha_params(d, d, h, 5) + _ffn_params(d, f) + 2 * 2 * d
 
@@ -175,7 +175,7 @@ def test_encoder_layer_helper(tmp_path, normalize_first):
 def test_encoder_ignores_padded_content():
     """Outputs at real positions do not depend on what the padded positions hold, for
     an explicit padding_mask, a Keras mask, and both."""
-    layer = ka.TransformerEncoder(2, 16, dropout=0.0)
+    layer = ka.TransformerEncoder(16, 2, dropout=0.0)
     x = _rand(2, 6, 8)
     keep = np.ones((2, 6), bool)
     keep[0, 4:] = False
@@ -200,7 +200,7 @@ def test_encoder_ignores_padded_content():
 
 
 def test_encoder_attention_mask_and_fully_padded_rows():
-    layer = ka.TransformerEncoder(2, 16, dropout=0.0)
+    layer = ka.TransformerEncoder(16, 2, dropout=0.0)
     x = _rand(2, 4, 8)
     band = np.eye(4, dtype=bool)[None].repeat(2, 0)
     out = layer(x, attention_mask=band)
@@ -224,16 +224,16 @@ def _np_encoder_band(block, x, band):
 
 def test_encoder_errors_name_argument_and_shape():
     with pytest.raises(ValueError, match="num_heads=0"):
-        ka.TransformerEncoder(0, 8)
+        ka.TransformerEncoder(8, 0)
     with pytest.raises(ValueError, match="layer_norm_epsilon=0"):
-        ka.TransformerEncoder(2, 8, layer_norm_epsilon=0)
+        ka.TransformerEncoder(8, 2, layer_norm_epsilon=0)
     with pytest.raises(TypeError, match="normalize_first"):
-        ka.TransformerEncoder(2, 8, normalize_first="yes")
+        ka.TransformerEncoder(8, 2, normalize_first="yes")
     with pytest.raises(ValueError, match=r"features \(7\).*num_heads=2"):
-        ka.TransformerEncoder(2, 8)(np.zeros((1, 3, 7), "float32"))
+        ka.TransformerEncoder(8, 2)(np.zeros((1, 3, 7), "float32"))
     with pytest.raises(ValueError, match=r"inputs.shape=\(1, 7\)"):
-        ka.TransformerEncoder(2, 8)(np.zeros((1, 7), "float32"))
-    layer = ka.TransformerEncoder(2, 8)
+        ka.TransformerEncoder(8, 2)(np.zeros((1, 7), "float32"))
+    layer = ka.TransformerEncoder(8, 2)
     with pytest.raises(ValueError, match=r"padding_mask.shape=\(1, 4\).*inputs.shape=\(1, 3, 8\)"):
         layer(np.zeros((1, 3, 8), "float32"), padding_mask=np.ones((1, 4), bool))
     with pytest.raises(ValueError, match="padding_mask.*0.5"):
@@ -247,7 +247,7 @@ def test_encoder_errors_name_argument_and_shape():
 @pytest.mark.parametrize("cross", [False, True])
 def test_decoder_matches_numpy(normalize_first, cross):
     layer = ka.TransformerDecoder(
-        2, 16, normalize_first=normalize_first, bias_initializer="random_normal"
+        16, 2, normalize_first=normalize_first, bias_initializer="random_normal"
     )
     x, enc = _rand(2, 5, 8), (_rand(2, 3, 6) if cross else None)
     out = layer(x, enc)
@@ -257,11 +257,11 @@ def test_decoder_matches_numpy(normalize_first, cross):
 
 def test_decoder_param_count_formula():
     d, e, h, f = 8, 6, 2, 16
-    self_only = ka.TransformerDecoder(h, f)
+    self_only = ka.TransformerDecoder(f, h)
     self_only.build((None, None, d))
     expected = _mha_params(d, d, h, d // h) + _ffn_params(d, f) + 2 * 2 * d
     assert self_only.count_params() == expected
-    with_cross = ka.TransformerDecoder(h, f)
+    with_cross = ka.TransformerDecoder(f, h)
     with_cross.build((None, None, d), (None, None, e))
     assert with_cross.count_params() == expected + _mha_params(d, e, h, d // h) + 2 * d
 
@@ -269,7 +269,7 @@ def test_decoder_param_count_formula():
 def test_decoder_is_causal():
     """Changing tokens at positions >= t never changes outputs before t."""
     for enc in (None, _rand(2, 4, 8)):
-        layer = ka.TransformerDecoder(2, 16, dropout=0.0)
+        layer = ka.TransformerDecoder(16, 2, dropout=0.0)
         x = _rand(2, 6, 8)
         base = to_numpy(layer(x, enc))
         for t in range(1, 6):
@@ -282,7 +282,7 @@ def test_decoder_is_causal():
 
 @pytest.mark.parametrize("cross", [False, True])
 def test_decoder_cache_matches_full_sequence(cross):
-    layer = ka.TransformerDecoder(2, 16, dropout=0.0)
+    layer = ka.TransformerDecoder(16, 2, dropout=0.0)
     x, enc = _rand(2, 6, 8), (_rand(2, 3, 8) if cross else None)
     full = to_numpy(layer(x, enc))
     cache = layer.get_initial_cache(2, 8)
@@ -302,7 +302,7 @@ def test_decoder_cache_matches_full_sequence(cross):
 
 
 def test_decoder_cache_with_padding_over_cache_positions():
-    layer = ka.TransformerDecoder(2, 16, dropout=0.0)
+    layer = ka.TransformerDecoder(16, 2, dropout=0.0)
     x = _rand(1, 4, 8)
     layer(x)
     keep = np.array([[True, False, True, True]])
@@ -355,7 +355,7 @@ def test_decoder_layer_helper_cross(tmp_path):
 
 
 def test_decoder_ignores_padded_encoder_content():
-    layer = ka.TransformerDecoder(2, 16, dropout=0.0)
+    layer = ka.TransformerDecoder(16, 2, dropout=0.0)
     x, enc = _rand(2, 4, 8), _rand(2, 5, 8)
     keep = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
     other = enc.copy()
@@ -366,7 +366,7 @@ def test_decoder_ignores_padded_encoder_content():
 
 
 def test_decoder_symbolic_with_cache():
-    layer = ka.TransformerDecoder(2, 16)
+    layer = ka.TransformerDecoder(16, 2)
     x = keras.Input((1, 8))
     cache = keras.Input((10, 16))
     out, new_cache = layer(x, self_attention_cache=cache, cache_index=3)
@@ -375,11 +375,11 @@ def test_decoder_symbolic_with_cache():
 
 def test_decoder_errors_name_argument_and_shape():
     x, enc = np.zeros((1, 3, 8), "float32"), np.zeros((1, 4, 8), "float32")
-    self_only = ka.TransformerDecoder(2, 8)
+    self_only = ka.TransformerDecoder(8, 2)
     self_only(x)
     with pytest.raises(ValueError, match="built without cross-attention"):
         self_only(x, enc)
-    with_cross = ka.TransformerDecoder(2, 8)
+    with_cross = ka.TransformerDecoder(8, 2)
     with_cross(x, enc)
     with pytest.raises(ValueError, match="encoder_sequence=None"):
         with_cross(x)
@@ -402,14 +402,14 @@ def test_decoder_errors_name_argument_and_shape():
             x, self_attention_cache=cache, cache_index=0, decoder_padding_mask=np.ones((1, 3), bool)
         )
     with pytest.raises(ValueError, match="must be built"):
-        ka.TransformerDecoder(2, 8).get_initial_cache(1, 5)
+        ka.TransformerDecoder(8, 2).get_initial_cache(1, 5)
 
 
 def test_blocks_under_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     x, enc = _rand(2, 4, 8), _rand(2, 3, 8)
-    assert keras.backend.standardize_dtype(ka.TransformerEncoder(2, 16)(x).dtype) == "float16"
-    decoder = ka.TransformerDecoder(2, 16)
+    assert keras.backend.standardize_dtype(ka.TransformerEncoder(16, 2)(x).dtype) == "float16"
+    decoder = ka.TransformerDecoder(16, 2)
     full = decoder(x, enc)
     cache = decoder.get_initial_cache(2, 4)
     step, cache = decoder(x[:, :1], enc, self_attention_cache=cache, cache_index=0)
@@ -422,7 +422,7 @@ def test_blocks_under_mixed_precision():
 def test_blocks_layer_norm_equals_keras_layer(policy, axis):
     # The blocks' LayerNormalization (exportable to ONNX on PyTorch) is Keras' layer:
     # the same config, weights and outputs, over one axis and several.
-    norm = ka.TransformerEncoder(2, 16)._layer_norm("norm")
+    norm = ka.TransformerEncoder(16, 2)._layer_norm("norm")
     norm = type(norm)(**{**norm.get_config(), "axis": axis, "dtype": policy})
     keras_norm = keras.layers.LayerNormalization(**norm.get_config())
     x = 3.0 * _rand(2, 5, 8) + 1.0

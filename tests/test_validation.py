@@ -24,6 +24,7 @@ def test_positive_int_accepts(value):
 def test_positive_int_refuses(value):
     _raises(
         ValueError,
+        "Received an invalid value for argument `units`. "
         f"`units` must be a positive integer. Received: units={value!r}",
         v.check_positive_int,
         value,
@@ -31,10 +32,25 @@ def test_positive_int_refuses(value):
     )
 
 
+def test_keras_error_leads_with_keras_phrase_then_ours():
+    error = v.keras_error(
+        "key_value_shapes", "`key` and `value` must ... Received: key.shape=(2, 3, 4)"
+    )
+    assert isinstance(error, ValueError)
+    assert str(error) == (
+        "All dimensions of `value` and `key`, except the last one, must be equal. "
+        "`key` and `value` must ... Received: key.shape=(2, 3, 4)"
+    )
+    error = v.keras_error("inputs_list", "ours", error=TypeError, layer="LuongAttention")
+    assert isinstance(error, TypeError)
+    assert str(error) == "LuongAttention layer must be called on a list of inputs. ours"
+
+
 def test_positive_int_none_allowed_only_when_asked():
     assert v.check_positive_int(None, "value_dim", allow_none=True) is None
     _raises(
         ValueError,
+        "Received an invalid value for argument `value_dim`. "
         "`value_dim` must be a positive integer. Received: value_dim=0",
         v.check_positive_int,
         0,

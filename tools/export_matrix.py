@@ -139,12 +139,12 @@ def _token_and_position():
 
 def _encoder():
     tokens = _tokens()
-    return tokens, ka.TransformerEncoder(2, 16)(_embedded(tokens))
+    return tokens, ka.TransformerEncoder(16, 2)(_embedded(tokens))
 
 
 def _decoder():
     tokens, source = _tokens(), _tokens("source")
-    y = ka.TransformerDecoder(2, 16)(_embedded(tokens), _embedded(source))
+    y = ka.TransformerDecoder(16, 2)(_embedded(tokens), _embedded(source))
     return [tokens, source], y
 
 

@@ -51,9 +51,10 @@ def check_output_shape(output_shape, output_dim):
         or not shape
         or not all(_validation._is_int(dim) and dim > 0 for dim in shape)
     ):
-        raise ValueError(
+        raise _validation.keras_error(
+            "output_shape",
             "`output_shape` must be a positive integer or a non-empty tuple of "
-            f"positive integers. Received: output_shape={output_shape!r}"
+            f"positive integers. Received: output_shape={output_shape!r}",
         )
     return tuple(int(dim) for dim in shape)
 
@@ -72,6 +73,55 @@ def attention_axes_for(attention_axes, rank):
             f"attention_axes={attention_axes}"
         )
     return axes
+
+
+def check_shapes(query_shape, value_shape, key_shape, attention_axes):
+    """The shape checks of `MultiHeadAttention` (`build`, `call`, symbolic shapes):
+    ranks, attention axes, key/value lengths and the batch (non-attention) axes."""
+    rank = len(query_shape)
+    if rank < 3:
+        raise ValueError(
+            "`query` must be rank 3 (batch, seq, features) or higher. "
+            f"Received: query.shape={query_shape}"
+        )
+    for name, shape in (("value", value_shape), ("key", key_shape)):
+        if len(shape) != rank:
+            message = (
+                f"`{name}` must be rank {rank}, the rank of `query`. Received: "
+                f"query.shape={query_shape}, {name}.shape={shape}"
+            )
+            if name == "key":
+                raise _validation.keras_error("key_value_shapes", message)
+            raise ValueError(message)
+    axes = attention_axes_for(attention_axes, rank)
+    if not _validation.compatible(key_shape[1:-1], value_shape[1:-1]):
+        raise _validation.keras_error(
+            "key_value_shapes",
+            "`key` and `value` must have the same length (the same shape except "
+            f"for the last axis, features). Received: key.shape={key_shape}, "
+            f"value.shape={value_shape}",
+        )
+    batch_axes = [axis for axis in range(rank - 1) if axis not in axes]
+    query_batch = tuple(query_shape[axis] for axis in batch_axes)
+    value_batch = tuple(value_shape[axis] for axis in batch_axes)
+    if not _validation.compatible(query_batch, value_batch):
+        raise ValueError(
+            "`query` and `value` must agree on the batch axis and the axes that "
+            f"are not attention axes ({tuple(batch_axes)}). Received: "
+            f"query.shape={query_shape}, value.shape={value_shape}"
+        )
+
+
+def check_built_features(inputs):
+    """Each `(name, tensor, dense)` of `inputs` has the feature size (last axis) its
+    projection `dense` was built for."""
+    for name, tensor, dense in inputs:
+        expected = dense.kernel.shape[0]
+        if tensor.shape[-1] is not None and tensor.shape[-1] != expected:
+            raise ValueError(
+                f"The last dimension (features) of `{name}` must be {expected}, "
+                f"as when the layer was built. Received: {name}.shape={tuple(tensor.shape)}"
+            )
 
 
 def needs_flattening(attention_axes, rank):

@@ -35,6 +35,11 @@ sees: there `cache_index + new_len <= max_length`. A call starts where the kept
 tokens of the previous one end (or one position before, writing that key again):
 positions kept past the next `cache_index` would have evicted keys the window still
 sees.
+
+keras-hub's layout. keras-hub's `CachedMultiHeadAttention` and Transformer blocks keep
+keys and values apart: `(batch, 2, length, heads, head_dim)`, `[:, 0]` the keys and
+`[:, 1]` the values. It holds the same numbers as this layout when `key_dim ==
+value_dim`: `from_stacked` and `to_stacked` convert between the two.
 """
 
 from keras import ops
@@ -264,3 +269,28 @@ def ring_cache_step(
     all_keys = ops.concatenate([ops.cast(cache[..., :split], keys.dtype), keys], axis=1)
     all_values = ops.concatenate([ops.cast(cache[..., split:], values.dtype), values], axis=1)
     return new_cache, all_keys, all_values, mask, key_positions
+
+
+def from_stacked(cache, num_heads, head_dim, name):
+    """keras-hub's cache `(batch, 2, length, num_heads, head_dim)` in this layout,
+    `(batch, length, 2 * num_heads * head_dim)`."""
+    cache = ops.convert_to_tensor(cache)
+    expected = (None, 2, None, num_heads, head_dim)
+    if len(cache.shape) != 5 or not _validation.compatible(tuple(cache.shape), expected):
+        raise ValueError(
+            f"`{name}` in keras-hub's layout must have shape (batch, 2, length, "
+            f"num_heads, head_dim) = {expected}. Received: {name}.shape={tuple(cache.shape)}"
+        )
+    length = ops.shape(cache)[2]
+    keys, values = (ops.reshape(cache[:, i], (-1, length, num_heads * head_dim)) for i in (0, 1))
+    return ops.concatenate([keys, values], axis=-1)
+
+
+def to_stacked(cache, num_heads):
+    """A cache `(batch, length, 2 * num_heads * head_dim)` in keras-hub's layout,
+    `(batch, 2, length, num_heads, head_dim)`."""
+    length, features = ops.shape(cache)[1], cache.shape[-1]
+    split = features // 2
+    shape = (-1, length, num_heads, split // num_heads)
+    keys, values = ops.reshape(cache[..., :split], shape), ops.reshape(cache[..., split:], shape)
+    return ops.stack([keys, values], axis=1)

@@ -33,29 +33,42 @@ class QueryValueAttention(keras.layers.Layer):
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
-    def build(self, query_shape, value_shape=None, key_shape=None):
-        if value_shape is None:  # Keras' list form: build([query, value(, key)] shapes).
-            query_shape, value_shape, key_shape = _unpack_inputs(query_shape, "inputs")
+    def build(self, query_shape=None, value_shape=None, key_shape=None, **input_shape):
+        if value_shape is None:
+            # Keras' list form: build([query, value(, key)] shapes), also by its
+            # keyword `build(input_shape=...)`.
+            shapes = _input_shape(query_shape, input_shape, "build")
+            query_shape, value_shape, key_shape = self._unpack_inputs(shapes, "input_shape")
+        query_shape, value_shape = tuple(query_shape), tuple(value_shape)
+        _validation.check_rank(
+            value_shape, range(3, 100), "value", "rank 3 (batch, kv_len, features) or higher"
+        )
+        rank = len(value_shape)
         _validation.check_rank(
             query_shape,
-            (2, 3),
+            (2, rank) if rank == 3 else (rank,),
             "query",
-            "rank 3 (batch, q_len, features) or rank 2 (batch, features)",
+            f"rank {rank} like `value` (batch, ..., q_len, features)"
+            + (" or rank 2 (batch, features)" if rank == 3 else ""),
         )
-        _validation.check_rank(value_shape, 3, "value", "rank 3 (batch, kv_len, features)")
+        if rank > 3 and not _validation.compatible(query_shape[:-2], value_shape[:-2]):
+            raise ValueError(
+                "`query` and `value` must have the same batch axes (all but the last "
+                f"two). Received: query.shape={query_shape}, value.shape={value_shape}"
+            )
         if key_shape is None:
             key_shape = value_shape
         else:
-            _validation.check_rank(key_shape, 3, "key", "rank 3 (batch, kv_len, features)")
-            for axis, what in ((0, "batch size"), (1, "length (axis 1, kv_len)")):
-                if None not in (key_shape[axis], value_shape[axis]) and (
-                    key_shape[axis] != value_shape[axis]
-                ):
-                    raise ValueError(
-                        f"`key` and `value` must have the same {what}. Received: "
-                        f"key.shape={tuple(key_shape)}, value.shape={tuple(value_shape)}"
-                    )
-        self._build_scores(tuple(query_shape), tuple(key_shape))
+            key_shape = tuple(key_shape)
+            _validation.check_rank(key_shape, rank, "key", f"rank {rank}, the rank of `value`")
+            if not _validation.compatible(key_shape[:-1], value_shape[:-1]):
+                raise _validation.keras_error(
+                    "key_value_shapes",
+                    "`key` and `value` must have the same length and batch axes (every "
+                    f"axis but the features). Received: key.shape={key_shape}, "
+                    f"value.shape={value_shape}",
+                )
+        self._build_scores(query_shape, key_shape)
         self.built = True
 
     def _build_scores(self, query_shape, key_shape):
@@ -75,26 +88,44 @@ class QueryValueAttention(keras.layers.Layer):
         training=None,
         mask=None,
     ):
+        if isinstance(query, (list, tuple)) and value is not None:
+            # Keras' list form with the mask by position: layer(inputs, mask).
+            mask, value = _positional(mask, value, "mask"), None
+            if isinstance(value_mask, (list, tuple)):  # filled by Keras for `mask`
+                value_mask = None
         if value is None:  # Keras' list form: layer([query, value(, key)], mask=[...]).
-            query, value, key = _unpack_inputs(query, "inputs")
+            query, value, key = self._unpack_inputs(query, "inputs")
             if isinstance(query_mask, (list, tuple)):
                 # Keras filled in the Keras masks of the listed inputs.
                 mask = query_mask if mask is None else mask
                 query_mask = None
-            query_mask, value_mask = _unpack_masks(mask, query_mask, value_mask)
+            query_mask, value_mask = self._unpack_masks(mask, query_mask, value_mask)
         elif mask is not None and not isinstance(mask, (list, tuple)):
             query_mask = mask if query_mask is None else query_mask
         if key is None:
             key = value
             key_mask = None
-        single_step = len(query.shape) == 2
-        if single_step:
+        rank = len(query.shape)
+        if rank == 2:
             # An RNN decoder state is one query step: attend as a length-1 sequence.
             query = ops.expand_dims(query, 1)
             if query_mask is not None and len(query_mask.shape) == 1:
                 query_mask = ops.expand_dims(query_mask, 1)
             if attention_mask is not None and len(attention_mask.shape) == 2:
                 attention_mask = ops.expand_dims(attention_mask, 1)
+        batch_shape = tuple(ops.shape(query)[:-2])
+        if rank > 3:
+            # Keras' N-D form (batch, ..., len, features): the leading axes are
+            # batch axes, flattened into one for the rank-3 attention.
+            q_len, kv_len = ops.shape(query)[-2], ops.shape(key)[-2]
+            query, value, key = (
+                ops.reshape(x, (-1, ops.shape(x)[-2], x.shape[-1])) for x in (query, value, key)
+            )
+            query_mask = _flatten(query_mask, batch_shape, (q_len,))
+            value_mask = _flatten(value_mask, batch_shape, (kv_len,))
+            key_mask = _flatten(key_mask, batch_shape, (kv_len,))
+            if attention_mask is not None and len(attention_mask.shape) > 2:
+                attention_mask = _flatten(attention_mask, batch_shape, (q_len, kv_len))
         mask = masks.merge_attention_masks(
             query_mask=query_mask,
             value_mask=value_mask,
@@ -114,37 +145,42 @@ class QueryValueAttention(keras.layers.Layer):
             training=bool(training),
             return_attention_scores=return_attention_scores,
         )
-        if not single_step:
-            return outputs
-        if return_attention_scores:
-            return ops.squeeze(outputs[0], 1), ops.squeeze(outputs[1], 1)
-        return ops.squeeze(outputs, 1)
+        outputs = outputs if return_attention_scores else (outputs,)
+        if rank == 2:
+            outputs = tuple(ops.squeeze(x, 1) for x in outputs)
+        elif rank > 3:
+            outputs = tuple(ops.reshape(x, batch_shape + tuple(ops.shape(x)[1:])) for x in outputs)
+        return outputs if return_attention_scores else outputs[0]
 
     def _attend(self, query, key, value, mask, **attention_arguments):
         raise NotImplementedError
 
-    def compute_mask(self, query, previous_mask=None):
-        if isinstance(query, (list, tuple)):
-            query = query[0]
-            if isinstance(previous_mask, (list, tuple)):
-                previous_mask = previous_mask[0]
-        # A sequence query keeps its padding mask; a single step has no time axis.
-        if len(query.shape) == 2:
+    def compute_mask(self, inputs, mask=None):
+        """The output's Keras mask: the query's (`mask[0]` in the list form, as in
+        Keras); None for a single query step, which has no time axis."""
+        if isinstance(inputs, (list, tuple)):
+            inputs = self._unpack_inputs(inputs, "inputs")[0]
+            if isinstance(mask, (list, tuple)):
+                mask = self._unpack_masks(mask, None, None)[0]
+        if mask is None or len(inputs.shape) == 2:
             return None
-        return previous_mask
+        return ops.convert_to_tensor(mask)
 
-    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+    def compute_output_shape(
+        self, query_shape=None, value_shape=None, key_shape=None, **input_shape
+    ):
         if value_shape is None:
-            query_shape, value_shape, key_shape = _unpack_inputs(query_shape, "input_shape")
+            shapes = _input_shape(query_shape, input_shape, "compute_output_shape")
+            query_shape, value_shape, key_shape = self._unpack_inputs(shapes, "input_shape")
         return tuple(query_shape[:-1]) + (value_shape[-1],)
 
     def compute_output_spec(
         self, query, value=None, key=None, return_attention_scores=False, **kwargs
     ):
         if value is None:
-            query, value, key = _unpack_inputs(query, "inputs")
+            query, value, key = self._unpack_inputs(query, "inputs")
         key = value if key is None else key
-        scores_shape = tuple(query.shape[:-1]) + (key.shape[1],)
+        scores_shape = tuple(query.shape[:-1]) + (key.shape[-2],)
         return _common.attention_output_spec(
             self,
             self.compute_output_shape(query.shape, value.shape, key.shape),
@@ -157,31 +193,98 @@ class QueryValueAttention(keras.layers.Layer):
         config.update({"dropout": self.dropout, "seed": self.seed})
         return config
 
+    def _unpack_inputs(self, inputs, name):
+        """`[query, value]` or `[query, value, key]` (Keras' list form, of tensors or
+        of shapes) as a triple; one tensor or one shape is refused."""
+        layer = type(self).__name__
+        if not _is_list_of_inputs(inputs):
+            received = tuple(inputs) if _is_shape(inputs) else getattr(inputs, "shape", inputs)
+            raise _validation.keras_error(
+                "inputs_list",
+                f"Called with one input, `{name}` must be a list [query, value] or "
+                "[query, value, key] (or pass `value` as an argument). Received: "
+                f"one input of shape {_shape_repr(received)}",
+                layer=layer,
+            )
+        if len(inputs) not in (2, 3):
+            raise _validation.keras_error(
+                "inputs_length",
+                f"`{name}` must be a list [query, value] or [query, value, key]. "
+                f"Received: {name} of length {len(inputs)}",
+                layer=layer,
+            )
+        return inputs[0], inputs[1], inputs[2] if len(inputs) == 3 else None
 
-def _unpack_inputs(inputs, name):
-    """`[query, value]` or `[query, value, key]` (Keras' list form) as a triple."""
-    if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
-        raise ValueError(
-            f"Called with one input, `{name}` must be a list [query, value] or "
-            f"[query, value, key] (or pass `value` as an argument). Received: "
-            f"{name} of type {type(inputs).__name__}"
-            + (f" and length {len(inputs)}" if isinstance(inputs, (list, tuple)) else "")
+    def _unpack_masks(self, mask, query_mask, value_mask):
+        """Keras' `mask=[query_mask, value_mask]` (a third, key, entry is ignored as
+        in Keras: the value's mask covers the keys)."""
+        if mask is None:
+            return query_mask, value_mask
+        layer = type(self).__name__
+        if not isinstance(mask, (list, tuple)):
+            raise _validation.keras_error(
+                "mask_list",
+                "With a list of inputs, `mask` must be a list [query_mask, value_mask]. "
+                f"Received: mask of type {type(mask).__name__}",
+                layer=layer,
+            )
+        if len(mask) not in (2, 3):
+            raise _validation.keras_error(
+                "mask_length",
+                "With a list of inputs, `mask` must be a list [query_mask, value_mask]. "
+                f"Received: mask of length {len(mask)}",
+                layer=layer,
+            )
+        return (
+            mask[0] if query_mask is None else query_mask,
+            mask[1] if value_mask is None else value_mask,
         )
-    query, value = inputs[0], inputs[1]
-    return query, value, inputs[2] if len(inputs) == 3 else None
 
 
-def _unpack_masks(mask, query_mask, value_mask):
-    """Keras' `mask=[query_mask, value_mask]` (a third, key, entry is ignored as in
-    Keras: the value's mask covers the keys)."""
-    if mask is None:
-        return query_mask, value_mask
-    if not isinstance(mask, (list, tuple)) or len(mask) not in (2, 3):
-        raise ValueError(
-            "With a list of inputs, `mask` must be a list [query_mask, value_mask]. "
-            f"Received: mask of type {type(mask).__name__}"
-        )
-    return (
-        mask[0] if query_mask is None else query_mask,
-        mask[1] if value_mask is None else value_mask,
+def _positional(keyword, positional, name):
+    """The `mask` of Keras' list form, given by position or by keyword."""
+    if keyword is not None and positional is not None:
+        raise TypeError(f"Got `{name}` both by position and by keyword.")
+    return positional if keyword is None else keyword
+
+
+def _input_shape(query_shape, keywords, method):
+    """The list of shapes of Keras' list form: given positionally, or as Keras'
+    keyword `input_shape` (taken as `**keywords`: Keras matches every named argument of
+    `build` to an argument of `call`)."""
+    unknown = sorted(set(keywords) - {"input_shape"})
+    if unknown:
+        raise TypeError(f"{method}() got unexpected keyword arguments {unknown}")
+    if "input_shape" in keywords and query_shape is not None:
+        raise TypeError(f"{method}() got both `query_shape` and `input_shape`")
+    return keywords.get("input_shape", query_shape)
+
+
+def _is_shape(value):
+    """A static shape: a tuple or list of ints and Nones (not a list of shapes)."""
+    return isinstance(value, (tuple, list)) and all(
+        dim is None or _validation._is_int(dim) for dim in value
     )
+
+
+def _is_list_of_inputs(inputs):
+    """A list/tuple of tensors or of shapes (Keras' list form), not one shape."""
+    return isinstance(inputs, (list, tuple)) and not (inputs and _is_shape(inputs))
+
+
+def _shape_repr(shape):
+    try:
+        return str(tuple(shape))
+    except TypeError:
+        return repr(shape)
+
+
+def _flatten(tensor, batch_shape, tail_shape):
+    """`tensor` `(*batch_shape, *tail_shape)` (leading axes may be missing or of
+    size 1, as broadcasting allows) as `(prod(batch_shape), *tail_shape)`; None
+    stays None."""
+    if tensor is None:
+        return None
+    tail_shape = tuple(tail_shape)
+    tensor = ops.broadcast_to(ops.convert_to_tensor(tensor), batch_shape + tail_shape)
+    return ops.reshape(tensor, (-1,) + tail_shape)

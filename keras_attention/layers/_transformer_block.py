@@ -48,15 +48,15 @@ class _TransformerBlock(keras.layers.Layer):
 
     def __init__(
         self,
-        num_heads,
         intermediate_dim,
-        key_dim=None,
-        dropout=0.1,
+        num_heads,
+        dropout=0.0,
         activation="relu",
         layer_norm_epsilon=1e-5,
-        normalize_first=False,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        normalize_first=False,
+        key_dim=None,
         seed=None,
         normalization="layer_norm",
         use_bias=True,
@@ -69,8 +69,8 @@ class _TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _validation.check_positive_int(num_heads, "num_heads")
         _validation.check_positive_int(intermediate_dim, "intermediate_dim")
+        _validation.check_positive_int(num_heads, "num_heads")
         _validation.check_positive_int(key_dim, "key_dim", allow_none=True)
         _validation.check_rate(dropout, "dropout")
         _validation.check_bool(normalize_first, "normalize_first")
@@ -222,6 +222,16 @@ class _TransformerBlock(keras.layers.Layer):
 
         return sublayer
 
+    def _attention_residual(self, x, name, scores, caches, training, **call_arguments):
+        """The attention sublayer `name` (`"self_attention"`, `"cross_attention"`) of
+        `_attention_sublayer` with its residual connection and normalization."""
+        attention = getattr(self, name)
+        sublayer = self._attention_sublayer(
+            attention, scores, caches, training=training, **call_arguments
+        )
+        layer_norm, dropout = getattr(self, f"{name}_layer_norm"), getattr(self, f"{name}_dropout")
+        return self._residual(x, sublayer, layer_norm, dropout, training)
+
     def _feedforward_residual(self, x, training):
         """The feed-forward sublayer with its residual connection and normalization."""
         return self._residual(
@@ -244,8 +254,8 @@ class _TransformerBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
+                "num_heads": self.num_heads,
                 "key_dim": self.key_dim,
                 "dropout": self.dropout,
                 "activation": self.activation

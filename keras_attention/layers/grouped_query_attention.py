@@ -17,7 +17,8 @@ class GroupedQueryAttention(MultiHeadAttention):
     `MultiHeadAttention(num_heads=num_query_heads, key_dim=head_dim,
     num_key_value_heads=num_key_value_heads)`, with everything that layer offers
     (implementations, decoding cache, gate, attention axes). The output has the
-    query's feature size, as in Keras.
+    query's feature size, and `query` and `value` must have the same feature size,
+    as in Keras.
 
     Args:
         head_dim: positive int, size of each query/key/value head.
@@ -76,12 +77,31 @@ class GroupedQueryAttention(MultiHeadAttention):
         self.head_dim = head_dim
         self.num_query_heads = num_query_heads
 
+    def _check_shapes(self, query_shape, value_shape, key_shape):
+        _check_features(query_shape, value_shape)
+        super()._check_shapes(query_shape, value_shape, key_shape)
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        _check_features(query_shape, value_shape)  # first, as Keras' layer
+        return super().compute_output_shape(query_shape, value_shape, key_shape)
+
     def get_config(self):
         config = super().get_config()
         for name in self._hidden_base_arguments:
             config.pop(name)
         config.update({"head_dim": self.head_dim, "num_query_heads": self.num_query_heads})
         return config
+
+
+def _check_features(query_shape, value_shape):
+    """The query and value feature sizes must agree (where known), as in Keras."""
+    query_features, value_features = tuple(query_shape)[-1], tuple(value_shape)[-1]
+    if None not in (query_features, value_features) and query_features != value_features:
+        raise _validation.keras_error(
+            "query_value_features",
+            "`query` and `value` must have the same feature size (last axis). "
+            f"Received: query.shape={tuple(query_shape)}, value.shape={tuple(value_shape)}",
+        )
 
 
 # Keras exports this layer as `keras.layers.GroupQueryAttention`: the same name here,

@@ -37,9 +37,11 @@ class LuongAttention(_common.NothingToQuantize, QueryValueAttention):
         score: one of `"dot"`, `"general"`, `"concat"`.
         units: positive int, hidden size of the concat score; required for
             `score="concat"` and refused for the others.
-        scale: if `True`, divide dot/general scores by `sqrt(d_k)`.
-        use_scale: if `True`, a learned scalar `scale` weight (initialized to 1)
-            multiplies the dot/general scores, as in `keras.layers.Attention`.
+        scale: if `True`, divide dot/general scores by `sqrt(d_k)` (kept as the
+            attribute `scale_by_sqrt_dim`).
+        use_scale: if `True`, a learned scalar weight `scale` (initialized to 1)
+            multiplies the dot/general scores, as in `keras.layers.Attention`; the
+            attribute `scale` is that weight, or `None` without `use_scale`, as there.
         score_mode: Keras' name for `score`; only `"dot"` (Keras' `"concat"`,
             `w * sum(tanh(q + k))`, is not Luong's concat score: use
             `AdditiveAttention()` for a sum of `tanh(q + k)`).
@@ -134,10 +136,11 @@ class LuongAttention(_common.NothingToQuantize, QueryValueAttention):
             )
         self.use_scale = use_scale
         self.score_mode = score_mode
-        self.score_scale = None
+        # Keras' name: the learned weight of `use_scale` (built in `build`).
+        self.scale = None
         self.score = score
         self.units = units
-        self.scale = scale
+        self.scale_by_sqrt_dim = scale
         self.use_bias = use_bias
         # `general` needs the query size, known only in build().
         self.key_dense = None
@@ -147,9 +150,7 @@ class LuongAttention(_common.NothingToQuantize, QueryValueAttention):
 
     def _build_scores(self, query_shape, key_shape):
         if self.use_scale:
-            self.score_scale = self.add_weight(
-                name="scale", shape=(), initializer="ones", trainable=True
-            )
+            self.scale = self.add_weight(name="scale", shape=(), initializer="ones", trainable=True)
         query_features, key_features = query_shape[-1], key_shape[-1]
         if self.score == "dot":
             if None not in (query_features, key_features) and (query_features != key_features):
@@ -180,16 +181,16 @@ class LuongAttention(_common.NothingToQuantize, QueryValueAttention):
         if self.score in ("dot", "general"):
             if self.score == "general":
                 key = self.key_dense(key)
-            if self.score_scale is not None:
+            if self.scale is not None:
                 # (s q) . k = s (q . k): the learned scale of keras.layers.Attention.
-                query = query * ops.cast(self.score_scale, query.dtype)
+                query = query * ops.cast(self.scale, query.dtype)
             # scale=None is the default 1/sqrt(d_k); 1.0 leaves the scores as q . k.
             return attention_ops.scaled_dot_product_attention(
                 query,
                 key,
                 value,
                 mask=mask,
-                scale=None if self.scale else 1.0,
+                scale=None if self.scale_by_sqrt_dim else 1.0,
                 **attention_arguments,
             )
         # Pair every query with every key: (batch, q_len, kv_len, q_f + k_f).
@@ -205,13 +206,18 @@ class LuongAttention(_common.NothingToQuantize, QueryValueAttention):
         scores = ops.squeeze(self.score_dense(hidden), -1)
         return attention_ops.attention_from_scores(scores, value, mask=mask, **attention_arguments)
 
+    @property
+    def score_scale(self):
+        """The former name of the `use_scale` weight `scale` (Keras' name)."""
+        return self.scale
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "score": self.score,
                 "units": self.units,
-                "scale": self.scale,
+                "scale": self.scale_by_sqrt_dim,
                 "use_scale": self.use_scale,
                 "score_mode": self.score_mode,
                 "use_bias": self.use_bias,

@@ -9,13 +9,13 @@ from keras import ops
 
 from keras_attention import _validation, masks
 from keras_attention import ops as attention_ops
-from keras_attention.layers import _attention_axes, _common, _decoding_cache
-from keras_attention.layers._layer_normalization import LayerNormalization
-from keras_attention.layers.rms_norm import RMSNorm
-from keras_attention.layers.rotary_embedding import RotaryEmbedding
-
-# The per-head query/key normalizations (`query_norm`, `key_norm`).
-_QK_NORMS = (None, "rms_norm", "layer_norm")
+from keras_attention.layers import (
+    _attention_axes,
+    _attention_options,
+    _common,
+    _decoding_cache,
+    _keras_hook,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -50,6 +50,14 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
     `cache_index`, the layer writes the new token(s) at positions
     `[cache_index, cache_index + new_len)`, and new query `i` attends causally to the
     cached positions `<= cache_index + i`.
+
+    Extending: a subclass may override Keras' hook `_compute_attention(query, key,
+    value, attention_mask=None, training=None)`; it then replaces the attention core on
+    every path. It gets the projected heads in Keras' layout `(batch, seq, heads, dim)`
+    (each key/value head repeated for its query heads; with a cache, the keys/values of
+    every cache slot, or of the ring's slots then the new tokens; with `attention_axes`,
+    the flattened rank-3 form) and the call's one boolean mask (padding, causal, cache
+    and window merged); it returns `(output (batch, q_len, heads, value_dim), scores)`.
 
     Args:
         num_heads: positive int, number of query heads.
@@ -86,7 +94,12 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
             scores nor dropout are needed (thresholds: `implementation` of
             `keras_attention.ops.scaled_dot_product_attention`); `"plain"`,
             `"chunked"`, `"flash"` or `"fused"` force a path (calls that need the
-            scores or dropout always use `"plain"`).
+            scores or dropout use `"plain"`, except with `"fused"`, which refuses
+            dropout and `return_attention_scores=True` with a `ValueError`, as Keras'
+            `flash_attention=True` does).
+        flash_attention: Keras' argument: `True` is `implementation="fused"` (the
+            backend's fused kernel), `False` is `implementation="plain"`, `None`
+            (default) leaves `implementation` to choose.
         sliding_window: optional positive int `w`, local attention as in
             `keras.layers.GroupedQueryAttention`: query `i` sees only keys `j` with
             `|i - j| < w`; with `use_causal_mask=True` (and with a cache) that is
@@ -188,6 +201,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         bias_constraint=None,
         seed=None,
         implementation=None,
+        flash_attention=None,
         sliding_window=None,
         position_embedding=None,
         score_bias=None,
@@ -227,9 +241,11 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         self._output_shape = output_shape
         self.attention_axes = attention_axes
         self.use_gate = use_gate
-        attention_ops.check_implementation(implementation)
+        self.flash_attention = flash_attention
+        self.implementation = _attention_options.implementation(
+            implementation, flash_attention, dropout
+        )
         self.seed = seed
-        self.implementation = implementation
         _validation.check_positive_int(sliding_window, "sliding_window", allow_none=True)
         self.sliding_window = sliding_window
         self._init_score_options(position_embedding, score_bias, soft_cap, query_norm, key_norm)
@@ -284,36 +300,8 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         return self._output_shape or (self.output_dim or query_shape[-1],)
 
     def _check_shapes(self, query_shape, value_shape, key_shape):
-        """The shape checks of `build`, `call` and the symbolic shapes, in one place:
-        ranks, attention axes, key/value lengths and the batch (non-attention) axes."""
-        rank = len(query_shape)
-        if rank < 3:
-            raise ValueError(
-                "`query` must be rank 3 (batch, seq, features) or higher. "
-                f"Received: query.shape={query_shape}"
-            )
-        for name, shape in (("value", value_shape), ("key", key_shape)):
-            if len(shape) != rank:
-                raise ValueError(
-                    f"`{name}` must be rank {rank}, the rank of `query`. Received: "
-                    f"query.shape={query_shape}, {name}.shape={shape}"
-                )
-        axes = _attention_axes.attention_axes_for(self.attention_axes, rank)
-        if not _validation.compatible(key_shape[1:-1], value_shape[1:-1]):
-            raise ValueError(
-                "`key` and `value` must have the same length (the same shape except "
-                "for the last axis, features). Received: "
-                f"key.shape={key_shape}, value.shape={value_shape}"
-            )
-        batch_axes = [axis for axis in range(rank - 1) if axis not in axes]
-        query_batch = tuple(query_shape[axis] for axis in batch_axes)
-        value_batch = tuple(value_shape[axis] for axis in batch_axes)
-        if not _validation.compatible(query_batch, value_batch):
-            raise ValueError(
-                "`query` and `value` must agree on the batch axis and the axes that "
-                f"are not attention axes ({tuple(batch_axes)}). Received: "
-                f"query.shape={query_shape}, value.shape={value_shape}"
-            )
+        """The shape checks of `build`, `call` and the symbolic shapes, in one place."""
+        _attention_axes.check_shapes(query_shape, value_shape, key_shape, self.attention_axes)
 
     @property
     def _cache_features(self):
@@ -365,9 +353,9 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
         cache=None,
         cache_index=None,
         key_value_cache=None,
@@ -571,8 +559,76 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
     def _attend_heads(
         self, queries, keys, values, mask, bias, sliding_window, return_attention_scores, training
     ):
-        """The attention of the query heads over the key/value heads: `(heads, scores)`,
-        scores None unless asked for."""
+        """The attention of the query heads over the key/value heads `(batch, heads,
+        seq, dim)`: `(heads, scores)`, scores None unless asked for. Runs a subclass'
+        `_compute_attention` (Keras' hook) when it overrides it, else the core."""
+        if type(self)._compute_attention is MultiHeadAttention._compute_attention:
+            return self._attention_core(
+                queries, keys, values, mask, bias, sliding_window, return_attention_scores, training
+            )
+        query, key, value, mask = _keras_hook.hook_inputs(
+            queries, keys, values, mask, sliding_window, self.num_heads // self._kv_heads
+        )
+        # Only what Keras' signature lacks is passed by name, and only when needed, so
+        # overrides with Keras' signature keep working.
+        extra = {"return_attention_scores": True} if return_attention_scores else {}
+        if bias is not None:
+            extra["score_bias"] = bias
+        output, scores = self._compute_attention(
+            query, key, value, attention_mask=mask, training=training, **extra
+        )
+        return _keras_hook.swap_seq_and_heads(output), scores
+
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        score_bias=None,
+    ):
+        """Keras' extension point: the attention of projected heads, in Keras'
+        layout. Override it to change the attention; see the class docstring for
+        what it receives on each path.
+
+        Args:
+            query: `(batch, q_len, num_heads, key_dim)`, normalized and rotated
+                when the layer does so.
+            key: `(batch, kv_len, num_heads, key_dim)` (key/value heads repeated
+                for their query heads).
+            value: `(batch, kv_len, num_heads, value_dim)`.
+            attention_mask: boolean `(batch or 1, q_len, kv_len)`, or
+                `(batch or 1, num_heads or 1, q_len, kv_len)`, `True` = may
+                attend; `None` when nothing is masked.
+            training: whether dropout is active.
+            return_attention_scores: whether the scores are needed.
+            score_bias: the layer's `score_bias` as a callable of positions
+                (passed only when the layer has one).
+
+        Returns:
+            `(output (batch, q_len, num_heads, value_dim), scores)`, scores
+            `(batch, num_heads, q_len, kv_len)` or None.
+        """
+        swap = _keras_hook.swap_seq_and_heads
+        heads, scores = self._attention_core(
+            swap(query),
+            swap(key),
+            swap(value),
+            attention_mask,
+            score_bias,
+            None,
+            return_attention_scores,
+            training,
+        )
+        return swap(heads), scores
+
+    def _attention_core(
+        self, queries, keys, values, mask, bias, sliding_window, return_attention_scores, training
+    ):
+        """`keras_attention.ops.scaled_dot_product_attention` of the heads with the
+        layer's options: `(heads, scores)`, scores None unless asked for."""
         if mask is not None and len(mask.shape) == 3:
             mask = ops.expand_dims(mask, 1)  # the head axis of the scores
         # Grouped-query heads: the attention function shares each key/value head with
@@ -604,69 +660,25 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         return output
 
     def _init_score_options(self, position_embedding, score_bias, soft_cap, query_norm, key_norm):
+        options = _attention_options
+        self.rotary_embedding = options.rotary_embedding(position_embedding, self.key_dim)
         if isinstance(position_embedding, dict):
-            position_embedding = keras.saving.deserialize_keras_object(position_embedding)
-        if position_embedding == "rotary":
-            self.rotary_embedding = RotaryEmbedding(name="rotary_embedding")
-        elif position_embedding is None or isinstance(position_embedding, RotaryEmbedding):
-            self.rotary_embedding = position_embedding
-        else:
-            raise ValueError(
-                "`position_embedding` must be None, 'rotary' or a RotaryEmbedding "
-                f"instance. Received: position_embedding={position_embedding!r}"
-            )
-        if self.rotary_embedding is not None:
-            self.rotary_embedding.rotated_dim(self.key_dim)  # odd rotated dims raise
+            position_embedding = self.rotary_embedding
         self.position_embedding = position_embedding
-        if isinstance(score_bias, dict):
-            score_bias = keras.saving.deserialize_keras_object(score_bias)
-        if score_bias is not None:
-            if not isinstance(score_bias, keras.layers.Layer) or not callable(score_bias):
-                raise ValueError(
-                    "`score_bias` must be None or a position bias layer such as "
-                    f"ALiBiBias or RelativePositionBias. Received: score_bias={score_bias!r}"
-                )
-            heads = getattr(score_bias, "num_heads", self.num_heads)
-            if heads != self.num_heads:
-                raise ValueError(
-                    "`score_bias` must give one bias per query head: its num_heads "
-                    f"must be {self.num_heads}. Received: score_bias.num_heads={heads}"
-                )
-        self.score_bias = score_bias
+        self.score_bias = options.score_bias_layer(score_bias, self.num_heads)
         if soft_cap is not None:
             _validation.check_positive_float(soft_cap, "soft_cap")
         self.soft_cap = soft_cap
-        _validation.check_one_of(query_norm, "query_norm", _QK_NORMS)
-        _validation.check_one_of(key_norm, "key_norm", _QK_NORMS)
-        self.query_norm = query_norm
-        self.key_norm = key_norm
-        self.query_norm_layer = self._qk_norm(query_norm, "query_norm")
-        self.key_norm_layer = self._qk_norm(key_norm, "key_norm")
-
-    def _qk_norm(self, kind, name):
-        if kind == "rms_norm":
-            return RMSNorm(name=name, dtype=self.dtype_policy)
-        if kind == "layer_norm":
-            return LayerNormalization(
-                epsilon=1e-6, center=False, name=name, dtype=self.dtype_policy
-            )
-        return None
+        self.query_norm, self.key_norm = query_norm, key_norm
+        self.query_norm_layer = options.qk_norm(query_norm, "query_norm", self.dtype_policy)
+        self.key_norm_layer = options.qk_norm(key_norm, "key_norm", self.dtype_policy)
 
     def _check_call_shapes(self, query, value, key):
         self._check_shapes(tuple(query.shape), tuple(value.shape), tuple(key.shape))
-        built = (
-            ("query", query, self.query_dense),
-            ("value", value, self.value_dense),
-            ("key", key, self.key_dense),
+        denses = (self.query_dense, self.value_dense, self.key_dense)
+        _attention_axes.check_built_features(
+            zip(("query", "value", "key"), (query, value, key), denses)
         )
-        for name, tensor, dense in built:
-            expected = dense.kernel.shape[0]
-            if tensor.shape[-1] is not None and tensor.shape[-1] != expected:
-                raise ValueError(
-                    f"The last dimension (features) of `{name}` must be {expected}, "
-                    f"as when the layer was built. Received: "
-                    f"{name}.shape={tuple(tensor.shape)}"
-                )
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         query_shape, value_shape = tuple(query_shape), tuple(value_shape)
@@ -702,10 +714,9 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         return output + (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
 
     def _implementation_for(self, return_attention_scores, training):
-        # The attention weights and attention dropout need the full score matrix.
-        if return_attention_scores or (training and self.dropout > 0):
-            return "plain"
-        return self.implementation
+        return _attention_options.implementation_for_call(
+            self.implementation, self.dropout, return_attention_scores, training
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -723,6 +734,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
                 "use_gate": self.use_gate,
                 "seed": self.seed,
                 "implementation": self.implementation,
+                "flash_attention": self.flash_attention,
                 "sliding_window": self.sliding_window,
                 "position_embedding": self.position_embedding
                 if self.position_embedding in (None, "rotary")

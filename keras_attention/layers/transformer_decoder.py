@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, masks
+from keras_attention.layers import _keras_hub_cache
 from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
@@ -23,12 +24,24 @@ class TransformerDecoder(_TransformerBlock):
     when it receives an `encoder_sequence` shape, i.e. when the layer is first
     called with one; a decoder built one way cannot be called the other way.
 
-    Incremental decoding: pass a `self_attention_cache` (from
-    :meth:`get_initial_cache`) and `cache_index`; the new token(s) are written in
-    the cache at `cache_index` and attend causally to everything before them, so
-    each step costs one position instead of the whole prefix. The cross-attention
-    keys/values of `encoder_sequence` can be computed once with
-    :meth:`compute_cross_attention_cache` and passed as `cross_attention_cache`.
+    Incremental decoding: pass a `self_attention_cache` and `cache_index` (keras-hub's
+    name: `self_attention_cache_update_index`); the new token(s) are written in the
+    cache at `cache_index` and attend causally to everything before them, so each
+    step costs one position instead of the whole prefix. Two cache layouts, told
+    apart by their rank:
+
+    - This package's, from :meth:`get_initial_cache`: `(batch, max_length,
+      num_key_value_heads * 2 * key_dim)` (`layers/_decoding_cache.py`); the
+      cross-attention keys/values of `encoder_sequence` can be computed once with
+      :meth:`compute_cross_attention_cache` and passed as `cross_attention_cache`
+      (not returned). Returns `(outputs, new_cache)`.
+    - keras-hub's, `(batch, 2, max_length, num_heads, head_dim)` (keys `[:, 0]`,
+      values `[:, 1]`), with its protocol: with cross-attention a
+      `cross_attention_cache` `(batch, 2, enc_seq, num_heads, head_dim)` is required
+      too, filled from `encoder_sequence` at `cross_attention_cache_update_index`
+      (usually 0) or, with `None`, used as it is; returns
+      `(outputs, self_attention_cache[, cross_attention_cache])`, as keras-hub's
+      `TransformerDecoder`.
 
     Sublayers: `self_attention`, `self_attention_dropout`,
     `self_attention_layer_norm`, `cross_attention`, `cross_attention_dropout`,
@@ -41,50 +54,59 @@ class TransformerDecoder(_TransformerBlock):
     Args:
         Same as :class:`TransformerEncoder`.
 
-    Call arguments:
+    Call arguments (keras-hub's, in its order, then this package's):
         decoder_sequence: `(batch, seq, features)`.
         encoder_sequence: optional `(batch, enc_seq, enc_features)`.
         decoder_padding_mask: boolean `(batch, seq)`, `True` for real tokens; with a
             cache, `(batch, max_length)` over the cache positions (with a
             `sliding_window`, whose cache is a ring, over all positions).
+        decoder_attention_mask: boolean `(batch, seq, seq)` (with a cache
+            `(batch, seq, max_length)`), `True` = may attend; merged with the
+            causal and padding masks.
         encoder_padding_mask: boolean `(batch, enc_seq)`.
-        self_attention_cache: optional cache tensor of the self-attention,
-            `(batch, max_length, num_heads * 2 * key_dim)`.
-        cache_index: int or scalar int tensor, where the new tokens go in the cache
-            (required with `self_attention_cache`).
+        encoder_attention_mask: boolean `(batch, seq, enc_seq)` for the
+            cross-attention.
+        self_attention_cache: optional cache of the self-attention, in either
+            layout (see above).
+        self_attention_cache_update_index: keras-hub's name of `cache_index`.
+        cross_attention_cache: optional cross-attention keys/values (see above).
+        cross_attention_cache_update_index: keras-hub's protocol only: where
+            the keys/values of `encoder_sequence` go in `cross_attention_cache`,
+            or `None` to use it as it is.
+        use_causal_mask: `True` (default); `False` lets every position attend to
+            every other (refused with a cache, which is causal).
         cache_write_length: optional int or scalar int tensor `n` (with
             `self_attention_cache`): the new cache keeps only the first `n` new
             tokens (see `MultiHeadAttention`), e.g. the prompt positions every row
             of a batch of prompts of different lengths has.
-        cross_attention_cache: optional projected keys/values of `encoder_sequence`
-            from :meth:`compute_cross_attention_cache`, used instead of projecting
-            `encoder_sequence` again.
         training: whether dropout is active.
-        decoder_sequence_mask, encoder_sequence_mask (or `mask` when
-            `decoder_sequence` is the only tensor): Keras masks, filled in by Keras
-            and combined with the padding masks.
         return_attention_scores: if `True`, also return the attention weights:
             self-attention `(batch, num_heads, seq, seq)` (`seq` = `max_length`
             with a cache) and, with an `encoder_sequence`, cross-attention
             `(batch, num_heads, seq, encoder_seq)`.
+        cache_index: int or scalar int tensor, where the new tokens go in the cache
+            (required with `self_attention_cache`).
+        decoder_sequence_mask, encoder_sequence_mask (or `mask` when
+            `decoder_sequence` is the only tensor): Keras masks, filled in by Keras
+            and combined with the padding masks.
 
     Returns:
         `(batch, seq, features)` carrying the decoder's Keras mask, or a tuple:
         the outputs, then with `return_attention_scores=True` the self- and (with an
         encoder) cross-attention weights, then with `self_attention_cache` the new
-        cache, e.g. `(outputs, new_cache)` or
-        `(outputs, self_scores, cross_scores, new_cache)`.
+        cache (and in keras-hub's protocol the cross-attention cache), e.g.
+        `(outputs, new_cache)` or `(outputs, self_scores, cross_scores, new_cache)`.
 
     Example:
     >>> import numpy as np
-    >>> decoder = TransformerDecoder(num_heads=2, intermediate_dim=32)
+    >>> decoder = TransformerDecoder(intermediate_dim=32, num_heads=2)
     >>> target, source = np.zeros((2, 4, 8), "float32"), np.zeros((2, 6, 8), "float32")
     >>> tuple(decoder(target, source).shape)
     (2, 4, 8)
     """
 
-    def __init__(self, num_heads, intermediate_dim, **kwargs):
-        super().__init__(num_heads, intermediate_dim, **kwargs)
+    def __init__(self, intermediate_dim, num_heads, *args, **kwargs):
+        super().__init__(intermediate_dim, num_heads, *args, **kwargs)
         self.self_attention = None
         self.self_attention_dropout = self._dropout("self_attention_dropout")
         self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
@@ -133,19 +155,48 @@ class TransformerDecoder(_TransformerBlock):
         decoder_sequence,
         encoder_sequence=None,
         decoder_padding_mask=None,
+        decoder_attention_mask=None,
         encoder_padding_mask=None,
+        encoder_attention_mask=None,
         self_attention_cache=None,
-        cache_index=None,
+        self_attention_cache_update_index=None,
         cross_attention_cache=None,
+        cross_attention_cache_update_index=None,
+        use_causal_mask=True,
         training=None,
+        return_attention_scores=False,
+        cache_index=None,
         mask=None,
         decoder_sequence_mask=None,
         encoder_sequence_mask=None,
-        return_attention_scores=False,
         cache_write_length=None,
     ):
-        self._check_call(encoder_sequence, self_attention_cache, cache_index, cache_write_length)
-        decoder_mask = mask if decoder_sequence_mask is None else decoder_sequence_mask
+        cache_index = self._check_call(
+            encoder_sequence,
+            self_attention_cache,
+            _keras_hub_cache.cache_index(cache_index, self_attention_cache_update_index),
+            use_causal_mask,
+            cache_write_length,
+        )
+        # keras-hub's caches (batch, 2, length, heads, head_dim), in this package's layout
+        stacked, self_attention_cache, cross_attention_cache, new_cross_cache = (
+            _keras_hub_cache.unstack(
+                self,
+                encoder_sequence,
+                self_attention_cache,
+                cross_attention_cache,
+                cross_attention_cache_update_index,
+            )
+        )
+        scores, new_cache = [], []
+        attention_mask = self._self_attention_mask(
+            decoder_sequence,
+            decoder_padding_mask,
+            mask if decoder_sequence_mask is None else decoder_sequence_mask,
+            decoder_attention_mask,
+            use_causal_mask,
+            self_attention_cache,
+        )
         cache_arguments = {}
         if self_attention_cache is not None:
             cache_arguments = {
@@ -153,78 +204,83 @@ class TransformerDecoder(_TransformerBlock):
                 "cache_index": cache_index,
                 "cache_write_length": cache_write_length,
             }
-        scores, new_cache = [], []
-        self_attention = self._attention_sublayer(
-            self.self_attention,
+        x = self._attention_residual(
+            decoder_sequence,
+            "self_attention",
             scores,
             new_cache,
-            attention_mask=self._self_attention_mask(
-                decoder_sequence, decoder_padding_mask, decoder_mask, self_attention_cache
-            ),
-            training=training,
+            training,
+            attention_mask=attention_mask,
             return_attention_scores=return_attention_scores,
             **cache_arguments,
         )
-        x = self._residual(
-            decoder_sequence,
-            self_attention,
-            self.self_attention_layer_norm,
-            self.self_attention_dropout,
-            training,
-        )
         if encoder_sequence is not None:
-            cross_attention = self._attention_sublayer(
-                self.cross_attention,
+            x = self._attention_residual(
+                x,
+                "cross_attention",
                 scores,
                 new_cache,
+                training,
                 value=encoder_sequence,
                 attention_mask=self._cross_attention_mask(
-                    decoder_sequence, encoder_sequence, encoder_padding_mask, encoder_sequence_mask
+                    decoder_sequence,
+                    encoder_sequence,
+                    encoder_padding_mask,
+                    encoder_sequence_mask,
+                    encoder_attention_mask,
                 ),
-                training=training,
                 key_value_cache=cross_attention_cache,
                 return_attention_scores=return_attention_scores,
             )
-            x = self._residual(
-                x,
-                cross_attention,
-                self.cross_attention_layer_norm,
-                self.cross_attention_dropout,
-                training,
-            )
         x = self._feedforward_residual(x, training)
-        outputs = (x, *scores, *new_cache)
+        if stacked:
+            new_cache = [_keras_hub_cache.to_stacked(self, new_cache[0]), new_cross_cache]
+        outputs = (x, *scores, *(cache for cache in new_cache if cache is not None))
         return outputs if len(outputs) > 1 else x
 
-    def _self_attention_mask(self, decoder_sequence, padding_mask, decoder_mask, cache):
-        """The causal self-attention mask: the padding and Keras masks merged, causal
-        over the sequence, or over the cache's slots with a cache."""
+    def _self_attention_mask(
+        self, decoder_sequence, padding_mask, decoder_mask, attention_mask, causal, cache
+    ):
+        """The self-attention mask: the padding, Keras and attention masks merged,
+        causal over the sequence (with `causal`), or over the cache's slots."""
         dec_len = ops.shape(decoder_sequence)[1]
         if cache is not None:
-            return self._cached_self_attention_mask(padding_mask, decoder_mask, cache, dec_len)
+            return self._cached_self_attention_mask(
+                padding_mask, decoder_mask, attention_mask, cache, dec_len
+            )
         padding_mask = _padding_mask(
             padding_mask, decoder_mask, decoder_sequence, "decoder_padding_mask", "decoder_sequence"
         )
+        if attention_mask is not None:
+            attention_mask = masks.validate_mask(attention_mask, "decoder_attention_mask")
         return masks.merge_attention_masks(
             query_mask=padding_mask,
             value_mask=padding_mask,
-            use_causal_mask=True,
+            attention_mask=attention_mask,
+            use_causal_mask=causal,
             q_len=dec_len,
             kv_len=dec_len,
         )
 
-    def _cross_attention_mask(self, decoder_sequence, encoder_sequence, padding_mask, encoder_mask):
-        """The cross-attention mask: the encoder's padding and Keras masks over its keys."""
+    def _cross_attention_mask(
+        self, decoder_sequence, encoder_sequence, padding_mask, encoder_mask, attention_mask
+    ):
+        """The cross-attention mask: the encoder's padding and Keras masks over its
+        keys, and an `encoder_attention_mask` `(batch, dec_len, enc_len)`."""
         padding_mask = _padding_mask(
             padding_mask, encoder_mask, encoder_sequence, "encoder_padding_mask", "encoder_sequence"
         )
+        if attention_mask is not None:
+            attention_mask = masks.validate_mask(attention_mask, "encoder_attention_mask")
         return masks.merge_attention_masks(
             value_mask=padding_mask,
+            attention_mask=attention_mask,
             q_len=ops.shape(decoder_sequence)[1],
             kv_len=ops.shape(encoder_sequence)[1],
         )
 
-    def _check_call(self, encoder_sequence, cache, cache_index, cache_write_length=None):
+    def _check_call(self, encoder_sequence, cache, cache_index, use_causal_mask, write_length):
+        """Check the call's arguments against the layer; return the cache index."""
         if encoder_sequence is not None and self.cross_attention is None:
             raise ValueError(
                 "This TransformerDecoder was built without cross-attention (its first "
@@ -238,19 +294,29 @@ class TransformerDecoder(_TransformerBlock):
             )
         if cache is not None and cache_index is None:
             raise ValueError(
-                "`cache_index` is required with `self_attention_cache`. Received: cache_index=None"
+                "`cache_index` (keras-hub's `self_attention_cache_update_index`) is "
+                "required with `self_attention_cache`. Received: cache_index=None"
             )
-        for name, value in (
-            ("cache_index", cache_index),
-            ("cache_write_length", cache_write_length),
-        ):
-            if cache is None and value is not None:
-                raise ValueError(
-                    f"`{name}` is only used with `self_attention_cache`. "
-                    f"Received: {name}={value!r}, self_attention_cache=None"
-                )
+        if cache is None and cache_index is not None:
+            raise ValueError(
+                "`cache_index` (keras-hub's `self_attention_cache_update_index`) is only "
+                f"used with `self_attention_cache`. Received: cache_index={cache_index!r}, "
+                "self_attention_cache=None"
+            )
+        if cache is None and write_length is not None:
+            raise ValueError(
+                "`cache_write_length` is only used with `self_attention_cache`. "
+                f"Received: cache_write_length={write_length!r}, self_attention_cache=None"
+            )
+        _validation.check_bool(use_causal_mask, "use_causal_mask")
+        if cache is not None and not use_causal_mask:
+            raise ValueError(
+                "A decoding cache is causal: `use_causal_mask=False` cannot be combined "
+                "with `self_attention_cache`. Received: use_causal_mask=False"
+            )
+        return cache_index
 
-    def _cached_self_attention_mask(self, padding_mask, query_mask, cache, dec_len):
+    def _cached_self_attention_mask(self, padding_mask, query_mask, attention_mask, cache, dec_len):
         """With a cache, the keys are the cache's `max_length` slots; the attention
         layer adds the causal part (new tokens see slots up to their own)."""
         max_length = ops.shape(cache)[1]
@@ -272,9 +338,12 @@ class TransformerDecoder(_TransformerBlock):
                     f"decoder_padding_mask.shape={shape}, "
                     f"self_attention_cache.shape={tuple(cache.shape)}"
                 )
+        if attention_mask is not None:
+            attention_mask = masks.validate_mask(attention_mask, "decoder_attention_mask")
         return masks.merge_attention_masks(
             query_mask=query_mask,
             value_mask=padding_mask,
+            attention_mask=attention_mask,
             q_len=dec_len,
             kv_len=max_length,
         )
@@ -294,6 +363,7 @@ class TransformerDecoder(_TransformerBlock):
         decoder_sequence,
         encoder_sequence=None,
         self_attention_cache=None,
+        cross_attention_cache=None,
         return_attention_scores=False,
         **kwargs,
     ):
@@ -302,12 +372,16 @@ class TransformerDecoder(_TransformerBlock):
 
         outputs = [spec(decoder_sequence.shape)]
         batch, dec_len = decoder_sequence.shape[0], decoder_sequence.shape[1]
+        stacked = self_attention_cache is not None and len(self_attention_cache.shape) == 5
         if return_attention_scores:
-            keys = dec_len if self_attention_cache is None else self_attention_cache.shape[1]
+            keys = dec_len
+            if self_attention_cache is not None:
+                keys = self_attention_cache.shape[2 if stacked else 1]
             outputs.append(spec((batch, self.num_heads, dec_len, keys)))
             if encoder_sequence is not None:
                 enc_len = encoder_sequence.shape[1]
                 outputs.append(spec((batch, self.num_heads, dec_len, enc_len)))
-        if self_attention_cache is not None:
-            outputs.append(spec(self_attention_cache.shape, self_attention_cache.dtype))
+        for cache in (self_attention_cache, cross_attention_cache if stacked else None):
+            if cache is not None:
+                outputs.append(spec(cache.shape, cache.dtype))
         return tuple(outputs) if len(outputs) > 1 else outputs[0]

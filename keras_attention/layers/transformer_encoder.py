@@ -24,16 +24,22 @@ class TransformerEncoder(_TransformerBlock):
     `4 d h k + 3 h k + d` (attention) `+ 2 d f + f + d` (FFN) `+ 4 d` (two
     LayerNorms) parameters.
 
+    The arguments come in the order and with the defaults of keras-hub's
+    `TransformerEncoder` (`TransformerEncoder(intermediate_dim, num_heads)`, dropout
+    0), so code written for it runs after changing the import.
+
     Args:
-        num_heads: positive int, number of attention heads.
         intermediate_dim: positive int, hidden size of the FFN.
-        key_dim: size of each head; default `features // num_heads`.
+        num_heads: positive int, number of attention heads.
         dropout: float in `[0, 1)`, used on the attention probabilities and on each
-            sublayer's output before the residual addition (the paper's `P_drop`).
+            sublayer's output before the residual addition (the paper's `P_drop`,
+            0.1 there). Defaults to 0, as in keras-hub.
         activation: FFN activation.
         layer_norm_epsilon: positive float.
-        normalize_first: pre-norm if `True`, post-norm (the paper) if `False`.
         kernel_initializer, bias_initializer: for every `Dense` inside.
+        normalize_first: pre-norm if `True`, post-norm (the paper) if `False`.
+        key_dim: size of each head; default `features / num_heads` (which must
+            divide; keras-hub rounds down).
         seed: int, seed for the dropouts.
         normalization: `"layer_norm"` (the paper) or `"rms_norm"` (:class:`RMSNorm`,
             Llama); `layer_norm_epsilon` is its epsilon.
@@ -52,10 +58,10 @@ class TransformerEncoder(_TransformerBlock):
         padding_mask: boolean `(batch, seq)`, `True` for real tokens.
         attention_mask: boolean `(batch, seq, seq)`, `True` = may attend.
         training: whether dropout is active.
-        mask: the Keras mask of `inputs`, filled in by Keras; combined with
-            `padding_mask`. Padded positions are never attended.
         return_attention_scores: if `True`, also return the self-attention weights
             (as keras-hub's `TransformerEncoder`).
+        mask: the Keras mask of `inputs`, filled in by Keras; combined with
+            `padding_mask`. Padded positions are never attended.
 
     Returns:
         `(batch, seq, features)`, carrying the input's Keras mask; with
@@ -64,13 +70,13 @@ class TransformerEncoder(_TransformerBlock):
 
     Example:
     >>> import numpy as np
-    >>> encoder = TransformerEncoder(num_heads=2, intermediate_dim=32)
+    >>> encoder = TransformerEncoder(intermediate_dim=32, num_heads=2)
     >>> tuple(encoder(np.zeros((2, 5, 8), "float32")).shape)
     (2, 5, 8)
     """
 
-    def __init__(self, num_heads, intermediate_dim, **kwargs):
-        super().__init__(num_heads, intermediate_dim, **kwargs)
+    def __init__(self, intermediate_dim, num_heads, *args, **kwargs):
+        super().__init__(intermediate_dim, num_heads, *args, **kwargs)
         self.self_attention = None
         self.self_attention_dropout = self._dropout("self_attention_dropout")
         self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
@@ -91,9 +97,9 @@ class TransformerEncoder(_TransformerBlock):
         padding_mask=None,
         attention_mask=None,
         training=None,
+        return_attention_scores=False,
         mask=None,
         inputs_mask=None,
-        return_attention_scores=False,
     ):
         # Keras fills `mask` when `inputs` is the only tensor argument and
         # `inputs_mask` when more tensors are passed.
@@ -116,20 +122,14 @@ class TransformerEncoder(_TransformerBlock):
         )
 
         scores = []
-        self_attention = self._attention_sublayer(
-            self.self_attention,
+        x = self._attention_residual(
+            inputs,
+            "self_attention",
             scores,
             None,
-            attention_mask=attention_mask,
-            training=training,
-            return_attention_scores=return_attention_scores,
-        )
-        x = self._residual(
-            inputs,
-            self_attention,
-            self.self_attention_layer_norm,
-            self.self_attention_dropout,
             training,
+            attention_mask=attention_mask,
+            return_attention_scores=return_attention_scores,
         )
         x = self._feedforward_residual(x, training)
         return (x, scores[0]) if return_attention_scores else x

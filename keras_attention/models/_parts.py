@@ -77,8 +77,8 @@ def embedding(name, config, scale=False):
 def encoder_layers(config):
     return [
         TransformerEncoder(
-            config["num_heads"],
             config["intermediate_dim"],
+            config["num_heads"],
             dropout=config["dropout"],
             name=f"encoder_layer_{i}",
         )

@@ -130,8 +130,8 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         decoder_layers = [
             TransformerDecoder(
-                num_heads,
                 intermediate_dim,
+                num_heads,
                 dropout=dropout,
                 num_key_value_heads=num_key_value_heads,
                 sliding_window=sliding_window,

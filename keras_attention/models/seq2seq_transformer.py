@@ -103,7 +103,7 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         encoder_layers = _parts.encoder_layers(config)
         decoder_layers = [
             TransformerDecoder(
-                num_heads, intermediate_dim, dropout=dropout, name=f"decoder_layer_{i}"
+                intermediate_dim, num_heads, dropout=dropout, name=f"decoder_layer_{i}"
             )
             for i in range(num_layers)
         ]
