@@ -28,8 +28,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
     math is `keras_attention.ops.scaled_dot_product_attention`; masks are merged by
     `keras_attention.masks.merge_attention_masks`.
 
-    The call signature is the one of `keras.layers.MultiHeadAttention`, so one can be
-    swapped for the other.
+    The call signature is `keras.layers.MultiHeadAttention`'s: one swaps for the other.
 
     Weights: `keras.layers.Dense` sublayers `query_dense`, `key_dense`, `value_dense`,
     `output_dense` (and `gate_dense` with `use_gate`); head `h` uses columns

@@ -197,13 +197,7 @@ class TransformerDecoder(_TransformerBlock):
             use_causal_mask,
             self_attention_cache,
         )
-        cache_arguments = {}
-        if self_attention_cache is not None:
-            cache_arguments = {
-                "cache": self_attention_cache,
-                "cache_index": cache_index,
-                "cache_write_length": cache_write_length,
-            }
+        cache_arguments = _cache_arguments(self_attention_cache, cache_index, cache_write_length)
         x = self._attention_residual(
             decoder_sequence,
             "self_attention",
@@ -385,3 +379,10 @@ class TransformerDecoder(_TransformerBlock):
             if cache is not None:
                 outputs.append(spec(cache.shape, cache.dtype))
         return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _cache_arguments(cache, cache_index, write_length):
+    """The self-attention's cache keywords: none without a cache."""
+    if cache is None:
+        return {}
+    return {"cache": cache, "cache_index": cache_index, "cache_write_length": write_length}
