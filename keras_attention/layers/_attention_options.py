@@ -20,7 +20,7 @@ def rotary_embedding(position_embedding, key_dim):
     if isinstance(position_embedding, dict):
         position_embedding = keras.saving.deserialize_keras_object(position_embedding)
     if position_embedding == "rotary":
-        return RotaryEmbedding(name="rotary_embedding")
+        position_embedding = RotaryEmbedding(name="rotary_embedding")
     if position_embedding is None:
         return None
     if not isinstance(position_embedding, RotaryEmbedding):
