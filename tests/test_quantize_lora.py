@@ -70,8 +70,14 @@ LAYER_CASES = {
     ),
     "TokenAndPositionEmbedding": None,  # a model class case below covers it
     "FeedForward": lambda: (ka.FeedForward(32, activation="swiglu"), lambda layer, x, c: layer(x)),
-    "TransformerEncoder": lambda: (ka.TransformerEncoder(intermediate_dim=32, num_heads=2), lambda layer, x, c: layer(x)),
-    "TransformerDecoder": lambda: (ka.TransformerDecoder(intermediate_dim=32, num_heads=2), lambda layer, x, c: layer(x, c)),
+    "TransformerEncoder": lambda: (
+        ka.TransformerEncoder(intermediate_dim=32, num_heads=2),
+        lambda layer, x, c: layer(x),
+    ),
+    "TransformerDecoder": lambda: (
+        ka.TransformerDecoder(intermediate_dim=32, num_heads=2),
+        lambda layer, x, c: layer(x, c),
+    ),
     "RMSNorm": lambda: (ka.RMSNorm(), lambda layer, x, c: layer(x)),
     "RotaryEmbedding": lambda: (
         ka.RotaryEmbedding(),
