@@ -70,6 +70,10 @@ LAYER_CASES = {
     ),
     "TokenAndPositionEmbedding": None,  # a model class case below covers it
     "FeedForward": lambda: (ka.FeedForward(32, activation="swiglu"), lambda layer, x, c: layer(x)),
+    "MixtureOfExperts": lambda: (
+        ka.MixtureOfExperts(4, 2, 32),
+        lambda layer, x, c: layer(x),
+    ),
     "TransformerEncoder": lambda: (
         ka.TransformerEncoder(intermediate_dim=32, num_heads=2),
         lambda layer, x, c: layer(x),
