@@ -164,6 +164,9 @@ CASES = {
             "soft_cap": 5.0,
             "query_norm": "rms_norm",
             "key_norm": "layer_norm",
+            "attention_scale": 0.5,
+            "qk_norm_epsilon": 1e-3,
+            "use_bias": ("query", "key", "value"),
         },
         Q,
         {"value": V, "key": K},
@@ -180,6 +183,9 @@ CASES = {
             "soft_cap": 5.0,
             "query_norm": "rms_norm",
             "key_norm": "layer_norm",
+            "attention_scale": 1.0,
+            "qk_norm_epsilon": 1e-5,
+            "use_bias": ("output",),
         },
         Q,
         {"value": V5, "key": K},
@@ -383,6 +389,45 @@ CASES = {
         X,
         {},
     ),
+    "TransformerEncoder-gemma2": (
+        "TransformerEncoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "activation": "geglu_tanh",
+            "normalization": "rms_norm",
+            "normalize_first": True,
+            "post_norm": True,
+            "parallel_residual": True,
+            "attention_scale": 0.5,
+            "qk_norm_epsilon": 1e-3,
+            "query_norm": "rms_norm",
+            "use_bias": ("query", "key", "value"),
+            "score_bias": ka.ALiBiBias(2),
+        },
+        X,
+        {},
+    ),
+    "TransformerDecoder-neox": (
+        "TransformerDecoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "activation": "gelu_tanh",
+            "normalize_first": True,
+            "parallel_residual": True,
+            "post_norm": True,
+            "use_bias": ("output", "feedforward", "norm"),
+            "score_bias": ka.RelativePositionBias(
+                num_buckets=8, max_distance=16, bidirectional=False, num_heads=2
+            ),
+            "attention_scale": 1.0,
+            "qk_norm_epsilon": 1e-5,
+            "key_norm": "rms_norm",
+        },
+        X,
+        {},
+    ),
     "TransformerDecoder-modern": (
         "TransformerDecoder",
         {
@@ -455,7 +500,7 @@ def _deserialize(name, value):
     if name.endswith("constraint"):
         return _serialize(keras.constraints.get(value))
     if name == "activation":
-        if value in ("swiglu", "geglu"):
+        if value in ("swiglu", "geglu", "geglu_tanh", "gelu_tanh"):
             return value
         return keras.activations.serialize(keras.activations.get(value))
     if isinstance(value, dict):  # a serialized layer (position_embedding, score_bias)
@@ -467,7 +512,7 @@ def _assert_config_holds(config, kwargs, where):
     for name, passed in kwargs.items():
         assert name in config, f"{where}: get_config() has no key {name!r}"
         expected = _serialize(passed)
-        if name == "activation" and passed not in ("swiglu", "geglu"):
+        if name == "activation" and passed not in ("swiglu", "geglu", "geglu_tanh", "gelu_tanh"):
             expected = keras.activations.serialize(keras.activations.get(passed))
         got = _deserialize(name, config[name])
         assert got == expected, f"{where}: {name}={got!r}, passed {expected!r}"
