@@ -28,7 +28,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default="tensorflow")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--new", type=int, default=64, help="new tokens")
+    parser.add_argument("--new", type=int, default=56, help="new tokens")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-windows", type=int, default=4000)
     parser.add_argument("--smoke", action="store_true", help="tiny models, one repeat")
