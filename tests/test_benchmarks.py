@@ -25,6 +25,7 @@ BACKEND = keras.backend.backend()
         # The sliding-window table runs the flash path of TensorFlow.
         ("bench_attention.py", ["--sliding-window", "16"], "tensorflow"),
         ("bench_generate.py", ["--backend", BACKEND], BACKEND),
+        ("bench_speculative.py", ["--backend", BACKEND], BACKEND),
     ],
 )
 def test_benchmark_smoke(script, extra, backend):

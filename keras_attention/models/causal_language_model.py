@@ -182,6 +182,9 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         stop_token_ids=None,
         pad_token_id=0,
         compile=True,
+        draft_model=None,
+        num_draft_tokens=None,
+        prompt_lookup=None,
     ):
         """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -205,6 +208,16 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
                 sequence has stopped.
             pad_token_id: int, written after a sequence's last token.
             compile: `False` runs the same loop eagerly, op by op (for debugging).
+            draft_model: optional smaller `CausalLanguageModel` with the same
+                vocabulary: speculative decoding, each step drafts
+                `num_draft_tokens` tokens with it and the model verifies them in one
+                call (greedy: the same tokens; sampling: the same distribution).
+            num_draft_tokens: positive int (at most 64), the drafts a step
+                (default 4 with `draft_model`, 8 with `prompt_lookup`).
+            prompt_lookup: optional positive int `n`: speculative decoding drafting
+                the tokens that followed the latest earlier occurrence of the last
+                `n` tokens (in the prompt or the text so far); no second model.
+                See `keras_attention.models.generation.speculative`.
 
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`: row `i` holds its
@@ -219,6 +232,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
             stop_token_ids,
             pad_token_id,
             compile,
+            speculation=(draft_model, num_draft_tokens, prompt_lookup),
         )
 
     def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):

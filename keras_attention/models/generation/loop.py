@@ -25,6 +25,7 @@ from keras import ops
 from keras_attention import _validation
 from keras_attention.backend import generation as _backend
 from keras_attention.models import samplers as samplers_lib
+from keras_attention.models.generation import speculative
 from keras_attention.models.generation.prompts import check_token_ids, left_align, prepare_prompt
 from keras_attention.models.generation.state import (
     CompiledFunctions,
@@ -172,6 +173,8 @@ class GenerativeMixin:
         """tokens `(batch, width)` (prompt rows left-aligned), lengths `(batch,)` ->
         tokens `(batch, width + max_new_tokens)`."""
         self._generation_functions().traces += 1
+        if settings.speculation is not None:
+            return speculative.speculative_sample(self, settings, mode, tokens, lengths, seed)
         encoded = self.encode(*encoder_inputs) if encoder_inputs else None
         if isinstance(settings.sampler, samplers_lib.BeamSampler):
             return self._beam_search(settings, mode, tokens, lengths, encoded)
@@ -313,6 +316,7 @@ class GenerativeMixin:
         pad_token_id,
         compile,
         encoder_inputs=(),
+        speculation=(None, None, None),
     ):
         embedding = self.decoder_embedding
         vocabulary = embedding.vocabulary_size
@@ -327,14 +331,11 @@ class GenerativeMixin:
         stop_token_ids = check_token_ids(stop_token_ids, "stop_token_ids", vocabulary)
         (pad_token_id,) = check_token_ids([pad_token_id], "pad_token_id", vocabulary)
         _validation.check_bool(compile, "compile")
-        longest = int(lengths.max())
-        if embedding.position == "learned" and longest + max_new_tokens > embedding.sequence_length:
-            raise ValueError(
-                "The longest prompt plus `max_new_tokens` must fit the model's learned "
-                f"position table (sequence_length={embedding.sequence_length}). "
-                f"Received: prompt length {longest}, max_new_tokens={max_new_tokens}"
-            )
-        settings = GenerationSettings(max_new_tokens, sampler, stop_token_ids, pad_token_id)
+        speculation = speculative.check_speculation(self, sampler, *speculation)
+        _check_positions(self, int(lengths.max()) + max_new_tokens, max_new_tokens, speculation)
+        settings = GenerationSettings(
+            max_new_tokens, sampler, stop_token_ids, pad_token_id, speculation
+        )
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -345,9 +346,11 @@ class GenerativeMixin:
             functions = self._generation_functions()
             key = (settings, len(encoder_inputs))
             if key not in functions.functions:
+                variables = list(self.variables)
+                if speculation is not None and speculation.draft_model is not None:
+                    variables += list(speculation.draft_model.variables)
                 functions.functions[key] = _backend.compile_function(
-                    functools.partial(self._generate_tensors, settings, "compiled"),
-                    self.variables,
+                    functools.partial(self._generate_tensors, settings, "compiled"), variables
                 )
             output = functions.functions[key](*args)
         else:
@@ -355,3 +358,26 @@ class GenerativeMixin:
                 functools.partial(self._generate_tensors, settings, "eager")
             )(*args)
         return ops.convert_to_numpy(output).astype("int32")
+
+
+def _check_positions(model, total, max_new_tokens, speculation):
+    """The positions a generation reaches (the speculative verifying calls reach
+    `num_draft_tokens - 1` past the last token) must fit learned position tables."""
+    models = [model]
+    if speculation is not None and speculation.draft_model is not None:
+        models.append(speculation.draft_model)
+    reach = total + max(speculative.extra_positions(speculation) - 1, 0)
+    for checked in models:
+        embedding = checked.decoder_embedding
+        if embedding.position == "learned" and reach > embedding.sequence_length:
+            extra = (
+                ""
+                if speculation is None
+                else (f" plus `num_draft_tokens` - 1 ({speculation.num_draft_tokens - 1})")
+            )
+            raise ValueError(
+                f"The longest prompt plus `max_new_tokens`{extra} must fit the learned "
+                f"position table of {checked.name!r} (sequence_length="
+                f"{embedding.sequence_length}). Received: prompt length "
+                f"{total - max_new_tokens}, max_new_tokens={max_new_tokens}"
+            )

@@ -54,6 +54,13 @@ class Sampler:
         """Logits with the tokens this sampler never emits set to `-inf`."""
         return logits
 
+    def sampling_logits(self, logits):
+        """The logits of the distribution `next_token` draws from: scaled by the
+        temperature and filtered (tokens never emitted at `-inf`). Speculative
+        sampling compares these distributions of the target and the draft."""
+        logits = ops.convert_to_tensor(logits)
+        return self.filter_logits(logits / ops.cast(self.temperature, logits.dtype))
+
     def next_token(self, logits, uniform_noise):
         """The next tokens `(batch,)` int32 for float `logits (batch, vocabulary)`,
         using `uniform_noise` (same shape, uniform in `[0, 1)`)."""

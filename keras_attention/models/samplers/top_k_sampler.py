@@ -39,5 +39,13 @@ class TopKSampler(Sampler):
         choice = gumbel_argmax(top_logits, noise)
         return ops.cast(ops.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0], "int32")
 
+    def sampling_logits(self, logits):
+        logits = ops.convert_to_tensor(logits)
+        logits = logits / ops.cast(self.temperature, logits.dtype)
+        k = min(self.k, logits.shape[-1])
+        kth = ops.top_k(logits, k)[0][..., -1:]
+        # (ties with the k-th logit stay in; next_token keeps exactly k of them)
+        return ops.where(logits >= kth, logits, float("-inf"))
+
     def get_config(self):
         return {"k": self.k, **super().get_config()}

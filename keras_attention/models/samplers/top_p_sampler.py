@@ -40,7 +40,8 @@ class TopPSampler(Sampler):
         self.p = float(p)
         self.k = k
 
-    def next_token(self, logits, uniform_noise):
+    def _nucleus(self, logits):
+        """The `k` best logits (and their ids), those outside the nucleus at `-inf`."""
         logits = ops.convert_to_tensor(logits)
         logits = logits / ops.cast(self.temperature, logits.dtype)
         k = logits.shape[-1] if self.k is None else min(self.k, logits.shape[-1])
@@ -50,7 +51,21 @@ class TopPSampler(Sampler):
         # tokens ahead of it hold less than p (so the first one always is).
         mass_before = ops.cumsum(probabilities, axis=-1) - probabilities
         keep = mass_before < ops.cast(self.p, probabilities.dtype)
-        sorted_logits = ops.where(keep, sorted_logits, float("-inf"))
+        return ops.where(keep, sorted_logits, float("-inf")), sorted_ids, logits
+
+    def sampling_logits(self, logits):
+        sorted_logits, _, logits = self._nucleus(logits)
+        # the smallest kept logit; ties with it stay in
+        smallest = ops.min(
+            ops.where(sorted_logits == float("-inf"), float("inf"), sorted_logits),
+            axis=-1,
+            keepdims=True,
+        )
+        return ops.where(logits >= smallest, logits, float("-inf"))
+
+    def next_token(self, logits, uniform_noise):
+        sorted_logits, sorted_ids, _ = self._nucleus(logits)
+        k = sorted_logits.shape[-1]
         noise = ops.convert_to_tensor(uniform_noise)[:, :k]
         choice = gumbel_argmax(sorted_logits, noise)
         return ops.cast(ops.take_along_axis(sorted_ids, choice[:, None], axis=-1)[:, 0], "int32")
