@@ -182,6 +182,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         stop_token_ids=None,
         pad_token_id=0,
         compile=True,
+        processors=None,
     ):
         """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -205,6 +206,11 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
                 sequence has stopped.
             pad_token_id: int, written after a sequence's last token.
             compile: `False` runs the same loop eagerly, op by op (for debugging).
+            processors: optional list of
+                `keras_attention.models.processors.LogitsProcessor`s (repetition,
+                presence and frequency penalties, `NoRepeatNGram`, `MinP`, ...),
+                applied in order to the next-token logits before the sampler,
+                beam search included, inside the compiled loop.
 
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`: row `i` holds its
@@ -219,6 +225,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
             stop_token_ids,
             pad_token_id,
             compile,
+            processors=processors,
         )
 
     def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):

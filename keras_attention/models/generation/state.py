@@ -6,9 +6,12 @@ import collections
 from keras import ops
 
 # The static settings of one generation (a hashable key of the compiled functions).
-# `max_new_tokens` is an int, or an int32 scalar tensor inside a traced export.
+# `max_new_tokens` is an int, or an int32 scalar tensor inside a traced export;
+# `processors` a tuple of `LogitsProcessor`s (hashable by their config).
 GenerationSettings = collections.namedtuple(
-    "GenerationSettings", ["max_new_tokens", "sampler", "stop_token_ids", "pad_token_id"]
+    "GenerationSettings",
+    ["max_new_tokens", "sampler", "stop_token_ids", "pad_token_id", "processors"],
+    defaults=((),),
 )
 # The encoder's output, its padding mask, and every decoder layer's cross-attention
 # keys/values of it: computed once per generation.
