@@ -226,10 +226,8 @@ class GenerativeMixin:
             logits, caches = self.call_with_cache(
                 previous, caches, index - 1, self._key_mask(buffer), encoded
             )
-            logits = ops.cast(logits[:, 0, :], "float32")
-            logits = processors_lib.apply(
-                settings.processors, logits, buffer, lengths, index, count
-            )
+            state = (buffer, lengths, index, count)
+            logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
             noise = None
             if sampler.is_random:
                 noise = _backend.uniform(ops.shape(logits), seed, index)
@@ -282,10 +280,8 @@ class GenerativeMixin:
             logits, caches = self.call_with_cache(
                 previous, caches, index - 1, self._key_mask(buffer), encoded
             )
-            logits = ops.cast(logits[:, 0, :], "float32")
-            logits = processors_lib.apply(
-                settings.processors, logits, buffer, lengths, index, count
-            )
+            state = (buffer, lengths, index, count)
+            logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
             log_probs = ops.log_softmax(logits, axis=-1)
             # A finished beam goes on with padding at no cost.
             log_probs = ops.where(done[:, None], only_pad, log_probs)

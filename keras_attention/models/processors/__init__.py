@@ -2,6 +2,8 @@
 sequence bans, min-p, minimum length and suppressed tokens, applied in order to the
 next-token logits before the sampler, inside the compiled loop."""
 
+from keras import ops
+
 from keras_attention.models.processors.banned_sequences import BannedSequences
 from keras_attention.models.processors.frequency_penalty import FrequencyPenalty
 from keras_attention.models.processors.min_new_tokens import MinNewTokens
@@ -49,8 +51,9 @@ def check(processors, vocabulary_size):
 
 
 def apply(processors, logits, tokens, prompt_lengths, index, new_token_counts):
-    """`logits` `(batch, vocabulary)` through each processor in turn (the hook of the
-    generation loop); unchanged without processors."""
+    """`logits` `(batch, vocabulary)` in float32 through each processor in turn (the
+    hook of the generation loop, where logits become the next token)."""
+    logits = ops.cast(logits, "float32")
     if not processors:
         return logits
     context = ProcessorContext(tokens, prompt_lengths, index, new_token_counts)
