@@ -46,7 +46,8 @@ class NoRepeatNGram(LogitsProcessor):
         previous, valid = context.previous_tokens(n - 1)
         # Column s starts the n-gram tokens[s : s + n]; rolled copies put its j-th
         # token in column s (a column that wraps around lies past the text).
-        match = context.positions() + (n - 1) < context.index
+        index = ops.convert_to_tensor(context.index, "int32")
+        match = context.positions() + (n - 1) < index
         match = ops.logical_and(match, ops.all(valid))
         for j in range(n - 1):
             shifted = ops.roll(tokens, -j, axis=1)

@@ -45,16 +45,19 @@ class ProcessorContext(
 
     def text_mask(self):
         """bool `(batch, width)`: `True` for the prompt and the generated tokens."""
-        return ops.broadcast_to(self.positions() < self.index, ops.shape(self.tokens))
+        text = ops.less(self.positions(), ops.convert_to_tensor(self.index, "int32"))
+        return ops.broadcast_to(text, ops.shape(self.tokens))
 
     def generated_mask(self):
         """bool `(batch, width)`: `True` for the generated tokens only."""
-        return ops.logical_and(self.text_mask(), self.positions() >= self.prompt_lengths[:, None])
+        lengths = ops.convert_to_tensor(self.prompt_lengths, "int32")
+        return ops.logical_and(self.text_mask(), self.positions() >= lengths[:, None])
 
     def previous_tokens(self, n):
         """The last `n` tokens of the text, `(tokens (batch, n), valid (n,))`:
         `valid[j]` is `False` where `index - n + j` is before the buffer's start."""
-        wanted = self.index - n + ops.arange(n, dtype="int32")
+        index = ops.convert_to_tensor(self.index, "int32")
+        wanted = index - n + ops.arange(n, dtype="int32")
         tokens = ops.take(ops.cast(self.tokens, "int32"), ops.maximum(wanted, 0), axis=1)
         return tokens, wanted >= 0
 
