@@ -132,6 +132,15 @@ def main(argv=None):
         first, seconds, _ = time_interleaved(runs, args.repeats)
         speed = {name: batch * new / t for name, t in seconds.items()}
         rows.append((batch, prompt_len, new, speed, first))
+    if rows:
+        print_table(rows)
+    if not args.no_processors:
+        time_processors(ours, args.cases[0], size["vocabulary"], args.repeats)
+    return rows
+
+
+def print_table(rows):
+    """The markdown table of ours vs keras-hub."""
     print()
     print(
         "| batch, prompt, new | ours tokens/s | keras-hub tokens/s | ours / keras-hub "
@@ -146,9 +155,6 @@ def main(argv=None):
             + f"{first['ours']:.2f} | "
             + (f"{hub_first:.2f} | {first['ours'] / hub_first:.2f} |" if hub_first else "- | - |")
         )
-    if not args.no_processors:
-        time_processors(ours, args.cases[0], size["vocabulary"], args.repeats)
-    return rows
 
 
 def time_processors(model, case, vocabulary, repeats):
