@@ -8,6 +8,11 @@ keras-hub's backbone is built directly (no preset, no download). For each case:
 - first call: seconds of the first `generate` (tracing + compilation + the run);
 - tokens/s: `batch * new / seconds` of a later call (median over repeats).
 
+A second table times the logits processors: ours sampling (`sampler="random"`) with
+all eight processors of `keras_attention.models.processors` against the same
+sampling without them, one case, interleaved (`--no-processors` skips it; target:
+at most 1.15x the time).
+
 The two models are timed in turn in one process (a, b, a, b, ...), so the ratios are
 fair even on a busy machine. keras-hub is an optional benchmark dependency
 (`pip install "keras-hub>=0.32,<0.33"`, the `bench` extra).
@@ -16,6 +21,7 @@ Usage:
     python benchmarks/bench_generate.py                   # TensorFlow, 3 cases
     python benchmarks/bench_generate.py --backend jax
     python benchmarks/bench_generate.py --smoke           # seconds; no keras-hub needed
+    python benchmarks/bench_generate.py --no-keras-hub --cases 4,16,64   # processors
 """
 
 import argparse
@@ -36,11 +42,35 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-keras-hub", action="store_true", help="time ours only")
     parser.add_argument("--smoke", action="store_true", help="tiny model, two cases, ours only")
+    parser.add_argument(
+        "--no-processors", action="store_true", help="skip the logits-processors table"
+    )
+    parser.add_argument(
+        "--processors-only", action="store_true", help="only the logits-processors table"
+    )
     args = parser.parse_args(argv)
     args.cases = [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
     if args.smoke:
         args.cases, args.repeats, args.no_keras_hub = [(2, 4, 4), (1, 3, 5)], 1, True
     return args
+
+
+def time_interleaved(runs, repeats):
+    """Seconds of each run's first call, and the median and the fastest of `repeats`
+    later calls; the runs take turns (a, b, a, b, ...), so a busy machine slows them
+    alike."""
+    first, times = {}, {name: [] for name in runs}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        first[name] = time.perf_counter() - start
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return first, median, {name: min(t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -89,7 +119,7 @@ def main(argv=None):
         + f", {os.cpu_count()} CPUs; model {size}"
     )
     rows = []
-    for batch, prompt_len, new in args.cases:
+    for batch, prompt_len, new in [] if args.processors_only else args.cases:
         prompt = rng.integers(1, size["vocabulary"], (batch, prompt_len)).astype("int32")
         total = prompt_len + new
         hub_inputs = {
@@ -99,18 +129,18 @@ def main(argv=None):
         runs = {"ours": lambda prompt=prompt, new=new: ours.generate(prompt, new)}
         if hub is not None:
             runs["keras-hub"] = lambda inputs=hub_inputs: hub.generate(inputs, stop_token_ids=None)
-        first, times = {}, {name: [] for name in runs}
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            first[name] = time.perf_counter() - start
-        for _ in range(args.repeats):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-        speed = {name: batch * new / statistics.median(t) for name, t in times.items()}
+        first, seconds, _ = time_interleaved(runs, args.repeats)
+        speed = {name: batch * new / t for name, t in seconds.items()}
         rows.append((batch, prompt_len, new, speed, first))
+    if rows:
+        print_table(rows)
+    if not args.no_processors:
+        time_processors(ours, args.cases[0], size["vocabulary"], args.repeats)
+    return rows
+
+
+def print_table(rows):
+    """The markdown table of ours vs keras-hub."""
     print()
     print(
         "| batch, prompt, new | ours tokens/s | keras-hub tokens/s | ours / keras-hub "
@@ -125,7 +155,47 @@ def main(argv=None):
             + f"{first['ours']:.2f} | "
             + (f"{hub_first:.2f} | {first['ours'] / hub_first:.2f} |" if hub_first else "- | - |")
         )
-    return rows
+
+
+def time_processors(model, case, vocabulary, repeats):
+    """Sampling with every logits processor vs the same sampling without them."""
+    import numpy as np
+
+    from keras_attention.models import processors as p
+
+    batch, prompt_len, new = case
+    prompt = np.random.default_rng(1).integers(1, vocabulary, (batch, prompt_len)).astype("int32")
+    processors = [
+        p.RepetitionPenalty(1.2),
+        p.PresencePenalty(0.5),
+        p.FrequencyPenalty(0.5),
+        p.NoRepeatNGram(3),
+        p.MinP(0.05),
+        p.BannedSequences([[1], [2, 3], [4, 5, 6]]),
+        p.MinNewTokens(4, [7]),
+        p.SuppressTokens([8, 9]),
+    ]
+    runs = {
+        "plain": lambda: model.generate(prompt, new, sampler="random", seed=0),
+        "processors": lambda: model.generate(
+            prompt, new, sampler="random", seed=0, processors=processors
+        ),
+    }
+    first, seconds, fastest = time_interleaved(runs, repeats)
+    print()
+    print(
+        "| batch, prompt, new | sampling s (median, fastest) | sampling + 8 processors s "
+        "| time ratio (median, fastest) | first call s (plain, processors) |"
+    )
+    print("|---|---|---|---|---|")
+    plain, processed = seconds["plain"], seconds["processors"]
+    print(
+        f"| {batch}, {prompt_len}, {new} | {plain:.3f}, {fastest['plain']:.3f} | "
+        f"{processed:.3f}, {fastest['processors']:.3f} | {processed / plain:.2f}, "
+        f"{fastest['processors'] / fastest['plain']:.2f} | "
+        f"{first['plain']:.2f}, {first['processors']:.2f} |"
+    )
+    return seconds
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ included)::
 A SavedModel export also has the whole greedy loop as one signature,
 `generate(tokens, mask) -> {"tokens": (batch, max_length)}` (and
 `generate(encoder_tokens, encoder_mask, tokens, mask)` for seq2seq models), stopping
-a row at `stop_token_ids` and padding it with `pad_token_id`: the one SavedModel
+a row at `stop_token_ids` and padding it with `pad_token_id`, with the logits
+processors given at export (`processors=`, their settings fixed): the one SavedModel
 export of generation (`keras_attention.models.export_generate` is deprecated).
 
 The steps are the models' package-internal step API (`initial_cache`,
@@ -51,6 +52,7 @@ from keras import ops
 
 from keras_attention import _validation
 from keras_attention.export import _atomic
+from keras_attention.models import processors as processors_lib
 from keras_attention.models.generation import GenerativeMixin, check_token_ids
 
 FORMATS = ("litert", "tf_saved_model")
@@ -66,6 +68,7 @@ def export_generator(
     quantization=None,
     stop_token_ids=None,
     pad_token_id=0,
+    processors=None,
 ):
     """Export `model`'s decoder as `prefill`/`decode` signatures (and `generate`).
 
@@ -94,6 +97,10 @@ def export_generator(
             app's own loop decides when to stop).
         pad_token_id: int written after a row's last token by `generate`
             (`"tf_saved_model"` only).
+        processors: optional list of `keras_attention.models.processors`
+            `LogitsProcessor`s applied before the argmax of the SavedModel's
+            `generate` signature, their settings fixed at export
+            (`"tf_saved_model"` only).
 
     Returns:
         The absolute path written, as a string.
@@ -110,12 +117,13 @@ def export_generator(
     runner = ai_edge_litert.interpreter.Interpreter(path).get_signature_runner("prefill")
     ```
     """
-    _check_format(format, quantization, stop_token_ids, pad_token_id)
+    _check_format(format, quantization, stop_token_ids, pad_token_id, processors)
     max_length = _check_model(model, max_length, prompt_length)
     vocabulary = model.decoder_embedding.vocabulary_size
     generate_settings = (
         check_token_ids(stop_token_ids, "stop_token_ids", vocabulary),
         check_token_ids([pad_token_id], "pad_token_id", vocabulary)[0],
+        processors_lib.check(processors, vocabulary),
     )
     backend = keras.backend.backend()
     if backend != "tensorflow":
@@ -142,7 +150,7 @@ def export_generator(
     return path
 
 
-def _check_format(format, quantization, stop_token_ids, pad_token_id):
+def _check_format(format, quantization, stop_token_ids, pad_token_id, processors=None):
     if format not in FORMATS:
         raise ValueError(
             f"`format` must be one of {', '.join(map(repr, FORMATS))}. Received: format={format!r}"
@@ -163,6 +171,12 @@ def _check_format(format, quantization, stop_token_ids, pad_token_id):
             "signature (format='tf_saved_model'); a LiteRT app's own loop decides when "
             f"to stop. Received: stop_token_ids={stop_token_ids!r}, "
             f"pad_token_id={pad_token_id!r}, format={format!r}"
+        )
+    if format != "tf_saved_model" and processors:
+        raise ValueError(
+            "`processors` apply to the SavedModel's `generate` signature "
+            "(format='tf_saved_model'); a LiteRT app's own loop processes its logits. "
+            f"Received: processors={processors!r}, format={format!r}"
         )
 
 
@@ -248,11 +262,11 @@ class _Steps:
     """The traced functions: the model's step API, with the per-layer caches and the
     key mask packed into one tensor (the state an app passes back)."""
 
-    def __init__(self, model, max_length, check_width, generate_settings=((), 0)):
+    def __init__(self, model, max_length, check_width, generate_settings=((), 0, ())):
         self.model = model
         self.max_length = max_length
         self.check_width = check_width
-        self.stop_token_ids, self.pad_token_id = generate_settings
+        self.stop_token_ids, self.pad_token_id, self.processors = generate_settings
         self.seq2seq = hasattr(model, "encode")
         self.mask_zero = model.decoder_embedding.mask_zero
         self.num_layers = len(model.decoder_layers)
@@ -359,6 +373,7 @@ class _Steps:
                 self.stop_token_ids,
                 self.pad_token_id,
                 encoder_inputs,
+                self.processors,
             )
         }
 

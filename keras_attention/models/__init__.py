@@ -1,8 +1,8 @@
 """`keras_attention.models`: model builders, the generative model classes with their
-compiled `generate()` and their step API, the samplers, and the deprecated
-`export_generate` (`keras_attention.export.export_generator` replaces it)."""
+compiled `generate()` and their step API, the samplers, the logits processors, and the
+deprecated `export_generate` (`keras_attention.export.export_generator` replaces it)."""
 
-from keras_attention.models import samplers
+from keras_attention.models import processors, samplers
 from keras_attention.models.builders import (
     causal_language_model,
     transformer_base,
@@ -11,6 +11,17 @@ from keras_attention.models.builders import (
 )
 from keras_attention.models.causal_language_model import CausalLanguageModel
 from keras_attention.models.generation import export_generate, generate
+from keras_attention.models.processors import (
+    BannedSequences,
+    FrequencyPenalty,
+    LogitsProcessor,
+    MinNewTokens,
+    MinP,
+    NoRepeatNGram,
+    PresencePenalty,
+    RepetitionPenalty,
+    SuppressTokens,
+)
 from keras_attention.models.samplers import (
     BeamSampler,
     GreedySampler,
@@ -37,4 +48,14 @@ __all__ = [
     "TopKSampler",
     "TopPSampler",
     "BeamSampler",
+    "processors",
+    "LogitsProcessor",
+    "RepetitionPenalty",
+    "PresencePenalty",
+    "FrequencyPenalty",
+    "NoRepeatNGram",
+    "MinP",
+    "BannedSequences",
+    "MinNewTokens",
+    "SuppressTokens",
 ]

@@ -182,6 +182,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         stop_token_ids=None,
         pad_token_id=0,
         compile=True,
+        processors=None,
         draft_model=None,
         num_draft_tokens=None,
         prompt_lookup=None,
@@ -208,6 +209,11 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
                 sequence has stopped.
             pad_token_id: int, written after a sequence's last token.
             compile: `False` runs the same loop eagerly, op by op (for debugging).
+            processors: optional list of
+                `keras_attention.models.processors.LogitsProcessor`s (repetition,
+                presence and frequency penalties, `NoRepeatNGram`, `MinP`, ...),
+                applied in order to the next-token logits before the sampler,
+                beam search included, inside the compiled loop.
             draft_model: optional smaller `CausalLanguageModel` with the same
                 vocabulary: speculative decoding, each step drafts
                 `num_draft_tokens` tokens with it and the model verifies them in one
@@ -232,6 +238,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
             stop_token_ids,
             pad_token_id,
             compile,
+            processors=processors,
             speculation=(draft_model, num_draft_tokens, prompt_lookup),
         )
 

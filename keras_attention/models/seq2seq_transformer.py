@@ -170,6 +170,7 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         stop_token_ids=None,
         pad_token_id=0,
         compile=True,
+        processors=None,
     ):
         """Decode a target for each source sequence; the encoder runs once.
 
@@ -180,8 +181,8 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             max_new_tokens: positive int.
             encoder_padding_mask: optional boolean `(batch, src_len)`, `True` for
                 real source tokens (with `mask_zero=True`, token 0 is padding too).
-            prompt_mask, sampler, seed, stop_token_ids, pad_token_id, compile: as
-                in :meth:`CausalLanguageModel.generate`.
+            prompt_mask, sampler, seed, stop_token_ids, pad_token_id, compile,
+                processors: as in :meth:`CausalLanguageModel.generate`.
 
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`.
@@ -219,5 +220,6 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             stop_token_ids,
             pad_token_id,
             compile,
+            processors=processors,
             encoder_inputs=(source, encoder_padding_mask.astype(bool)),
         )

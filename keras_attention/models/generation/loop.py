@@ -24,6 +24,7 @@ from keras import ops
 
 from keras_attention import _validation
 from keras_attention.backend import generation as _backend
+from keras_attention.models import processors as processors_lib
 from keras_attention.models import samplers as samplers_lib
 from keras_attention.models.generation import speculative
 from keras_attention.models.generation.prompts import check_token_ids, left_align, prepare_prompt
@@ -134,7 +135,14 @@ class GenerativeMixin:
     left_align = staticmethod(left_align)
 
     def generate_graph(
-        self, tokens, mask, max_new_tokens, stop_token_ids=(), pad_token_id=0, encoder_inputs=()
+        self,
+        tokens,
+        mask,
+        max_new_tokens,
+        stop_token_ids=(),
+        pad_token_id=0,
+        encoder_inputs=(),
+        processors=(),
     ):
         """The greedy `generate()` loop as ops of the caller's trace (no checks, no
         compile cache): what a SavedModel's `generate` signature runs.
@@ -146,13 +154,18 @@ class GenerativeMixin:
             stop_token_ids, pad_token_id: checked token ids, as in `generate()`.
             encoder_inputs: `(encoder_tokens, encoder_padding_mask)` for
                 encoder-decoders.
+            processors: checked `LogitsProcessor`s, applied before the argmax.
 
         Returns:
             int32 `(batch, width + max_new_tokens)`, laid out as `generate()` does.
         """
         tokens, lengths = left_align(tokens, mask)
         settings = GenerationSettings(
-            max_new_tokens, samplers_lib.GreedySampler(), tuple(stop_token_ids), pad_token_id
+            max_new_tokens,
+            samplers_lib.GreedySampler(),
+            tuple(stop_token_ids),
+            pad_token_id,
+            tuple(processors),
         )
         seed = ops.zeros((2,), "int32")
         return self._generate_tensors(settings, "graph", tokens, lengths, seed, *encoder_inputs)
@@ -216,7 +229,8 @@ class GenerativeMixin:
             logits, caches = self.call_with_cache(
                 previous, caches, index - 1, self._key_mask(buffer), encoded
             )
-            logits = ops.cast(logits[:, 0, :], "float32")
+            state = (buffer, lengths, index, count)
+            logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
             noise = None
             if sampler.is_random:
                 noise = _backend.uniform(ops.shape(logits), seed, index)
@@ -269,7 +283,9 @@ class GenerativeMixin:
             logits, caches = self.call_with_cache(
                 previous, caches, index - 1, self._key_mask(buffer), encoded
             )
-            log_probs = ops.log_softmax(ops.cast(logits[:, 0, :], "float32"), axis=-1)
+            state = (buffer, lengths, index, count)
+            logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
+            log_probs = ops.log_softmax(logits, axis=-1)
             # A finished beam goes on with padding at no cost.
             log_probs = ops.where(done[:, None], only_pad, log_probs)
             candidates = ops.reshape(scores, (-1, 1)) + log_probs
@@ -316,6 +332,7 @@ class GenerativeMixin:
         pad_token_id,
         compile,
         encoder_inputs=(),
+        processors=None,
         speculation=(None, None, None),
     ):
         embedding = self.decoder_embedding
@@ -331,10 +348,21 @@ class GenerativeMixin:
         stop_token_ids = check_token_ids(stop_token_ids, "stop_token_ids", vocabulary)
         (pad_token_id,) = check_token_ids([pad_token_id], "pad_token_id", vocabulary)
         _validation.check_bool(compile, "compile")
+        processors = processors_lib.check(processors, vocabulary)
         speculation = speculative.check_speculation(self, sampler, *speculation)
+        if speculation is not None and processors:
+            raise ValueError(
+                "Logits processors do not combine with speculative decoding yet. "
+                f"Received: processors={list(processors)!r} with speculative decoding"
+            )
         _check_positions(self, int(lengths.max()) + max_new_tokens, max_new_tokens, speculation)
         settings = GenerationSettings(
-            max_new_tokens, sampler, stop_token_ids, pad_token_id, speculation
+            max_new_tokens,
+            sampler,
+            stop_token_ids,
+            pad_token_id,
+            processors=processors,
+            speculation=speculation,
         )
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))

@@ -6,12 +6,13 @@ import collections
 from keras import ops
 
 # The static settings of one generation (a hashable key of the compiled functions).
-# `max_new_tokens` is an int, or an int32 scalar tensor inside a traced export.
-# `speculation`: a `speculative.Speculation`, or None for the plain loop.
+# `max_new_tokens` is an int, or an int32 scalar tensor inside a traced export;
+# `processors` a tuple of `LogitsProcessor`s (hashable by their config);
+# `speculation` a `speculative.Speculation`, or None for the plain loop.
 GenerationSettings = collections.namedtuple(
     "GenerationSettings",
-    ["max_new_tokens", "sampler", "stop_token_ids", "pad_token_id", "speculation"],
-    defaults=(None,),
+    ["max_new_tokens", "sampler", "stop_token_ids", "pad_token_id", "processors", "speculation"],
+    defaults=((), None),
 )
 # The encoder's output, its padding mask, and every decoder layer's cross-attention
 # keys/values of it: computed once per generation.
