@@ -6,7 +6,7 @@ A `config` here is the dict of the model's constructor arguments."""
 import keras
 from keras import ops
 
-from keras_attention import _validation
+from keras_attention import _validation, masks
 from keras_attention.layers._layer_normalization import LayerNormalization
 from keras_attention.layers.feed_forward import FeedForward
 from keras_attention.layers.positional import (
@@ -231,9 +231,13 @@ class SideEmbedding(keras.layers.Layer):
         return x
 
     def compute_mask(self, inputs, mask=None):
-        if len(inputs.shape) == 3 or not self.mask_zero:
-            return mask if len(inputs.shape) == 3 else None
-        return ops.not_equal(inputs, 0)
+        # Hidden states (reverse=True) keep their mask; tokens get `tokens != 0`
+        # with `mask_zero`, and a mask given with them (e.g. `model(inputs,
+        # mask=[...])`, for a padding id other than 0) is kept too.
+        if len(inputs.shape) == 3:
+            return mask
+        tokens = ops.not_equal(inputs, 0) if self.mask_zero else None
+        return masks.combine_masks(tokens, None if mask is None else ops.cast(mask, "bool"))
 
     def compute_output_shape(self, inputs_shape, reverse=False):
         return self.table.compute_output_shape(inputs_shape, reverse=reverse)

@@ -32,13 +32,46 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
 
     Args:
         vocabulary_size, sequence_length, num_layers, embedding_dim, num_heads,
-        intermediate_dim, dropout, position, mask_zero: as for
-            :class:`CausalLanguageModel`; the vocabulary and the longest sequence
-            are those of both sides.
-        share_embeddings: one token table (`shared_embedding`) for source and target.
+        intermediate_dim, dropout, mask_zero: as for :class:`CausalLanguageModel`;
+            the vocabulary and the longest sequence are those of both sides.
+        position: `"learned"` (default) or `"sinusoidal"` positions added to the
+            token embeddings, `"none"`, or `"relative"`: T5's learned relative
+            position bias, one :class:`RelativePositionBias` for the encoder's
+            self-attentions (bidirectional, `encoder_position_bias`) and one for the
+            decoder's (causal, `decoder_position_bias`), each shared by every layer
+            of its stack.
+        share_embeddings: `False` (each side its own tables), `True` (one
+            `shared_embedding` for source and target) or `"tokens"` (one token
+            table, each side its own position table: BART).
         tie_embeddings: the output projection is the decoder's token table.
         scale_embeddings: multiply token embeddings by `sqrt(embedding_dim)`.
+        activation: the blocks' feed-forward activation (`"relu"`, `"gelu"`,
+            `"gelu_tanh"`, or gated `"swiglu"`, `"geglu"`, `"geglu_tanh"`).
+        normalize_first: pre-norm blocks (`x + f(norm(x))`, T5) instead of the
+            paper's post-norm (`norm(x + f(x))`, BART).
+        normalization: `"layer_norm"` or `"rms_norm"` (T5), for every norm.
+        layer_norm_epsilon: positive float, every norm's epsilon.
+        use_bias: bool, or the parts with biases from `"query"`, `"key"`,
+            `"value"`, `"output"`, `"feedforward"`, `"norm"` (LayerNorm offsets)
+            and `"lm_head"`.
+        head_dim: optional per-head size (T5's `d_kv`); default
+            `embedding_dim // num_heads`.
+        attention_scale: optional positive float multiplying `q . k` instead of
+            `1 / sqrt(head_dim)` (T5: 1.0).
+        relative_num_buckets, relative_max_distance: the buckets of
+            `position="relative"` (T5: 32 and 128).
+        embedding_norm: a norm on each side's embeddings (BART's
+            `layernorm_embedding`), before the embedding dropout.
+        final_norm: a norm at the end of each stack (`encoder_final_norm`,
+            `decoder_final_norm`; pre-norm models such as T5).
+        output_scale: optional positive float multiplying the decoder's output
+            before the output projection (T5 with tied embeddings:
+            `embedding_dim ** -0.5`).
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    The defaults build the model of "Attention Is All You Need" (the same layers
+    and weights as before these options). `keras_attention.convert.keras_hub.bart`
+    and `.t5` give the arguments of keras-hub's BART and T5 and copy their weights.
 
     Call arguments:
         inputs: `[encoder_tokens (batch, src_seq), decoder_tokens (batch, tgt_seq)]`.
