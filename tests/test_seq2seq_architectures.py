@@ -11,13 +11,16 @@ weights are transplanted with `keras_attention.convert.keras_hub`, and:
   loop that reruns keras-hub's whole model on each row alone.
 """
 
+import re
+
+import keras
 import numpy as np
 import pytest
 
+from keras_attention import TransformerDecoder, TransformerEncoder
+from keras_attention.convert.keras_hub import bart, t5
+from keras_attention.layers.positional import TokenAndPositionEmbedding
 from keras_attention.models import Seq2SeqTransformer
-
-keras_hub = pytest.importorskip("keras_hub")
-from keras_attention.convert.keras_hub import bart, t5  # noqa: E402
 
 VOCABULARY, HIDDEN, HEADS, LAYERS, INTERMEDIATE = 96, 32, 4, 2, 48
 ATOL = 1e-4
@@ -26,6 +29,11 @@ NEW_TOKENS = 5
 # both models are built with mask_zero=False and get explicit padding masks).
 SOURCES = [[5, 17, 0, 33, 41, 8, 60], [9, 12, 2], [70, 3, 3, 45, 11]]
 PROMPTS = [[2], [2, 31, 7], [2, 0]]
+
+
+@pytest.fixture
+def keras_hub():
+    return pytest.importorskip("keras_hub")
 
 
 def _randomize(backbone, seed):
@@ -133,7 +141,7 @@ def _check_generate(lm, model, compile):
         assert output[i, : len(expected)].tolist() == expected, i
 
 
-def test_bart_matches_keras_hub():
+def test_bart_matches_keras_hub(keras_hub):
     backbone, model = _pair(bart, keras_hub.models.BartBackbone, max_sequence_length=24)
     assert model.encoder_embedding.table is model.decoder_embedding.table
     lm = keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=None)
@@ -150,7 +158,7 @@ def test_bart_matches_keras_hub():
     ],
     ids=["v1_0_relu", "gated_gelu", "v1_1_gated_gelu_tanh"],
 )
-def test_t5_matches_keras_hub(variant):
+def test_t5_matches_keras_hub(keras_hub, variant):
     if "approximate" in variant["activation"]:
         from keras_hub.src.utils.keras_utils import gelu_approximate
 
@@ -164,15 +172,124 @@ def test_t5_matches_keras_hub(variant):
     _check_generate(lm, model, compile=variant["activation"] == "relu")
 
 
-def test_t5_untied_head_matches_keras_hub():
+def test_t5_untied_head_matches_keras_hub(keras_hub):
     backbone, model = _pair(t5, keras_hub.models.T5Backbone, seed=2, tie_embedding_weights=False)
     assert model.lm_head is not None and model.output_scale is None
     lm = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
     _check_logits(lm, model)
 
 
-def test_transplant_names_unplaced_weights():
+def test_transplant_names_unplaced_weights(keras_hub):
     backbone, model = _pair(bart, keras_hub.models.BartBackbone, max_sequence_length=24)
     backbone.extra = backbone.add_weight(name="extra_weight", shape=(3,))
     with pytest.raises(ValueError, match="extra_weight"):
         bart.weights(backbone, model)
+
+
+# ---------------------------------------------------------------- the options alone
+
+
+def test_defaults_build_the_paper_model():
+    """No option given: the layers, blocks and weights of the model before the
+    options (post-norm LayerNorm blocks with biases, ReLU, separate learned tables,
+    a biased `lm_head`, no norms outside the blocks)."""
+    model = Seq2SeqTransformer(vocabulary_size=50, sequence_length=16)
+    assert type(model.encoder_embedding) is TokenAndPositionEmbedding
+    assert type(model.decoder_embedding) is TokenAndPositionEmbedding
+    assert model.encoder_embedding is not model.decoder_embedding
+    assert model.encoder_final_norm is None and model.decoder_final_norm is None
+    assert model.encoder_position_bias is None and model.decoder_position_bias is None
+    assert model.lm_head.use_bias
+    reference = {
+        TransformerEncoder: TransformerEncoder(128, 4, dropout=0.1).get_config(),
+        TransformerDecoder: TransformerDecoder(128, 4, dropout=0.1).get_config(),
+    }
+    for block in model.encoder_layers + model.decoder_layers:
+        config = block.get_config()
+        expected = dict(reference[type(block)], name=config["name"])
+        assert config == expected
+    # 2 token + 2 position tables, 2 x (encoder 16, decoder 26) block weights, head.
+    assert len(model.weights) == 4 + 2 * 16 + 2 * 26 + 2
+
+
+def _bart_like(**overrides):
+    kwargs = dict(
+        vocabulary_size=40,
+        sequence_length=12,
+        embedding_dim=16,
+        num_heads=2,
+        intermediate_dim=24,
+        dropout=0.0,
+        share_embeddings="tokens",
+        tie_embeddings=True,
+        mask_zero=False,
+        activation="gelu",
+        embedding_norm=True,
+    )
+    return Seq2SeqTransformer(**dict(kwargs, **overrides))
+
+
+def test_shared_token_table_with_own_position_tables_saves_and_reloads(tmp_path):
+    model = _bart_like()
+    table = model.encoder_embedding.table
+    assert table is model.decoder_embedding.table
+    assert model.encoder_embedding.positions is not model.decoder_embedding.positions
+    tables = [w for w in model.weights if tuple(w.shape) == (40, 16)]
+    assert len(tables) == 1
+    sources, targets = np.array([[4, 9, 1, 7]]), np.array([[2, 5]])
+    path = str(tmp_path / "bart_like.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.encoder_embedding.table is loaded.decoder_embedding.table
+    np.testing.assert_allclose(
+        np.asarray(loaded([sources, targets])), np.asarray(model([sources, targets])), atol=1e-6
+    )
+
+
+# Keras warns that the model and the token table (inside the embedding) do not take a
+# mask themselves; the embedding layer around the table keeps it.
+@pytest.mark.filterwarnings("ignore:.*passed an input with a mask attached")
+def test_padding_mask_given_with_the_tokens_reaches_the_blocks():
+    """With `mask_zero=False` (BART pads with id 1), a mask passed with the tokens
+    hides the padding: the output equals that of the unpadded sources."""
+    model = _bart_like()
+    sources, targets = np.array([[4, 9, 6, 1, 1]]), np.array([[2, 5, 3]])
+    masked = model([sources, targets], mask=[sources != 1, None])
+    np.testing.assert_allclose(
+        np.asarray(masked), np.asarray(model([sources[:, :3], targets])), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "argument, value, error",
+    [
+        ("position", "rotary", ValueError),
+        ("share_embeddings", "positions", ValueError),
+        ("share_embeddings", 1, ValueError),
+        ("activation", "swishglu", ValueError),
+        ("normalization", "batch_norm", ValueError),
+        ("layer_norm_epsilon", 0.0, ValueError),
+        ("use_bias", ("query", "gate"), ValueError),
+        ("use_bias", "query", ValueError),
+        ("head_dim", 0, ValueError),
+        ("attention_scale", -1.0, ValueError),
+        ("output_scale", 0, ValueError),
+        ("embedding_norm", "yes", TypeError),
+        ("final_norm", 1, TypeError),
+        ("normalize_first", None, TypeError),
+    ],
+)
+def test_bad_options_name_the_argument_and_value(argument, value, error):
+    with pytest.raises(error, match=re.escape(f"{argument}={value!r}")):
+        Seq2SeqTransformer(vocabulary_size=20, sequence_length=8, **{argument: value})
+
+
+def test_bad_relative_buckets_name_both_arguments():
+    with pytest.raises(ValueError, match="relative_max_distance=8"):
+        Seq2SeqTransformer(
+            vocabulary_size=20,
+            sequence_length=8,
+            position="relative",
+            relative_num_buckets=16,
+            relative_max_distance=8,
+        )
