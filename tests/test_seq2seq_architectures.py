@@ -22,6 +22,12 @@ from keras_attention.convert.keras_hub import bart, t5
 from keras_attention.layers.positional import TokenAndPositionEmbedding
 from keras_attention.models import Seq2SeqTransformer
 
+# keras-hub's T5 layers warn that they drop Keras masks, and its softmax over one key.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*T5MultiHeadAttention.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1:UserWarning"),
+]
+
 VOCABULARY, HIDDEN, HEADS, LAYERS, INTERMEDIATE = 96, 32, 4, 2, 48
 ATOL = 1e-4
 NEW_TOKENS = 5
@@ -173,10 +179,32 @@ def test_t5_matches_keras_hub(keras_hub, variant):
 
 
 def test_t5_untied_head_matches_keras_hub(keras_hub):
-    backbone, model = _pair(t5, keras_hub.models.T5Backbone, seed=2, tie_embedding_weights=False)
+    from keras_hub.src.utils.keras_utils import gelu_approximate
+
+    # T5 v1.1's shape: gated tanh-GELU, untied head (no output scale).
+    backbone, model = _pair(
+        t5,
+        keras_hub.models.T5Backbone,
+        seed=2,
+        tie_embedding_weights=False,
+        activation=gelu_approximate,
+    )
     assert model.lm_head is not None and model.output_scale is None
     lm = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
     _check_logits(lm, model)
+
+
+def test_t5_gated_relu_is_refused_by_name(keras_hub):
+    """keras-hub's default T5Backbone gates a ReLU, which FeedForward lacks."""
+    backbone = keras_hub.models.T5Backbone(
+        vocabulary_size=VOCABULARY,
+        num_layers=1,
+        num_heads=HEADS,
+        hidden_dim=HIDDEN,
+        intermediate_dim=INTERMEDIATE,
+    )
+    with pytest.raises(ValueError, match="activation='relu'"):
+        t5.config(backbone)
 
 
 def test_transplant_names_unplaced_weights(keras_hub):
