@@ -188,8 +188,10 @@ def test_t5_untied_head_matches_keras_hub(keras_hub):
         seed=2,
         tie_embedding_weights=False,
         activation=gelu_approximate,
+        key_value_dim=12,  # heads of 12 features, not hidden_dim // num_heads = 8
     )
     assert model.lm_head is not None and model.output_scale is None
+    assert model.encoder_layers[0].self_attention.key_dim == 12
     lm = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
     _check_logits(lm, model)
 
@@ -286,6 +288,48 @@ def test_padding_mask_given_with_the_tokens_reaches_the_blocks():
     np.testing.assert_allclose(
         np.asarray(masked), np.asarray(model([sources[:, :3], targets])), atol=1e-5
     )
+
+
+def test_shared_relative_biases_save_reload_and_generate(tmp_path):
+    """T5's options without keras-hub: one bias per stack, still shared after a
+    `.keras` reload, and the compiled and eager `generate()` agree."""
+    model = Seq2SeqTransformer(
+        vocabulary_size=40,
+        sequence_length=12,
+        embedding_dim=16,
+        num_heads=2,
+        intermediate_dim=24,
+        dropout=0.0,
+        position="relative",
+        relative_num_buckets=8,
+        relative_max_distance=16,
+        share_embeddings=True,
+        tie_embeddings=True,
+        mask_zero=False,
+        activation="geglu_tanh",
+        normalize_first=True,
+        normalization="rms_norm",
+        layer_norm_epsilon=1e-6,
+        use_bias=False,
+        attention_scale=1.0,
+        final_norm=True,
+        output_scale=16**-0.5,
+    )
+    path = str(tmp_path / "t5_like.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for ours in (model, loaded):
+        for side in ("encoder", "decoder"):
+            bias = getattr(ours, f"{side}_position_bias")
+            for layer in getattr(ours, f"{side}_layers"):
+                assert layer.self_attention.score_bias is bias
+    sources, targets = np.array([[4, 9, 1, 7], [3, 0, 8, 8]]), np.array([[0, 5], [0, 2]])
+    np.testing.assert_allclose(
+        np.asarray(loaded([sources, targets])), np.asarray(model([sources, targets])), atol=1e-6
+    )
+    prompts = [[0], [0, 6, 1]]
+    compiled = loaded.generate(sources, prompts, 4)
+    np.testing.assert_array_equal(compiled, model.generate(sources, prompts, 4, compile=False))
 
 
 @pytest.mark.parametrize(
