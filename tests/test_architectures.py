@@ -49,6 +49,45 @@ ARCHITECTURES = {
         ),
         "MistralCausalLM",
     ),
+    "llama3.1": (
+        _llama_like(
+            "Llama3Backbone",
+            layer_norm_epsilon=1e-5,
+            rope_max_wavelength=500,
+            rope_frequency_adjustment_factor=8.0,
+            rope_low_freq_factor=1.0,
+            rope_high_freq_factor=4.0,
+            rope_pretraining_sequence_length=16,
+            tie_word_embeddings=True,
+        ),
+        "Llama3CausalLM",
+    ),
+    "phi3_4k": (
+        _llama_like("Phi3Backbone", layer_norm_epsilon=1e-5, max_sequence_length=64),
+        "Phi3CausalLM",
+    ),
+    # LongRoPE with a 2-token "pretraining" context, so that every call here (the
+    # shortest prompt has 3 tokens) takes the long factors and the attention factor
+    # sqrt(1 + ln(32/2) / ln 2). The factors depend on the length of a call: keras-hub
+    # takes the whole sequence's, a cached step (ours, Hugging Face's) its largest
+    # position + 1, so a prefill shorter than the pretraining context gives
+    # short-factor keys that a full pass recomputes with the long ones.
+    "phi3_128k": (
+        _llama_like(
+            "Phi3Backbone",
+            layer_norm_epsilon=1e-5,
+            max_sequence_length=32,
+            pretraining_sequence_length=2,
+            rope_scaling_type="su",
+            rope_scaling_short_factor=[1.0, 1.3, 1.7, 2.9],
+            rope_scaling_long_factor=[1.2, 2.5, 5.0, 9.5],
+        ),
+        "Phi3CausalLM",
+    ),
+    "gpt2": (
+        lambda: keras_hub.models.GPT2Backbone(**SIZE, num_heads=4, max_sequence_length=16),
+        "GPT2CausalLM",
+    ),
     "qwen2.5": (
         _llama_like("QwenBackbone", layer_norm_epsilon=1e-6, rope_max_wavelength=1e6),
         "QwenCausalLM",

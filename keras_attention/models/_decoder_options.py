@@ -1,11 +1,13 @@
 """The architecture options of `CausalLanguageModel`: the `style` shorthands, their
 checks, and the keyword arguments of each `TransformerDecoder` they give."""
 
-import keras
-
 from keras_attention import _validation
 from keras_attention.layers.alibi_bias import ALiBiBias
-from keras_attention.layers.feed_forward import GATED_ACTIVATIONS
+from keras_attention.layers.feed_forward import (
+    GATED_ACTIVATIONS,
+    NAMED_ACTIVATIONS,
+    resolve_activation,
+)
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
 
 # What `style` fills in for the options left `None`.
@@ -89,15 +91,14 @@ def _check(options):
 
 
 def check_activation(activation):
-    """A gated name, a Keras activation name, or a callable; else `ValueError`."""
-    if callable(activation) or activation in GATED_ACTIVATIONS:
-        return
+    """A name `FeedForward` knows (gated, `"gelu_tanh"`, Keras'), or a callable;
+    else `ValueError`."""
     try:
-        keras.activations.get(activation)
+        resolve_activation(activation)
     except (ValueError, TypeError):
         raise ValueError(
             f"`activation` must be a Keras activation (name or callable) or one of "
-            f"{sorted(GATED_ACTIVATIONS)}. Received: activation={activation!r}"
+            f"{sorted({**GATED_ACTIVATIONS, **NAMED_ACTIVATIONS})}. Received: activation={activation!r}"
         ) from None
 
 
