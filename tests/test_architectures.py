@@ -88,6 +88,42 @@ ARCHITECTURES = {
         lambda: keras_hub.models.GPT2Backbone(**SIZE, num_heads=4, max_sequence_length=16),
         "GPT2CausalLM",
     ),
+    "gemma": (
+        lambda: keras_hub.models.GemmaBackbone(
+            **SIZE, **GQA, head_dim=16, query_head_dim_normalize=True
+        ),
+        "GemmaCausalLM",
+    ),
+    "gemma2": (
+        lambda: keras_hub.models.GemmaBackbone(
+            **SIZE,
+            **GQA,
+            head_dim=16,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+            attention_logit_soft_cap=3.0,
+            final_logit_soft_cap=4.0,
+            use_sliding_window_attention=True,
+            sliding_window_size=4,
+        ),
+        "GemmaCausalLM",
+    ),
+    "gemma3": (
+        lambda: keras_hub.models.Gemma3Backbone(
+            **{**SIZE, "num_layers": 6},
+            **GQA,
+            image_size=16,
+            vision_encoder=None,
+            head_dim=16,
+            use_query_key_norm=True,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+            use_sliding_window_attention=True,
+            sliding_window_size=4,
+            global_rope_scaling_factor=2.0,
+        ),
+        "Gemma3CausalLM",
+    ),
     "qwen2.5": (
         _llama_like("QwenBackbone", layer_norm_epsilon=1e-6, rope_max_wavelength=1e6),
         "QwenCausalLM",
