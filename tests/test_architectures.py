@@ -124,6 +124,16 @@ ARCHITECTURES = {
         ),
         "Gemma3CausalLM",
     ),
+    "gpt_neox": (
+        lambda: keras_hub.models.GPTNeoXBackbone(
+            **SIZE, num_heads=4, rotary_percentage=0.5, max_sequence_length=16
+        ),
+        "GPTNeoXCausalLM",
+    ),
+    "bloom": (
+        lambda: keras_hub.models.BloomBackbone(**SIZE, num_heads=4),
+        "BloomCausalLM",
+    ),
     "qwen2.5": (
         _llama_like("QwenBackbone", layer_norm_epsilon=1e-6, rope_max_wavelength=1e6),
         "QwenCausalLM",
