@@ -16,16 +16,20 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
     """A decoder-only language model: next-token logits and compiled generation.
 
     tokens -> `TokenAndPositionEmbedding` (`embedding`, layer name
-    `token_embedding`) -> dropout -> `num_layers` x `TransformerDecoder` without
-    cross-attention (`decoder_layers`, `decoder_layer_{i}`) -> `Dense(vocabulary_size)`
-    (`lm_head`), or with `tie_embeddings=True` the transposed token table
-    (`lm_head` is then `None`).
+    `token_embedding`) -> [`embedding_scaling`] -> [`embedding_norm_layer`] ->
+    dropout -> `num_layers` x `TransformerDecoder` without cross-attention
+    (`decoder_layers`, `decoder_layer_{i}`) -> [`final_norm_layer`, layer name
+    `final_norm`] -> `Dense(vocabulary_size)` (`lm_head`), or with
+    `tie_embeddings=True` the transposed token table (`lm_head` is then `None`) ->
+    [`logit_scaling`]. The parts in brackets are `None` when their option is off.
 
-    `style="llama"` builds a Llama-shaped decoder instead: token embeddings only
-    (positions come from rotary embeddings in every attention), pre-norm blocks with
-    :class:`RMSNorm`, RoPE, grouped-query heads (`num_key_value_heads`), a SwiGLU
-    feed-forward and no biases anywhere, a final RMSNorm (`final_norm`), and a
-    bias-free `lm_head` (or the tied token table).
+    The architecture options below are explicit; `style` is a shorthand that fills
+    those left `None`. `style="gpt"` (the default): learned positions, post-norm
+    LayerNorm blocks (epsilon 1e-5) with biases, ReLU, no final norm.
+    `style="llama"`: token embeddings only with RoPE in every attention
+    (`position="rotary"`), pre-norm :class:`RMSNorm` blocks (epsilon 1e-6), SwiGLU, no
+    biases anywhere, a final RMSNorm. The guide's table lists the options of GPT-2,
+    Llama 1/2/3, Mistral, Qwen, Phi-3, Gemma 1/2/3, GPT-NeoX, BLOOM and Mixtral.
 
     Built functionally in `__init__` (like keras-hub's backbones), so `summary()`,
     `fit`, `.keras` save/load (no `custom_objects`) and `model.export` work as for
@@ -43,21 +47,54 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         sequence_length: positive int, the longest sequence (size of the learned
             position table; bounds prompt + new tokens in `generate`).
         num_layers, embedding_dim, num_heads, intermediate_dim: positive ints;
-            `embedding_dim` divisible by `num_heads`.
+            `embedding_dim` divisible by `num_heads` unless `head_dim` is given.
         dropout: float in `[0, 1)`.
-        position: `"learned"` or `"sinusoidal"` position encoding (default
-            `"learned"`; `"none"`, the only choice, for `style="llama"`).
+        position: `"learned"`, `"sinusoidal"`, `"rotary"` (RoPE in the attention)
+            or `"none"` (default from `style`; with `style="llama"`, `"none"` means
+            `"rotary"`, as in configs saved before it existed).
         tie_embeddings: reuse the token table as the output projection.
         mask_zero: token id 0 is padding (masked as a key, and left out of the loss
             by `fit`); with `False` it is an ordinary token.
-        style: `"gpt"` (post-norm blocks with LayerNorm, biases, ReLU, learned or
-            sinusoidal positions) or `"llama"` (see above).
+        style: `"gpt"` or `"llama"` (see above).
         num_key_value_heads: positive int dividing `num_heads` (grouped-query
             attention); default `num_heads`.
         sliding_window: optional positive int, each token attends to the last
-            `sliding_window` tokens (Mistral); the generation cache is then a ring
-            of that many positions.
+            `sliding_window` tokens (Mistral; with `layer_types`, only the
+            "sliding" layers); the generation cache is then a ring of that size.
         soft_cap: optional positive float, attention logit soft-capping (Gemma 2).
+        normalization: `"layer_norm"` or `"rms_norm"`, every norm of the model.
+        layer_norm_epsilon: positive float, their epsilon.
+        normalize_first: bool, pre-norm blocks.
+        final_norm: bool, a norm before the output projection.
+        post_norm: bool, sandwich norms `x + norm(f(norm(x)))` (Gemma 2/3).
+        parallel_residual: bool, `x + attn(norm1(x)) + ffn(norm2(x))` (GPT-NeoX).
+        activation: the feed-forward's: a Keras activation, `"gelu_tanh"`, or gated
+            `"swiglu"`, `"geglu"`, `"geglu_tanh"`.
+        use_bias: bool, or a tuple of the parts with a bias: `"query"`, `"key"`,
+            `"value"`, `"output"`, `"feedforward"`, `"norm"` (LayerNorm offsets),
+            `"lm_head"`.
+        head_dim: optional positive int, the size of each head (default
+            `embedding_dim // num_heads`).
+        attention_scale: optional positive float multiplying `q . k` (default
+            `1 / sqrt(head_dim)`).
+        query_norm, key_norm: None, `"rms_norm"` or `"layer_norm"` over each head's
+            queries / keys; `qk_norm_epsilon`: their epsilon.
+        score_bias: None or `"alibi"` (ALiBi distance penalties, one layer shared by
+            the blocks).
+        final_logit_soft_cap: optional positive float `c`, logits `c tanh(l / c)`.
+        max_wavelength, rotary_fraction, rope_scaling: RoPE's base (10000), rotated
+            fraction of each head (1.0) and frequency scaling (a dict, see
+            :class:`RotaryEmbedding`); only with `position="rotary"`.
+        layer_types: optional list of `"full"` / `"sliding"`, one per layer.
+        sliding_max_wavelength, sliding_rope_scaling: RoPE settings of the
+            "sliding" layers of `layer_types` (default: `max_wavelength` and no
+            scaling).
+        embedding_scale: optional positive float multiplying the embeddings
+            (Gemma: `sqrt(embedding_dim)`).
+        embedding_norm: bool, a norm after the embeddings (BLOOM).
+        logit_scale: optional positive float multiplying the logits.
+        num_experts, num_experts_per_token: a :class:`MixtureOfExperts`
+            feed-forward in each block (Mixtral), both or neither.
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Call arguments:
