@@ -24,6 +24,7 @@ from keras_attention.layers.grouped_query_attention import (
     GroupQueryAttention,
 )
 from keras_attention.layers.luong_attention import LuongAttention
+from keras_attention.layers.mixture_of_experts import MixtureOfExperts
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.positional import (
     PositionEmbedding,

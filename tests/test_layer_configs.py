@@ -218,6 +218,20 @@ CASES = {
         HEADS4,
         {},
     ),
+    "RotaryEmbedding-longrope": (
+        "RotaryEmbedding",
+        {
+            "rope_scaling": {
+                "type": "longrope",
+                "short_factor": [1.0, 1.5],
+                "long_factor": [2.0, 4.0],
+                "original_max_position_embeddings": 2,
+                "max_position_embeddings": 8,
+            },
+        },
+        HEADS4,
+        {},
+    ),
     "ALiBiBias": ("ALiBiBias", {"num_heads": 3}, POSITIONS_Q, {"key_positions": POSITIONS_K}),
     "RelativePositionBias": (
         "RelativePositionBias",

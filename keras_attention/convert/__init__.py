@@ -1,5 +1,6 @@
-"""Weight transplants from other libraries' models into this package's model classes
-(`keras_attention.convert.keras_hub`: keras-hub's backbones, one module a family).
+"""Conversions from other libraries' models into this package's model classes.
 
-Nothing here is imported by the rest of the package, and the source library is
-imported only inside the functions that need it."""
+`keras_attention.convert.keras_hub`: keras-hub backbones and causal LMs to
+:class:`~keras_attention.models.CausalLanguageModel` (config map and weight map per
+family; keras-hub is imported only when a conversion runs).
+"""

@@ -532,15 +532,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         if norm is not None:
             heads = norm(heads)
         if self.rotary_embedding is not None:
-            rope = self.rotary_embedding
-            heads = attention_ops.apply_rotary_embedding(
-                heads,
-                start_index=start_index,
-                max_wavelength=rope.max_wavelength,
-                scaling_factor=rope.scaling_factor,
-                rotary_fraction=rope.rotary_fraction,
-                layout=rope.layout,
-            )
+            heads = self.rotary_embedding.rotate(heads, start_index=start_index)
         return heads
 
     def _query_heads(self, query, start_index):
