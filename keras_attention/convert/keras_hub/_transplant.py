@@ -45,7 +45,11 @@ class Transplant:
         return path in self.source
 
     def take(self, path, transform=None):
-        """The source weight at `path` as a numpy array (marked as consumed)."""
+        """The source weight at `path` (or the source variable itself, for layers
+        keras-hub leaves to Keras' automatic, numbered names) as a numpy array,
+        marked as consumed."""
+        if not isinstance(path, str):
+            path = path.path
         if path not in self.source:
             raise ValueError(
                 f"The keras-hub model has no weight {path!r}; it has {sorted(self.source)}."
