@@ -215,3 +215,17 @@ def test_greedy_tokens_match_keras_hub(converted):
     generated = model.generate([list(p) for p in PROMPTS], max_new_tokens=NEW_TOKENS)
     actual = [generated[i, : len(p) + NEW_TOKENS].tolist() for i, p in enumerate(PROMPTS)]
     assert actual == expected
+
+
+def test_transplant_names_unmapped_and_misshapen_weights():
+    make_backbone, _ = ARCHITECTURES["llama2"]
+    backbone = make_backbone()
+    untied = convert.config(backbone)
+    # A tied target leaves keras-hub's separate output table unmapped.
+    tied = convert.CausalLanguageModel(**{**untied, "tie_embeddings": True})
+    with pytest.raises(ValueError, match="token_embedding/reverse_embeddings"):
+        convert.transplant(backbone, tied)
+    with pytest.raises(ValueError, match="wrong shape"):
+        convert.convert(backbone, intermediate_dim=24)
+    with pytest.raises(ValueError, match="keras-hub CausalLM or Backbone"):
+        convert.convert(keras.Sequential())
