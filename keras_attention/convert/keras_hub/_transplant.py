@@ -55,8 +55,9 @@ class Transplant:
 
     def take(self, path, transform=None):
         """The source weight at `path` as a numpy array (marked as consumed);
-        `path` may also be the source variable itself (for names keras-hub numbers
-        per process, such as T5's `t5_layer_norm_<n>`)."""
+        `path` may also be the source variable itself (for layers keras-hub leaves
+        to Keras' automatic, numbered names, such as T5's `t5_layer_norm_<n>`, and
+        for weights that share a path)."""
         if not isinstance(path, str):
             if id(path) not in self._paths:
                 raise ValueError(f"{path.path!r} is not a weight of the keras-hub model.")
