@@ -227,5 +227,5 @@ def test_transplant_names_unmapped_and_misshapen_weights():
         convert.transplant(backbone, tied)
     with pytest.raises(ValueError, match="wrong shape"):
         convert.convert(backbone, intermediate_dim=24)
-    with pytest.raises(ValueError, match="keras-hub CausalLM or Backbone"):
+    with pytest.raises(ValueError, match="keras-hub CausalLM, Seq2SeqLM or Backbone"):
         convert.convert(keras.Sequential())
