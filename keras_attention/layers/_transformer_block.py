@@ -19,6 +19,7 @@ from keras_attention.layers.feed_forward import (
     resolve_activation,
     serialize_activation,
 )
+from keras_attention.layers.mixture_of_experts import MixtureOfExperts
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
@@ -82,6 +83,8 @@ class _TransformerBlock(keras.layers.Layer):
         score_bias=None,
         post_norm=False,
         parallel_residual=False,
+        num_experts=None,
+        num_experts_per_token=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,6 +107,9 @@ class _TransformerBlock(keras.layers.Layer):
         self._check_residual_options(post_norm, parallel_residual)
         self.post_norm = post_norm
         self.parallel_residual = parallel_residual
+        self._check_experts(num_experts, num_experts_per_token)
+        self.num_experts = num_experts
+        self.num_experts_per_token = num_experts_per_token
         # Not copied: blocks given one instance share its weights (T5's one table).
         self.score_bias = _attention_options.score_bias_layer(score_bias, num_heads)
         # Passed to every MultiHeadAttention of the block (validated there).
@@ -131,9 +137,20 @@ class _TransformerBlock(keras.layers.Layer):
         self.feedforward_post_norm = self._post_norm("feedforward_post_norm")
 
     def _make_feedforward(self):
-        """The feed-forward sublayer, `self.feedforward`: a :class:`FeedForward`. A
+        """The feed-forward sublayer, `self.feedforward`: a :class:`FeedForward`, or
+        with `num_experts` a :class:`MixtureOfExperts` (same call and shape). A
         subclass may return another layer called as `layer(inputs, training=None)`
-        with the input's shape (a mixture of experts)."""
+        with the input's shape."""
+        if self.num_experts is not None:
+            return MixtureOfExperts(
+                self.num_experts,
+                self.num_experts_per_token,
+                self.intermediate_dim,
+                activation=self.activation,
+                kernel_initializer=self.projection.kernel_initializer,
+                name="feedforward",
+                dtype=self.dtype_policy,
+            )
         return FeedForward(
             self.intermediate_dim,
             activation=self.activation,
@@ -142,6 +159,19 @@ class _TransformerBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
+
+    def _check_experts(self, num_experts, num_experts_per_token):
+        if (num_experts is None) != (num_experts_per_token is None):
+            raise ValueError(
+                "`num_experts` and `num_experts_per_token` go together (a mixture of "
+                f"experts feed-forward). Received: num_experts={num_experts}, "
+                f"num_experts_per_token={num_experts_per_token}"
+            )
+        if num_experts is not None and "feedforward" in self._with_bias:
+            raise ValueError(
+                "The experts of a mixture have no biases: `use_bias` must leave out "
+                f"'feedforward' with `num_experts`. Received: use_bias={self.use_bias!r}"
+            )
 
     def _next_seed(self):
         # Each dropout gets its own seed, so their masks are not identical.
@@ -333,6 +363,8 @@ class _TransformerBlock(keras.layers.Layer):
                 "score_bias": _common.serialize_shared_layer(self.score_bias),
                 "post_norm": self.post_norm,
                 "parallel_residual": self.parallel_residual,
+                "num_experts": self.num_experts,
+                "num_experts_per_token": self.num_experts_per_token,
                 **{
                     key: value
                     if value is None or isinstance(value, (int, float, str))
