@@ -360,7 +360,9 @@ class GenerativeMixin:
                 "Logits processors do not combine with speculative decoding yet. "
                 f"Received: processors={list(processors)!r} with speculative decoding"
             )
-        _check_positions(self, int(lengths.max()) + max_new_tokens, max_new_tokens, speculation)
+        speculative.check_positions(
+            self, int(lengths.max()) + max_new_tokens, max_new_tokens, speculation
+        )
         settings = GenerationSettings(
             max_new_tokens,
             sampler,
@@ -391,26 +393,3 @@ class GenerativeMixin:
                 functools.partial(self._generate_tensors, settings, "eager")
             )(*args)
         return ops.convert_to_numpy(output).astype("int32")
-
-
-def _check_positions(model, total, max_new_tokens, speculation):
-    """The positions a generation reaches (the speculative verifying calls reach
-    `num_draft_tokens - 1` past the last token) must fit learned position tables."""
-    models = [model]
-    if speculation is not None and speculation.draft_model is not None:
-        models.append(speculation.draft_model)
-    reach = total + max(speculative.extra_positions(speculation) - 1, 0)
-    for checked in models:
-        embedding = checked.decoder_embedding
-        if embedding.position == "learned" and reach > embedding.sequence_length:
-            extra = (
-                ""
-                if speculation is None
-                else (f" plus `num_draft_tokens` - 1 ({speculation.num_draft_tokens - 1})")
-            )
-            raise ValueError(
-                f"The longest prompt plus `max_new_tokens`{extra} must fit the learned "
-                f"position table of {checked.name!r} (sequence_length="
-                f"{embedding.sequence_length}). Received: prompt length "
-                f"{total - max_new_tokens}, max_new_tokens={max_new_tokens}"
-            )

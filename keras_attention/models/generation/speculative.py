@@ -313,3 +313,26 @@ def _check_draft_model(model, draft_model):
             "`draft_model` must have the model's vocabulary: vocabulary_size="
             f"{ours}. Received: draft_model with vocabulary_size={theirs}"
         )
+
+
+def check_positions(model, total, max_new_tokens, speculation):
+    """The positions a generation reaches (the speculative verifying calls reach
+    `num_draft_tokens - 1` past the last token) must fit learned position tables."""
+    models = [model]
+    if speculation is not None and speculation.draft_model is not None:
+        models.append(speculation.draft_model)
+    reach = total + max(extra_positions(speculation) - 1, 0)
+    for checked in models:
+        embedding = checked.decoder_embedding
+        if embedding.position == "learned" and reach > embedding.sequence_length:
+            extra = (
+                ""
+                if speculation is None
+                else (f" plus `num_draft_tokens` - 1 ({speculation.num_draft_tokens - 1})")
+            )
+            raise ValueError(
+                f"The longest prompt plus `max_new_tokens`{extra} must fit the learned "
+                f"position table of {checked.name!r} (sequence_length="
+                f"{embedding.sequence_length}). Received: prompt length "
+                f"{total - max_new_tokens}, max_new_tokens={max_new_tokens}"
+            )
