@@ -226,7 +226,7 @@ def _gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-@pytest.mark.parametrize("activation", ["swiglu", "geglu", "geglu_tanh"])
+@pytest.mark.parametrize("activation", ["swiglu", "geglu", "geglu_tanh", "reglu"])
 def test_gated_feed_forward_matches_numpy(activation, tmp_path):
     x = _rand(2, 5, 6)
     layer, (out,) = run_layer_test(
@@ -246,6 +246,8 @@ def test_gated_feed_forward_matches_numpy(activation, tmp_path):
         act = g / (1 + np.exp(-g))
     elif activation == "geglu_tanh":
         act = _gelu_tanh(g)
+    elif activation == "reglu":
+        act = np.maximum(g, 0.0)
     else:
         act = 0.5 * g * (1 + np.vectorize(math.erf)(g / math.sqrt(2)))
     np.testing.assert_allclose(_np(out), (act * (x @ w_up)) @ w_down, atol=1e-5)

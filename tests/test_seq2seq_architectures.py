@@ -161,8 +161,9 @@ def test_bart_matches_keras_hub(keras_hub):
         {"activation": "relu", "use_gated_activation": False},  # T5 v1.0
         {"activation": "gelu", "use_gated_activation": True},  # gated, exact GELU
         {"activation": "keras_hub>gelu_approximate", "use_gated_activation": True},  # v1.1
+        {"activation": "relu", "use_gated_activation": True},  # keras-hub's default
     ],
-    ids=["v1_0_relu", "gated_gelu", "v1_1_gated_gelu_tanh"],
+    ids=["v1_0_relu", "gated_gelu", "v1_1_gated_gelu_tanh", "gated_relu"],
 )
 def test_t5_matches_keras_hub(keras_hub, variant):
     if "approximate" in variant["activation"]:
@@ -176,7 +177,8 @@ def test_t5_matches_keras_hub(keras_hub, variant):
     lm = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
     _check_logits(lm, model)
     if variant["activation"] != "gelu":  # the exact-GELU gate: logits suffice
-        _check_generate(lm, model, compile=variant["activation"] == "relu")
+        compile = variant["activation"] == "relu" and not variant["use_gated_activation"]
+        _check_generate(lm, model, compile=compile)
 
 
 def test_t5_untied_head_matches_keras_hub(keras_hub):
@@ -194,19 +196,6 @@ def test_t5_untied_head_matches_keras_hub(keras_hub):
     assert model.encoder_layers[0].self_attention.key_dim == 12
     lm = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
     _check_logits(lm, model)
-
-
-def test_t5_gated_relu_is_refused_by_name(keras_hub):
-    """keras-hub's default T5Backbone gates a ReLU, which FeedForward lacks."""
-    backbone = keras_hub.models.T5Backbone(
-        vocabulary_size=VOCABULARY,
-        num_layers=1,
-        num_heads=HEADS,
-        hidden_dim=HIDDEN,
-        intermediate_dim=INTERMEDIATE,
-    )
-    with pytest.raises(ValueError, match="activation='relu'"):
-        conversion.config(backbone)
 
 
 def test_transplant_names_unplaced_weights(keras_hub):

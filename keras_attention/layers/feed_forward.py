@@ -14,7 +14,12 @@ def gelu_tanh(x):
 
 
 # Gated linear units (Shazeer 2020): the name and the activation of the gate.
-GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": gelu_tanh}
+GATED_ACTIVATIONS = {
+    "swiglu": "silu",
+    "geglu": "gelu",
+    "geglu_tanh": gelu_tanh,
+    "reglu": "relu",
+}
 # Activations this package names that Keras' `activations.get` does not know.
 NAMED_ACTIVATIONS = {"gelu_tanh": gelu_tanh}
 
@@ -58,7 +63,8 @@ class FeedForward(_common.LoraMixin, keras.layers.Layer):
         intermediate_dim: positive int, the hidden size `d_ff` (2048 in the paper).
         activation: activation of the hidden layer (`"relu"` in the paper; any
             Keras activation, or `"gelu_tanh"`, the tanh-approximate GELU of GPT-2),
-            or `"swiglu"`/`"geglu"`/`"geglu_tanh"` for a gated feed-forward.
+            or `"swiglu"`/`"geglu"`/`"geglu_tanh"`/`"reglu"` (gated ReLU, keras-hub's
+            default T5) for a gated feed-forward.
         dropout: float in `[0, 1)`, dropout on the hidden activations.
         use_bias: whether both `Dense` layers have biases.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,

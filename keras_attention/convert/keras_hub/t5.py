@@ -20,7 +20,7 @@ from keras_attention.models.seq2seq_transformer import Seq2SeqTransformer
 MODEL = Seq2SeqTransformer
 # keras-hub's gated feed-forward `act(x W_in) * (x W_gate)` by `act`, in this
 # package's names (the gate's activation first, as `FeedForward` computes it).
-_GATED = {"gelu": "geglu", "gelu_tanh": "geglu_tanh", "silu": "swiglu"}
+_GATED = {"gelu": "geglu", "gelu_tanh": "geglu_tanh", "silu": "swiglu", "relu": "reglu"}
 # T5's relative attention buckets and distance (fixed in keras-hub).
 _BUCKETS, _MAX_DISTANCE = 32, 128
 
