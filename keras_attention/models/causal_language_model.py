@@ -9,7 +9,7 @@ from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
 from keras_attention.models._adaptation import AdaptationMixin
-from keras_attention.models.generation import deprecated
+from keras_attention.models.generation import deprecated, streaming
 from keras_attention.models.generation.loop import GenerativeMixin
 
 # The block settings of style="llama": pre-norm RMSNorm, RoPE, SwiGLU, no biases.
@@ -220,6 +220,47 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
             pad_token_id,
             compile,
         )
+
+    def stream(
+        self,
+        prompt,
+        max_new_tokens,
+        chunk_size=8,
+        prompt_mask=None,
+        sampler="greedy",
+        seed=None,
+        stop_token_ids=None,
+        pad_token_id=0,
+        compile=True,
+    ):
+        """Generate as :meth:`generate` does, yielding the new tokens in chunks.
+
+        Each chunk is one call of a compiled function (compiled on the first chunk
+        of each input shape and setting, reused by every later chunk and call);
+        the chunks put together are :meth:`generate`'s new tokens for the same
+        `seed`. The arguments are checked when `stream` is called.
+
+        Args:
+            chunk_size: positive int, new tokens per chunk (the last may be
+                shorter; a row that has stopped gets `pad_token_id`).
+            prompt, max_new_tokens, prompt_mask, sampler, seed, stop_token_ids,
+                pad_token_id, compile: as in :meth:`generate`; beam search cannot
+                stream.
+
+        Yields:
+            Numpy int32 `(batch, <= chunk_size)`: every row's next new tokens.
+            The stream ends after `max_new_tokens` tokens, or once every row has
+            stopped.
+
+        Example:
+        >>> from keras_attention.models import causal_language_model
+        >>> model = causal_language_model(vocabulary_size=20, sequence_length=16)
+        >>> [chunk.shape for chunk in model.stream([[1, 2, 3]], 5, chunk_size=2)]
+        [(1, 2), (1, 2), (1, 1)]
+        """
+        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
+        arguments += (stop_token_ids, pad_token_id, compile)
+        return streaming.stream(self, chunk_size, arguments)
 
     def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):
         """Deprecated: use :func:`keras_attention.export.export_generator` with
