@@ -9,7 +9,7 @@ from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts
 from keras_attention.models._adaptation import AdaptationMixin
-from keras_attention.models.generation import deprecated, streaming
+from keras_attention.models.generation import deprecated, session, streaming
 from keras_attention.models.generation.loop import GenerativeMixin
 
 # The block settings of style="llama": pre-norm RMSNorm, RoPE, SwiGLU, no biases.
@@ -182,6 +182,9 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         stop_token_ids=None,
         pad_token_id=0,
         compile=True,
+        return_state=False,
+        state=None,
+        max_length=None,
     ):
         """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -205,21 +208,36 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
                 sequence has stopped.
             pad_token_id: int, written after a sequence's last token.
             compile: `False` runs the same loop eagerly, op by op (for debugging).
+            return_state: `True` also returns a
+                :class:`~keras_attention.models.generation.GenerationState` (the
+                caches and each row's tokens so far) to continue the conversation
+                with `state=`; not with beam search.
+            state: a `GenerationState` of this model: `prompt` holds only the new
+                tokens of each row, which are run through the model after its
+                history (the history is not run again).
+            max_length: with `return_state=True` and no `state`, the cache
+                positions of the whole conversation (every later turn must fit);
+                default: the longest prompt plus `max_new_tokens`, rounded up to a
+                multiple of 128 (at most the learned position table).
 
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`: row `i` holds its
-            prompt tokens, its new tokens, then `pad_token_id`.
+            prompt tokens, its new tokens, then `pad_token_id`. With a `state`, the
+            prompt is each row's history followed by its new tokens (what
+            `generate` of the whole history returns). With `return_state=True`,
+            `(tokens, state)`.
         """
-        return self._run_generate(
-            prompt,
-            max_new_tokens,
-            prompt_mask,
-            sampler,
-            seed,
-            stop_token_ids,
-            pad_token_id,
-            compile,
-        )
+        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
+        arguments += (stop_token_ids, pad_token_id, compile)
+        _validation.check_bool(return_state, "return_state")
+        if return_state or state is not None:
+            return session.generate_with_state(self, arguments, state, max_length, return_state)
+        if max_length is not None:
+            raise ValueError(
+                "`max_length` sizes the cache of a conversation: it needs "
+                f"`return_state=True`. Received: max_length={max_length!r}"
+            )
+        return self._run_generate(*arguments)
 
     def stream(
         self,
