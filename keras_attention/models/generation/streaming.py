@@ -59,26 +59,28 @@ def stream(model, chunk_size, generate_arguments, encoder_inputs=()):
 
 
 def _chunks(first, resume, arguments, lengths, max_new_tokens, chunk_size):
-    tokens, lengths_tensor, seed = arguments[:3]
+    lengths_tensor, seed = arguments[1:3]
     longest = int(lengths.max())
-    start = 0  # the count of new tokens the next chunk starts at
-    while start < max_new_tokens:
-        width = min(chunk_size, max_new_tokens - start)
-        # The loop runs until the longest prompt's row has `start + width` new tokens.
-        end = ops.convert_to_tensor(np.int32(longest + start + width))
-        if start == 0:
-            *loop_vars, encoded = first(*arguments, end)
-        else:
-            loop_vars = resume(*loop_vars, lengths_tensor, seed, end, *encoded)
-        buffer, done, count = (ops.convert_to_numpy(loop_vars[i]) for i in (1, 3, 4))
-        if done.all():
-            # Every row has stopped: nothing after the last row's last token.
-            width = min(width, int(count.max()) - start)
-        if width > 0:
-            columns = lengths[:, None] + start + np.arange(width)[None, :]
-            yield np.take_along_axis(buffer, columns, axis=1).astype("int32")
-        if done.all():
-            return
+    start, limit, running = 0, max_new_tokens, True  # `start`: the next chunk's first count
+    while start < limit:
+        width = min(chunk_size, limit - start)
+        if running:
+            # The loop runs until the longest prompt's row has `start + width` new tokens.
+            end = ops.convert_to_tensor(np.int32(longest + start + width))
+            if start == 0:
+                *loop_vars, encoded = first(*arguments, end)
+            else:
+                loop_vars = resume(*loop_vars, lengths_tensor, seed, end, *encoded)
+            buffer, done, count = (ops.convert_to_numpy(loop_vars[i]) for i in (1, 3, 4))
+            if done.all():
+                # Every row has stopped: the rest is in the buffer, up to the last
+                # row's last token.
+                running, limit = False, min(limit, int(count.max()))
+                width = min(width, limit - start)
+                if width <= 0:
+                    return
+        columns = lengths[:, None] + start + np.arange(width)[None, :]
+        yield np.take_along_axis(buffer, columns, axis=1).astype("int32")
         start += width
 
 
