@@ -8,6 +8,12 @@ keras-hub's backbone is built directly (no preset, no download). For each case:
 - first call: seconds of the first `generate` (tracing + compilation + the run);
 - tokens/s: `batch * new / seconds` of a later call (median over repeats).
 
+A second table times the second turn of a conversation (`--history` tokens of history:
+a first turn's prompt and answer, then 16 new tokens): the time to its first token
+with the first turn's `GenerationState` (only the new tokens run through the model)
+and without (the whole history runs again), on a model of the same size with a
+position table of 1024.
+
 The two models are timed in turn in one process (a, b, a, b, ...), so the ratios are
 fair even on a busy machine. keras-hub is an optional benchmark dependency
 (`pip install "keras-hub>=0.32,<0.33"`, the `bench` extra).
@@ -36,11 +42,52 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-keras-hub", action="store_true", help="time ours only")
     parser.add_argument("--smoke", action="store_true", help="tiny model, two cases, ours only")
+    parser.add_argument(
+        "--history", type=int, default=512, help="second-turn table: tokens of history (0: skip)"
+    )
     args = parser.parse_args(argv)
     args.cases = [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
     if args.smoke:
         args.cases, args.repeats, args.no_keras_hub = [(2, 4, 4), (1, 3, 5)], 1, True
+        args.history = min(args.history, 8)
     return args
+
+
+def second_turn(size, history, repeats):
+    """Median seconds to the first token of a second turn of `new` tokens, with and
+    without the first turn's state: `(new, with_state, rerun)`."""
+    import numpy as np
+
+    from keras_attention import models
+
+    new, answer = 16 if history > 64 else 2, history // 8
+    model = models.causal_language_model(
+        vocabulary_size=size["vocabulary"],
+        sequence_length=max(1024, 2 * history),
+        num_layers=size["layers"],
+        embedding_dim=size["width"],
+        num_heads=size["heads"],
+        intermediate_dim=size["ff"],
+        dropout=0.0,
+    )
+    rng = np.random.default_rng(1)
+    first = rng.integers(1, size["vocabulary"], (1, history - answer))
+    _, state = model.generate(first, answer, return_state=True, max_length=2 * history)
+    turn = rng.integers(1, size["vocabulary"], (1, new))
+    whole = np.concatenate([state.history()[0][None, :], turn], axis=1)
+    runs = {
+        "state": lambda: model.generate(turn, 1, state=state),
+        "rerun": lambda: model.generate(whole, 1),
+    }
+    times = {name: [] for name in runs}
+    for run in runs.values():
+        run()  # compile
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return new, statistics.median(times["state"]), statistics.median(times["rerun"])
 
 
 def main(argv=None):
@@ -124,6 +171,18 @@ def main(argv=None):
             + (f"{hub_speed:.0f} | {speed['ours'] / hub_speed:.2f} | " if hub_speed else "- | - | ")
             + f"{first['ours']:.2f} | "
             + (f"{hub_first:.2f} | {first['ours'] / hub_first:.2f} |" if hub_first else "- | - |")
+        )
+    if args.history:
+        new, with_state, rerun = second_turn(size, args.history, args.repeats)
+        print()
+        print(
+            "| second turn: history, new | first token with state ms | re-running the history ms "
+            "| speed-up |"
+        )
+        print("|---|---|---|---|")
+        print(
+            f"| {args.history}, {new} | {with_state * 1e3:.1f} | {rerun * 1e3:.1f} "
+            f"| {rerun / with_state:.1f} |"
         )
     return rows
 
