@@ -13,6 +13,12 @@ all eight processors of `keras_attention.models.processors` against the same
 sampling without them, one case, interleaved (`--no-processors` skips it; target:
 at most 1.15x the time).
 
+A second table times the second turn of a conversation (`--history` tokens of history:
+a first turn's prompt and answer, then 16 new tokens): the time to its first token
+with the first turn's `GenerationState` (only the new tokens run through the model)
+and without (the whole history runs again), on a model of the same size with a
+position table of 1024.
+
 The two models are timed in turn in one process (a, b, a, b, ...), so the ratios are
 fair even on a busy machine. keras-hub is an optional benchmark dependency
 (`pip install "keras-hub>=0.32,<0.33"`, the `bench` extra).
@@ -48,10 +54,14 @@ def parse_args(argv=None):
     parser.add_argument(
         "--processors-only", action="store_true", help="only the logits-processors table"
     )
+    parser.add_argument(
+        "--history", type=int, default=512, help="second-turn table: tokens of history (0: skip)"
+    )
     args = parser.parse_args(argv)
     args.cases = [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
     if args.smoke:
         args.cases, args.repeats, args.no_keras_hub = [(2, 4, 4), (1, 3, 5)], 1, True
+        args.history = min(args.history, 8)
     return args
 
 
@@ -71,6 +81,51 @@ def time_interleaved(runs, repeats):
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
     return first, median, {name: min(t) for name, t in times.items()}
+
+
+def second_turn(size, history, repeats):
+    """Median seconds to the first token of a second turn of `new` tokens, with and
+    without the first turn's state: `(new, with_state, rerun)`."""
+    import numpy as np
+
+    from keras_attention import models
+
+    new, answer = 16 if history > 64 else 2, history // 8
+    model = models.causal_language_model(
+        vocabulary_size=size["vocabulary"],
+        sequence_length=max(1024, 2 * history),
+        num_layers=size["layers"],
+        embedding_dim=size["width"],
+        num_heads=size["heads"],
+        intermediate_dim=size["ff"],
+        dropout=0.0,
+    )
+    rng = np.random.default_rng(1)
+    first = rng.integers(1, size["vocabulary"], (1, history - answer))
+    _, state = model.generate(first, answer, return_state=True, max_length=2 * history)
+    turn = rng.integers(1, size["vocabulary"], (1, new))
+    whole = np.concatenate([state.history()[0][None, :], turn], axis=1)
+    runs = {
+        "state": lambda: model.generate(turn, 1, state=state),
+        "rerun": lambda: model.generate(whole, 1),
+    }
+    _, median, _ = time_interleaved(runs, repeats)
+    return new, median["state"], median["rerun"]
+
+
+def print_second_turn(size, history, repeats):
+    """The second-turn table: time to the first token with and without the state."""
+    new, with_state, rerun = second_turn(size, history, repeats)
+    print()
+    print(
+        "| second turn: history, new | first token with state ms | re-running the history ms "
+        "| speed-up |"
+    )
+    print("|---|---|---|---|")
+    print(
+        f"| {history}, {new} | {with_state * 1e3:.1f} | {rerun * 1e3:.1f} "
+        f"| {rerun / with_state:.1f} |"
+    )
 
 
 def main(argv=None):
@@ -136,6 +191,8 @@ def main(argv=None):
         print_table(rows)
     if not args.no_processors:
         time_processors(ours, args.cases[0], size["vocabulary"], args.repeats)
+    if args.history and not args.processors_only:
+        print_second_turn(size, args.history, args.repeats)
     return rows
 
 

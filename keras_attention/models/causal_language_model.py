@@ -4,10 +4,12 @@ import warnings
 
 import keras
 
+from keras_attention import _validation
+
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _decoder_options, _parts
 from keras_attention.models._adaptation import AdaptationMixin
-from keras_attention.models.generation import deprecated
+from keras_attention.models.generation import deprecated, session, streaming
 from keras_attention.models.generation.loop import GenerativeMixin
 
 
@@ -229,6 +231,9 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         draft_model=None,
         num_draft_tokens=None,
         prompt_lookup=None,
+        return_state=False,
+        state=None,
+        max_length=None,
     ):
         """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -267,23 +272,86 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
                 the tokens that followed the latest earlier occurrence of the last
                 `n` tokens (in the prompt or the text so far); no second model.
                 See `keras_attention.models.generation.speculative`.
+            return_state: `True` also returns a
+                :class:`~keras_attention.models.generation.GenerationState` (the
+                caches and each row's tokens so far) to continue the conversation
+                with `state=`; not with beam search.
+            state: a `GenerationState` of this model: `prompt` holds only the new
+                tokens of each row, which are run through the model after its
+                history (the history is not run again).
+            max_length: with `return_state=True` and no `state`, the cache
+                positions of the whole conversation (every later turn must fit);
+                default: the longest prompt plus `max_new_tokens`, rounded up to a
+                multiple of 128 (at most the learned position table).
 
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`: row `i` holds its
-            prompt tokens, its new tokens, then `pad_token_id`.
+            prompt tokens, its new tokens, then `pad_token_id`. With a `state`, the
+            prompt is each row's history followed by its new tokens (what
+            `generate` of the whole history returns). With `return_state=True`,
+            `(tokens, state)`.
         """
-        return self._run_generate(
-            prompt,
-            max_new_tokens,
-            prompt_mask,
-            sampler,
-            seed,
-            stop_token_ids,
-            pad_token_id,
-            compile,
-            processors=processors,
-            speculation=(draft_model, num_draft_tokens, prompt_lookup),
-        )
+        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
+        arguments += (stop_token_ids, pad_token_id, compile)
+        _validation.check_bool(return_state, "return_state")
+        speculation = (draft_model, num_draft_tokens, prompt_lookup)
+        if return_state or state is not None:
+            if processors or any(value is not None for value in speculation):
+                raise ValueError(
+                    "A conversation state (`return_state`, `state`) does not combine "
+                    "with `processors` or speculative decoding yet. Received: "
+                    f"processors={processors!r}, draft_model={draft_model!r}, "
+                    f"prompt_lookup={prompt_lookup!r}"
+                )
+            return session.generate_with_state(self, arguments, state, max_length, return_state)
+        if max_length is not None:
+            raise ValueError(
+                "`max_length` sizes the cache of a conversation: it needs "
+                f"`return_state=True`. Received: max_length={max_length!r}"
+            )
+        return self._run_generate(*arguments, processors=processors, speculation=speculation)
+
+    def stream(
+        self,
+        prompt,
+        max_new_tokens,
+        chunk_size=8,
+        prompt_mask=None,
+        sampler="greedy",
+        seed=None,
+        stop_token_ids=None,
+        pad_token_id=0,
+        compile=True,
+        processors=None,
+    ):
+        """Generate as :meth:`generate` does, yielding the new tokens in chunks.
+
+        Each chunk is one call of a compiled function (compiled on the first chunk
+        of each input shape and setting, reused by every later chunk and call);
+        the chunks put together are :meth:`generate`'s new tokens for the same
+        `seed`. The arguments are checked when `stream` is called.
+
+        Args:
+            chunk_size: positive int, new tokens per chunk (the last may be
+                shorter; a row that has stopped gets `pad_token_id`).
+            prompt, max_new_tokens, prompt_mask, sampler, seed, stop_token_ids,
+                pad_token_id, compile, processors: as in :meth:`generate`; beam
+                search cannot stream.
+
+        Yields:
+            Numpy int32 `(batch, <= chunk_size)`: every row's next new tokens.
+            The stream ends after `max_new_tokens` tokens, or once every row has
+            stopped.
+
+        Example:
+        >>> from keras_attention.models import causal_language_model
+        >>> model = causal_language_model(vocabulary_size=20, sequence_length=16)
+        >>> [chunk.shape for chunk in model.stream([[1, 2, 3]], 5, chunk_size=2)]
+        [(1, 2), (1, 2), (1, 1)]
+        """
+        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
+        arguments += (stop_token_ids, pad_token_id, compile)
+        return streaming.stream(self, chunk_size, arguments, processors=processors)
 
     def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):
         """Deprecated: use :func:`keras_attention.export.export_generator` with

@@ -7,6 +7,7 @@ from keras import ops
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts, _seq2seq_parts
 from keras_attention.models._adaptation import AdaptationMixin
+from keras_attention.models.generation import streaming
 from keras_attention.models.generation.loop import GenerativeMixin
 from keras_attention.models.generation.prompts import prepare_prompt
 from keras_attention.models.generation.state import EncoderState
@@ -236,6 +237,50 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`.
         """
+        encoder_inputs = self._encoder_inputs(encoder_tokens, encoder_padding_mask, prompt)
+        return self._run_generate(
+            prompt,
+            max_new_tokens,
+            prompt_mask,
+            sampler,
+            seed,
+            stop_token_ids,
+            pad_token_id,
+            compile,
+            encoder_inputs=encoder_inputs,
+            processors=processors,
+        )
+
+    def stream(
+        self,
+        encoder_tokens,
+        prompt,
+        max_new_tokens,
+        chunk_size=8,
+        encoder_padding_mask=None,
+        prompt_mask=None,
+        sampler="greedy",
+        seed=None,
+        stop_token_ids=None,
+        pad_token_id=0,
+        compile=True,
+        processors=None,
+    ):
+        """Decode as :meth:`generate` does, yielding the new tokens in chunks of
+        `chunk_size` (see :meth:`CausalLanguageModel.stream`); the encoder runs
+        once, in the first chunk's call.
+
+        Yields:
+            Numpy int32 `(batch, <= chunk_size)`: every row's next new tokens.
+        """
+        encoder_inputs = self._encoder_inputs(encoder_tokens, encoder_padding_mask, prompt)
+        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
+        arguments += (stop_token_ids, pad_token_id, compile)
+        return streaming.stream(self, chunk_size, arguments, encoder_inputs, processors)
+
+    def _encoder_inputs(self, encoder_tokens, encoder_padding_mask, prompt):
+        """Check the source and its mask against the prompt's batch:
+        `(encoder_tokens, encoder_padding_mask)` as numpy arrays."""
         source, _ = prepare_prompt(
             encoder_tokens, None, self.vocabulary_size, name="encoder_tokens"
         )
@@ -260,18 +305,7 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
                 "`encoder_tokens` and `prompt` must have the same batch size. Received: "
                 f"encoder_tokens.shape={source.shape}, prompt batch={batch}"
             )
-        return self._run_generate(
-            prompt,
-            max_new_tokens,
-            prompt_mask,
-            sampler,
-            seed,
-            stop_token_ids,
-            pad_token_id,
-            compile,
-            processors=processors,
-            encoder_inputs=(source, encoder_padding_mask.astype(bool)),
-        )
+        return source, encoder_padding_mask.astype(bool)
 
 
 def _layers(config):

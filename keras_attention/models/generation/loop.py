@@ -33,6 +33,7 @@ from keras_attention.models.generation.state import (
     EncoderState,
     GenerationSettings,
     advance,
+    initial_loop_vars,
 )
 
 
@@ -222,12 +223,19 @@ class GenerativeMixin:
     def _sample(self, settings, mode, tokens, lengths, seed, encoded):
         lengths = ops.cast(lengths, "int32")
         buffer, caches, total = self._prefill(tokens, lengths, settings, encoded)
-        batch = ops.shape(buffer)[0]
+        loop_vars = initial_loop_vars(ops.min(lengths), buffer, caches)
+        return self._sampling_loop(settings, mode, loop_vars, lengths, seed, encoded, total)[1]
+
+    def _sampling_loop(self, settings, mode, loop_vars, lengths, seed, encoded, end):
+        """The token loop from `loop_vars` `(index, buffer, caches, done, count)`
+        until every row is done or `index` reaches `end` (an int32 scalar: the
+        buffer's length, or where a streamed chunk ends); returns the loop vars."""
+        batch = ops.shape(loop_vars[1])[0]
         sampler = settings.sampler
         stop_ids = ops.convert_to_tensor(list(settings.stop_token_ids) or [-1], "int32")
 
         def cond(index, buffer, caches, done, count):
-            return ops.logical_and(index < total, ops.logical_not(ops.all(done)))
+            return ops.logical_and(index < end, ops.logical_not(ops.all(done)))
 
         def body(index, buffer, caches, done, count):
             previous = ops.slice(buffer, [0, index - 1], [batch, 1])
@@ -246,14 +254,7 @@ class GenerativeMixin:
             buffer = ops.slice_update(buffer, [0, index], token[:, None])
             return index + 1, buffer, caches, done, count
 
-        loop_vars = (
-            ops.min(lengths),
-            buffer,
-            caches,
-            ops.zeros((batch,), "bool"),
-            ops.zeros((batch,), "int32"),
-        )
-        return _backend.while_loop(cond, body, loop_vars, mode)[1]
+        return _backend.while_loop(cond, body, tuple(loop_vars), mode)
 
     def _beam_search(self, settings, mode, tokens, lengths, encoded):
         beams = settings.sampler.num_beams
@@ -340,6 +341,53 @@ class GenerativeMixin:
         processors=None,
         speculation=(None, None, None),
     ):
+        settings, tokens, lengths, seed = self._check_generate_arguments(
+            prompt,
+            max_new_tokens,
+            prompt_mask,
+            sampler,
+            seed,
+            stop_token_ids,
+            pad_token_id,
+            compile,
+            processors,
+            speculation,
+        )
+        args = [ops.convert_to_tensor(x) for x in (tokens, lengths, seed, *encoder_inputs)]
+        key = (settings, len(encoder_inputs))
+        function = self._generation_function(key, self._generate_tensors, settings, compile)
+        return ops.convert_to_numpy(function(*args)).astype("int32")
+
+    def _generation_function(self, key, method, settings, compile):
+        """`method(settings, mode, *tensors)` compiled once per `key` (and input
+        signature) and cached on the model, or run eagerly with `compile=False`."""
+        if not compile:
+            return _backend.run_eagerly(functools.partial(method, settings, "eager"))
+        functions = self._generation_functions()
+        if key not in functions.functions:
+            variables = list(self.variables)
+            if settings.speculation is not None and settings.speculation.draft_model is not None:
+                variables += list(settings.speculation.draft_model.variables)
+            functions.functions[key] = _backend.compile_function(
+                functools.partial(method, settings, "compiled"), variables
+            )
+        return functions.functions[key]
+
+    def _check_generate_arguments(
+        self,
+        prompt,
+        max_new_tokens,
+        prompt_mask,
+        sampler,
+        seed,
+        stop_token_ids,
+        pad_token_id,
+        compile,
+        processors=None,
+        speculation=(None, None, None),
+    ):
+        """Check `generate()`'s arguments: `(settings, tokens, lengths, seed)`, the
+        prompt rows left-aligned and the seed as a `(2,)` int32 array."""
         embedding = self.decoder_embedding
         vocabulary = embedding.vocabulary_size
         tokens, lengths = prepare_prompt(prompt, prompt_mask, vocabulary)
@@ -376,20 +424,4 @@ class GenerativeMixin:
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
         seed = np.array([int(seed) % (2**31), int(seed) // (2**31) % (2**31)], "int32")
-        args = [ops.convert_to_tensor(x) for x in (tokens, lengths, seed, *encoder_inputs)]
-        if compile:
-            functions = self._generation_functions()
-            key = (settings, len(encoder_inputs))
-            if key not in functions.functions:
-                variables = list(self.variables)
-                if speculation is not None and speculation.draft_model is not None:
-                    variables += list(speculation.draft_model.variables)
-                functions.functions[key] = _backend.compile_function(
-                    functools.partial(self._generate_tensors, settings, "compiled"), variables
-                )
-            output = functions.functions[key](*args)
-        else:
-            output = _backend.run_eagerly(
-                functools.partial(self._generate_tensors, settings, "eager")
-            )(*args)
-        return ops.convert_to_numpy(output).astype("int32")
+        return settings, tokens, lengths, seed

@@ -31,6 +31,13 @@ class CompiledFunctions:
         self.traces = 0  # Python executions of the generate function (tests read it)
 
 
+def initial_loop_vars(index, buffer, caches):
+    """The token loop's variables `(index, buffer, caches, done, count)` before its
+    first step at `index`: no row done, no token generated."""
+    batch = ops.shape(buffer)[0]
+    return (index, buffer, caches, ops.zeros((batch,), "bool"), ops.zeros((batch,), "int32"))
+
+
 def advance(buffer, index, lengths, sampled, done, count, stop_ids, settings):
     """The token written at `index`: the prompt's while a row is in it, the sampled
     one after, `pad_token_id` once the row has stopped; and the new stop state."""
