@@ -5,7 +5,6 @@ import warnings
 import keras
 
 from keras_attention import _validation
-
 from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _decoder_options, _parts
 from keras_attention.models._adaptation import AdaptationMixin

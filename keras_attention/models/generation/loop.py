@@ -17,17 +17,15 @@ Token id 0 is padding only for models built with `mask_zero=True`.
 """
 
 import functools
-import numbers
 
-import numpy as np
 from keras import ops
 
-from keras_attention import _validation
 from keras_attention.backend import generation as _backend
 from keras_attention.models import processors as processors_lib
 from keras_attention.models import samplers as samplers_lib
+from keras_attention.models.generation import arguments as arguments_lib
 from keras_attention.models.generation import speculative
-from keras_attention.models.generation.prompts import check_token_ids, left_align, prepare_prompt
+from keras_attention.models.generation.prompts import left_align
 from keras_attention.models.generation.state import (
     CompiledFunctions,
     EncoderState,
@@ -373,55 +371,7 @@ class GenerativeMixin:
             )
         return functions.functions[key]
 
-    def _check_generate_arguments(
-        self,
-        prompt,
-        max_new_tokens,
-        prompt_mask,
-        sampler,
-        seed,
-        stop_token_ids,
-        pad_token_id,
-        compile,
-        processors=None,
-        speculation=(None, None, None),
-    ):
-        """Check `generate()`'s arguments: `(settings, tokens, lengths, seed)`, the
-        prompt rows left-aligned and the seed as a `(2,)` int32 array."""
-        embedding = self.decoder_embedding
-        vocabulary = embedding.vocabulary_size
-        tokens, lengths = prepare_prompt(prompt, prompt_mask, vocabulary)
-        _validation.check_positive_int(max_new_tokens, "max_new_tokens")
-        sampler = samplers_lib.get(sampler)
-        if isinstance(sampler, samplers_lib.BeamSampler) and sampler.num_beams > vocabulary:
-            raise ValueError(
-                f"`num_beams` must be at most the vocabulary size ({vocabulary}). "
-                f"Received: num_beams={sampler.num_beams}"
-            )
-        stop_token_ids = check_token_ids(stop_token_ids, "stop_token_ids", vocabulary)
-        (pad_token_id,) = check_token_ids([pad_token_id], "pad_token_id", vocabulary)
-        _validation.check_bool(compile, "compile")
-        processors = processors_lib.check(processors, vocabulary)
-        speculation = speculative.check_speculation(self, sampler, *speculation)
-        if speculation is not None and processors:
-            raise ValueError(
-                "Logits processors do not combine with speculative decoding yet. "
-                f"Received: processors={list(processors)!r} with speculative decoding"
-            )
-        speculative.check_positions(
-            self, int(lengths.max()) + max_new_tokens, max_new_tokens, speculation
-        )
-        settings = GenerationSettings(
-            max_new_tokens,
-            sampler,
-            stop_token_ids,
-            pad_token_id,
-            processors=processors,
-            speculation=speculation,
-        )
-        if seed is None:
-            seed = int(np.random.randint(0, 2**31 - 1))
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-        seed = np.array([int(seed) % (2**31), int(seed) // (2**31) % (2**31)], "int32")
-        return settings, tokens, lengths, seed
+    def _check_generate_arguments(self, *arguments, **options):
+        """Check `generate()`'s arguments (see :func:`arguments.check_generate_arguments`):
+        `(settings, tokens, lengths, seed)`."""
+        return arguments_lib.check_generate_arguments(self, *arguments, **options)
