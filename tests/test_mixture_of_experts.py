@@ -179,6 +179,26 @@ def test_all_experts_per_token_is_a_softmax_weighted_dense_mixture():
     np.testing.assert_allclose(to_numpy(layer(X)), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("inputs", [X, FEW], ids=["all", "chosen"])
+def test_mixed_precision_computes_in_half_and_stays_close(policy, inputs):
+    layer = _built(inputs, dtype=policy)
+    outputs = layer(inputs)
+    assert keras.backend.standardize_dtype(outputs.dtype) == policy.split("_")[1]
+    expected = _reference(inputs, **_weights(layer), k=TOP_K)
+    assert np.abs(to_numpy(outputs, "float64") - expected).max() <= 0.03 * np.abs(expected).max()
+
+
+def test_compiled_predict_on_a_static_decoding_shape():
+    # Batch 1, 2 tokens: traced with static shapes, the chosen-experts path compiles.
+    inputs = keras.Input((2, FEATURES), batch_size=1)
+    layer = _built(FEW)
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(jit_compile=keras.backend.backend() != "torch")
+    expected = _reference(FEW, **_weights(layer), k=TOP_K)
+    np.testing.assert_allclose(model.predict(FEW, verbose=0), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_matches_keras_hub_mixtral_block():
     mixtral = pytest.importorskip("keras_hub.src.models.mixtral.mixtral_decoder")
     layer = _built()
