@@ -21,7 +21,7 @@ LAYERS = (
     ("ops",),
     ("layers",),
     ("models",),
-    ("export", "distribution", "plot"),
+    ("export", "convert", "distribution", "plot"),
 )
 MAX_MODULE_LINES = 400
 LONGER_MODULES = {"layers/multi_head_attention.py": 750}

@@ -455,7 +455,7 @@ def _deserialize(name, value):
     if name.endswith("constraint"):
         return _serialize(keras.constraints.get(value))
     if name == "activation":
-        if value in ("swiglu", "geglu"):
+        if value in ("swiglu", "geglu", "geglu_tanh", "gelu_tanh"):
             return value
         return keras.activations.serialize(keras.activations.get(value))
     if isinstance(value, dict):  # a serialized layer (position_embedding, score_bias)
@@ -467,7 +467,7 @@ def _assert_config_holds(config, kwargs, where):
     for name, passed in kwargs.items():
         assert name in config, f"{where}: get_config() has no key {name!r}"
         expected = _serialize(passed)
-        if name == "activation" and passed not in ("swiglu", "geglu"):
+        if name == "activation" and passed not in ("swiglu", "geglu", "geglu_tanh", "gelu_tanh"):
             expected = keras.activations.serialize(keras.activations.get(passed))
         got = _deserialize(name, config[name])
         assert got == expected, f"{where}: {name}={got!r}, passed {expected!r}"

@@ -135,6 +135,9 @@ def test_llama_trains_generates_with_cache_and_reloads(tmp_path):
     assert reloaded.get_config()["style"] == "llama"
 
 
-def test_llama_rejects_position_table():
-    with pytest.raises(ValueError, match="position='learned'"):
-        _llama(position="learned")
+def test_llama_style_takes_an_explicit_position_table():
+    # `style` fills only the options left unset (issue 28): an explicit learned
+    # position table replaces RoPE.
+    model = _llama(position="learned")
+    assert model.embedding.position_embedding is not None
+    assert all(layer.self_attention.rotary_embedding is None for layer in model.decoder_layers)

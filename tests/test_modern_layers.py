@@ -222,7 +222,11 @@ def test_rms_norm_matches_numpy(tmp_path):
         ka.RMSNorm(epsilon=0)
 
 
-@pytest.mark.parametrize("activation", ["swiglu", "geglu"])
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "geglu", "geglu_tanh"])
 def test_gated_feed_forward_matches_numpy(activation, tmp_path):
     x = _rand(2, 5, 6)
     layer, (out,) = run_layer_test(
@@ -240,7 +244,30 @@ def test_gated_feed_forward_matches_numpy(activation, tmp_path):
     g = x @ w_gate
     if activation == "swiglu":
         act = g / (1 + np.exp(-g))
+    elif activation == "geglu_tanh":
+        act = _gelu_tanh(g)
     else:
         act = 0.5 * g * (1 + np.vectorize(math.erf)(g / math.sqrt(2)))
     np.testing.assert_allclose(_np(out), (act * (x @ w_up)) @ w_down, atol=1e-5)
     assert layer.get_config()["activation"] == activation
+
+
+def test_gelu_tanh_feed_forward_matches_numpy(tmp_path):
+    """`"gelu_tanh"`: the tanh-approximate GELU (GPT-2), not Keras' exact `"gelu"`."""
+    x = _rand(2, 5, 6, scale=3.0)
+    layer, (out,) = run_layer_test(
+        ka.FeedForward,
+        {"intermediate_dim": 7, "activation": "gelu_tanh"},
+        {"inputs": x},
+        tmp_path=tmp_path,
+        expected_output_shape=(2, 5, 6),
+        expected_num_trainable_weights=4,
+        masked_inputs=("inputs",),
+    )
+    w_1, b_1 = (_np(w).astype("float64") for w in layer.intermediate_dense.weights)
+    w_2, b_2 = (_np(w).astype("float64") for w in layer.output_dense.weights)
+    hidden = x @ w_1 + b_1
+    np.testing.assert_allclose(_np(out), _gelu_tanh(hidden) @ w_2 + b_2, atol=1e-5)
+    exact = 0.5 * hidden * (1 + np.vectorize(math.erf)(hidden / math.sqrt(2)))
+    assert np.abs(_np(out) - (exact @ w_2 + b_2)).max() > 1e-5  # not the exact GELU
+    assert layer.get_config()["activation"] == "gelu_tanh"

@@ -12,7 +12,11 @@ import keras
 from keras_attention import _validation, masks
 from keras_attention.layers import _common
 from keras_attention.layers._layer_normalization import LayerNormalization
-from keras_attention.layers.feed_forward import GATED_ACTIVATIONS, FeedForward
+from keras_attention.layers.feed_forward import (
+    FeedForward,
+    resolve_activation,
+    serialize_activation,
+)
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
@@ -79,8 +83,7 @@ class _TransformerBlock(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.key_dim = key_dim
         self.dropout = dropout
-        gated = isinstance(activation, str) and activation in GATED_ACTIVATIONS
-        self.activation = activation if gated else keras.activations.get(activation)
+        self.activation = resolve_activation(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.normalize_first = normalize_first
         _validation.check_one_of(normalization, "normalization", _NORMALIZATIONS)
@@ -258,9 +261,7 @@ class _TransformerBlock(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "key_dim": self.key_dim,
                 "dropout": self.dropout,
-                "activation": self.activation
-                if isinstance(self.activation, str)
-                else keras.activations.serialize(self.activation),
+                "activation": serialize_activation(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "normalize_first": self.normalize_first,
                 "seed": self.seed,

@@ -5,8 +5,36 @@ import keras
 from keras_attention import _validation
 from keras_attention.layers import _common
 
+
+@keras.saving.register_keras_serializable(package="keras_attention")
+def gelu_tanh(x):
+    """GELU with the tanh approximation (GPT-2, Gemma):
+    `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`."""
+    return keras.activations.gelu(x, approximate=True)
+
+
 # Gated linear units (Shazeer 2020): the name and the activation of the gate.
-GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
+GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": gelu_tanh}
+# Activations this package names that Keras' `activations.get` does not know.
+NAMED_ACTIVATIONS = {"gelu_tanh": gelu_tanh}
+
+
+def resolve_activation(activation):
+    """The activation as stored (and put in `get_config`): this package's names
+    (`GATED_ACTIVATIONS`, `NAMED_ACTIVATIONS`) stay strings, anything else goes
+    through `keras.activations.get`."""
+    if isinstance(activation, str) and (
+        activation in GATED_ACTIVATIONS or activation in NAMED_ACTIVATIONS
+    ):
+        return activation
+    return keras.activations.get(activation)
+
+
+def serialize_activation(activation):
+    """The config entry of an activation from `resolve_activation`."""
+    if isinstance(activation, str):
+        return activation
+    return keras.activations.serialize(activation)
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -21,13 +49,16 @@ class FeedForward(_common.LoraMixin, keras.layers.Layer):
 
     Gated variants (Shazeer 2020, "GLU Variants Improve Transformer"; Llama uses
     SwiGLU, Gemma GeGLU): `activation="swiglu"` gives
-    `FFN(x) = (silu(x W_g) * (x W_1)) W_2` and `"geglu"` the same with the exact
-    `gelu`; the gate is the extra `Dense` `gate_dense` (`3 d f` kernel parameters).
+    `FFN(x) = (silu(x W_g) * (x W_1)) W_2`, `"geglu"` the same with the exact
+    `gelu` and `"geglu_tanh"` with its tanh approximation (Gemma's
+    `gelu(x W_g, approximate=True) * (x W_1)`); the gate is the extra `Dense`
+    `gate_dense` (`3 d f` kernel parameters).
 
     Args:
         intermediate_dim: positive int, the hidden size `d_ff` (2048 in the paper).
-        activation: activation of the hidden layer (`"relu"` in the paper), or
-            `"swiglu"`/`"geglu"` for a gated feed-forward.
+        activation: activation of the hidden layer (`"relu"` in the paper; any
+            Keras activation, or `"gelu_tanh"`, the tanh-approximate GELU of GPT-2),
+            or `"swiglu"`/`"geglu"`/`"geglu_tanh"` for a gated feed-forward.
         dropout: float in `[0, 1)`, dropout on the hidden activations.
         use_bias: whether both `Dense` layers have biases.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
@@ -70,7 +101,7 @@ class FeedForward(_common.LoraMixin, keras.layers.Layer):
         _validation.check_bool(use_bias, "use_bias")
         self.intermediate_dim = intermediate_dim
         self.gated = isinstance(activation, str) and activation in GATED_ACTIVATIONS
-        self.activation = activation if self.gated else keras.activations.get(activation)
+        self.activation = resolve_activation(activation)
         self.dropout = dropout
         self.use_bias = use_bias
         self.seed = seed
@@ -85,7 +116,9 @@ class FeedForward(_common.LoraMixin, keras.layers.Layer):
         self.intermediate_dense = self.projection.dense(
             intermediate_dim,
             "intermediate_dense",
-            activation=None if self.gated else self.activation,
+            activation=None
+            if self.gated
+            else NAMED_ACTIVATIONS.get(self.activation, self.activation),
         )
         self.dropout_layer = keras.layers.Dropout(
             dropout, seed=seed, name="dropout", dtype=self.dtype_policy
@@ -118,9 +151,7 @@ class FeedForward(_common.LoraMixin, keras.layers.Layer):
         config.update(
             {
                 "intermediate_dim": self.intermediate_dim,
-                "activation": self.activation
-                if self.gated
-                else keras.activations.serialize(self.activation),
+                "activation": serialize_activation(self.activation),
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "seed": self.seed,

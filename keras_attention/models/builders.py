@@ -102,12 +102,14 @@ def causal_language_model(*, vocabulary_size, sequence_length, **kwargs):
         **kwargs: the other arguments of :class:`CausalLanguageModel`, with its
             defaults: `num_layers`, `embedding_dim`, `num_heads`,
             `intermediate_dim`, `dropout` (see the module docstring); `position`
-            (`"learned"` by default, or `"sinusoidal"`; `None`/`"none"` with
-            `style="llama"`); `tie_embeddings`; `mask_zero` (token id 0 is padding,
-            the default; `False` makes it a token); `style` (`"gpt"` or `"llama"`:
-            pre-norm RMSNorm, RoPE, grouped-query heads, SwiGLU, no biases, final
-            RMSNorm); `num_key_value_heads`, `sliding_window`, `soft_cap` (attention
-            options of every block: grouped-query heads, a Mistral-style window,
+            (`"learned"`, `"sinusoidal"`, `"rotary"` or `"none"`); `tie_embeddings`;
+            `mask_zero` (token id 0 is padding, the default; `False` makes it a
+            token); `style` (`"gpt"` or `"llama"`: pre-norm RMSNorm, RoPE, SwiGLU,
+            no biases, final RMSNorm), a shorthand for the explicit architecture
+            options (`normalization`, `activation`, `use_bias`, `head_dim`,
+            `rope_scaling`, `layer_types`, ...; see :class:`CausalLanguageModel`);
+            `num_key_value_heads`, `sliding_window`, `soft_cap` (grouped-query heads,
+            a Mistral-style window,
             Gemma-2 soft-cap); `name` (default `"causal_language_model"`).
 
     Returns:

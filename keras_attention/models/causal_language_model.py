@@ -4,23 +4,11 @@ import warnings
 
 import keras
 
-from keras_attention import _validation
-from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.transformer_decoder import TransformerDecoder
-from keras_attention.models import _parts
+from keras_attention.models import _decoder_options, _parts
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import deprecated
 from keras_attention.models.generation.loop import GenerativeMixin
-
-# The block settings of style="llama": pre-norm RMSNorm, RoPE, SwiGLU, no biases.
-_LLAMA_BLOCK = {
-    "normalize_first": True,
-    "normalization": "rms_norm",
-    "layer_norm_epsilon": 1e-6,
-    "use_bias": False,
-    "activation": "swiglu",
-    "position_embedding": "rotary",
-}
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
@@ -28,16 +16,20 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
     """A decoder-only language model: next-token logits and compiled generation.
 
     tokens -> `TokenAndPositionEmbedding` (`embedding`, layer name
-    `token_embedding`) -> dropout -> `num_layers` x `TransformerDecoder` without
-    cross-attention (`decoder_layers`, `decoder_layer_{i}`) -> `Dense(vocabulary_size)`
-    (`lm_head`), or with `tie_embeddings=True` the transposed token table
-    (`lm_head` is then `None`).
+    `token_embedding`) -> [`embedding_scaling`] -> [`embedding_norm_layer`] ->
+    dropout -> `num_layers` x `TransformerDecoder` without cross-attention
+    (`decoder_layers`, `decoder_layer_{i}`) -> [`final_norm_layer`, layer name
+    `final_norm`] -> `Dense(vocabulary_size)` (`lm_head`), or with
+    `tie_embeddings=True` the transposed token table (`lm_head` is then `None`) ->
+    [`logit_scaling`]. The parts in brackets are `None` when their option is off.
 
-    `style="llama"` builds a Llama-shaped decoder instead: token embeddings only
-    (positions come from rotary embeddings in every attention), pre-norm blocks with
-    :class:`RMSNorm`, RoPE, grouped-query heads (`num_key_value_heads`), a SwiGLU
-    feed-forward and no biases anywhere, a final RMSNorm (`final_norm`), and a
-    bias-free `lm_head` (or the tied token table).
+    The architecture options below are explicit; `style` is a shorthand that fills
+    those left `None`. `style="gpt"` (the default): learned positions, post-norm
+    LayerNorm blocks (epsilon 1e-5) with biases, ReLU, no final norm.
+    `style="llama"`: token embeddings only with RoPE in every attention
+    (`position="rotary"`), pre-norm :class:`RMSNorm` blocks (epsilon 1e-6), SwiGLU, no
+    biases anywhere, a final RMSNorm. The guide's table lists the options of GPT-2,
+    Llama 1/2/3, Mistral, Qwen, Phi-3, Gemma 1/2/3, GPT-NeoX, BLOOM and Mixtral.
 
     Built functionally in `__init__` (like keras-hub's backbones), so `summary()`,
     `fit`, `.keras` save/load (no `custom_objects`) and `model.export` work as for
@@ -55,21 +47,54 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         sequence_length: positive int, the longest sequence (size of the learned
             position table; bounds prompt + new tokens in `generate`).
         num_layers, embedding_dim, num_heads, intermediate_dim: positive ints;
-            `embedding_dim` divisible by `num_heads`.
+            `embedding_dim` divisible by `num_heads` unless `head_dim` is given.
         dropout: float in `[0, 1)`.
-        position: `"learned"` or `"sinusoidal"` position encoding (default
-            `"learned"`; `"none"`, the only choice, for `style="llama"`).
+        position: `"learned"`, `"sinusoidal"`, `"rotary"` (RoPE in the attention)
+            or `"none"` (default from `style`; with `style="llama"`, `"none"` means
+            `"rotary"`, as in configs saved before it existed).
         tie_embeddings: reuse the token table as the output projection.
         mask_zero: token id 0 is padding (masked as a key, and left out of the loss
             by `fit`); with `False` it is an ordinary token.
-        style: `"gpt"` (post-norm blocks with LayerNorm, biases, ReLU, learned or
-            sinusoidal positions) or `"llama"` (see above).
+        style: `"gpt"` or `"llama"` (see above).
         num_key_value_heads: positive int dividing `num_heads` (grouped-query
             attention); default `num_heads`.
         sliding_window: optional positive int, each token attends to the last
-            `sliding_window` tokens (Mistral); the generation cache is then a ring
-            of that many positions.
+            `sliding_window` tokens (Mistral; with `layer_types`, only the
+            "sliding" layers); the generation cache is then a ring of that size.
         soft_cap: optional positive float, attention logit soft-capping (Gemma 2).
+        normalization: `"layer_norm"` or `"rms_norm"`, every norm of the model.
+        layer_norm_epsilon: positive float, their epsilon.
+        normalize_first: bool, pre-norm blocks.
+        final_norm: bool, a norm before the output projection.
+        post_norm: bool, sandwich norms `x + norm(f(norm(x)))` (Gemma 2/3).
+        parallel_residual: bool, `x + attn(norm1(x)) + ffn(norm2(x))` (GPT-NeoX).
+        activation: the feed-forward's: a Keras activation, `"gelu_tanh"`, or gated
+            `"swiglu"`, `"geglu"`, `"geglu_tanh"`.
+        use_bias: bool, or a tuple of the parts with a bias: `"query"`, `"key"`,
+            `"value"`, `"output"`, `"feedforward"`, `"norm"` (LayerNorm offsets),
+            `"lm_head"`.
+        head_dim: optional positive int, the size of each head (default
+            `embedding_dim // num_heads`).
+        attention_scale: optional positive float multiplying `q . k` (default
+            `1 / sqrt(head_dim)`).
+        query_norm, key_norm: None, `"rms_norm"` or `"layer_norm"` over each head's
+            queries / keys; `qk_norm_epsilon`: their epsilon.
+        score_bias: None or `"alibi"` (ALiBi distance penalties, one layer shared by
+            the blocks).
+        final_logit_soft_cap: optional positive float `c`, logits `c tanh(l / c)`.
+        max_wavelength, rotary_fraction, rope_scaling: RoPE's base (10000), rotated
+            fraction of each head (1.0) and frequency scaling (a dict, see
+            :class:`RotaryEmbedding`); only with `position="rotary"`.
+        layer_types: optional list of `"full"` / `"sliding"`, one per layer.
+        sliding_max_wavelength, sliding_rope_scaling: RoPE settings of the
+            "sliding" layers of `layer_types` (default: `max_wavelength` and no
+            scaling).
+        embedding_scale: optional positive float multiplying the embeddings
+            (Gemma: `sqrt(embedding_dim)`).
+        embedding_norm: bool, a norm after the embeddings (BLOOM).
+        logit_scale: optional positive float multiplying the logits.
+        num_experts, num_experts_per_token: a :class:`MixtureOfExperts`
+            feed-forward in each block (Mixtral), both or neither.
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Call arguments:
@@ -103,70 +128,88 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         num_key_value_heads=None,
         sliding_window=None,
         soft_cap=None,
+        normalization=None,
+        layer_norm_epsilon=None,
+        normalize_first=None,
+        final_norm=None,
+        post_norm=False,
+        parallel_residual=False,
+        activation=None,
+        use_bias=None,
+        head_dim=None,
+        attention_scale=None,
+        query_norm=None,
+        key_norm=None,
+        qk_norm_epsilon=None,
+        score_bias=None,
+        final_logit_soft_cap=None,
+        max_wavelength=None,
+        rotary_fraction=None,
+        rope_scaling=None,
+        layer_types=None,
+        sliding_max_wavelength=None,
+        sliding_rope_scaling=None,
+        embedding_scale=None,
+        embedding_norm=False,
+        logit_scale=None,
+        num_experts=None,
+        num_experts_per_token=None,
         **kwargs,
     ):
         _parts.check_model_kwargs(kwargs, "CausalLanguageModel")
-        config = dict(
-            vocabulary_size=vocabulary_size,
-            sequence_length=sequence_length,
-            num_layers=num_layers,
-            embedding_dim=embedding_dim,
-            num_heads=num_heads,
-            intermediate_dim=intermediate_dim,
-            dropout=dropout,
-            position=position,
-            tie_embeddings=tie_embeddings,
-            mask_zero=mask_zero,
-            style=style,
-            num_key_value_heads=num_key_value_heads,
-            sliding_window=sliding_window,
-            soft_cap=soft_cap,
-        )
-        config["position"] = _check_arguments(config)
+        config = _parts.config_from_arguments(locals())
+        _parts.check_common(config)
+        options = _decoder_options.resolve(config)
+        config["position"] = options["position"]
         kwargs.setdefault("name", "causal_language_model")
-        llama = style == "llama"
         # === Layers ===
-        embedding = _parts.embedding("token_embedding", config)
+        embedding = _parts.embedding("token_embedding", options)
+        embedding_scaling = _parts.scaling(options["embedding_scale"], None, "embedding_scaling")
+        embedding_norm_layer = _parts.norm(options, "embedding_norm", options["embedding_norm"])
         embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
         decoder_layers = [
-            TransformerDecoder(
-                intermediate_dim,
-                num_heads,
-                dropout=dropout,
-                num_key_value_heads=num_key_value_heads,
-                sliding_window=sliding_window,
-                soft_cap=soft_cap,
-                name=f"decoder_layer_{i}",
-                **(_LLAMA_BLOCK if llama else {}),
-            )
-            for i in range(num_layers)
+            TransformerDecoder(**arguments)
+            for arguments in _decoder_options.block_arguments(options)
         ]
-        final_norm = RMSNorm(epsilon=1e-6, name="final_norm") if llama else None
+        final_norm_layer = _parts.norm(options, "final_norm", options["final_norm"])
         lm_head = None
         if not tie_embeddings:
-            lm_head = keras.layers.Dense(vocabulary_size, use_bias=not llama, name="lm_head")
+            head_bias = "lm_head" in _decoder_options.bias_parts(options["use_bias"])
+            lm_head = keras.layers.Dense(vocabulary_size, use_bias=head_bias, name="lm_head")
+        logit_scaling = _parts.scaling(logit_scale, final_logit_soft_cap, "logit_scaling")
         # === Functional model ===
         tokens = keras.Input((None,), dtype="int32", name="tokens")
-        x = embedding_dropout(embedding(tokens))
-        for layer in decoder_layers:
-            x = layer(x)
-        if final_norm is not None:
-            x = final_norm(x)
-        logits = embedding(x, reverse=True) if lm_head is None else lm_head(x)
-        super().__init__(inputs=tokens, outputs=logits, **kwargs)
+        x = _parts.apply(
+            (embedding_scaling, embedding_norm_layer, embedding_dropout), embedding(tokens)
+        )
+        x = _parts.apply(decoder_layers, x)
+        x = _parts.apply((final_norm_layer,), x)
+        x = embedding(x, reverse=True) if lm_head is None else lm_head(x)
+        x = _parts.apply((logit_scaling,), x)
+        super().__init__(inputs=tokens, outputs=x, **kwargs)
         # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
         self.decoder_layers = decoder_layers
         self.embedding = embedding
+        self.embedding_scaling = embedding_scaling
+        self.embedding_norm_layer = embedding_norm_layer
         self.embedding_dropout = embedding_dropout
+        self.final_norm_layer = final_norm_layer
         self.lm_head = lm_head
-        self.final_norm = final_norm
+        self.logit_scaling = logit_scaling
         # === Config ===
         _parts.set_config(self, config)
 
+    def _embed(self, tokens, index=0):
+        x = self.embedding(tokens, start_index=index)
+        for layer in (self.embedding_scaling, self.embedding_norm_layer):
+            x = x if layer is None else layer(x)
+        return x
+
     def _logits(self, x):
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return super()._logits(x)
+        if self.final_norm_layer is not None:
+            x = self.final_norm_layer(x)
+        x = super()._logits(x)
+        return x if self.logit_scaling is None else self.logit_scaling(x)
 
     @property
     def decoder_embedding(self):
@@ -227,18 +270,3 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         for the renamed inputs). Emits a `DeprecationWarning`."""
         warnings.warn(deprecated._MESSAGE, DeprecationWarning, stacklevel=2)
         return deprecated._export_generate(self, path, max_new_tokens, stop_token_ids, pad_token_id)
-
-
-def _check_arguments(config):
-    """Check the arguments the blocks do not check; the `position` to use."""
-    _parts.check_common(config)
-    _validation.check_bool(config["tie_embeddings"], "tie_embeddings")
-    _validation.check_bool(config["mask_zero"], "mask_zero")
-    _validation.check_one_of(config["style"], "style", ("gpt", "llama"))
-    llama, position = config["style"] == "llama", config["position"]
-    if llama and position not in (None, "none"):
-        raise ValueError(
-            "style='llama' encodes positions with rotary embeddings in the attention, "
-            f"so `position` must be 'none' (or None). Received: position={position!r}"
-        )
-    return ("none" if llama else "learned") if position is None else position

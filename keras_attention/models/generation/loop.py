@@ -105,7 +105,7 @@ class GenerativeMixin:
         Returns:
             `(logits (batch, n, vocabulary_size) or None, new cache)`.
         """
-        x = self.decoder_embedding(tokens, start_index=index)
+        x = self._embed(tokens, index)
         query_mask = ops.not_equal(tokens, 0) if self.decoder_embedding.mask_zero else None
         new_cache = []
         for i, (layer, layer_cache) in enumerate(zip(self.decoder_layers, cache)):
@@ -155,6 +155,11 @@ class GenerativeMixin:
         )
         seed = ops.zeros((2,), "int32")
         return self._generate_tensors(settings, "graph", tokens, lengths, seed, *encoder_inputs)
+
+    def _embed(self, tokens, index=0):
+        # The embedding path of the decoder (a model with scaled or normalized
+        # embeddings overrides it).
+        return self.decoder_embedding(tokens, start_index=index)
 
     def _logits(self, x):
         if self.lm_head is None:
