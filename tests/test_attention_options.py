@@ -1,4 +1,5 @@
-"""`MultiHeadAttention` with RoPE, score biases, soft-capping, QK-norm and windows.
+"""`MultiHeadAttention` with RoPE, score biases, soft-capping, QK-norm, windows, an
+explicit scale and per-projection biases.
 
 A numpy transcription of the whole layer (projections, per-head norm, rotation,
 soft cap, bias, masks) is the reference; every option must agree with it on the
@@ -33,6 +34,13 @@ def _options():
         "soft_cap": {"soft_cap": 0.5},
         "qk_norm": {"query_norm": "rms_norm", "key_norm": "layer_norm"},
         "window": {"sliding_window": 3},
+        "scale": {"attention_scale": 0.9},
+        "qk_norm_epsilon": {
+            "query_norm": "rms_norm",
+            "key_norm": "layer_norm",
+            "qk_norm_epsilon": 0.5,
+        },
+        "bias_parts": {"use_bias": ("query", "value")},
         "all": {
             "position_embedding": "rotary",
             "score_bias": ka.ALiBiBias(HEADS),
@@ -41,6 +49,9 @@ def _options():
             "key_norm": "rms_norm",
             "sliding_window": 4,
             "num_key_value_heads": 2,
+            "attention_scale": 1.0,
+            "qk_norm_epsilon": 1e-3,
+            "use_bias": ["key", "output"],
         },
     }
 
@@ -56,7 +67,7 @@ def _x(seed=0):
 
 def _layer(option, **kwargs):
     keras.utils.set_random_seed(5)
-    layer = ka.MultiHeadAttention(HEADS, KEY_DIM, **_options()[option], **kwargs)
+    layer = ka.MultiHeadAttention(HEADS, KEY_DIM, **{**_options()[option], **kwargs})
     layer(_x(), _x())
     if option == "t5":  # a non-zero table, so a wrong bucket shows
         table = layer.score_bias.embeddings
@@ -65,16 +76,19 @@ def _layer(option, **kwargs):
         if norm is not None:  # scales other than ones
             w = norm.trainable_weights[0]
             w.assign(1.0 + 0.3 * np.random.default_rng(2).standard_normal(w.shape))
+    for dense in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense):
+        if dense.bias is not None:  # biases other than zeros, so a missing one shows
+            dense.bias.assign(0.5 * np.random.default_rng(3).standard_normal(dense.bias.shape))
     return layer
 
 
-def _norm_numpy(x, kind, scale):
+def _norm_numpy(x, kind, scale, epsilon=1e-6):
     if kind is None:
         return x
     if kind == "layer_norm":
         x = x - x.mean(-1, keepdims=True)
-        return x / np.sqrt(x.var(-1, keepdims=True) + 1e-6) * scale
-    return x / np.sqrt(np.mean(x**2, -1, keepdims=True) + 1e-6) * scale
+        return x / np.sqrt(x.var(-1, keepdims=True) + epsilon) * scale
+    return x / np.sqrt(np.mean(x**2, -1, keepdims=True) + epsilon) * scale
 
 
 def mha_numpy(layer, x, causal=True):
@@ -89,13 +103,22 @@ def mha_numpy(layer, x, causal=True):
     def heads(t, n):
         return t.reshape(t.shape[0], t.shape[1], n, -1).transpose(0, 2, 1, 3)
 
-    q = heads(x @ w["query_dense"][0] + w["query_dense"][1], HEADS)
-    k = heads(x @ w["key_dense"][0] + w["key_dense"][1], kv_heads)
-    v = heads(x @ w["value_dense"][0] + w["value_dense"][1], kv_heads)
+    def dense(t, name):  # `use_bias` may leave some projections without a bias
+        parts = {"query_dense": "query", "key_dense": "key", "value_dense": "value"}
+        with_bias = layer.use_bias
+        if not isinstance(with_bias, bool):
+            with_bias = parts.get(name, "output") in with_bias
+        assert len(w[name]) == 1 + with_bias, (name, layer.use_bias)
+        return t @ w[name][0] + (w[name][1] if with_bias else 0.0)
+
+    q = heads(dense(x, "query_dense"), HEADS)
+    k = heads(dense(x, "key_dense"), kv_heads)
+    v = heads(dense(x, "value_dense"), kv_heads)
+    eps = layer.qk_norm_epsilon
     if layer.query_norm:
-        q = _norm_numpy(q, layer.query_norm, _np(layer.query_norm_layer.weights[0]))
+        q = _norm_numpy(q, layer.query_norm, _np(layer.query_norm_layer.weights[0]), eps)
     if layer.key_norm:
-        k = _norm_numpy(k, layer.key_norm, _np(layer.key_norm_layer.weights[0]))
+        k = _norm_numpy(k, layer.key_norm, _np(layer.key_norm_layer.weights[0]), eps)
     if layer.rotary_embedding is not None:
         rope = layer.rotary_embedding
         settings = dict(fraction=rope.rotary_fraction, layout=rope.layout)
@@ -113,14 +136,21 @@ def mha_numpy(layer, x, causal=True):
         buckets = np.vectorize(lambda r: t5_bucket_numpy(r, False, 8, 16))(distance)
         bias = table[buckets].transpose(2, 0, 1)
     out, _ = reference.attention(
-        q, k, v, causal=causal, bias=bias, soft_cap=layer.soft_cap, window=layer.sliding_window
+        q,
+        k,
+        v,
+        causal=causal,
+        scale=layer.attention_scale,
+        bias=bias,
+        soft_cap=layer.soft_cap,
+        window=layer.sliding_window,
     )
     merged = out.transpose(0, 2, 1, 3).reshape(x.shape[0], LENGTH, -1)
-    return merged @ w["output_dense"][0] + w["output_dense"][1]
+    return dense(merged, "output_dense")
 
 
 @pytest.mark.parametrize("option", OPTIONS)
-@pytest.mark.parametrize("implementation", ["plain", "chunked", "fused"])
+@pytest.mark.parametrize("implementation", ["plain", "chunked", "flash", "fused"])
 def test_option_matches_numpy_on_every_path(option, implementation):
     layer = _layer(option)
     if implementation == "fused" and layer.soft_cap is not None:
@@ -239,11 +269,79 @@ def test_shared_relative_bias_is_one_set_of_weights():
         ({"query_norm": "batch_norm"}, "query_norm='batch_norm'"),
         ({"position_embedding": "alibi"}, "position_embedding='alibi'"),
         ({"score_bias": "alibi"}, "score_bias='alibi'"),
+        ({"attention_scale": 0.0}, "attention_scale=0.0"),
+        ({"attention_scale": -0.5}, "attention_scale=-0.5"),
+        ({"qk_norm_epsilon": 0}, "qk_norm_epsilon=0"),
+        ({"use_bias": ("query", "gate")}, r"\['gate'\].*use_bias=\('query', 'gate'\)"),
+        ({"use_bias": ("feedforward",)}, "use_bias=\\('feedforward',\\)"),
     ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ka.MultiHeadAttention(HEADS, KEY_DIM, **kwargs)
+
+
+def test_use_bias_must_be_a_bool_or_part_names():
+    with pytest.raises(TypeError, match="use_bias='query'"):
+        ka.MultiHeadAttention(HEADS, KEY_DIM, use_bias="query")
+
+
+@pytest.mark.parametrize(
+    "use_bias, expected",
+    [
+        (True, (True, True, True, True)),
+        (False, (False, False, False, False)),
+        ((), (False, False, False, False)),
+        (("query", "key", "value"), (True, True, True, False)),  # Qwen2
+        (["output"], (False, False, False, True)),
+    ],
+)
+def test_use_bias_parts_pick_the_projections(use_bias, expected):
+    layer = ka.MultiHeadAttention(HEADS, KEY_DIM, use_bias=use_bias, use_gate=True)
+    layer(_x(), _x())
+    denses = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
+    assert tuple(dense.bias is not None for dense in denses) == expected
+    assert (layer.gate_dense.bias is not None) == expected[0]  # the gate follows "query"
+    config = layer.get_config()
+    assert config["use_bias"] == (use_bias if isinstance(use_bias, bool) else tuple(use_bias))
+    clone = ka.MultiHeadAttention.from_config(config)
+    clone(_x(), _x())
+    assert len(clone.weights) == len(layer.weights)
+
+
+def test_new_options_round_trip_through_get_config():
+    kwargs = {"attention_scale": 0.25, "qk_norm_epsilon": 1e-3, "query_norm": "rms_norm"}
+    layer = ka.MultiHeadAttention(HEADS, KEY_DIM, **kwargs)
+    config = layer.get_config()
+    assert {key: config[key] for key in kwargs} == kwargs
+    clone = ka.MultiHeadAttention.from_config(config)
+    assert (clone.attention_scale, clone.qk_norm_epsilon) == (0.25, 1e-3)
+    assert clone.query_norm_layer.epsilon == 1e-3
+    defaults = ka.MultiHeadAttention(HEADS, KEY_DIM).get_config()
+    assert (defaults["attention_scale"], defaults["qk_norm_epsilon"]) == (None, 1e-6)
+
+
+def test_grouped_query_attention_forwards_the_new_options():
+    layer = ka.GroupedQueryAttention(
+        head_dim=KEY_DIM,
+        num_query_heads=HEADS,
+        num_key_value_heads=2,
+        attention_scale=0.8,
+        qk_norm_epsilon=0.1,
+        query_norm="rms_norm",
+        use_bias=("query", "key", "value"),
+        bias_initializer="random_normal",
+    )
+    x = _x(11)
+    out = _np(layer(x, x, use_causal_mask=True))
+    assert layer.output_dense.bias is None and layer.query_dense.bias is not None
+    np.testing.assert_allclose(out, mha_numpy(layer, x), atol=1e-5)
+    clone = ka.GroupedQueryAttention.from_config(layer.get_config())
+    assert (clone.attention_scale, clone.qk_norm_epsilon, clone.use_bias) == (
+        0.8,
+        0.1,
+        ("query", "key", "value"),
+    )
 
 
 def test_bias_that_cannot_broadcast():

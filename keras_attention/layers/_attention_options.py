@@ -1,6 +1,6 @@
 """The attention options of `MultiHeadAttention`, checked and resolved: the position
-embedding, the score bias, the QK-norms and the implementation path (with Keras'
-`flash_attention`)."""
+embedding, the score bias, the soft cap, the QK-norms, the scale and the
+implementation path (with Keras' `flash_attention`)."""
 
 import keras
 
@@ -12,6 +12,72 @@ from keras_attention.layers.rotary_embedding import RotaryEmbedding
 
 # The per-head query/key normalizations (`query_norm`, `key_norm`).
 QK_NORMS = (None, "rms_norm", "layer_norm")
+# The projections `use_bias` may name.
+BIAS_PARTS = ("query", "key", "value", "output")
+
+
+def check_sizes(num_heads, key_dim, value_dim, num_key_value_heads, output_dim):
+    """The head counts and sizes: positive ints (all but the first two optional), and
+    `num_key_value_heads` dividing `num_heads`."""
+    _validation.check_positive_int(num_heads, "num_heads")
+    _validation.check_positive_int(key_dim, "key_dim")
+    _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
+    _validation.check_positive_int(num_key_value_heads, "num_key_value_heads", allow_none=True)
+    _validation.check_positive_int(output_dim, "output_dim", allow_none=True)
+    if num_key_value_heads is not None and num_heads % num_key_value_heads:
+        raise ValueError(
+            "`num_heads` must be divisible by `num_key_value_heads`. Received: "
+            f"num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
+        )
+
+
+def set_score_options(
+    layer,
+    position_embedding,
+    score_bias,
+    soft_cap,
+    query_norm,
+    key_norm,
+    qk_norm_epsilon,
+    attention_scale,
+):
+    """Check the options that change the scores and set them on the attention `layer`
+    (which has `key_dim`, `num_heads` and `dtype_policy`): the constructor arguments
+    and the resolved `rotary_embedding`, `query_norm_layer`, `key_norm_layer`."""
+    layer.rotary_embedding = rotary_embedding(position_embedding, layer.key_dim)
+    if isinstance(position_embedding, dict):
+        position_embedding = layer.rotary_embedding
+    layer.position_embedding = position_embedding
+    layer.score_bias = score_bias_layer(score_bias, layer.num_heads)
+    if soft_cap is not None:
+        _validation.check_positive_float(soft_cap, "soft_cap")
+    if attention_scale is not None:
+        _validation.check_positive_float(attention_scale, "attention_scale")
+    _validation.check_positive_float(qk_norm_epsilon, "qk_norm_epsilon")
+    layer.soft_cap, layer.attention_scale = soft_cap, attention_scale
+    layer.query_norm, layer.key_norm = query_norm, key_norm
+    layer.qk_norm_epsilon = qk_norm_epsilon
+    dtype = layer.dtype_policy
+    layer.query_norm_layer = qk_norm(query_norm, "query_norm", dtype, qk_norm_epsilon)
+    layer.key_norm_layer = qk_norm(key_norm, "key_norm", dtype, qk_norm_epsilon)
+
+
+def score_options_config(layer):
+    """The `get_config` entries of the options `set_score_options` set."""
+    position = layer.position_embedding
+    return {
+        "position_embedding": position
+        if position in (None, "rotary")
+        else keras.saving.serialize_keras_object(position),
+        "score_bias": None
+        if layer.score_bias is None
+        else keras.saving.serialize_keras_object(layer.score_bias),
+        "soft_cap": layer.soft_cap,
+        "query_norm": layer.query_norm,
+        "key_norm": layer.key_norm,
+        "qk_norm_epsilon": layer.qk_norm_epsilon,
+        "attention_scale": layer.attention_scale,
+    }
 
 
 def rotary_embedding(position_embedding, key_dim):
@@ -53,13 +119,13 @@ def score_bias_layer(score_bias, num_heads):
     return score_bias
 
 
-def qk_norm(kind, name, dtype):
+def qk_norm(kind, name, dtype, epsilon=1e-6):
     """The per-head normalization layer of `kind` (one of `QK_NORMS`), or None."""
     _validation.check_one_of(kind, name, QK_NORMS)
     if kind == "rms_norm":
-        return RMSNorm(name=name, dtype=dtype)
+        return RMSNorm(epsilon=epsilon, name=name, dtype=dtype)
     if kind == "layer_norm":
-        return LayerNormalization(epsilon=1e-6, center=False, name=name, dtype=dtype)
+        return LayerNormalization(epsilon=epsilon, center=False, name=name, dtype=dtype)
     return None
 
 

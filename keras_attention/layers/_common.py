@@ -81,6 +81,27 @@ class ProjectionSettings:
         return {key: _SETTING_MODULES[key].serialize(getattr(self, key)) for key in keys}
 
 
+def bias_parts(use_bias, parts):
+    """`use_bias` checked: a bool (every one of `parts` has a bias, or none) or a
+    tuple/list of names from `parts` (only those do). Returns `(use_bias, with_bias)`:
+    the value to keep for `get_config` (a sequence as a tuple) and the frozenset of the
+    parts that have a bias."""
+    if isinstance(use_bias, bool):
+        return use_bias, frozenset(parts if use_bias else ())
+    if not isinstance(use_bias, (tuple, list)):
+        raise TypeError(
+            f"`use_bias` must be a bool or a tuple of part names from {parts}. "
+            f"Received: use_bias={use_bias!r}"
+        )
+    unknown = [part for part in use_bias if part not in parts]
+    if unknown:
+        raise ValueError(
+            f"`use_bias` names unknown parts {unknown}; expected names from {parts}. "
+            f"Received: use_bias={use_bias!r}"
+        )
+    return tuple(use_bias), frozenset(use_bias)
+
+
 def attention_output_spec(layer, output_shape, scores_shape, return_attention_scores):
     """Symbolic outputs of an attention layer: the output, plus the attention scores
     when `return_attention_scores` is true. Used by `compute_output_spec`, so that

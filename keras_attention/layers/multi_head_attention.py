@@ -65,7 +65,9 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         num_key_value_heads: positive int dividing `num_heads`, number of key/value
             heads; defaults to `num_heads` (ordinary multi-head attention).
         dropout: float in `[0, 1)`, dropout on the attention probabilities.
-        use_bias: whether the four projections have biases.
+        use_bias: whether the four projections have biases, or a tuple of those
+            that do, from `("query", "key", "value", "output")` (Qwen2: the first
+            three); the gate's bias follows `"query"`.
         output_dim: positive int, size of the output; defaults to the query's feature
             size.
         output_shape: Keras' name: a positive int (the same as `output_dim`) or a
@@ -117,6 +119,9 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         query_norm, key_norm: `None`, `"rms_norm"` or `"layer_norm"`:
             normalize each query (key) head over its `key_dim` features, with a
             learned scale shared by the heads, before the dot product (QK-norm).
+        attention_scale: `None` (`1 / sqrt(key_dim)`) or a positive float
+            multiplying `Q K^T` instead (T5: 1.0; Gemma: `query_pre_attn_scalar ** -0.5`).
+        qk_norm_epsilon: positive float, the epsilon of `query_norm`/`key_norm`.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -207,27 +212,22 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         soft_cap=None,
         query_norm=None,
         key_norm=None,
+        attention_scale=None,
+        qk_norm_epsilon=1e-6,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.projection = _common.ProjectionSettings.from_arguments(locals(), self.dtype_policy)
-        _validation.check_positive_int(num_heads, "num_heads")
-        _validation.check_positive_int(key_dim, "key_dim")
-        _validation.check_positive_int(value_dim, "value_dim", allow_none=True)
-        _validation.check_positive_int(num_key_value_heads, "num_key_value_heads", allow_none=True)
-        _validation.check_positive_int(output_dim, "output_dim", allow_none=True)
+        _attention_options.check_sizes(
+            num_heads, key_dim, value_dim, num_key_value_heads, output_dim
+        )
         output_shape = _attention_axes.check_output_shape(output_shape, output_dim)
         attention_axes = _attention_axes.check_attention_axes(attention_axes)
         _validation.check_bool(use_gate, "use_gate")
         _validation.check_rate(dropout, "dropout")
-        _validation.check_bool(use_bias, "use_bias")
+        use_bias, with_bias = _common.bias_parts(use_bias, _attention_options.BIAS_PARTS)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "`num_heads` must be divisible by `num_key_value_heads`. Received: "
-                f"num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
-            )
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = value_dim
@@ -247,28 +247,36 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         self.seed = seed
         _validation.check_positive_int(sliding_window, "sliding_window", allow_none=True)
         self.sliding_window = sliding_window
-        self._init_score_options(position_embedding, score_bias, soft_cap, query_norm, key_norm)
+        _attention_options.set_score_options(
+            self,
+            position_embedding,
+            score_bias,
+            soft_cap,
+            query_norm,
+            key_norm,
+            qk_norm_epsilon,
+            attention_scale,
+        )
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
         self._value_dim = value_dim or key_dim
         self._kv_heads = num_key_value_heads or num_heads
-        self.query_dense = self.projection.dense(num_heads * key_dim, "query")
-        self.key_dense = self.projection.dense(self._kv_heads * key_dim, "key")
-        self.value_dense = self.projection.dense(self._kv_heads * self._value_dim, "value")
+        self._with_bias = with_bias  # the projections with a bias (`use_bias`)
+        self.query_dense = self._dense(num_heads * key_dim, "query")
+        self.key_dense = self._dense(self._kv_heads * key_dim, "key")
+        self.value_dense = self._dense(self._kv_heads * self._value_dim, "value")
         # The gate of gated attention: sigmoid(query W_g + b_g) multiplies each
         # head's output before the output projection (Qiu et al., 2025).
         self.gate_dense = None
         if use_gate:
-            self.gate_dense = self.projection.dense(
-                num_heads * self._value_dim, "gate", activation="sigmoid"
-            )
+            self.gate_dense = self._dense(num_heads * self._value_dim, "gate", "sigmoid")
         # The output size depends on the query's features when output_dim and
         # output_shape are None, so this Dense gets its units in build().
         self.output_dense = None
         if output_shape is not None or output_dim is not None:
             units = output_dim or int(math.prod(output_shape))
-            self.output_dense = self.projection.dense(units, "attention_output")
+            self.output_dense = self._dense(units, "attention_output")
 
     def build(self, query_shape, value_shape, key_shape=None):
         query_shape, value_shape = tuple(query_shape), tuple(value_shape)
@@ -277,7 +285,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
             _validation.check_known_features(shape, name)
         if self.output_dense is None:
-            self.output_dense = self.projection.dense(query_shape[-1], "attention_output")
+            self.output_dense = self._dense(query_shape[-1], "attention_output")
         self.query_dense.build(query_shape)
         self.key_dense.build(key_shape)
         for norm in (self.query_norm_layer, self.key_norm_layer):
@@ -293,6 +301,13 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
             self.gate_dense.build(query_shape)
         self.output_dense.build(tuple(query_shape[:-1]) + (self.num_heads * self._value_dim,))
         self.built = True
+
+    def _dense(self, units, name, activation=None):
+        """A projection; its bias follows its part in `use_bias` (the gate's: "query")."""
+        part = {"attention_output": "output", "gate": "query"}.get(name, name)
+        return self.projection.dense(
+            units, name, use_bias=part in self._with_bias, activation=activation
+        )
 
     def _output_features(self, query_shape):
         """The trailing output axes: `output_shape`, `output_dim` or the query's features."""
@@ -637,6 +652,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
             sliding_window=sliding_window,
             bias=bias,
             soft_cap=self.soft_cap,
+            scale=self.attention_scale,
         )
         return result if return_attention_scores else (result, None)
 
@@ -649,20 +665,6 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         if self._output_shape is not None and len(self._output_shape) > 1:
             output = ops.reshape(output, tuple(ops.shape(output)[:-1]) + self._output_shape)
         return output
-
-    def _init_score_options(self, position_embedding, score_bias, soft_cap, query_norm, key_norm):
-        options = _attention_options
-        self.rotary_embedding = options.rotary_embedding(position_embedding, self.key_dim)
-        if isinstance(position_embedding, dict):
-            position_embedding = self.rotary_embedding
-        self.position_embedding = position_embedding
-        self.score_bias = options.score_bias_layer(score_bias, self.num_heads)
-        if soft_cap is not None:
-            _validation.check_positive_float(soft_cap, "soft_cap")
-        self.soft_cap = soft_cap
-        self.query_norm, self.key_norm = query_norm, key_norm
-        self.query_norm_layer = options.qk_norm(query_norm, "query_norm", self.dtype_policy)
-        self.key_norm_layer = options.qk_norm(key_norm, "key_norm", self.dtype_policy)
 
     def _check_call_shapes(self, query, value, key):
         self._check_shapes(tuple(query.shape), tuple(value.shape), tuple(key.shape))
@@ -727,15 +729,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
                 "implementation": self.implementation,
                 "flash_attention": self.flash_attention,
                 "sliding_window": self.sliding_window,
-                "position_embedding": self.position_embedding
-                if self.position_embedding in (None, "rotary")
-                else keras.saving.serialize_keras_object(self.position_embedding),
-                "score_bias": None
-                if self.score_bias is None
-                else keras.saving.serialize_keras_object(self.score_bias),
-                "soft_cap": self.soft_cap,
-                "query_norm": self.query_norm,
-                "key_norm": self.key_norm,
+                **_attention_options.score_options_config(self),
                 **self.projection.get_config(),
             }
         )

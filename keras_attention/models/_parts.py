@@ -90,13 +90,15 @@ def embedding(name, config, scale=False):
     )
 
 
-def encoder_layers(config):
+def encoder_layers(config, **block_kwargs):
+    """`num_layers` `TransformerEncoder`s (`encoder_layer_{i}`) with `block_kwargs`."""
     return [
         TransformerEncoder(
             config["intermediate_dim"],
             config["num_heads"],
             dropout=config["dropout"],
             name=f"encoder_layer_{i}",
+            **block_kwargs,
         )
         for i in range(config["num_layers"])
     ]

@@ -153,7 +153,13 @@ def transformer_seq2seq(*, vocabulary_size, sequence_length, **kwargs):
             output projection is the decoder's token table, transposed; no
             `lm_head`); `scale_embeddings` (multiply token embeddings by
             `sqrt(embedding_dim)`); `mask_zero` (token id 0 is padding, the
-            default); `name` (default `"transformer_seq2seq"`).
+            default); the architecture options of BART and T5 (`activation`,
+            `normalize_first`, `normalization`, `layer_norm_epsilon`, `use_bias`,
+            `head_dim`, `attention_scale`, `position="relative"` with
+            `relative_num_buckets`/`relative_max_distance`,
+            `share_embeddings="tokens"`, `embedding_norm`, `final_norm`,
+            `output_scale`; see the class); `name` (default
+            `"transformer_seq2seq"`).
 
     Returns:
         A :class:`Seq2SeqTransformer` (with `generate()`): inputs `[encoder_tokens (batch, src_seq),

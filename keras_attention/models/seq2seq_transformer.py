@@ -4,9 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_attention import _validation
 from keras_attention.layers.transformer_decoder import TransformerDecoder
-from keras_attention.models import _parts
+from keras_attention.models import _parts, _seq2seq_parts
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation.loop import GenerativeMixin
 from keras_attention.models.generation.prompts import prepare_prompt
@@ -33,13 +32,46 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
 
     Args:
         vocabulary_size, sequence_length, num_layers, embedding_dim, num_heads,
-        intermediate_dim, dropout, position, mask_zero: as for
-            :class:`CausalLanguageModel`; the vocabulary and the longest sequence
-            are those of both sides.
-        share_embeddings: one token table (`shared_embedding`) for source and target.
+        intermediate_dim, dropout, mask_zero: as for :class:`CausalLanguageModel`;
+            the vocabulary and the longest sequence are those of both sides.
+        position: `"learned"` (default) or `"sinusoidal"` positions added to the
+            token embeddings, `"none"`, or `"relative"`: T5's learned relative
+            position bias, one :class:`RelativePositionBias` for the encoder's
+            self-attentions (bidirectional, `encoder_position_bias`) and one for the
+            decoder's (causal, `decoder_position_bias`), each shared by every layer
+            of its stack.
+        share_embeddings: `False` (each side its own tables), `True` (one
+            `shared_embedding` for source and target) or `"tokens"` (one token
+            table, each side its own position table: BART).
         tie_embeddings: the output projection is the decoder's token table.
         scale_embeddings: multiply token embeddings by `sqrt(embedding_dim)`.
+        activation: the blocks' feed-forward activation (`"relu"`, `"gelu"`,
+            `"gelu_tanh"`, or gated `"swiglu"`, `"geglu"`, `"geglu_tanh"`).
+        normalize_first: pre-norm blocks (`x + f(norm(x))`, T5) instead of the
+            paper's post-norm (`norm(x + f(x))`, BART).
+        normalization: `"layer_norm"` or `"rms_norm"` (T5), for every norm.
+        layer_norm_epsilon: positive float, every norm's epsilon.
+        use_bias: bool, or the parts with biases from `"query"`, `"key"`,
+            `"value"`, `"output"`, `"feedforward"`, `"norm"` (LayerNorm offsets)
+            and `"lm_head"`.
+        head_dim: optional per-head size (T5's `d_kv`); default
+            `embedding_dim // num_heads`.
+        attention_scale: optional positive float multiplying `q . k` instead of
+            `1 / sqrt(head_dim)` (T5: 1.0).
+        relative_num_buckets, relative_max_distance: the buckets of
+            `position="relative"` (T5: 32 and 128).
+        embedding_norm: a norm on each side's embeddings (BART's
+            `layernorm_embedding`), before the embedding dropout.
+        final_norm: a norm at the end of each stack (`encoder_final_norm`,
+            `decoder_final_norm`; pre-norm models such as T5).
+        output_scale: optional positive float multiplying the decoder's output
+            before the output projection (T5 with tied embeddings:
+            `embedding_dim ** -0.5`).
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    The defaults build the model of "Attention Is All You Need" (the same layers
+    and weights as before these options). `keras_attention.convert.keras_hub.bart`
+    and `.t5` give the arguments of keras-hub's BART and T5 and copy their weights.
 
     Call arguments:
         inputs: `[encoder_tokens (batch, src_seq), decoder_tokens (batch, tgt_seq)]`.
@@ -70,6 +102,18 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         tie_embeddings=False,
         scale_embeddings=False,
         mask_zero=True,
+        activation="relu",
+        normalize_first=False,
+        normalization="layer_norm",
+        layer_norm_epsilon=1e-5,
+        use_bias=True,
+        head_dim=None,
+        attention_scale=None,
+        relative_num_buckets=32,
+        relative_max_distance=128,
+        embedding_norm=False,
+        final_norm=False,
+        output_scale=None,
         **kwargs,
     ):
         _parts.check_model_kwargs(kwargs, "Seq2SeqTransformer")
@@ -86,49 +130,52 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             tie_embeddings=tie_embeddings,
             scale_embeddings=scale_embeddings,
             mask_zero=mask_zero,
+            activation=activation,
+            normalize_first=normalize_first,
+            normalization=normalization,
+            layer_norm_epsilon=layer_norm_epsilon,
+            use_bias=use_bias,
+            head_dim=head_dim,
+            attention_scale=attention_scale,
+            relative_num_buckets=relative_num_buckets,
+            relative_max_distance=relative_max_distance,
+            embedding_norm=embedding_norm,
+            final_norm=final_norm,
+            output_scale=output_scale,
         )
         _parts.check_common(config)
-        for flag in ("share_embeddings", "tie_embeddings", "scale_embeddings", "mask_zero"):
-            _validation.check_bool(config[flag], flag)
+        _seq2seq_parts.check_options(config)
         kwargs.setdefault("name", "transformer_seq2seq")
-        # === Layers ===
-        if share_embeddings:
-            encoder_embedding = _parts.embedding("shared_embedding", config, scale_embeddings)
-            decoder_embedding = encoder_embedding
-        else:
-            encoder_embedding = _parts.embedding("encoder_embedding", config, scale_embeddings)
-            decoder_embedding = _parts.embedding("decoder_embedding", config, scale_embeddings)
-        encoder_embedding_dropout = keras.layers.Dropout(dropout, name="encoder_embedding_dropout")
-        decoder_embedding_dropout = keras.layers.Dropout(dropout, name="decoder_embedding_dropout")
-        encoder_layers = _parts.encoder_layers(config)
-        decoder_layers = [
-            TransformerDecoder(
-                intermediate_dim, num_heads, dropout=dropout, name=f"decoder_layer_{i}"
-            )
-            for i in range(num_layers)
-        ]
-        lm_head = None if tie_embeddings else keras.layers.Dense(vocabulary_size, name="lm_head")
+        parts = _layers(config)
         # === Functional model ===
         encoder_tokens = keras.Input((None,), dtype="int32", name="encoder_tokens")
         decoder_tokens = keras.Input((None,), dtype="int32", name="decoder_tokens")
-        x = encoder_embedding_dropout(encoder_embedding(encoder_tokens))
-        for layer in encoder_layers:
+        x = parts["encoder_embedding_dropout"](parts["encoder_embedding"](encoder_tokens))
+        for layer in parts["encoder_layers"]:
             x = layer(x)
-        y = decoder_embedding_dropout(decoder_embedding(decoder_tokens))
-        for layer in decoder_layers:
+        if parts["encoder_final_norm"] is not None:
+            x = parts["encoder_final_norm"](x)
+        y = parts["decoder_embedding_dropout"](parts["decoder_embedding"](decoder_tokens))
+        for layer in parts["decoder_layers"]:
             y = layer(y, x)
-        logits = decoder_embedding(y, reverse=True) if lm_head is None else lm_head(y)
+        logits = _head(
+            y,
+            parts["decoder_final_norm"],
+            output_scale,
+            parts["decoder_embedding"],
+            parts["lm_head"],
+        )
         super().__init__(inputs=[encoder_tokens, decoder_tokens], outputs=logits, **kwargs)
         # === Parts (assigned after `Model.__init__`, which PyTorch's Module needs) ===
-        self.decoder_embedding = decoder_embedding
-        self.decoder_embedding_dropout = decoder_embedding_dropout
-        self.decoder_layers = decoder_layers
-        self.encoder_embedding = encoder_embedding
-        self.encoder_embedding_dropout = encoder_embedding_dropout
-        self.encoder_layers = encoder_layers
-        self.lm_head = lm_head
+        for name, layer in parts.items():
+            setattr(self, name, layer)
         # === Config ===
         _parts.set_config(self, config)
+
+    def _logits(self, x):
+        return _head(
+            x, self.decoder_final_norm, self.output_scale, self.decoder_embedding, self.lm_head
+        )
 
     def encode(self, encoder_tokens, encoder_padding_mask):
         """Run the encoder once: an `EncoderState` of its outputs, padding mask, and
@@ -140,6 +187,8 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         x = self.encoder_embedding(encoder_tokens)
         for layer in self.encoder_layers:
             x = layer(x, padding_mask=mask, training=False)
+        if self.encoder_final_norm is not None:
+            x = self.encoder_final_norm(x)
         cross_caches = [layer.compute_cross_attention_cache(x) for layer in self.decoder_layers]
         return EncoderState(x, mask, cross_caches)
 
@@ -221,3 +270,64 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             compile,
             encoder_inputs=(source, encoder_padding_mask.astype(bool)),
         )
+
+
+def _layers(config):
+    """The layers of a `Seq2SeqTransformer` of `config`, by attribute name."""
+    encoder_embedding, decoder_embedding = _seq2seq_parts.embeddings(config)
+    encoder_bias, decoder_bias = _seq2seq_parts.relative_biases(config)
+    block_kwargs = _seq2seq_parts.block_kwargs(config)
+    if encoder_bias is not None:
+        block_kwargs_encoder = dict(block_kwargs, score_bias=encoder_bias)
+        block_kwargs_decoder = dict(block_kwargs, score_bias=decoder_bias)
+    else:
+        block_kwargs_encoder = block_kwargs_decoder = block_kwargs
+    dropout, num_layers = config["dropout"], config["num_layers"]
+    final_norm = config["final_norm"]
+    lm_head = None
+    if not config["tie_embeddings"]:
+        lm_head = keras.layers.Dense(
+            config["vocabulary_size"],
+            use_bias=_seq2seq_parts.has_bias(config["use_bias"], "lm_head"),
+            name="lm_head",
+        )
+    return {
+        "encoder_embedding": encoder_embedding,
+        "encoder_embedding_dropout": keras.layers.Dropout(
+            dropout, name="encoder_embedding_dropout"
+        ),
+        "encoder_position_bias": encoder_bias,
+        "encoder_layers": _parts.encoder_layers(config, **block_kwargs_encoder),
+        "encoder_final_norm": _seq2seq_parts.norm(config, "encoder_final_norm")
+        if final_norm
+        else None,
+        "decoder_embedding": decoder_embedding,
+        "decoder_embedding_dropout": keras.layers.Dropout(
+            dropout, name="decoder_embedding_dropout"
+        ),
+        "decoder_position_bias": decoder_bias,
+        "decoder_layers": [
+            TransformerDecoder(
+                config["intermediate_dim"],
+                config["num_heads"],
+                dropout=dropout,
+                name=f"decoder_layer_{i}",
+                **block_kwargs_decoder,
+            )
+            for i in range(num_layers)
+        ],
+        "decoder_final_norm": _seq2seq_parts.norm(config, "decoder_final_norm")
+        if final_norm
+        else None,
+        "lm_head": lm_head,
+    }
+
+
+def _head(x, final_norm, output_scale, embedding, lm_head):
+    """Decoder outputs -> logits: the final norm, the output scale (T5's
+    `d_model ** -0.5` before its tied head), then `lm_head` or the tied table."""
+    if final_norm is not None:
+        x = final_norm(x)
+    if output_scale is not None:
+        x = x * ops.cast(output_scale, x.dtype)
+    return embedding(x, reverse=True) if lm_head is None else lm_head(x)

@@ -7,6 +7,9 @@ the same architecture, and `weights(backbone, model, transplant)`, the weight ma
 (source path -> target variable, with the named transforms of `_transplant`).
 keras-hub itself is never imported here: the functions read the objects they get.
 
+The encoder-decoder families `bart` and `t5` (`BartBackbone`, `T5Backbone` ->
+`Seq2SeqTransformer`) give `config(backbone)` and `weights(backbone, model)`.
+
 Example (with keras-hub installed)::
 
     backbone = keras_hub.models.LlamaBackbone.from_preset("llama2_7b_en")
