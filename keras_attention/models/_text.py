@@ -67,7 +67,7 @@ def end_token_ids(tokenizer):
     return tuple(int(i) for i in ids if i is not None)
 
 
-def generate_text(model, prompt, prompt_mask, stop_token_ids, run):
+def generate_text(model, prompt, prompt_mask, max_new_tokens, stop_token_ids, run):
     """`run(tokens, mask, stop_token_ids)` (the compiled ids loop) on the tokenized
     `prompt`, returning strings (one string for a string prompt) that hold the prompt
     and its continuation without special tokens, as keras-hub's `generate` does."""
@@ -92,20 +92,24 @@ def generate_text(model, prompt, prompt_mask, stop_token_ids, run):
         stop_token_ids = end_token_ids(preprocessor.tokenizer)
     output = run(tokens, mask, stop_token_ids)
     strings = preprocessor.generate_postprocess(
-        {"token_ids": output, "padding_mask": _output_mask(output, mask, stop_token_ids)}
+        {
+            "token_ids": output,
+            "padding_mask": _output_mask(output, mask, max_new_tokens, stop_token_ids),
+        }
     )
     strings = [_to_str(text) for text in _to_list(strings)]
     return strings[0] if single else strings
 
 
-def _output_mask(output, prompt_mask, stop_token_ids):
-    """True for each row's prompt and new tokens up to its first stop token (kept:
-    the postprocess strips special tokens), False for the padding after."""
+def _output_mask(output, prompt_mask, max_new_tokens, stop_token_ids):
+    """True for each row's prompt and its `max_new_tokens` new tokens up to its
+    first stop token (kept: the postprocess strips special tokens), False for the
+    padding after."""
     lengths = prompt_mask.sum(axis=1)
     columns = np.arange(output.shape[1])
     new = columns[None, :] >= lengths[:, None]
     stops = new & np.isin(output, np.asarray(stop_token_ids, "int64"))
-    ends = np.where(stops.any(axis=1), stops.argmax(axis=1) + 1, output.shape[1])
+    ends = np.where(stops.any(axis=1), stops.argmax(axis=1) + 1, lengths + max_new_tokens)
     return columns[None, :] < ends[:, None]
 
 

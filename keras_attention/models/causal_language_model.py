@@ -296,6 +296,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
                 self,
                 prompt,
                 prompt_mask,
+                max_new_tokens,
                 stop_token_ids,
                 lambda tokens, mask, stops: self._run_generate(
                     tokens, max_new_tokens, mask, sampler, seed, stops, pad_token_id, compile
