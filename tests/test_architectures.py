@@ -89,9 +89,7 @@ ARCHITECTURES = {
         "GPT2CausalLM",
     ),
     "gemma": (
-        lambda: keras_hub.models.GemmaBackbone(
-            **SIZE, **GQA, head_dim=16, query_head_dim_normalize=True
-        ),
+        lambda: keras_hub.models.GemmaBackbone(**SIZE, **GQA, head_dim=16),
         "GemmaCausalLM",
     ),
     "gemma2": (
@@ -115,6 +113,9 @@ ARCHITECTURES = {
             image_size=16,
             vision_encoder=None,
             head_dim=16,
+            # keras-hub 0.32's attention ignores this (it keeps 1/sqrt(head_dim)); the
+            # conversion follows what the model computes.
+            query_head_dim_normalize=False,
             use_query_key_norm=True,
             use_post_ffw_norm=True,
             use_post_attention_norm=True,
@@ -137,6 +138,16 @@ ARCHITECTURES = {
     "qwen2.5": (
         _llama_like("QwenBackbone", layer_norm_epsilon=1e-6, rope_max_wavelength=1e6),
         "QwenCausalLM",
+    ),
+    "qwen3": (
+        _llama_like("Qwen3Backbone", head_dim=16, layer_norm_epsilon=1e-5),
+        "Qwen3CausalLM",
+    ),
+    "mixtral": (
+        _llama_like(
+            "MixtralBackbone", num_experts=4, top_k=2, sliding_window=4, layer_norm_epsilon=1e-5
+        ),
+        "MixtralCausalLM",
     ),
 }
 
@@ -204,3 +215,17 @@ def test_greedy_tokens_match_keras_hub(converted):
     generated = model.generate([list(p) for p in PROMPTS], max_new_tokens=NEW_TOKENS)
     actual = [generated[i, : len(p) + NEW_TOKENS].tolist() for i, p in enumerate(PROMPTS)]
     assert actual == expected
+
+
+def test_transplant_names_unmapped_and_misshapen_weights():
+    make_backbone, _ = ARCHITECTURES["llama2"]
+    backbone = make_backbone()
+    untied = convert.config(backbone)
+    # A tied target leaves keras-hub's separate output table unmapped.
+    tied = convert.CausalLanguageModel(**{**untied, "tie_embeddings": True})
+    with pytest.raises(ValueError, match="token_embedding/reverse_embeddings"):
+        convert.transplant(backbone, tied)
+    with pytest.raises(ValueError, match="wrong shape"):
+        convert.convert(backbone, intermediate_dim=24)
+    with pytest.raises(ValueError, match="keras-hub CausalLM, Seq2SeqLM or Backbone"):
+        convert.convert(keras.Sequential())

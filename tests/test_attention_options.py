@@ -260,6 +260,22 @@ def test_shared_relative_bias_is_one_set_of_weights():
     assert len(tables) == 1
 
 
+def test_shared_relative_bias_survives_a_keras_file(tmp_path):
+    bias = ka.RelativePositionBias(num_buckets=8, max_distance=16, num_heads=HEADS)
+    first = ka.MultiHeadAttention(HEADS, KEY_DIM, score_bias=bias)
+    second = ka.MultiHeadAttention(HEADS, KEY_DIM, score_bias=bias)
+    inputs = keras.Input((None, FEATURES))
+    model = keras.Model(inputs, second(first(inputs, inputs), inputs))
+    bias.embeddings.assign(np.random.default_rng(4).standard_normal(bias.embeddings.shape))
+    x = _x(12)
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "shared.keras")
+    reloaded = keras.saving.load_model(tmp_path / "shared.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, atol=1e-6)
+    attentions = [lay for lay in reloaded.layers if isinstance(lay, ka.MultiHeadAttention)]
+    assert attentions[0].score_bias is attentions[1].score_bias
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -389,6 +389,45 @@ CASES = {
         X,
         {},
     ),
+    "TransformerEncoder-gemma2": (
+        "TransformerEncoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "activation": "geglu_tanh",
+            "normalization": "rms_norm",
+            "normalize_first": True,
+            "post_norm": True,
+            "parallel_residual": True,
+            "attention_scale": 0.5,
+            "qk_norm_epsilon": 1e-3,
+            "query_norm": "rms_norm",
+            "use_bias": ("query", "key", "value"),
+            "score_bias": ka.ALiBiBias(2),
+        },
+        X,
+        {},
+    ),
+    "TransformerDecoder-neox": (
+        "TransformerDecoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "activation": "gelu_tanh",
+            "normalize_first": True,
+            "parallel_residual": True,
+            "post_norm": True,
+            "use_bias": ("output", "feedforward", "norm"),
+            "score_bias": ka.RelativePositionBias(
+                num_buckets=8, max_distance=16, bidirectional=False, num_heads=2
+            ),
+            "attention_scale": 1.0,
+            "qk_norm_epsilon": 1e-5,
+            "key_norm": "rms_norm",
+        },
+        X,
+        {},
+    ),
     "TransformerDecoder-modern": (
         "TransformerDecoder",
         {

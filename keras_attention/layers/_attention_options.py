@@ -6,6 +6,7 @@ import keras
 
 from keras_attention import _validation
 from keras_attention import ops as attention_ops
+from keras_attention.layers import _common
 from keras_attention.layers._layer_normalization import LayerNormalization
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
@@ -69,9 +70,7 @@ def score_options_config(layer):
         "position_embedding": position
         if position in (None, "rotary")
         else keras.saving.serialize_keras_object(position),
-        "score_bias": None
-        if layer.score_bias is None
-        else keras.saving.serialize_keras_object(layer.score_bias),
+        "score_bias": _common.serialize_shared_layer(layer.score_bias),
         "soft_cap": layer.soft_cap,
         "query_norm": layer.query_norm,
         "key_norm": layer.key_norm,

@@ -81,6 +81,29 @@ class ProjectionSettings:
         return {key: _SETTING_MODULES[key].serialize(getattr(self, key)) for key in keys}
 
 
+def serialize_shared_layer(layer):
+    """`layer`'s config entry for the `get_config` of a layer that may share it with
+    others (a position bias several blocks use, as T5's one table).
+
+    Keras' `.keras` saving marks an object met twice with a `shared_object_id` and
+    rebuilds it once, but it marks the dict `serialize_keras_object` returned, which
+    the caller of `get_config` then copies: the first holder's copy lost the mark and
+    reloading made two layers. So while a model is being saved (Keras' object-sharing
+    scope is open) the entry is the layer itself, serialized by Keras in place; else
+    (plain `get_config`) its serialized dict, JSON as always."""
+    if layer is None:
+        return None
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # pragma: no cover - a Keras without the sharing scope
+        global_state = None
+    if global_state is not None and (
+        global_state.get_global_attribute("shared_objects/id_to_config_map") is not None
+    ):
+        return layer
+    return keras.saving.serialize_keras_object(layer)
+
+
 def bias_parts(use_bias, parts):
     """`use_bias` checked: a bool (every one of `parts` has a bias, or none) or a
     tuple/list of names from `parts` (only those do). Returns `(use_bias, with_bias)`:

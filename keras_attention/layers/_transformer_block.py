@@ -2,26 +2,34 @@
 shared by `TransformerEncoder` and `TransformerDecoder`.
 
 Each block is "attention, then a position-wise feed-forward network", with a residual
-connection and layer normalization around every sublayer. The attention is this
-package's `MultiHeadAttention`; the masks of every kind are merged into one boolean
-mask by `keras_attention.masks.merge_attention_masks` before it is handed over.
+connection and layer normalization around every sublayer (after it, before it, or
+both: `normalize_first`, `post_norm`), or the two sublayers side by side on the same
+input (`parallel_residual`). The attention is this package's `MultiHeadAttention`; the
+masks of every kind are merged into one boolean mask by
+`keras_attention.masks.merge_attention_masks` before it is handed over.
 """
 
 import keras
 
 from keras_attention import _validation, masks
-from keras_attention.layers import _common
+from keras_attention.layers import _attention_options, _common
 from keras_attention.layers._layer_normalization import LayerNormalization
 from keras_attention.layers.feed_forward import (
     FeedForward,
     resolve_activation,
     serialize_activation,
 )
+from keras_attention.layers.mixture_of_experts import MixtureOfExperts
 from keras_attention.layers.multi_head_attention import MultiHeadAttention
 from keras_attention.layers.rms_norm import RMSNorm
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
 
 _NORMALIZATIONS = ("layer_norm", "rms_norm")
+# The parts `use_bias` may name: the attention projections, the feed-forward's two (or
+# three) Dense layers, and the LayerNorms' offsets (`center`).
+BIAS_PARTS = (*_attention_options.BIAS_PARTS, "feedforward", "norm")
+# A sublayer's norms: before or after it (`normalize_first`), and after it (`post_norm`).
+_NORM_KINDS = ("layer_norm", "post_norm")
 
 
 def _padding_mask(padding_mask, keras_mask, sequence, name, sequence_name):
@@ -70,6 +78,13 @@ class _TransformerBlock(keras.layers.Layer):
         soft_cap=None,
         query_norm=None,
         key_norm=None,
+        attention_scale=None,
+        qk_norm_epsilon=1e-6,
+        score_bias=None,
+        post_norm=False,
+        parallel_residual=False,
+        num_experts=None,
+        num_experts_per_token=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,9 +102,16 @@ class _TransformerBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.normalize_first = normalize_first
         _validation.check_one_of(normalization, "normalization", _NORMALIZATIONS)
-        _validation.check_bool(use_bias, "use_bias")
+        self.use_bias, self._with_bias = _common.bias_parts(use_bias, BIAS_PARTS)
         self.normalization = normalization
-        self.use_bias = use_bias
+        self._check_residual_options(post_norm, parallel_residual)
+        self.post_norm = post_norm
+        self.parallel_residual = parallel_residual
+        self._check_experts(num_experts, num_experts_per_token)
+        self.num_experts = num_experts
+        self.num_experts_per_token = num_experts_per_token
+        # Not copied: blocks given one instance share its weights (T5's one table).
+        self.score_bias = _attention_options.score_bias_layer(score_bias, num_heads)
         # Passed to every MultiHeadAttention of the block (validated there).
         self.attention_options = {
             "num_key_value_heads": num_key_value_heads,
@@ -98,6 +120,8 @@ class _TransformerBlock(keras.layers.Layer):
             "soft_cap": soft_cap,
             "query_norm": query_norm,
             "key_norm": key_norm,
+            "attention_scale": attention_scale,
+            "qk_norm_epsilon": qk_norm_epsilon,
         }
         self._check_attention_options(num_heads, key_dim)
         # Only the initializers reach the Dense layers inside (as in keras-hub).
@@ -107,16 +131,47 @@ class _TransformerBlock(keras.layers.Layer):
         self.seed = seed
         self.supports_masking = True
         self._seed_offset = 0
-        self.feedforward = FeedForward(
-            intermediate_dim,
+        self.feedforward = self._make_feedforward()
+        self.feedforward_dropout = self._dropout("feedforward_dropout")
+        self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
+        self.feedforward_post_norm = self._post_norm("feedforward_post_norm")
+
+    def _make_feedforward(self):
+        """The feed-forward sublayer, `self.feedforward`: a :class:`FeedForward`, or
+        with `num_experts` a :class:`MixtureOfExperts` (same call and shape). A
+        subclass may return another layer called as `layer(inputs, training=None)`
+        with the input's shape."""
+        if self.num_experts is not None:
+            return MixtureOfExperts(
+                self.num_experts,
+                self.num_experts_per_token,
+                self.intermediate_dim,
+                activation=self.activation,
+                kernel_initializer=self.projection.kernel_initializer,
+                name="feedforward",
+                dtype=self.dtype_policy,
+            )
+        return FeedForward(
+            self.intermediate_dim,
             activation=self.activation,
-            use_bias=use_bias,
+            use_bias="feedforward" in self._with_bias,
             name="feedforward",
             dtype=self.dtype_policy,
             **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
-        self.feedforward_dropout = self._dropout("feedforward_dropout")
-        self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
+
+    def _check_experts(self, num_experts, num_experts_per_token):
+        if (num_experts is None) != (num_experts_per_token is None):
+            raise ValueError(
+                "`num_experts` and `num_experts_per_token` go together (a mixture of "
+                f"experts feed-forward). Received: num_experts={num_experts}, "
+                f"num_experts_per_token={num_experts_per_token}"
+            )
+        if num_experts is not None and "feedforward" in self._with_bias:
+            raise ValueError(
+                "The experts of a mixture have no biases: `use_bias` must leave out "
+                f"'feedforward' with `num_experts`. Received: use_bias={self.use_bias!r}"
+            )
 
     def _next_seed(self):
         # Each dropout gets its own seed, so their masks are not identical.
@@ -133,10 +188,24 @@ class _TransformerBlock(keras.layers.Layer):
             return RMSNorm(epsilon=self.layer_norm_epsilon, name=name, dtype=self.dtype_policy)
         return LayerNormalization(
             epsilon=self.layer_norm_epsilon,
-            center=self.use_bias,
+            center="norm" in self._with_bias,
             name=name,
             dtype=self.dtype_policy,
         )
+
+    def _post_norm(self, name):
+        """The norm after a sublayer with `post_norm` (sandwich norms), else None."""
+        return self._layer_norm(name) if self.post_norm else None
+
+    def _check_residual_options(self, post_norm, parallel_residual):
+        _validation.check_bool(post_norm, "post_norm")
+        _validation.check_bool(parallel_residual, "parallel_residual")
+        for name, value in (("post_norm", post_norm), ("parallel_residual", parallel_residual)):
+            if value and not self.normalize_first:
+                raise ValueError(
+                    f"`{name}=True` needs pre-norm sublayers (`normalize_first=True`). "
+                    f"Received: {name}=True, normalize_first=False"
+                )
 
     def _check_attention_options(self, num_heads, key_dim):
         """Fail in the constructor, not at the first call, on a bad attention option."""
@@ -153,6 +222,9 @@ class _TransformerBlock(keras.layers.Layer):
             _validation.check_positive_float(options["soft_cap"], "soft_cap")
         for name in ("query_norm", "key_norm"):
             _validation.check_one_of(options[name], name, (None, "rms_norm", "layer_norm"))
+        if options["attention_scale"] is not None:
+            _validation.check_positive_float(options["attention_scale"], "attention_scale")
+        _validation.check_positive_float(options["qk_norm_epsilon"], "qk_norm_epsilon")
         position = options["position_embedding"]
         if not (position in (None, "rotary") or isinstance(position, (dict, RotaryEmbedding))):
             raise ValueError(
@@ -166,7 +238,9 @@ class _TransformerBlock(keras.layers.Layer):
             # each attention gets its own copy (it has no weights)
             layer = options["position_embedding"]
             options["position_embedding"] = layer.__class__.from_config(layer.get_config())
-        if not self_attention:
+        if self_attention:
+            options["score_bias"] = self.score_bias  # the same instance, shared
+        else:
             # positions and windows are those of the decoder's own sequence
             options.update(position_embedding=None, sliding_window=None)
         return options
@@ -188,22 +262,29 @@ class _TransformerBlock(keras.layers.Layer):
             name=name,
             dtype=self.dtype_policy,
             seed=self._next_seed(),
-            use_bias=self.use_bias,
+            use_bias=self.use_bias
+            if isinstance(self.use_bias, bool)
+            else tuple(part for part in self.use_bias if part in _attention_options.BIAS_PARTS),
             **self._attention_options(name == "self_attention"),
             **self.projection.dense_kwargs(_common.INITIALIZER_KEYS),
         )
 
-    def _residual(self, x, sublayer, layer_norm, dropout, training):
+    def _residual(self, x, sublayer, name, training):
         """`LayerNorm(x + Dropout(sublayer(x)))` (paper), or with `normalize_first`
-        `x + Dropout(sublayer(LayerNorm(x)))` (pre-norm, easier to train deep)."""
-        residual = x
+        `x + Dropout(sublayer(LayerNorm(x)))` (pre-norm, easier to train deep); the
+        norms are the sublayers `{name}_layer_norm` (and `{name}_post_norm`)."""
         if self.normalize_first:
-            x = layer_norm(x)
-        x = dropout(sublayer(x), training=training)
-        x = x + residual
-        if not self.normalize_first:
-            x = layer_norm(x)
-        return x
+            return x + self._branch(x, sublayer, name, training)
+        dropout = getattr(self, f"{name}_dropout")
+        return getattr(self, f"{name}_layer_norm")(x + dropout(sublayer(x), training=training))
+
+    def _branch(self, x, sublayer, name, training):
+        """The pre-norm residual branch `Dropout(sublayer(LayerNorm(x)))`, followed
+        by `{name}_post_norm` with `post_norm` (Gemma 2's sandwich norms)."""
+        x = getattr(self, f"{name}_layer_norm")(x)
+        x = getattr(self, f"{name}_dropout")(sublayer(x), training=training)
+        post_norm = getattr(self, f"{name}_post_norm")
+        return x if post_norm is None else post_norm(x)
 
     def _attention_sublayer(self, attention, scores, caches, value=None, **call_arguments):
         """The sublayer `x -> attention(x, value, **call_arguments)` for `_residual`
@@ -232,18 +313,30 @@ class _TransformerBlock(keras.layers.Layer):
         sublayer = self._attention_sublayer(
             attention, scores, caches, training=training, **call_arguments
         )
-        layer_norm, dropout = getattr(self, f"{name}_layer_norm"), getattr(self, f"{name}_dropout")
-        return self._residual(x, sublayer, layer_norm, dropout, training)
+        if self.parallel_residual and name == "self_attention":
+            # GPT-NeoX: the feed-forward reads the block's input too, and both
+            # branches add to it (`_feedforward_residual` then adds nothing).
+            attention_branch = self._branch(x, sublayer, name, training)
+            feedforward_branch = self._branch(
+                x, lambda y: self.feedforward(y, training=training), "feedforward", training
+            )
+            return x + attention_branch + feedforward_branch
+        return self._residual(x, sublayer, name, training)
 
     def _feedforward_residual(self, x, training):
-        """The feed-forward sublayer with its residual connection and normalization."""
+        """The feed-forward sublayer with its residual connection and normalization
+        (with `parallel_residual`, already added by the self-attention's step)."""
+        if self.parallel_residual:
+            return x
         return self._residual(
-            x,
-            lambda y: self.feedforward(y, training=training),
-            self.feedforward_layer_norm,
-            self.feedforward_dropout,
-            training,
+            x, lambda y: self.feedforward(y, training=training), "feedforward", training
         )
+
+    def _layer_norms(self):
+        """Every norm of the block (the cross-attention's once built)."""
+        names = ("self_attention", "cross_attention", "feedforward")
+        norms = [getattr(self, f"{name}_{kind}", None) for name in names for kind in _NORM_KINDS]
+        return tuple(norm for norm in norms if norm is not None)
 
     def _build_feedforward(self, shape):
         for layer_norm in self._layer_norms():
@@ -267,6 +360,11 @@ class _TransformerBlock(keras.layers.Layer):
                 "seed": self.seed,
                 "normalization": self.normalization,
                 "use_bias": self.use_bias,
+                "score_bias": _common.serialize_shared_layer(self.score_bias),
+                "post_norm": self.post_norm,
+                "parallel_residual": self.parallel_residual,
+                "num_experts": self.num_experts,
+                "num_experts_per_token": self.num_experts_per_token,
                 **{
                     key: value
                     if value is None or isinstance(value, (int, float, str))

@@ -17,7 +17,8 @@ class TransformerDecoder(_TransformerBlock):
     `x = LN(x + Dropout(CausalMHA(x, x)))`,
     `x = LN(x + Dropout(MHA(x, encoder_sequence)))` (only with `encoder_sequence`),
     `y = LN(x + Dropout(FFN(x)))`. `normalize_first=True` moves each LayerNorm to
-    the sublayer's input, as in :class:`TransformerEncoder`.
+    the sublayer's input, `post_norm` and `parallel_residual` (self-attention only)
+    as in :class:`TransformerEncoder`.
 
     Without `encoder_sequence` the block is a GPT-style decoder (no cross-attention
     weights are created). The cross-attention sublayers are created by `build` only
@@ -46,6 +47,8 @@ class TransformerDecoder(_TransformerBlock):
     Sublayers: `self_attention`, `self_attention_dropout`,
     `self_attention_layer_norm`, `cross_attention`, `cross_attention_dropout`,
     `cross_attention_layer_norm` (the last three `None` without cross-attention),
+    with `post_norm` `self_attention_post_norm`, `cross_attention_post_norm`,
+    `feedforward_post_norm`,
     `feedforward`, `feedforward_dropout`, `feedforward_layer_norm`. Parameters, with
     `d` decoder and `e` encoder features: `4 d h k + 3 h k + d` (self-attention)
     `+ 2 d h k + 2 e h k + 3 h k + d + 2 d` (cross-attention and its LayerNorm)
@@ -110,15 +113,11 @@ class TransformerDecoder(_TransformerBlock):
         self.self_attention = None
         self.self_attention_dropout = self._dropout("self_attention_dropout")
         self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
+        self.self_attention_post_norm = self._post_norm("self_attention_post_norm")
         self.cross_attention = None
         self.cross_attention_dropout = None
         self.cross_attention_layer_norm = None
-
-    def _layer_norms(self):
-        norms = (self.self_attention_layer_norm, self.feedforward_layer_norm)
-        if self.cross_attention_layer_norm is not None:
-            norms += (self.cross_attention_layer_norm,)
-        return norms
+        self.cross_attention_post_norm = None
 
     def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
         _validation.check_sequence(decoder_sequence_shape, "decoder_sequence")
@@ -127,10 +126,18 @@ class TransformerDecoder(_TransformerBlock):
         self.self_attention.build(decoder_sequence_shape, decoder_sequence_shape)
         if encoder_sequence_shape is not None:
             _validation.check_sequence(encoder_sequence_shape, "encoder_sequence")
+            if self.parallel_residual:
+                raise ValueError(
+                    "`parallel_residual=True` is for blocks without cross-attention "
+                    "(GPT-NeoX); this decoder was called with an `encoder_sequence`. "
+                    f"Received: parallel_residual=True, encoder_sequence.shape="
+                    f"{tuple(encoder_sequence_shape)}"
+                )
             self.cross_attention = self._attention(features, "cross_attention")
             self.cross_attention.build(decoder_sequence_shape, encoder_sequence_shape)
             self.cross_attention_dropout = self._dropout("cross_attention_dropout")
             self.cross_attention_layer_norm = self._layer_norm("cross_attention_layer_norm")
+            self.cross_attention_post_norm = self._post_norm("cross_attention_post_norm")
         self._build_feedforward(decoder_sequence_shape)
         self.built = True
 

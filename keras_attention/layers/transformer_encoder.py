@@ -16,10 +16,16 @@ class TransformerEncoder(_TransformerBlock):
     Pre-norm (`normalize_first=True`):
     `x = x + Dropout(MHA(LN(x), LN(x)))`, `y = x + Dropout(FFN(LN(x)))`; a stack
     of pre-norm blocks is usually followed by one final `LayerNormalization`.
+    Sandwich norms (`post_norm=True`, Gemma 2/3) normalize each sublayer's output too:
+    `x = x + PostLN(Dropout(MHA(LN(x))))`. Parallel residual
+    (`parallel_residual=True`, GPT-NeoX): `y = x + Dropout(MHA(LN_1(x))) +
+    Dropout(FFN(LN_2(x)))`, both sublayers reading the block's input.
 
     Sublayers: `self_attention` (`MultiHeadAttention`), `self_attention_dropout`,
-    `self_attention_layer_norm`, `feedforward` (:class:`FeedForward`),
-    `feedforward_dropout`, `feedforward_layer_norm`. With `d` features,
+    `self_attention_layer_norm`, `feedforward` (:class:`FeedForward`, made by
+    `_make_feedforward()`, which a subclass may override), `feedforward_dropout`,
+    `feedforward_layer_norm`, and with `post_norm` `self_attention_post_norm`,
+    `feedforward_post_norm` (else None). With `d` features,
     `h = num_heads`, `k = key_dim`, `f = intermediate_dim` the block has
     `4 d h k + 3 h k + d` (attention) `+ 2 d f + f + d` (FFN) `+ 4 d` (two
     LayerNorms) parameters.
@@ -44,13 +50,28 @@ class TransformerEncoder(_TransformerBlock):
         normalization: `"layer_norm"` (the paper) or `"rms_norm"` (:class:`RMSNorm`,
             Llama); `layer_norm_epsilon` is its epsilon.
         use_bias: `False` drops every bias: the projections', the feed-forward's
-            and the LayerNorms' offsets (Llama, PaLM).
+            and the LayerNorms' offsets (Llama, PaLM); or a tuple of the parts that
+            keep theirs, from `("query", "key", "value", "output", "feedforward",
+            "norm")` (`"norm"`: the LayerNorms' `center`; Qwen2: `("query", "key",
+            "value")`).
         num_key_value_heads, position_embedding, sliding_window, soft_cap,
-        query_norm, key_norm: passed to the self-attention's
-            :class:`MultiHeadAttention` (grouped-query heads, `"rotary"`, a window,
-            logit soft-capping, QK-norm); a decoder's cross-attention gets only
-            `num_key_value_heads`, `soft_cap` and the norms. `activation` may be
-            `"swiglu"`/`"geglu"` (a gated :class:`FeedForward`).
+        query_norm, key_norm, attention_scale, qk_norm_epsilon: passed to the
+            self-attention's :class:`MultiHeadAttention` (grouped-query heads,
+            `"rotary"`, a window, logit soft-capping, QK-norm, the scale of `Q K^T`,
+            the QK-norm epsilon); a decoder's cross-attention gets all but the
+            position embedding and the window. `activation` may be
+            `"gelu_tanh"`, or `"swiglu"`/`"geglu"`/`"geglu_tanh"` (a gated
+            :class:`FeedForward`).
+        score_bias: `None`, or a position bias layer (:class:`ALiBiBias`,
+            :class:`RelativePositionBias`) or its config, added to the
+            self-attention's scores. Not copied: blocks given the same instance
+            share it and its weights (T5's one relative table for a stack), and a
+            saved model reloads it shared.
+        post_norm: if `True` (needs `normalize_first=True`), sandwich norms: each
+            sublayer's output is normalized before the residual addition (Gemma 2/3).
+        parallel_residual: if `True` (needs `normalize_first=True`, no
+            cross-attention), the attention and the feed-forward both read the
+            block's input and add to it (GPT-NeoX, GPT-J).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -80,9 +101,7 @@ class TransformerEncoder(_TransformerBlock):
         self.self_attention = None
         self.self_attention_dropout = self._dropout("self_attention_dropout")
         self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
-
-    def _layer_norms(self):
-        return (self.self_attention_layer_norm, self.feedforward_layer_norm)
+        self.self_attention_post_norm = self._post_norm("self_attention_post_norm")
 
     def build(self, inputs_shape):
         _validation.check_sequence(inputs_shape, "inputs")

@@ -1,14 +1,13 @@
-"""keras-hub models to :class:`~keras_attention.models.CausalLanguageModel`.
+"""keras-hub models to :class:`~keras_attention.models.CausalLanguageModel` (decoder
+families) or :class:`~keras_attention.models.Seq2SeqTransformer` (BART, T5: the
+family module's `MODEL`).
 
 A registry keyed by the keras-hub backbone class (subclasses resolve through their
 bases: `Llama3Backbone` is a `LlamaBackbone`). Each family module gives two
-functions: `config(backbone)`, the `CausalLanguageModel` keyword arguments that build
+functions: `config(backbone)`, the model class' keyword arguments that build
 the same architecture, and `weights(backbone, model, transplant)`, the weight map
 (source path -> target variable, with the named transforms of `_transplant`).
 keras-hub itself is never imported here: the functions read the objects they get.
-
-The encoder-decoder families `bart` and `t5` (`BartBackbone`, `T5Backbone` ->
-`Seq2SeqTransformer`) give `config(backbone)` and `weights(backbone, model)`.
 
 Example (with keras-hub installed)::
 
@@ -37,15 +36,17 @@ FAMILIES = {
     "BloomBackbone": "bloom",
     "GemmaBackbone": "gemma",
     "Gemma3Backbone": "gemma",
+    "BartBackbone": "bart",
+    "T5Backbone": "t5",
 }
 
 
 def backbone_of(model):
-    """The keras-hub `Backbone` of `model` (a `CausalLM` or a `Backbone`)."""
+    """The keras-hub `Backbone` of `model` (a `CausalLM`, `Seq2SeqLM` or `Backbone`)."""
     backbone = getattr(model, "backbone", model)
     if not any(cls.__module__.startswith("keras_hub") for cls in type(backbone).__mro__):
         raise ValueError(
-            "Expected a keras-hub CausalLM or Backbone. "
+            "Expected a keras-hub CausalLM, Seq2SeqLM or Backbone. "
             f"Received: an object of type {type(model).__name__}"
         )
     return backbone
@@ -63,14 +64,14 @@ def family(backbone):
 
 
 def config(model):
-    """The `CausalLanguageModel` keyword arguments of a keras-hub model."""
+    """The model class' keyword arguments of a keras-hub model."""
     backbone = backbone_of(model)
     return family(backbone).config(backbone)
 
 
 def transplant(model, target):
     """Copy the weights of the keras-hub `model` into `target` (a built
-    `CausalLanguageModel` of :func:`config`); raises a `ValueError` naming every
+    model of :func:`config`); raises a `ValueError` naming every
     weight left unmapped on either side."""
     backbone = backbone_of(model)
     weights = Transplant(backbone.weights, target.weights)
@@ -80,7 +81,9 @@ def transplant(model, target):
 
 
 def convert(model, **options):
-    """A `CausalLanguageModel` with the architecture and weights of the keras-hub
-    `model` (`CausalLM` or `Backbone`); `options` override the converted arguments
+    """A `CausalLanguageModel` (or the family's `MODEL`, `Seq2SeqTransformer` for
+    BART and T5) with the architecture and weights of the keras-hub `model`
+    (`CausalLM`, `Seq2SeqLM` or `Backbone`); `options` override the converted arguments
     (e.g. `sequence_length`, `mask_zero`, `name`)."""
-    return transplant(model, CausalLanguageModel(**{**config(model), **options}))
+    model_class = getattr(family(backbone_of(model)), "MODEL", CausalLanguageModel)
+    return transplant(model, model_class(**{**config(model), **options}))

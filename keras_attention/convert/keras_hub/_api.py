@@ -8,16 +8,12 @@ loaded or a reference task built for `verify`.
 
 import importlib
 
-from keras_attention.convert.keras_hub import FAMILIES, backbone_of
-from keras_attention.convert.keras_hub import transplant as transplant_decoder
+from keras_attention.convert.keras_hub import FAMILIES, backbone_of, transplant
 from keras_attention.convert.keras_hub._verify import check_tolerance, verify_conversion
 from keras_attention.models import _conversion, _text
 from keras_attention.models.causal_language_model import CausalLanguageModel
 from keras_attention.models.seq2seq_transformer import Seq2SeqTransformer
 
-# keras-hub encoder-decoder backbone class name -> family module (`config(backbone)`,
-# `weights(backbone, model)`).
-SEQ2SEQ_FAMILIES = {"BartBackbone": "bart", "T5Backbone": "t5"}
 DTYPE_POLICIES = ("float32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float16")
 _TASKS = {CausalLanguageModel: "CausalLM", Seq2SeqTransformer: "Seq2SeqLM"}
 
@@ -59,6 +55,11 @@ def from_keras_hub(
             wrong shape; `tolerance` not positive; `verify` failing.
     """
     check_tolerance(tolerance)
+    if target is not None and target not in _TASKS:
+        raise ValueError(
+            "`target` must be CausalLanguageModel or Seq2SeqTransformer. "
+            f"Received: target={target!r}"
+        )
     source = _load(model_or_preset, target, dtype)
     backbone = backbone_of(source)
     family, target, config = _family(backbone, target, dtype)
@@ -66,10 +67,7 @@ def from_keras_hub(
     policy = dtype or backbone.dtype_policy.name
     with _conversion.dtype_policy_scope(policy):
         model = target(**{**config, **options})
-    if target is CausalLanguageModel:
-        transplant_decoder(backbone, model)
-    else:
-        family.weights(backbone, model)
+    transplant(backbone, model)
     if preprocessor is not None and target is CausalLanguageModel:
         _text.attach(model, preprocessor)
     if verify:
@@ -100,33 +98,24 @@ def _load(model_or_preset, target, dtype):
 def _family(backbone, target, dtype):
     """The family module, target class and target arguments of `backbone`; one
     `ValueError` listing every feature of the source this package cannot convert."""
-    names = [
-        cls.__name__ for cls in type(backbone).__mro__ if cls.__module__.startswith("keras_hub")
-    ]
-    decoder = next((FAMILIES[n] for n in names if n in FAMILIES), None)
-    seq2seq = next((SEQ2SEQ_FAMILIES[n] for n in names if n in SEQ2SEQ_FAMILIES), None)
+    names = [c.__name__ for c in type(backbone).__mro__ if c.__module__.startswith("keras_hub")]
+    name = next((FAMILIES[n] for n in names if n in FAMILIES), None)
     missing = _missing_features(backbone, dtype)
-    if decoder is None and seq2seq is None:
+    module = config = None
+    if name is None:
         missing.insert(
             0,
-            f"the backbone class {type(backbone).__name__} (supported: "
-            f"{sorted({**FAMILIES, **SEQ2SEQ_FAMILIES})})",
+            f"the backbone class {type(backbone).__name__} (supported: {sorted(FAMILIES)})",
         )
-    default = CausalLanguageModel if decoder else Seq2SeqTransformer
-    target = target or default
-    if target not in _TASKS:
-        raise ValueError(
-            "`target` must be CausalLanguageModel or Seq2SeqTransformer. "
-            f"Received: target={target!r}"
-        )
-    if (decoder or seq2seq) and target is not default:
-        missing.append(
-            f"a {type(backbone).__name__} as a {target.__name__} (it converts to a "
-            f"{default.__name__}: use {default.__name__}.from_keras_hub)"
-        )
-    module = config = None
-    if decoder or seq2seq:
-        module = importlib.import_module(f"keras_attention.convert.keras_hub.{decoder or seq2seq}")
+    else:
+        module = importlib.import_module(f"keras_attention.convert.keras_hub.{name}")
+        default = getattr(module, "MODEL", CausalLanguageModel)
+        target = target or default
+        if target is not default:
+            missing.append(
+                f"a {type(backbone).__name__} as a {target.__name__} (it converts to a "
+                f"{default.__name__}: use {default.__name__}.from_keras_hub)"
+            )
         try:  # a family's own refusals (e.g. an activation without a gated form)
             config = module.config(backbone)
         except ValueError as error:

@@ -1,6 +1,8 @@
 """What the keras-hub families share: the base config, the token table and output
 projection, and the attention and feed-forward weight maps."""
 
+import keras
+
 # keras-hub's names of the query, key, value and output projections (most families).
 ATTENTION_NAMES = ("query", "key", "value", "attention_output")
 GATED_NAMES = (
@@ -50,3 +52,13 @@ def gated_feedforward(transplant, path, feedforward, names=GATED_NAMES):
     targets = (feedforward.gate_dense, feedforward.intermediate_dense, feedforward.output_dense)
     for name, target in zip(names, targets):
         transplant.dense(f"{path}/{name}", target)
+
+
+def activation_name(function):
+    """The name of a keras-hub activation function (a Keras one, or keras-hub's
+    registered `gelu_approximate`) in this package's terms."""
+    name = keras.activations.serialize(function)
+    if isinstance(name, dict):
+        name = name.get("config")
+    name = str(name).split(">")[-1]
+    return {"gelu_approximate": "gelu_tanh"}.get(name, name)

@@ -1,9 +1,7 @@
-"""Weight transplants from keras-hub backbones: `Transplant` (the decoder families:
-copy by source path and target variable with small named transforms) and
-`SourceWeights` with `copy`/`assign` (the encoder-decoder families); either way every
-source weight must be consumed, or it raises naming the others."""
+"""`Transplant`: copy a keras-hub backbone's weights into a model of this package,
+by source path and target variable, with small named transforms; every source weight
+must be consumed and every target weight set, or it raises naming the others."""
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -39,7 +37,16 @@ class Transplant:
     """
 
     def __init__(self, source_weights, target_weights):
-        self.source = {weight.path: weight for weight in source_weights}
+        # Two weights may share a path (T5's relative biases, one a stack, are both
+        # `self_attention/embeddings`): the later ones are kept as `path (2)`, ...
+        self.source = {}
+        for weight in source_weights:
+            path, count = weight.path, 1
+            while path in self.source:
+                count += 1
+                path = f"{weight.path} ({count})"
+            self.source[path] = weight
+        self._paths = {id(weight): path for path, weight in self.source.items()}
         self.unused = set(self.source)
         self.unset = {id(weight): weight for weight in target_weights}
 
@@ -47,7 +54,14 @@ class Transplant:
         return path in self.source
 
     def take(self, path, transform=None):
-        """The source weight at `path` as a numpy array (marked as consumed)."""
+        """The source weight at `path` as a numpy array (marked as consumed);
+        `path` may also be the source variable itself (for layers keras-hub leaves
+        to Keras' automatic, numbered names, such as T5's `t5_layer_norm_<n>`, and
+        for weights that share a path)."""
+        if not isinstance(path, str):
+            if id(path) not in self._paths:
+                raise ValueError(f"{path.path!r} is not a weight of the keras-hub model.")
+            path = self._paths[id(path)]
         if path not in self.source:
             raise ValueError(
                 f"The keras-hub model has no weight {path!r}; it has {sorted(self.source)}."
@@ -90,67 +104,3 @@ class Transplant:
                 f"{sorted(self.unused)}; weights of the converted model not set: "
                 f"{sorted(weight.path for weight in self.unset.values())}."
             )
-
-
-class SourceWeights:
-    """The variables of a keras-hub backbone, each to be consumed by a transplant.
-
-    :meth:`take` returns a variable's value as numpy and marks it used;
-    :meth:`check_all_used` raises a `ValueError` naming the variables (by path)
-    that no rule consumed, so a source weight is never silently dropped.
-    """
-
-    def __init__(self, backbone, family):
-        self.family = family
-        self._left = {id(variable): variable for variable in backbone.weights}
-
-    def take(self, variable):
-        self._left.pop(id(variable), None)
-        return np.asarray(keras.ops.convert_to_numpy(variable))
-
-    def check_all_used(self):
-        if self._left:
-            paths = sorted(variable.path for variable in self._left.values())
-            raise ValueError(
-                f"The {self.family} transplant has no place for these weights of the "
-                f"keras-hub backbone: {paths}"
-            )
-
-
-def assign(target, value, source_path):
-    """`target.assign(value)` after checking the shapes (`value` reshaped to the
-    target when they hold the same number of values in the same order)."""
-    value = np.asarray(value)
-    shape = tuple(target.shape)
-    if value.size != int(np.prod(shape)):
-        raise ValueError(
-            f"Cannot place the keras-hub weight {source_path} {value.shape} in "
-            f"{target.path} {shape}."
-        )
-    target.assign(value.reshape(shape).astype(keras.backend.standardize_dtype(target.dtype)))
-
-
-def copy(weights, source, target):
-    """Copy the variable `source` into `target` (same values, maybe reshaped)."""
-    assign(target, weights.take(source), source.path)
-
-
-def keras_attention_layer(weights, source, target):
-    """A Keras `MultiHeadAttention` (keras-hub's blocks: `EinsumDense` kernels
-    `(features, heads, dim)`, output `(heads, dim, features)`) into this package's
-    `MultiHeadAttention` (`Dense` kernels `(features, heads * dim)` and
-    `(heads * dim, features)`): the same values, row-major."""
-    for part in ("query", "key", "value", "output"):
-        dense_in, dense_out = getattr(source, f"_{part}_dense"), getattr(target, f"{part}_dense")
-        copy(weights, dense_in.kernel, dense_out.kernel)
-        if dense_in.bias is not None:
-            copy(weights, dense_in.bias, dense_out.bias)
-
-
-def activation_name(function):
-    """The name of a keras-hub activation function in this package's terms."""
-    name = keras.activations.serialize(function)
-    if isinstance(name, dict):
-        name = name.get("config")
-    name = str(name).split(">")[-1]
-    return {"gelu_approximate": "gelu_tanh"}.get(name, name)

@@ -15,66 +15,49 @@ model is built with `mask_zero=False`: pass `encoder_padding_mask` (and a
 `prompt_mask` or token lists) to `generate`.
 """
 
-from keras_attention.convert.keras_hub import _transplant
+from keras_attention.convert.keras_hub import _common
+from keras_attention.models.seq2seq_transformer import Seq2SeqTransformer
+
+MODEL = Seq2SeqTransformer
 
 
 def config(backbone):
     """The :class:`Seq2SeqTransformer` keyword arguments of a `BartBackbone`."""
     block = backbone.encoder_transformer_layers[0]
-    return {
-        "vocabulary_size": backbone.vocabulary_size,
-        "sequence_length": backbone.max_sequence_length,
-        "num_layers": backbone.num_layers,
-        "embedding_dim": backbone.hidden_dim,
-        "num_heads": backbone.num_heads,
-        "intermediate_dim": backbone.intermediate_dim,
-        "dropout": backbone.dropout,
-        "position": "learned",
-        "share_embeddings": "tokens",
-        "tie_embeddings": True,
-        "mask_zero": False,
-        "activation": _transplant.activation_name(block.activation),
-        "layer_norm_epsilon": block.layer_norm_epsilon,
-        "embedding_norm": True,
-    }
+    return _common.base_config(
+        backbone,
+        backbone.num_heads,
+        sequence_length=backbone.max_sequence_length,
+        position="learned",
+        share_embeddings="tokens",
+        tie_embeddings=True,
+        activation=_common.activation_name(block.activation),
+        layer_norm_epsilon=block.layer_norm_epsilon,
+        embedding_norm=True,
+    )
 
 
-def weights(backbone, model):
-    """Copy every weight of the `BartBackbone` into `model` (built from
-    :func:`config`); a `ValueError` names any backbone weight left unplaced."""
-    source = _transplant.SourceWeights(backbone, "BART")
-    copy = _transplant.copy
-    copy(source, backbone.token_embedding.embeddings, model.encoder_embedding.embeddings)
+def weights(backbone, model, transplant):
+    """The weight map of a `BartBackbone` into `model` (built from :func:`config`)."""
+    transplant.copy("token_embedding/embeddings", model.encoder_embedding.embeddings)
     for side in ("encoder", "decoder"):
-        ours = getattr(model, f"{side}_embedding")
-        positions = getattr(backbone, f"{side}_position_embedding")
-        copy(source, positions.position_embeddings, ours.positions.position_embeddings)
-        norm = getattr(backbone, f"{side}_embeddings_layer_norm")
-        copy(source, norm.gamma, ours.norm.gamma)
-        copy(source, norm.beta, ours.norm.beta)
-        for theirs, block in zip(
-            getattr(backbone, f"{side}_transformer_layers"), getattr(model, f"{side}_layers")
-        ):
-            _block(source, theirs, block)
-    source.check_all_used()
-
-
-def _block(source, theirs, ours):
-    """A keras-hub `TransformerEncoder`/`TransformerDecoder` into ours."""
-    copy = _transplant.copy
-    for name in ("self_attention", "cross_attention"):
-        attention = getattr(theirs, f"_{name}_layer", None)
-        if attention is None:
-            continue
-        _transplant.keras_attention_layer(source, attention, getattr(ours, name))
-        norm, our_norm = getattr(theirs, f"_{name}_layer_norm"), getattr(ours, f"{name}_layer_norm")
-        copy(source, norm.gamma, our_norm.gamma)
-        copy(source, norm.beta, our_norm.beta)
-    for theirs_dense, ours_dense in (
-        (theirs._feedforward_intermediate_dense, ours.feedforward.intermediate_dense),
-        (theirs._feedforward_output_dense, ours.feedforward.output_dense),
-    ):
-        copy(source, theirs_dense.kernel, ours_dense.kernel)
-        copy(source, theirs_dense.bias, ours_dense.bias)
-    copy(source, theirs._feedforward_layer_norm.gamma, ours.feedforward_layer_norm.gamma)
-    copy(source, theirs._feedforward_layer_norm.beta, ours.feedforward_layer_norm.beta)
+        embedding = getattr(model, f"{side}_embedding")
+        transplant.copy(
+            f"{side}_position_embedding/embeddings", embedding.positions.position_embeddings
+        )
+        transplant.norm(f"{side}_embeddings_layer_norm", embedding.norm)
+        for i, block in enumerate(getattr(model, f"{side}_layers")):
+            path = f"transformer_{side}_layer_{i}"
+            attentions = ("self_attention_layer",)
+            if side == "decoder":  # keras-hub's decoder names its sublayers otherwise
+                attentions = ("self_attention", "cross_attention")
+            for name in attentions:
+                ours = name.removesuffix("_layer")
+                _common.attention(transplant, f"{path}/{name}", getattr(block, ours))
+                transplant.norm(f"{path}/{ours}_layer_norm", getattr(block, f"{ours}_layer_norm"))
+            feedforward = block.feedforward
+            transplant.dense(
+                f"{path}/feedforward_intermediate_dense", feedforward.intermediate_dense
+            )
+            transplant.dense(f"{path}/feedforward_output_dense", feedforward.output_dense)
+            transplant.norm(f"{path}/feedforward_layer_norm", block.feedforward_layer_norm)

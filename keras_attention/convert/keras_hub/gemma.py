@@ -33,10 +33,13 @@ def config(backbone):
     gemma3 = _unsupported(backbone)
     num_layers, hidden = backbone.num_layers, backbone.hidden_dim
     head_dim = backbone.head_dim
-    # Queries scaled by 1/sqrt(head_dim) (our default) or 1/sqrt(hidden / heads).
+    # Queries scaled by 1/sqrt(head_dim) (our default) or 1/sqrt(hidden // heads).
+    # Read from the attention layers: keras-hub 0.32's Gemma 1/2 blocks do not pass
+    # the backbone's `query_head_dim_normalize` on (their attention keeps True).
+    attention = backbone.transformer_layers[0].attention
     query_scale = None
-    if not backbone.query_head_dim_normalize:
-        query_scale = 1 / math.sqrt(hidden / backbone.num_query_heads)
+    if not attention.query_head_dim_normalize:
+        query_scale = 1 / math.sqrt(hidden // backbone.num_query_heads)
     options = {
         "style": "llama",
         "activation": "geglu_tanh",

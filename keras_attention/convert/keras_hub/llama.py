@@ -65,15 +65,17 @@ def weights(backbone, model, transplant):
                 transplant.norm(f"{path}/self_attention/{name}_dense_layernorm", norm)
         transplant.norm(f"{path}/feedforward_layernorm", layer.feedforward_layer_norm)
         if getattr(layer, "num_experts", None):
-            _experts(transplant, f"{path}/mixtral_sparse_moe_block", layer.feedforward)
+            _experts(transplant, backbone.transformer_layers[i], layer.feedforward)
         else:
             _common.gated_feedforward(transplant, path, layer.feedforward)
     transplant.norm("sequence_output_layernorm", model.final_norm_layer)
 
 
-def _experts(transplant, path, experts):
-    """Mixtral's router and stacked expert kernels `(experts, in, out)`."""
-    transplant.copy(f"{path}/sparse_feedforward_gate_dense/kernel", experts.router.kernel)
+def _experts(transplant, source, experts):
+    """Mixtral's router and stacked expert kernels `(experts, in, out)`, read by
+    attribute: keras-hub leaves the block's name to Keras' numbering."""
+    block = source._sparse_moe_block
+    transplant.copy(block._sparse_feedforward_gate_dense.kernel, experts.router.kernel)
     for name in ("gate", "intermediate", "output"):
-        target = getattr(experts, f"{name}_kernel")
-        transplant.copy(f"{path}/experts/expert_feedforward_{name}_dense", target)
+        source_kernel = getattr(block.expert_bank, f"_expert_feedforward_{name}_dense")
+        transplant.copy(source_kernel, getattr(experts, f"{name}_dense").kernel)

@@ -14,8 +14,10 @@ built with `mask_zero=False`: pass `encoder_padding_mask` (and a `prompt_mask` o
 token lists) to `generate`.
 """
 
-from keras_attention.convert.keras_hub import _transplant
+from keras_attention.convert.keras_hub import _common
+from keras_attention.models.seq2seq_transformer import Seq2SeqTransformer
 
+MODEL = Seq2SeqTransformer
 # keras-hub's gated feed-forward `act(x W_in) * (x W_gate)` by `act`, in this
 # package's names (the gate's activation first, as `FeedForward` computes it).
 _GATED = {"gelu": "geglu", "gelu_tanh": "geglu_tanh", "silu": "swiglu"}
@@ -28,7 +30,7 @@ def config(backbone, sequence_length=512):
 
     `sequence_length` is the model's nominal longest sequence (relative positions
     need no table, so it bounds nothing; T5 was trained on 512)."""
-    activation = _transplant.activation_name(backbone.activation)
+    activation = _common.activation_name(backbone.activation)
     if backbone.use_gated_activation:
         if activation not in _GATED:
             raise ValueError(
@@ -38,75 +40,66 @@ def config(backbone, sequence_length=512):
             )
         activation = _GATED[activation]
     tied = backbone.tie_embedding_weights
-    return {
-        "vocabulary_size": backbone.vocabulary_size,
-        "sequence_length": sequence_length,
-        "num_layers": backbone.num_layers,
-        "embedding_dim": backbone.hidden_dim,
-        "num_heads": backbone.num_heads,
-        "intermediate_dim": backbone.intermediate_dim,
-        "dropout": backbone.dropout,
-        "position": "relative",
-        "share_embeddings": True,
-        "tie_embeddings": tied,
-        "mask_zero": False,
-        "activation": activation,
-        "normalize_first": True,
-        "normalization": "rms_norm",
-        "layer_norm_epsilon": backbone.layer_norm_epsilon,
-        "use_bias": False,
-        "head_dim": backbone.key_value_dim,
-        "attention_scale": 1.0,
-        "relative_num_buckets": _BUCKETS,
-        "relative_max_distance": _MAX_DISTANCE,
-        "final_norm": True,
-        "output_scale": backbone.hidden_dim**-0.5 if tied else None,
-    }
+    return _common.base_config(
+        backbone,
+        backbone.num_heads,
+        sequence_length=sequence_length,
+        position="relative",
+        share_embeddings=True,
+        tie_embeddings=tied,
+        activation=activation,
+        normalize_first=True,
+        normalization="rms_norm",
+        layer_norm_epsilon=backbone.layer_norm_epsilon,
+        use_bias=False,
+        head_dim=backbone.key_value_dim,
+        attention_scale=1.0,
+        relative_num_buckets=_BUCKETS,
+        relative_max_distance=_MAX_DISTANCE,
+        final_norm=True,
+        output_scale=backbone.hidden_dim**-0.5 if tied else None,
+    )
 
 
-def weights(backbone, model):
-    """Copy every weight of the `T5Backbone` into `model` (built from
-    :func:`config`); a `ValueError` names any backbone weight left unplaced."""
-    source = _transplant.SourceWeights(backbone, "T5")
-    copy = _transplant.copy
+def weights(backbone, model, transplant):
+    """The weight map of a `T5Backbone` into `model` (built from :func:`config`).
+
+    By variable, not path: keras-hub numbers T5's norms per process
+    (`t5_layer_norm_<n>`) and gives both stacks' biases one path."""
     table = backbone.token_embedding
-    copy(source, table.embeddings, model.encoder_embedding.embeddings)
-    if not backbone.tie_embedding_weights:
-        copy(source, table.reverse_embeddings, model.lm_head.kernel)
+    transplant.copy(table.embeddings, model.encoder_embedding.embeddings)
+    if model.lm_head is not None:
+        transplant.copy(table.reverse_embeddings, model.lm_head.kernel)
     for side in ("encoder", "decoder"):
         layers = getattr(backbone, f"{side}_transformer_layers")
-        copy(
-            source,
+        transplant.copy(
             layers[0].self_attention.relative_attention_bias,
             getattr(model, f"{side}_position_bias").embeddings,
         )
         for theirs, ours in zip(layers, getattr(model, f"{side}_layers")):
-            _block(source, theirs, ours)
+            _block(transplant, theirs, ours)
         final = getattr(backbone, f"{side}_layer_norm")
-        copy(source, final.weight, getattr(model, f"{side}_final_norm").scale)
-    source.check_all_used()
+        transplant.copy(final.weight, getattr(model, f"{side}_final_norm").scale)
 
 
-def _block(source, theirs, ours):
+def _block(transplant, theirs, ours):
     """A `T5TransformerLayer` into our `TransformerEncoder`/`TransformerDecoder`."""
-    copy = _transplant.copy
     norms = [("self_attention", theirs.self_attention_layer_norm)]
     if theirs.is_decoder:
         norms.append(("cross_attention", theirs.cross_attention_layer_norm))
     for name, norm in norms:
         attention, target = getattr(theirs, name), getattr(ours, name)
         for part in ("query", "key", "value", "output"):
-            copy(
-                source,
+            transplant.copy(
                 getattr(attention, f"{part}_projector").kernel,
                 getattr(target, f"{part}_dense").kernel,
             )
-        copy(source, norm.weight, getattr(ours, f"{name}_layer_norm").scale)
+        transplant.copy(norm.weight, getattr(ours, f"{name}_layer_norm").scale)
     feedforward = ours.feedforward
     if theirs.use_gated_activation:  # act(x W_in) * (x W_gate): W_in is our gate
-        copy(source, theirs.input_projector.kernel, feedforward.gate_dense.kernel)
-        copy(source, theirs.gate_projector.kernel, feedforward.intermediate_dense.kernel)
+        transplant.copy(theirs.input_projector.kernel, feedforward.gate_dense.kernel)
+        transplant.copy(theirs.gate_projector.kernel, feedforward.intermediate_dense.kernel)
     else:
-        copy(source, theirs.input_projector.kernel, feedforward.intermediate_dense.kernel)
-    copy(source, theirs.output_projector.kernel, feedforward.output_dense.kernel)
-    copy(source, theirs.layer_norm.weight, ours.feedforward_layer_norm.scale)
+        transplant.copy(theirs.input_projector.kernel, feedforward.intermediate_dense.kernel)
+    transplant.copy(theirs.output_projector.kernel, feedforward.output_dense.kernel)
+    transplant.copy(theirs.layer_norm.weight, ours.feedforward_layer_norm.scale)
