@@ -92,9 +92,8 @@ def _llama_tokenizer():
 
 def _keras_hub_text(lm, prompt):
     """keras-hub's greedy `generate` of one prompt with `NEW_TOKENS` new tokens."""
-    length = len(
-        lm.preprocessor.generate_preprocess([prompt])["padding_mask"].numpy()[0].nonzero()[0]
-    )
+    mask = lm.preprocessor.generate_preprocess([prompt])["padding_mask"]
+    length = int(keras.ops.convert_to_numpy(mask).sum())
     return lm.generate([prompt], max_length=length + NEW_TOKENS)[0]
 
 
