@@ -408,6 +408,33 @@ CASES = {
         X,
         {},
     ),
+    "TransformerEncoder-experts": (
+        "TransformerEncoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "use_bias": False,
+            "num_experts": 3,
+            "num_experts_per_token": 2,
+        },
+        X,
+        {},
+    ),
+    "TransformerDecoder-mixtral": (
+        "TransformerDecoder",
+        {
+            "num_heads": 2,
+            "intermediate_dim": 7,
+            "activation": "swiglu",
+            "normalization": "rms_norm",
+            "normalize_first": True,
+            "use_bias": False,
+            "num_experts": 4,
+            "num_experts_per_token": 2,
+        },
+        X,
+        {},
+    ),
     "TransformerDecoder-neox": (
         "TransformerDecoder",
         {
