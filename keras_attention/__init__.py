@@ -11,8 +11,9 @@ __version__ = "0.1.0"
 # Modules: the attention function (`ops`) and the masks every layer is built on, the
 # model builders and text generation (`models`), saving and export (`export`), and
 # attention-map pictures (`plot`, which imports matplotlib only when it draws), and
-# layout maps for `keras.distribution` (`distribution`).
-from keras_attention import distribution, export, masks, models, ops, plot
+# layout maps for `keras.distribution` (`distribution`), and conversions from keras-hub
+# (`convert`, which registers the models' `from_keras_hub`).
+from keras_attention import convert, distribution, export, masks, models, ops, plot
 
 # Layers: the attentions, the positional encodings and the Transformer blocks.
 from keras_attention.layers.additive_attention import AdditiveAttention

@@ -237,7 +237,11 @@ def _write_saved_model(steps, folder, prompt_length, with_generate):
     token = tf.TensorSpec((None,), tf.int32, name="token")
     index = tf.TensorSpec((), tf.int32, name="index")
     archive = keras.export.ExportArchive()
-    archive.track(steps.model)
+    # The weights only, not the model object: a tokenizer kept on a converted model
+    # (`from_keras_hub`) holds lookup tables whose TF ops LiteRT's built-ins lack.
+    weights = tf.Module()
+    weights.model_variables = list(steps.model.variables)
+    archive.track(weights)
     if steps.seq2seq:
         source = [
             tf.TensorSpec((None, None), tf.int32, name="encoder_tokens"),

@@ -7,7 +7,7 @@ import warnings
 import keras
 
 from keras_attention.layers import _common
-from keras_attention.models import _parts
+from keras_attention.models import _conversion, _parts, _text
 
 
 def _quantizable(layer, mode):
@@ -43,7 +43,9 @@ class AdaptationMixin:
     `Seq2SeqTransformer`; both drop the compiled `generate` functions, which hold the
     variables they were traced with. Also the classes' `get_config`/`from_config`
     (constructor arguments, and which layers are quantized: the constructor makes
-    float layers, so `from_config` quantizes them again before weights load)."""
+    float layers, so `from_config` quantizes them again before weights load; a
+    dtype policy other than float32 and a keras-hub preprocessor, kept by
+    `from_keras_hub`)."""
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         """Quantize the weights of every `Dense` and the token table (Keras'
@@ -85,13 +87,23 @@ class AdaptationMixin:
         layers = quantized_layers(self)
         if layers:  # the sublayers are made by the constructor: quantize them on load
             config["quantized_layers"] = layers
+        # A converted model's dtype policy and keras-hub preprocessor (its vocabulary
+        # files are `.keras` assets of the attribute `preprocessor`).
+        config.update(_conversion.policy_config(self))
+        preprocessor = _text.serialize(self)
+        if preprocessor is not None:
+            config["preprocessor"] = preprocessor
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         layers = config.pop("quantized_layers", None)
-        model = cls(**config)
+        preprocessor = _text.deserialize(config.pop("preprocessor", None))
+        with _conversion.dtype_policy_scope(config.pop("dtype", None)):
+            model = cls(**config)
+        if preprocessor is not None:
+            _text.attach(model, preprocessor)
         if layers:
             (mode,) = set(layers.values())
             model.quantize(mode, filters=lambda layer: layer.path in layers)

@@ -6,7 +6,7 @@ import keras
 
 from keras_attention import _validation
 from keras_attention.layers.transformer_decoder import TransformerDecoder
-from keras_attention.models import _decoder_options, _parts
+from keras_attention.models import _conversion, _decoder_options, _parts, _text
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import deprecated, session, streaming
 from keras_attention.models.generation.loop import GenerativeMixin
@@ -216,6 +216,37 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
     def decoder_embedding(self):
         return self.embedding
 
+    @property
+    def tokenizer(self):
+        """The keras-hub tokenizer of `self.preprocessor` (kept by
+        :meth:`from_keras_hub` from a task with one), or `None`: with one,
+        :meth:`generate` takes and returns strings."""
+        return getattr(getattr(self, "preprocessor", None), "tokenizer", None)
+
+    @classmethod
+    def from_keras_hub(cls, model_or_preset, verify=True, tolerance=None, dtype=None, **options):
+        """This class with the architecture and weights of a keras-hub model.
+
+        The work is :func:`keras_attention.convert.from_keras_hub` (the layer above
+        the models registers it; see there for the families, what `verify` checks
+        and the tolerances).
+
+        Args:
+            model_or_preset: a keras-hub `CausalLM` (its preprocessor is kept: then
+                `generate` takes strings), a `Backbone`, or a preset name or folder
+                that `keras_hub.models.CausalLM.from_preset` loads.
+            verify: run a padded probe batch through both models and raise a
+                `ValueError` when their logits differ by more than `tolerance`.
+            tolerance: optional positive float (default 1e-4 in float32, 1e-2 in
+                float16, 5e-2 in bfloat16), relative to the largest reference logit
+                when that exceeds 1.
+            dtype: optional dtype policy name; default the source's.
+            **options: arguments of this class that override the converted ones
+                (`sequence_length`, `name`, ...).
+        """
+        convert = _conversion.converter("keras_hub")
+        return convert(cls, model_or_preset, verify, tolerance, dtype, **options)
+
     def generate(
         self,
         prompt,
@@ -289,7 +320,34 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
             prompt is each row's history followed by its new tokens (what
             `generate` of the whole history returns). With `return_state=True`,
             `(tokens, state)`.
+
+        Text: on a model with a :attr:`tokenizer`, `prompt` may be a string or a
+        list of strings; the preprocessor tokenizes them (adding its start token),
+        the same compiled loop runs on the ids (stopping by default at the
+        tokenizer's end token), and the result is the prompt and its continuation
+        as strings, without special tokens (a string for a string), as keras-hub's
+        `generate` returns.
         """
+        if _text.is_text(prompt):
+            return _text.generate_text(
+                self,
+                prompt,
+                prompt_mask,
+                max_new_tokens,
+                stop_token_ids,
+                lambda tokens, mask, stops: self._run_generate(
+                    tokens,
+                    max_new_tokens,
+                    mask,
+                    sampler,
+                    seed,
+                    stops,
+                    pad_token_id,
+                    compile,
+                    processors=processors,
+                    speculation=(draft_model, num_draft_tokens, prompt_lookup),
+                ),
+            )
         arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
         arguments += (stop_token_ids, pad_token_id, compile)
         _validation.check_bool(return_state, "return_state")

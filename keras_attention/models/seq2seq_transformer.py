@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_attention.layers.transformer_decoder import TransformerDecoder
-from keras_attention.models import _parts, _seq2seq_parts
+from keras_attention.models import _conversion, _parts, _seq2seq_parts
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import streaming
 from keras_attention.models.generation.loop import GenerativeMixin
@@ -207,6 +207,17 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         batch, length = ops.shape(padding_mask)[0], ops.shape(padding_mask)[1]
         sequence = ops.zeros((batch, length, self.embedding_dim), "float32")
         return EncoderState(sequence, padding_mask, list(cross_caches))
+
+    @classmethod
+    def from_keras_hub(cls, model_or_preset, verify=True, tolerance=None, dtype=None, **options):
+        """This class with the architecture and weights of a keras-hub BART or T5
+        model (a `Seq2SeqLM`, a `Backbone`, or a preset that
+        `keras_hub.models.Seq2SeqLM.from_preset` loads); the arguments are those of
+        :meth:`CausalLanguageModel.from_keras_hub`. The probe of `verify` is a
+        padded source batch and a padded target batch. The work is
+        :func:`keras_attention.convert.from_keras_hub`, registered by the layer above."""
+        convert = _conversion.converter("keras_hub")
+        return convert(cls, model_or_preset, verify, tolerance, dtype, **options)
 
     def generate(
         self,
