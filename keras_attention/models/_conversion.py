@@ -11,6 +11,44 @@ import keras
 _CONVERTERS = {}
 
 
+class ConvertibleMixin:
+    """`from_keras_hub` and `tokenizer` of the model classes."""
+
+    @property
+    def tokenizer(self):
+        """The keras-hub tokenizer of `self.preprocessor` (kept by
+        :meth:`from_keras_hub` from a causal task with one), or `None`: with one,
+        `generate` takes and returns strings."""
+        return getattr(getattr(self, "preprocessor", None), "tokenizer", None)
+
+    @classmethod
+    def from_keras_hub(cls, model_or_preset, verify=True, tolerance=None, dtype=None, **options):
+        """This class with the architecture and weights of a keras-hub model.
+
+        The work is :func:`keras_attention.convert.from_keras_hub` (the layer above
+        the models registers it; see there for the families, what `verify` checks
+        and the tolerances).
+
+        Args:
+            model_or_preset: a keras-hub task (a `CausalLM` for
+                `CausalLanguageModel`, whose preprocessor is kept: then `generate`
+                takes strings; a BART or T5 `Seq2SeqLM` for `Seq2SeqTransformer`),
+                a `Backbone`, or a preset name or folder that the task's
+                `from_preset` loads.
+            verify: run a padded probe batch (for encoder-decoders, a padded source
+                and a padded target) through both models and raise a `ValueError`
+                when their logits differ by more than `tolerance`.
+            tolerance: optional positive float (default 1e-4 in float32, 1e-2 in
+                float16, 5e-2 in bfloat16), relative to the largest reference logit
+                when that exceeds 1.
+            dtype: optional dtype policy name; default the source's.
+            **options: arguments of this class that override the converted ones
+                (`sequence_length`, `name`, ...).
+        """
+        convert = converter("keras_hub")
+        return convert(cls, model_or_preset, verify, tolerance, dtype, **options)
+
+
 def register(source, function):
     """Called by `keras_attention.convert.<source>` when it is imported (the package
     `keras_attention` imports it, so importing any part of the package registers it)."""

@@ -13,7 +13,9 @@ from keras_attention.models.generation.loop import GenerativeMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
+class CausalLanguageModel(
+    _conversion.ConvertibleMixin, AdaptationMixin, GenerativeMixin, keras.Model
+):
     """A decoder-only language model: next-token logits and compiled generation.
 
     tokens -> `TokenAndPositionEmbedding` (`embedding`, layer name
@@ -215,37 +217,6 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
     @property
     def decoder_embedding(self):
         return self.embedding
-
-    @property
-    def tokenizer(self):
-        """The keras-hub tokenizer of `self.preprocessor` (kept by
-        :meth:`from_keras_hub` from a task with one), or `None`: with one,
-        :meth:`generate` takes and returns strings."""
-        return getattr(getattr(self, "preprocessor", None), "tokenizer", None)
-
-    @classmethod
-    def from_keras_hub(cls, model_or_preset, verify=True, tolerance=None, dtype=None, **options):
-        """This class with the architecture and weights of a keras-hub model.
-
-        The work is :func:`keras_attention.convert.from_keras_hub` (the layer above
-        the models registers it; see there for the families, what `verify` checks
-        and the tolerances).
-
-        Args:
-            model_or_preset: a keras-hub `CausalLM` (its preprocessor is kept: then
-                `generate` takes strings), a `Backbone`, or a preset name or folder
-                that `keras_hub.models.CausalLM.from_preset` loads.
-            verify: run a padded probe batch through both models and raise a
-                `ValueError` when their logits differ by more than `tolerance`.
-            tolerance: optional positive float (default 1e-4 in float32, 1e-2 in
-                float16, 5e-2 in bfloat16), relative to the largest reference logit
-                when that exceeds 1.
-            dtype: optional dtype policy name; default the source's.
-            **options: arguments of this class that override the converted ones
-                (`sequence_length`, `name`, ...).
-        """
-        convert = _conversion.converter("keras_hub")
-        return convert(cls, model_or_preset, verify, tolerance, dtype, **options)
 
     def generate(
         self,

@@ -14,7 +14,9 @@ from keras_attention.models.generation.state import EncoderState
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
+class Seq2SeqTransformer(
+    _conversion.ConvertibleMixin, AdaptationMixin, GenerativeMixin, keras.Model
+):
     """An encoder-decoder Transformer ("Attention Is All You Need") with `generate()`.
 
     encoder tokens -> `encoder_embedding` -> `encoder_layers` (`TransformerEncoder`,
@@ -207,17 +209,6 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         batch, length = ops.shape(padding_mask)[0], ops.shape(padding_mask)[1]
         sequence = ops.zeros((batch, length, self.embedding_dim), "float32")
         return EncoderState(sequence, padding_mask, list(cross_caches))
-
-    @classmethod
-    def from_keras_hub(cls, model_or_preset, verify=True, tolerance=None, dtype=None, **options):
-        """This class with the architecture and weights of a keras-hub BART or T5
-        model (a `Seq2SeqLM`, a `Backbone`, or a preset that
-        `keras_hub.models.Seq2SeqLM.from_preset` loads); the arguments are those of
-        :meth:`CausalLanguageModel.from_keras_hub`. The probe of `verify` is a
-        padded source batch and a padded target batch. The work is
-        :func:`keras_attention.convert.from_keras_hub`, registered by the layer above."""
-        convert = _conversion.converter("keras_hub")
-        return convert(cls, model_or_preset, verify, tolerance, dtype, **options)
 
     def generate(
         self,
