@@ -112,6 +112,10 @@ class _TransformerBlock(keras.layers.Layer):
         self.num_experts_per_token = num_experts_per_token
         # Not copied: blocks given one instance share its weights (T5's one table).
         self.score_bias = _attention_options.score_bias_layer(score_bias, num_heads)
+        if isinstance(position_embedding, keras.layers.Layer):
+            # A template each attention copies (and builds): kept as its config, so
+            # the block holds no unbuilt layer (`model.quantize` refuses those).
+            position_embedding = keras.saving.serialize_keras_object(position_embedding)
         # Passed to every MultiHeadAttention of the block (validated there).
         self.attention_options = {
             "num_key_value_heads": num_key_value_heads,
@@ -233,11 +237,8 @@ class _TransformerBlock(keras.layers.Layer):
             )
 
     def _attention_options(self, self_attention):
+        # (a position embedding is a config: each attention deserializes its own copy)
         options = dict(self.attention_options)
-        if isinstance(options["position_embedding"], keras.layers.Layer):
-            # each attention gets its own copy (it has no weights)
-            layer = options["position_embedding"]
-            options["position_embedding"] = layer.__class__.from_config(layer.get_config())
         if self_attention:
             options["score_bias"] = self.score_bias  # the same instance, shared
         else:
