@@ -170,6 +170,7 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         stop_token_ids=None,
         pad_token_id=0,
         compile=True,
+        cache_dtype=None,
     ):
         """Decode a target for each source sequence; the encoder runs once.
 
@@ -180,8 +181,10 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             max_new_tokens: positive int.
             encoder_padding_mask: optional boolean `(batch, src_len)`, `True` for
                 real source tokens (with `mask_zero=True`, token 0 is padding too).
-            prompt_mask, sampler, seed, stop_token_ids, pad_token_id, compile: as
-                in :meth:`CausalLanguageModel.generate`.
+            prompt_mask, sampler, seed, stop_token_ids, pad_token_id, compile,
+                cache_dtype: as in :meth:`CausalLanguageModel.generate` (`"int8"`
+                quantizes the decoder's self-attention cache; the cross-attention
+                keys/values of the source stay float).
 
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`.
@@ -220,4 +223,5 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             pad_token_id,
             compile,
             encoder_inputs=(source, encoder_padding_mask.astype(bool)),
+            cache_dtype=cache_dtype,
         )

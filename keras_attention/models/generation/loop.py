@@ -19,6 +19,7 @@ Token id 0 is padding only for models built with `mask_zero=True`.
 import functools
 import numbers
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -27,6 +28,7 @@ from keras_attention.backend import generation as _backend
 from keras_attention.models import samplers as samplers_lib
 from keras_attention.models.generation.prompts import check_token_ids, left_align, prepare_prompt
 from keras_attention.models.generation.state import (
+    CACHE_DTYPES,
     CompiledFunctions,
     EncoderState,
     GenerationSettings,
@@ -45,7 +47,8 @@ class GenerativeMixin:
     The package-internal step API, used by `generate()` and `keras_attention.export`
     (traceable `keras.ops`, no argument checks):
 
-    - :meth:`initial_cache` `(batch_size, max_length)`: the zero key/value cache.
+    - :meth:`initial_cache` `(batch_size, max_length, cache_dtype=None)`: the zero
+      key/value cache (int8 with `cache_dtype="int8"`).
     - :meth:`call_with_cache` `(tokens, cache, index, key_mask=None,
       encoder_state=None, return_logits=True, cache_write_length=None)`: tokens at
       positions `index...` through the decoder, `(logits, cache)`: the prefill (the
@@ -67,11 +70,15 @@ class GenerativeMixin:
 
     # -- the step API ------------------------------------------------------------
 
-    def initial_cache(self, batch_size, max_length):
+    def initial_cache(self, batch_size, max_length, cache_dtype=None):
         """The zero key/value cache of `max_length` positions: a list with one
-        tensor per decoder layer (the layout of
-        `TransformerDecoder.get_initial_cache`)."""
-        return [layer.get_initial_cache(batch_size, max_length) for layer in self.decoder_layers]
+        cache per decoder layer (the layout of `TransformerDecoder.get_initial_cache`;
+        with `cache_dtype="int8"` each is a `QuantizedCache` of int8 keys/values and
+        float32 scales)."""
+        return [
+            layer.get_initial_cache(batch_size, max_length, cache_dtype)
+            for layer in self.decoder_layers
+        ]
 
     def call_with_cache(
         self,
@@ -133,7 +140,14 @@ class GenerativeMixin:
     left_align = staticmethod(left_align)
 
     def generate_graph(
-        self, tokens, mask, max_new_tokens, stop_token_ids=(), pad_token_id=0, encoder_inputs=()
+        self,
+        tokens,
+        mask,
+        max_new_tokens,
+        stop_token_ids=(),
+        pad_token_id=0,
+        encoder_inputs=(),
+        cache_dtype=None,
     ):
         """The greedy `generate()` loop as ops of the caller's trace (no checks, no
         compile cache): what a SavedModel's `generate` signature runs.
@@ -145,13 +159,15 @@ class GenerativeMixin:
             stop_token_ids, pad_token_id: checked token ids, as in `generate()`.
             encoder_inputs: `(encoder_tokens, encoder_padding_mask)` for
                 encoder-decoders.
+            cache_dtype: None or `"int8"`, as in `generate()`.
 
         Returns:
             int32 `(batch, width + max_new_tokens)`, laid out as `generate()` does.
         """
         tokens, lengths = left_align(tokens, mask)
+        sampler = samplers_lib.GreedySampler()
         settings = GenerationSettings(
-            max_new_tokens, samplers_lib.GreedySampler(), tuple(stop_token_ids), pad_token_id
+            max_new_tokens, sampler, tuple(stop_token_ids), pad_token_id, cache_dtype
         )
         seed = ops.zeros((2,), "int32")
         return self._generate_tensors(settings, "graph", tokens, lengths, seed, *encoder_inputs)
@@ -184,7 +200,7 @@ class GenerativeMixin:
         buffer = ops.concatenate([ops.cast(tokens, "int32"), padding], axis=1)
         in_prompt = ops.arange(total, dtype="int32")[None, :] < lengths[:, None]
         buffer = ops.where(in_prompt, buffer, settings.pad_token_id)
-        caches = self.initial_cache(batch, total)
+        caches = self.initial_cache(batch, total, settings.cache_dtype)
         # The prompt in one call, keeping the positions every row has: the loop starts
         # at the shortest prompt and runs the longer rows' next tokens from there.
         _, caches = self.call_with_cache(
@@ -278,7 +294,8 @@ class GenerativeMixin:
             scores = ops.where(in_prompt, scores, top_scores)
             order = ops.reshape(ops.cast(source, "int32") + batch_offset, (-1,))
             buffer, done, count = (ops.take(x, order, axis=0) for x in (buffer, done, count))
-            caches = [ops.take(cache, order, axis=0) for cache in caches]
+            # (an int8 cache's values and scales alike)
+            caches = keras.tree.map_structure(lambda x: ops.take(x, order, axis=0), caches)
             sampled = ops.cast(ops.reshape(top_ids % vocabulary, (-1,)), "int32")
             token, done, count = advance(
                 buffer, index, lengths, sampled, done, count, stop_ids, settings
@@ -313,6 +330,7 @@ class GenerativeMixin:
         pad_token_id,
         compile,
         encoder_inputs=(),
+        cache_dtype=None,
     ):
         embedding = self.decoder_embedding
         vocabulary = embedding.vocabulary_size
@@ -327,6 +345,7 @@ class GenerativeMixin:
         stop_token_ids = check_token_ids(stop_token_ids, "stop_token_ids", vocabulary)
         (pad_token_id,) = check_token_ids([pad_token_id], "pad_token_id", vocabulary)
         _validation.check_bool(compile, "compile")
+        _validation.check_one_of(cache_dtype, "cache_dtype", CACHE_DTYPES)
         longest = int(lengths.max())
         if embedding.position == "learned" and longest + max_new_tokens > embedding.sequence_length:
             raise ValueError(
@@ -334,7 +353,9 @@ class GenerativeMixin:
                 f"position table (sequence_length={embedding.sequence_length}). "
                 f"Received: prompt length {longest}, max_new_tokens={max_new_tokens}"
             )
-        settings = GenerationSettings(max_new_tokens, sampler, stop_token_ids, pad_token_id)
+        settings = GenerationSettings(
+            max_new_tokens, sampler, stop_token_ids, pad_token_id, cache_dtype
+        )
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
