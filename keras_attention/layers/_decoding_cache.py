@@ -89,7 +89,7 @@ def quantize(x, heads):
     scales = ops.max(ops.abs(split), axis=-1) / 127.0
     # An all-zero row (an empty slot's keys) keeps scale 0 and reads back as zeros.
     safe = ops.where(scales > 0, scales, ops.ones_like(scales))
-    q = ops.clip(ops.round(split / safe[..., None]), -127, 127)
+    q = ops.clip(ops.round(split / ops.expand_dims(safe, -1)), -127, 127)
     return ops.reshape(ops.cast(q, "int8"), shape), scales
 
 
@@ -98,7 +98,7 @@ def dequantize(values, scales, dtype="float32"):
     back as `dtype`: each head's row times its scale."""
     shape, heads = ops.shape(values), scales.shape[-1]
     split = ops.reshape(ops.cast(values, "float32"), (*shape[:2], heads, shape[2] // heads))
-    x = split * ops.cast(scales, "float32")[..., None]
+    x = split * ops.expand_dims(ops.cast(scales, "float32"), -1)  # (LiteRT: no [..., None])
     return ops.cast(ops.reshape(x, shape), dtype)
 
 
