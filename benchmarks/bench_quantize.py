@@ -10,7 +10,8 @@ means something, then quantized with `model.quantize` (Keras' own):
   hidden 256, 4 heads (head_dim 64), feed-forward 1024, RoPE (only the characters'
   ids occur in the text).
 
-Rows: the `.keras` file's bytes (float32, int8, int4: the ratio to float32); the
+Rows: the `.keras` file's bytes (the model without optimizer state: float32, int8,
+int4, the ratio to float32); the
 held-out perplexity (windows of the last 10% of the text, never trained on); greedy
 tokens/s of the compiled `generate` (float32 vs int8 weights, float cache, timed in
 turn a, b, a, b: fair on a busy machine; median of `--repeats`); the int8 cache: its
@@ -152,11 +153,15 @@ def measure(name, build, length, data, args, folder):
         x_train[: 32 * steps, :length], y_train[: 32 * steps, :length], batch_size=32, verbose=0
     )
     paths, perplexity, loaded = {}, {}, {}
-    paths["float32"] = os.path.join(folder, f"{name}_float32.keras")
-    model.save(paths["float32"])
+    checkpoint = os.path.join(folder, f"{name}_trained.keras")
+    model.save(checkpoint)  # with the optimizer's state: not what is deployed
     for mode in ("float32", "int8", "int4"):
-        loaded[mode] = keras.saving.load_model(paths["float32"])
-        if mode != "float32":
+        # The model alone (no optimizer state), as deployed: the sizes compared.
+        loaded[mode] = keras.saving.load_model(checkpoint, compile=False)
+        if mode == "float32":
+            paths[mode] = os.path.join(folder, f"{name}_float32.keras")
+            loaded[mode].save(paths[mode])
+        else:
             loaded[mode].quantize(mode)
             paths[mode] = os.path.join(folder, f"{name}_{mode}.keras")
             loaded[mode].save(paths[mode])

@@ -11,8 +11,10 @@ key/value cache (`generate(cache_dtype="int8")`), and is exported with its gener
 perplexity (the last 10% of the docstrings, never trained on) of each stage, the
 trainable fraction of LoRA, and greedy tokens per second with each cache.
 
-Writes `finetune_quantize_lora.keras`, `finetune_quantize_int8.keras` and (TensorFlow)
-`finetune_quantize_int8_generator/` under `saved_models/`.
+Writes `finetune_quantize_lora.keras` (the fine-tuned model, with its optimizer),
+`finetune_quantize_float32.keras` and `finetune_quantize_int8.keras` (the model alone,
+merged, in float32 and int8) and (TensorFlow) `finetune_quantize_int8_generator/`
+under `saved_models/`.
 
     python examples/finetune_quantize.py
     python examples/finetune_quantize.py --lora-rank 8 --smoke
@@ -138,8 +140,13 @@ def main(argv=None):
         model, os.path.join(args.output_dir, "finetune_quantize_lora.keras")
     )  # the LoRA factors merged into the kernels
 
-    # 3. int8 weights, from the saved (merged) model.
-    quantized = keras.saving.load_model(lora_path)
+    # 3. int8 weights, from the saved (merged) model; the float32 file to compare
+    # sizes with is the same model, also without the optimizer's state.
+    float_path = keras_attention.export.save_model(
+        keras.saving.load_model(lora_path, compile=False),
+        os.path.join(args.output_dir, "finetune_quantize_float32.keras"),
+    )
+    quantized = keras.saving.load_model(lora_path, compile=False)
     quantized.quantize("int8")
     int8_perplexity = perplexity(quantized, x_test, y_test)
     int8_path = keras_attention.export.save_model(
@@ -166,7 +173,7 @@ def main(argv=None):
         "base_perplexity": base_perplexity,
         "lora_perplexity": lora_perplexity,
         "int8_perplexity": int8_perplexity,
-        "lora_keras_bytes": _size(lora_path),
+        "float32_keras_bytes": _size(float_path),
         "int8_keras_bytes": _size(int8_path),
         "float_cache_tokens_per_second": float_speed,
         "int8_cache_tokens_per_second": int8_speed,
@@ -182,7 +189,7 @@ def main(argv=None):
             "LoRA trainable fraction": f"{lora_fraction:.2%} (rank {args.lora_rank})",
             "held-out perplexity": f"base {base_perplexity:.2f}, LoRA {lora_perplexity:.2f}, "
             f"LoRA + int8 {int8_perplexity:.2f} (uniform guess: {len(characters)})",
-            ".keras size": f"float32 {_size(lora_path) / 1e6:.2f} MB, "
+            ".keras size": f"float32 {_size(float_path) / 1e6:.2f} MB, "
             f"int8 {_size(int8_path) / 1e6:.2f} MB",
             "greedy tokens/s": f"float cache {float_speed:.0f}, int8 cache {int8_speed:.0f}",
             "int8 cache tokens = float cache tokens": f"{agreement:.0%} of positions",
