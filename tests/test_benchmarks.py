@@ -26,6 +26,8 @@ BACKEND = keras.backend.backend()
         ("bench_attention.py", ["--sliding-window", "16"], "tensorflow"),
         ("bench_generate.py", ["--backend", BACKEND], BACKEND),
         ("bench_speculative.py", ["--backend", BACKEND], BACKEND),
+        # Greedy speed of quantized weights is a TensorFlow target; sizes and perplexity too.
+        ("bench_quantize.py", [], "tensorflow"),
     ],
 )
 def test_benchmark_smoke(script, extra, backend):

@@ -20,10 +20,10 @@ B, MAX_LEN, KEY_F, VALUE_F = 2, 6, 4, 3
 
 def test_check_cache_passes_a_good_cache_and_normalizes_the_index():
     cache = np.zeros((B, MAX_LEN, KEY_F + VALUE_F), "float32")
-    checked, index = check_cache(cache, np.int64(2), (B, 3, KEY_F), KEY_F + VALUE_F)
+    checked, index = check_cache(cache, np.int64(2), (B, 3, KEY_F), (KEY_F + VALUE_F, 1))
     assert tuple(checked.shape) == cache.shape and index == 2 and type(index) is int
     _, index = check_cache(
-        cache, keras.ops.convert_to_tensor(4, "int16"), (B, 1, KEY_F), KEY_F + VALUE_F
+        cache, keras.ops.convert_to_tensor(4, "int16"), (B, 1, KEY_F), (KEY_F + VALUE_F, 1)
     )
     assert keras.backend.standardize_dtype(index.dtype) == "int32"
     assert int(to_numpy(index)) == 4
@@ -42,7 +42,7 @@ def test_check_cache_passes_a_good_cache_and_normalizes_the_index():
 )
 def test_check_cache_refuses(cache_shape, index, new_len, message):
     with pytest.raises(ValueError, match=message):
-        check_cache(np.zeros(cache_shape, "float32"), index, (B, new_len, KEY_F), 7)
+        check_cache(np.zeros(cache_shape, "float32"), index, (B, new_len, KEY_F), (7, 1))
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])

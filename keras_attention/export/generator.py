@@ -17,6 +17,11 @@ The exported functions, for a :class:`~keras_attention.models.CausalLanguageMode
 - `decode(token, cache, index) -> {"logits", "cache"}`: `token` int32 `(batch,)` is
   written at position `index` (int32 scalar); `logits` predict position `index + 1`.
 
+With `cache_dtype="int8"` the `cache` is int8 `(batch, max_length, cache_features)`:
+every layer's int8 keys and values, then the bytes of their float32 scales (per
+position and head, `tf.bitcast`), then the key mask (0 or 1) in the last channel; the
+app passes it back as it came, as with the float cache.
+
 A :class:`~keras_attention.models.Seq2SeqTransformer` adds the source:
 `prefill(encoder_tokens, encoder_mask, tokens, mask)` also returns `encoder_cache`
 (the cross-attention keys/values of every decoder layer and the source mask), which
@@ -39,7 +44,7 @@ a row at `stop_token_ids` and padding it with `pad_token_id`, with the logits
 processors given at export (`processors=`, their settings fixed): the one SavedModel
 export of generation (`keras_attention.models.export_generate` is deprecated).
 
-The steps are the models' package-internal step API (`initial_cache`,
+The steps (`export/_generator_steps.py`) are the models' package-internal step API (`initial_cache`,
 `call_with_cache`, `left_align`, `generate_graph`, and for seq2seq `encode` and
 `encoder_state_from_cache`), the same functions `model.generate` runs.
 """
@@ -48,12 +53,13 @@ import os
 import tempfile
 
 import keras
-from keras import ops
 
 from keras_attention import _validation
 from keras_attention.export import _atomic
+from keras_attention.export._generator_steps import Steps
 from keras_attention.models import processors as processors_lib
 from keras_attention.models.generation import GenerativeMixin, check_token_ids
+from keras_attention.models.generation.state import CACHE_DTYPES
 
 FORMATS = ("litert", "tf_saved_model")
 QUANTIZATIONS = (None, "dynamic_int8")
@@ -69,6 +75,7 @@ def export_generator(
     stop_token_ids=None,
     pad_token_id=0,
     processors=None,
+    cache_dtype=None,
 ):
     """Export `model`'s decoder as `prefill`/`decode` signatures (and `generate`).
 
@@ -101,6 +108,9 @@ def export_generator(
             `LogitsProcessor`s applied before the argmax of the SavedModel's
             `generate` signature, their settings fixed at export
             (`"tf_saved_model"` only).
+        cache_dtype: `None` (a float32 cache) or `"int8"` (the decoder's
+            self-attention cache quantized, as `model.generate(cache_dtype="int8")`;
+            a seq2seq model's `encoder_cache` stays float32).
 
     Returns:
         The absolute path written, as a string.
@@ -118,6 +128,7 @@ def export_generator(
     ```
     """
     _check_format(format, quantization, stop_token_ids, pad_token_id, processors)
+    _validation.check_one_of(cache_dtype, "cache_dtype", CACHE_DTYPES)
     max_length = _check_model(model, max_length, prompt_length)
     vocabulary = model.decoder_embedding.vocabulary_size
     generate_settings = (
@@ -140,12 +151,12 @@ def export_generator(
             raise ValueError(
                 f"`path` is an existing file; a SavedModel is a folder. Received: path={path!r}"
             )
-        steps = _Steps(model, max_length, check_width=True, generate_settings=generate_settings)
+        steps = Steps(model, max_length, True, generate_settings, cache_dtype)
         with _atomic.atomic_folder(path) as tmp_dir:
             _write_saved_model(steps, tmp_dir, prompt_length, with_generate=True)
         return path
     # LiteRT drops assertions; the app checks the width (see examples/litert_app.py).
-    steps = _Steps(model, max_length, check_width=False)
+    steps = Steps(model, max_length, False, cache_dtype=cache_dtype)
     _write_litert(steps, path, prompt_length, quantization)
     return path
 
@@ -233,7 +244,8 @@ def _write_saved_model(steps, folder, prompt_length, with_generate):
         tf.TensorSpec((None, width), tf.int32, name="tokens"),
         tf.TensorSpec((None, width), tf.bool, name="mask"),
     ]
-    cache = tf.TensorSpec((None, max_length, steps.cache_features), tf.float32, name="cache")
+    state_dtype = tf.int8 if steps.cache_dtype else tf.float32
+    cache = tf.TensorSpec((None, max_length, steps.cache_features), state_dtype, name="cache")
     token = tf.TensorSpec((None,), tf.int32, name="token")
     index = tf.TensorSpec((), tf.int32, name="index")
     archive = keras.export.ExportArchive()
@@ -260,129 +272,3 @@ def _write_saved_model(steps, folder, prompt_length, with_generate):
         if with_generate:
             archive.add_endpoint("generate", steps.generate, tokens)
     archive.write_out(folder, verbose=False)
-
-
-class _Steps:
-    """The traced functions: the model's step API, with the per-layer caches and the
-    key mask packed into one tensor (the state an app passes back)."""
-
-    def __init__(self, model, max_length, check_width, generate_settings=((), 0, ())):
-        self.model = model
-        self.max_length = max_length
-        self.check_width = check_width
-        self.stop_token_ids, self.pad_token_id, self.processors = generate_settings
-        self.seq2seq = hasattr(model, "encode")
-        self.mask_zero = model.decoder_embedding.mask_zero
-        self.num_layers = len(model.decoder_layers)
-        caches = model.initial_cache(1, max_length)
-        self.layer_features = caches[0].shape[-1]
-        # Positions each layer's cache holds: `max_length`, or a sliding window's ring.
-        self.layer_slots = [cache.shape[1] for cache in caches]
-        self.cache_features = self.num_layers * self.layer_features + 1
-
-    # -- packing the per-layer caches and the key mask into one tensor --------------
-
-    def _pack(self, caches, key_mask):
-        flags = ops.expand_dims(ops.cast(key_mask, "float32"), -1)
-        rows = [
-            ops.pad(ops.cast(cache, "float32"), [[0, 0], [0, self.max_length - slots], [0, 0]])
-            for cache, slots in zip(caches, self.layer_slots)
-        ]
-        return ops.concatenate(rows + [flags], axis=-1)
-
-    def _unpack(self, state):
-        size = self.layer_features
-        caches = [
-            state[:, :slots, i * size : (i + 1) * size] for i, slots in enumerate(self.layer_slots)
-        ]
-        return caches, state[..., -1] > 0.5
-
-    def _checked(self, tokens):
-        """`tokens`, after a run-time check that the prompt leaves room in the cache."""
-        if not self.check_width:
-            return tokens
-        import tensorflow as tf
-
-        width = tf.shape(tokens)[1]
-        check = tf.debugging.assert_less(
-            width,
-            self.max_length,
-            message=f"The prompt width must be smaller than max_length={self.max_length} "
-            "(prompt plus new tokens); received a wider `tokens`",
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(tokens)
-
-    # -- prefill and decode -----------------------------------------------------------
-
-    def _prefill(self, tokens, mask, encoder_state):
-        tokens, lengths = self.model.left_align(self._checked(tokens), mask)
-        batch, width = ops.shape(tokens)[0], ops.shape(tokens)[1]
-        columns = ops.arange(self.max_length, dtype="int32")[None, :]
-        padded = ops.pad(tokens, [[0, 0], [0, self.max_length - width]])
-        key_mask = ops.logical_and(columns < lengths[:, None], ops.not_equal(padded, 0))
-        if not self.mask_zero:
-            key_mask = columns < lengths[:, None]
-        # The cache keeps the positions every row has: the app's loop starts there.
-        logits, caches = self.model.call_with_cache(
-            tokens,
-            self.model.initial_cache(batch, self.max_length),
-            0,
-            key_mask if self.mask_zero else None,
-            encoder_state,
-            cache_write_length=ops.min(lengths),
-        )
-        last = ops.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-        return {"logits": ops.cast(last, "float32"), "cache": self._pack(caches, key_mask)}
-
-    def _decode(self, token, cache, index, encoder_state):
-        caches, key_mask = self._unpack(cache)
-        token = ops.cast(token, "int32")[:, None]
-        index = ops.cast(index, "int32")
-        valid = ops.not_equal(token, 0) if self.mask_zero else ops.ones_like(token, "bool")
-        key_mask = ops.slice_update(key_mask, [0, index], valid)
-        logits, caches = self.model.call_with_cache(
-            token, caches, index, key_mask if self.mask_zero else None, encoder_state
-        )
-        return {"logits": ops.cast(logits[:, 0], "float32"), "cache": self._pack(caches, key_mask)}
-
-    def prefill(self, tokens, mask):
-        return self._prefill(tokens, mask, None)
-
-    def decode(self, token, cache, index):
-        return self._decode(token, cache, index, None)
-
-    def prefill_seq2seq(self, encoder_tokens, encoder_mask, tokens, mask):
-        encoder_state = self.model.encode(encoder_tokens, encoder_mask)
-        outputs = self._prefill(tokens, mask, encoder_state)
-        outputs["encoder_cache"] = self._pack(
-            encoder_state.cross_caches, encoder_state.padding_mask
-        )
-        return outputs
-
-    def decode_seq2seq(self, token, cache, encoder_cache, index):
-        caches, mask = self._unpack(encoder_cache)
-        encoder_state = self.model.encoder_state_from_cache(caches, mask)
-        return self._decode(token, cache, index, encoder_state)
-
-    # -- the whole greedy loop (SavedModel only: LiteRT has no loop of this kind) -----
-
-    def _generate(self, tokens, mask, encoder_inputs):
-        tokens = self._checked(tokens)
-        return {
-            "tokens": self.model.generate_graph(
-                tokens,
-                mask,
-                self.max_length - ops.shape(tokens)[1],
-                self.stop_token_ids,
-                self.pad_token_id,
-                encoder_inputs,
-                self.processors,
-            )
-        }
-
-    def generate(self, tokens, mask):
-        return self._generate(tokens, mask, ())
-
-    def generate_seq2seq(self, encoder_tokens, encoder_mask, tokens, mask):
-        return self._generate(tokens, mask, (encoder_tokens, encoder_mask))

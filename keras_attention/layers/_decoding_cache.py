@@ -36,15 +36,85 @@ tokens of the previous one end (or one position before, writing that key again):
 positions kept past the next `cache_index` would have evicted keys the window still
 sees.
 
-keras-hub's layout. keras-hub's `CachedMultiHeadAttention` and Transformer blocks keep
-keys and values apart: `(batch, 2, length, heads, head_dim)`, `[:, 0]` the keys and
-`[:, 1]` the values. It holds the same numbers as this layout when `key_dim ==
-value_dim`: `from_stacked` and `to_stacked` convert between the two.
+Int8 cache (`dtype="int8"`). A `QuantizedCache(values, scales)`: `values` int8 in the
+layout above, `scales` float32 `(batch, length, 2 * num_key_value_heads)`, one scale
+per position and key head, then one per position and value head. A head's row `x` is
+stored as `round(x / s)` with `s = max|x| / 127` (symmetric, in [-127, 127]) and read
+as `q * s`, so the error is at most `s / 2` (llama.cpp's `q8_0`, per head instead of
+per 32 values). The new tokens of a call attend to their exact keys and values; only
+the positions read back from the cache are quantized. Bytes per position and head:
+`2 * head_dim + 8` instead of `8 * head_dim` in float32 (0.28x at `head_dim` 32).
 """
 
+import collections
+
+import keras
 from keras import ops
 
 from keras_attention import _validation, masks
+
+
+class QuantizedCache(collections.namedtuple("QuantizedCache", ["values", "scales"])):
+    """An int8 decoding cache (see above): two tensors, a nested structure for
+    `while_loop` states and `keras.tree.map_structure` (beam search's reordering);
+    `shape` and `dtype` are those of `values`, as for a float cache."""
+
+    __slots__ = ()
+
+    @property
+    def shape(self):
+        return self.values.shape
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+
+def rows(cache):
+    """The tensor whose rows are the cache's positions (the int8 values of a
+    `QuantizedCache`)."""
+    return cache.values if isinstance(cache, QuantizedCache) else cache
+
+
+def output_spec(cache):
+    """The symbolic `KerasTensor`(s) of a cache returned by a call."""
+    return keras.tree.map_structure(lambda x: keras.KerasTensor(x.shape, dtype=x.dtype), cache)
+
+
+def quantize(x, heads):
+    """`x` `(batch, n, heads * dim)` as int8 `(batch, n, heads * dim)` and float32
+    scales `(batch, n, heads)`: each head's row `round(x / s)`, `s = max|x| / 127`."""
+    shape = ops.shape(x)
+    split = ops.reshape(ops.cast(x, "float32"), (*shape[:2], heads, x.shape[-1] // heads))
+    scales = ops.max(ops.abs(split), axis=-1) / 127.0
+    # An all-zero row (an empty slot's keys) keeps scale 0 and reads back as zeros.
+    safe = ops.where(scales > 0, scales, ops.ones_like(scales))
+    q = ops.clip(ops.round(split / ops.expand_dims(safe, -1)), -127, 127)
+    return ops.reshape(ops.cast(q, "int8"), shape), scales
+
+
+def dequantize(values, scales, dtype="float32"):
+    """int8 `values` `(batch, n, heads * dim)` and `scales` `(batch, n, heads)` read
+    back as `dtype`: each head's row times its scale."""
+    shape, heads = ops.shape(values), scales.shape[-1]
+    split = ops.reshape(ops.cast(values, "float32"), (*shape[:2], heads, shape[2] // heads))
+    x = split * ops.expand_dims(ops.cast(scales, "float32"), -1)  # (LiteRT: no [..., None])
+    return ops.cast(ops.reshape(x, shape), dtype)
+
+
+def _quantized_update(keys, values, heads):
+    """The new tokens' keys and values as a `QuantizedCache` update."""
+    quantized = [quantize(x, heads) for x in (keys, values)]
+    return QuantizedCache(*(ops.concatenate(parts, axis=-1) for parts in zip(*quantized)))
+
+
+def _read(cache, split, dtype):
+    """A cache's keys and values (the first `split` features, the rest) as `dtype`."""
+    if not isinstance(cache, QuantizedCache):
+        return ops.cast(cache[..., :split], dtype), ops.cast(cache[..., split:], dtype)
+    values, scales, heads = cache.values, cache.scales, cache.scales.shape[-1] // 2
+    keys = dequantize(values[..., :split], scales[..., :heads], dtype)
+    return keys, dequantize(values[..., split:], scales[..., heads:], dtype)
 
 
 def check_call_arguments(cache, cache_index, key_value_cache, write_length=None):
@@ -68,9 +138,11 @@ def check_call_arguments(cache, cache_index, key_value_cache, write_length=None)
         )
 
 
-def initial_cache(batch_size, max_length, features, window, dtype):
-    """An empty cache of `features` per position: zeros `(batch_size, max_length,
-    features)`, or `min(max_length, window)` positions for a ring."""
+def initial_cache(batch_size, max_length, layout, window, dtype):
+    """An empty cache of a layer whose `layout` is `(features, heads)` (the features
+    of a position, the key/value heads): zeros `(batch_size, max_length, features)`,
+    or `min(max_length, window)` positions for a ring; with `dtype="int8"` a
+    `QuantizedCache` of that shape and zero scales `(..., 2 * heads)`."""
     batch_size = _validation.check_index(batch_size, "batch_size", positive=True)
     max_length = _validation.check_index(max_length, "max_length", positive=True)
     if window is not None and isinstance(max_length, int):
@@ -78,7 +150,17 @@ def initial_cache(batch_size, max_length, features, window, dtype):
         max_length = min(max_length, window)
     elif window is not None:
         max_length = ops.minimum(max_length, window)
-    return ops.zeros((batch_size, max_length, features), dtype=dtype)
+    (features, heads), dtype = layout, keras.backend.standardize_dtype(dtype)
+    shape = (batch_size, max_length, features)
+    if dtype == "int8":
+        scales = ops.zeros((batch_size, max_length, 2 * heads), "float32")
+        return QuantizedCache(ops.zeros(shape, "int8"), scales)
+    if "float" not in dtype:
+        raise ValueError(
+            "`dtype` of a decoding cache must be a float dtype or 'int8' (quantized "
+            f"keys and values). Received: dtype={dtype!r}"
+        )
+    return ops.zeros(shape, dtype=dtype)
 
 
 def key_length(cache_length, new_len, window):
@@ -90,11 +172,12 @@ def key_length(cache_length, new_len, window):
 
 
 def update(
-    cache, cache_index, keys, values, features, window, q_len, write_length=None, **mask_arguments
+    cache, cache_index, keys, values, layout, window, q_len, write_length=None, **mask_arguments
 ):
     """One decoding step: check the cache, write the new tokens' `keys` and `values`
     `(batch, new_len, ...)` (the first `write_length` of them when given), and build
-    the mask of the `q_len` new queries.
+    the mask of the `q_len` new queries. `layout` is `(features, heads)`, as for
+    `initial_cache`.
 
     `mask_arguments` are `query_mask`, `key_padding` (the new tokens' padding) and
     `attention_mask`. Returns `(new_cache, keys, values, mask, cache_index,
@@ -102,7 +185,7 @@ def update(
     as an int or an int32 scalar tensor, and the keys' absolute positions for a ring
     (None for the full cache, whose key `j` is at position `j`).
     """
-    cache, cache_index = check_cache(cache, cache_index, keys.shape, features, window=window)
+    cache, cache_index = check_cache(cache, cache_index, keys.shape, layout, window=window)
     write_length = check_write_length(write_length, keys.shape[1])
     if window is not None:
         new_cache, keys, values, mask, key_positions = ring_cache_step(
@@ -110,15 +193,17 @@ def update(
         )
         return new_cache, keys, values, mask, cache_index, key_positions
     new_cache, keys, values = write_cache(cache, cache_index, keys, values, write_length)
-    mask = cached_key_mask(cache_index, ops.shape(cache)[1], q_len, **mask_arguments)
+    mask = cached_key_mask(cache_index, ops.shape(rows(cache))[1], q_len, **mask_arguments)
     return new_cache, keys, values, mask, cache_index, None
 
 
-def check_cache(cache, cache_index, keys_shape, features, window=None):
+def check_cache(cache, cache_index, keys_shape, layout, window=None):
     """Check `cache` against the projected new keys `(batch, new_len, ...)` and the
-    cache's `features`; return the cache as a tensor and `cache_index` as an int or an
-    int32 scalar tensor."""
-    cache = ops.convert_to_tensor(cache)
+    cache's `layout` `(features, heads)`; return the cache as a tensor (or a
+    `QuantizedCache` of tensors) and `cache_index` as an int or an int32 scalar."""
+    (features, heads), quantized = layout, isinstance(cache, QuantizedCache)
+    convert = ops.convert_to_tensor
+    cache = QuantizedCache(*map(convert, cache)) if quantized else convert(cache)
     expected = (keys_shape[0], None, features)
     if len(cache.shape) != 3 or not _validation.compatible(tuple(cache.shape), expected):
         raise ValueError(
@@ -126,6 +211,8 @@ def check_cache(cache, cache_index, keys_shape, features, window=None):
             f"(key_dim + value_dim)) = {expected}, as made by "
             f"`get_initial_cache`. Received: cache.shape={tuple(cache.shape)}"
         )
+    if quantized:
+        _check_quantized(cache, heads)
     cache_index = _validation.check_index(cache_index, "cache_index")
     new_len, max_length = keys_shape[1], cache.shape[1]
     # A ring of `window` slots may wrap around; a shorter cache (max_length < window)
@@ -143,6 +230,23 @@ def check_cache(cache, cache_index, keys_shape, features, window=None):
             f"Received: cache_index={cache_index}"
         )
     return cache, cache_index
+
+
+def _check_quantized(cache, heads):
+    """A `QuantizedCache`'s dtypes and the shape of its scales."""
+    expected = tuple(cache.values.shape[:2]) + (2 * heads,)
+    dtypes = [keras.backend.standardize_dtype(x.dtype) for x in cache]
+    if dtypes[0] != "int8" or "float" not in dtypes[1]:
+        raise ValueError(
+            "A `QuantizedCache` holds int8 `values` and float `scales`. Received: "
+            f"values.dtype={dtypes[0]}, scales.dtype={dtypes[1]}"
+        )
+    shape = tuple(cache.scales.shape)
+    if len(shape) != 3 or not _validation.compatible(shape, expected):
+        raise ValueError(
+            "A `QuantizedCache`'s `scales` must have shape (batch, max_length, 2 * "
+            f"num_key_value_heads) = {expected}. Received: scales.shape={shape}"
+        )
 
 
 def check_write_length(write_length, new_len):
@@ -164,19 +268,31 @@ def write_cache(cache, cache_index, keys, values, write_length=None):
     `[cache_index, cache_index + new_len)`; return the new cache and all the cached
     keys and values (in the dtypes of `keys` and `values`). With `write_length`, the
     returned keys and values hold every new token, the new cache only the first
-    `write_length`."""
-    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
+    `write_length`. A `QuantizedCache` stores them quantized; the returned keys and
+    values are the cache read back, with the new tokens' exact ones."""
+    new = ops.concatenate([keys, values], axis=-1)
     zero = ops.zeros((), "int32")
     start = [zero, ops.cast(cache_index, "int32"), zero]
-    attended = ops.slice_update(cache, start, update)
     split = keys.shape[-1]
+    if isinstance(cache, QuantizedCache):
+        update = _quantized_update(keys, values, cache.scales.shape[-1] // 2)
+        attended = ops.slice_update(ops.concatenate(_read(cache, split, new.dtype), -1), start, new)
+    else:
+        update = ops.cast(new, cache.dtype)
+        attended = ops.slice_update(cache, start, update)
     all_keys = ops.cast(attended[..., :split], keys.dtype)
     all_values = ops.cast(attended[..., split:], values.dtype)
-    if write_length is None:
+    if write_length is None and not isinstance(cache, QuantizedCache):
         return attended, all_keys, all_values
-    kept = ops.arange(ops.shape(update)[1], dtype="int32")[None, :, None] < write_length
-    update = ops.where(kept, update, ops.slice(cache, start, ops.shape(update)))
-    return ops.slice_update(cache, start, update), all_keys, all_values
+
+    def write(part, rows_update):
+        if write_length is not None:
+            kept = ops.arange(ops.shape(rows_update)[1], dtype="int32")[None, :, None]
+            previous = ops.slice(part, start, ops.shape(rows_update))
+            rows_update = ops.where(kept < write_length, rows_update, previous)
+        return ops.slice_update(part, start, rows_update)
+
+    return keras.tree.map_structure(write, cache, update), all_keys, all_values
 
 
 def cached_key_mask(
@@ -221,7 +337,7 @@ def ring_cache_step(
     """One call with a sliding-window ring cache of `S` slots (see the module
     docstring): return the new ring, all keys and values (the ring before the write,
     then the new tokens), their mask and the keys' absolute positions."""
-    slots = ops.shape(cache)[1]
+    slots = ops.shape(rows(cache))[1]
     new_len = ops.shape(keys)[1]
     index = ops.cast(cache_index, "int32")
     slot = ops.arange(slots, dtype="int32")
@@ -254,7 +370,6 @@ def ring_cache_step(
     mask = masks.combine_masks(mask, visible)
 
     # Write the last `min(n, S)` of the `n` kept new tokens (distinct slots).
-    update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
     count = new_len if write_length is None else write_length
     token = ops.arange(new_len, dtype="int32")[:, None]
     written = (
@@ -262,35 +377,23 @@ def ring_cache_step(
         & (token < count)
         & (token >= count - slots)
     )
-    written = ops.cast(written, cache.dtype)
-    kept = 1 - ops.max(written, axis=0)
-    new_cache = cache * kept[None, :, None] + ops.einsum("ns,bnf->bsf", written, update)
     split = keys.shape[-1]
-    all_keys = ops.concatenate([ops.cast(cache[..., :split], keys.dtype), keys], axis=1)
-    all_values = ops.concatenate([ops.cast(cache[..., split:], values.dtype), values], axis=1)
+    old_keys, old_values = _read(cache, split, keys.dtype)
+    if isinstance(cache, QuantizedCache):
+        update = _quantized_update(keys, values, cache.scales.shape[-1] // 2)
+    else:
+        update = ops.cast(ops.concatenate([keys, values], axis=-1), cache.dtype)
+
+    def write(part, rows_update):
+        # int8 rows are written in float32, exactly: one token at most goes to a slot
+        dtype = "float32" if "int" in keras.backend.standardize_dtype(part.dtype) else part.dtype
+        selected = ops.cast(written, dtype)
+        kept = 1 - ops.max(selected, axis=0)
+        new = ops.cast(part, dtype) * kept[None, :, None]
+        new = new + ops.einsum("ns,bnf->bsf", selected, ops.cast(rows_update, dtype))
+        return ops.cast(new, part.dtype)
+
+    new_cache = keras.tree.map_structure(write, cache, update)
+    all_keys = ops.concatenate([old_keys, keys], axis=1)
+    all_values = ops.concatenate([old_values, ops.cast(values, keys.dtype)], axis=1)
     return new_cache, all_keys, all_values, mask, key_positions
-
-
-def from_stacked(cache, num_heads, head_dim, name):
-    """keras-hub's cache `(batch, 2, length, num_heads, head_dim)` in this layout,
-    `(batch, length, 2 * num_heads * head_dim)`."""
-    cache = ops.convert_to_tensor(cache)
-    expected = (None, 2, None, num_heads, head_dim)
-    if len(cache.shape) != 5 or not _validation.compatible(tuple(cache.shape), expected):
-        raise ValueError(
-            f"`{name}` in keras-hub's layout must have shape (batch, 2, length, "
-            f"num_heads, head_dim) = {expected}. Received: {name}.shape={tuple(cache.shape)}"
-        )
-    length = ops.shape(cache)[2]
-    keys, values = (ops.reshape(cache[:, i], (-1, length, num_heads * head_dim)) for i in (0, 1))
-    return ops.concatenate([keys, values], axis=-1)
-
-
-def to_stacked(cache, num_heads):
-    """A cache `(batch, length, 2 * num_heads * head_dim)` in keras-hub's layout,
-    `(batch, 2, length, num_heads, head_dim)`."""
-    length, features = ops.shape(cache)[1], cache.shape[-1]
-    split = features // 2
-    shape = (-1, length, num_heads, split // num_heads)
-    keys, values = ops.reshape(cache[..., :split], shape), ops.reshape(cache[..., split:], shape)
-    return ops.stack([keys, values], axis=1)

@@ -1,12 +1,19 @@
 """keras-hub's cache protocol for `TransformerDecoder`: caches in its layout
-`(batch, 2, length, heads, head_dim)` (converted by `layers/_decoding_cache.py`), its
-`self_attention_cache_update_index`, and the cross-attention cache filled from the
-encoder sequence or reused, and returned."""
+`(batch, 2, length, heads, head_dim)`, its `self_attention_cache_update_index`, and
+the cross-attention cache filled from the encoder sequence or reused, and returned.
 
+keras-hub's `CachedMultiHeadAttention` and Transformer blocks keep keys and values
+apart: `(batch, 2, length, heads, head_dim)`, `[:, 0]` the keys and `[:, 1]` the
+values. It holds the same numbers as this package's layout (`layers/_decoding_cache.py`)
+when `key_dim == value_dim`: `stacked_to_rows` and `rows_to_stacked` convert between
+the two. keras-hub's layout holds float keys and values: an int8 cache
+(`dtype="int8"`, a `QuantizedCache`) is this package's layout only.
+"""
+
+import keras
 from keras import ops
 
 from keras_attention import _validation
-from keras_attention.layers import _decoding_cache
 
 
 def is_stacked(cache):
@@ -32,12 +39,12 @@ def _kv_heads(decoder):
 def from_stacked(decoder, cache, name):
     """A cache of `decoder` in keras-hub's layout, in this package's."""
     key_dim = decoder.self_attention.key_dim
-    return _decoding_cache.from_stacked(cache, _kv_heads(decoder), key_dim, name)
+    return stacked_to_rows(cache, _kv_heads(decoder), key_dim, name)
 
 
 def to_stacked(decoder, cache):
     """A cache of `decoder` in this package's layout, in keras-hub's."""
-    return _decoding_cache.to_stacked(cache, _kv_heads(decoder))
+    return rows_to_stacked(cache, _kv_heads(decoder))
 
 
 def unstack(decoder, encoder_sequence, self_cache, cross_cache, cross_update_index):
@@ -87,3 +94,34 @@ def cross_attention_cache(decoder, encoder_sequence, cache, update_index, stacke
         key_values, [zero, ops.cast(update_index, "int32"), zero], ops.cast(new, key_values.dtype)
     )
     return key_values, to_stacked(decoder, key_values)
+
+
+def stacked_to_rows(cache, num_heads, head_dim, name):
+    """keras-hub's cache `(batch, 2, length, num_heads, head_dim)` in this layout,
+    `(batch, length, 2 * num_heads * head_dim)`."""
+    cache = ops.convert_to_tensor(cache)
+    expected = (None, 2, None, num_heads, head_dim)
+    if len(cache.shape) != 5 or not _validation.compatible(tuple(cache.shape), expected):
+        raise ValueError(
+            f"`{name}` in keras-hub's layout must have shape (batch, 2, length, "
+            f"num_heads, head_dim) = {expected}. Received: {name}.shape={tuple(cache.shape)}"
+        )
+    if "float" not in keras.backend.standardize_dtype(cache.dtype):
+        raise ValueError(
+            f"`{name}` in keras-hub's layout holds float keys and values; an int8 "
+            "cache is this package's `get_initial_cache(batch_size, max_length, "
+            f"dtype='int8')`. Received: {name}.dtype={cache.dtype}"
+        )
+    length = ops.shape(cache)[2]
+    keys, values = (ops.reshape(cache[:, i], (-1, length, num_heads * head_dim)) for i in (0, 1))
+    return ops.concatenate([keys, values], axis=-1)
+
+
+def rows_to_stacked(cache, num_heads):
+    """A cache `(batch, length, 2 * num_heads * head_dim)` in keras-hub's layout,
+    `(batch, 2, length, num_heads, head_dim)`."""
+    length, features = ops.shape(cache)[1], cache.shape[-1]
+    split = features // 2
+    shape = (-1, length, num_heads, split // num_heads)
+    keys, values = ops.reshape(cache[..., :split], shape), ops.reshape(cache[..., split:], shape)
+    return ops.stack([keys, values], axis=1)

@@ -44,11 +44,11 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
 
     Incremental decoding: `get_initial_cache(batch_size, max_length)` returns an empty
     cache, ONE tensor `(batch, max_length, num_key_value_heads * (key_dim + value_dim))`
-    holding per position the projected keys, then values (its layout, and the ring of
-    a `sliding_window`: `layers/_decoding_cache.py`). Called with `cache` and
-    `cache_index`, the layer writes the new token(s) at positions
-    `[cache_index, cache_index + new_len)`, and new query `i` attends causally to the
-    cached positions `<= cache_index + i`.
+    holding per position the projected keys, then values (its layout, the ring of a
+    `sliding_window`, the int8 cache of `dtype="int8"`: `layers/_decoding_cache.py`).
+    Called with `cache` and `cache_index`, the layer writes the new token(s) at
+    positions `[cache_index, cache_index + new_len)`, and new query `i` attends
+    causally to the cached positions `<= cache_index + i`.
 
     Extending: a subclass may override Keras' hook `_compute_attention(query, key,
     value, attention_mask=None, training=None)`; it then replaces the attention core on
@@ -318,8 +318,8 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         _attention_axes.check_shapes(query_shape, value_shape, key_shape, self.attention_axes)
 
     @property
-    def _cache_features(self):
-        return self._kv_heads * (self.key_dim + self._value_dim)
+    def _cache_layout(self):  # a position's features, the key/value heads
+        return self._kv_heads * (self.key_dim + self._value_dim), self._kv_heads
 
     def compute_key_value_cache(self, value, key=None):
         """The projected keys and values of `value` (and `key`, default `value`),
@@ -342,7 +342,10 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         Args:
             batch_size: positive int (or scalar int tensor).
             max_length: positive int, the number of positions the cache holds.
-            dtype: cache dtype; defaults to the layer's compute dtype.
+            dtype: the cache's float dtype (default: the layer's compute dtype), or
+                `"int8"`: a `QuantizedCache` (int8 keys/values and a float32 scale per
+                position and head, `layers/_decoding_cache.py`), 0.28x the float32
+                bytes at `key_dim` 32, its keys and values within half a scale.
         """
         if not self.built:
             raise ValueError(
@@ -350,13 +353,9 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
                 "`build(query_shape, value_shape)` first, so that the projections "
                 "exist before a cache is made."
             )
-        return _decoding_cache.initial_cache(
-            batch_size,
-            max_length,
-            self._cache_features,
-            self.sliding_window,
-            dtype=dtype or self.compute_dtype,
-        )
+        layout, window = self._cache_layout, self.sliding_window
+        dtype = dtype or self.compute_dtype
+        return _decoding_cache.initial_cache(batch_size, max_length, layout, window, dtype)
 
     def call(
         self,
@@ -503,7 +502,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
             cache_index,
             keys,
             values,
-            self._cache_features,
+            self._cache_layout,
             self.sliding_window,
             q_len,
             write_length,
@@ -704,7 +703,7 @@ class MultiHeadAttention(_common.LoraMixin, keras.layers.Layer):
         if cache is None:
             return output
         output = output if isinstance(output, tuple) else (output,)
-        return output + (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
+        return output + (_decoding_cache.output_spec(cache),)
 
     def _implementation_for(self, return_attention_scores, training):
         return _attention_options.implementation_for_call(

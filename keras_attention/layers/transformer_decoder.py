@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, masks
-from keras_attention.layers import _keras_hub_cache
+from keras_attention.layers import _decoding_cache, _keras_hub_cache
 from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
@@ -35,7 +35,8 @@ class TransformerDecoder(_TransformerBlock):
       num_key_value_heads * 2 * key_dim)` (`layers/_decoding_cache.py`); the
       cross-attention keys/values of `encoder_sequence` can be computed once with
       :meth:`compute_cross_attention_cache` and passed as `cross_attention_cache`
-      (not returned). Returns `(outputs, new_cache)`.
+      (not returned). Returns `(outputs, new_cache)`. `get_initial_cache(...,
+      dtype="int8")` makes an int8 cache (this layout only).
     - keras-hub's, `(batch, 2, max_length, num_heads, head_dim)` (keys `[:, 0]`,
       values `[:, 1]`), with its protocol: with cross-attention a
       `cross_attention_cache` `(batch, 2, enc_seq, num_heads, head_dim)` is required
@@ -152,7 +153,8 @@ class TransformerDecoder(_TransformerBlock):
         return self.cross_attention.compute_key_value_cache(encoder_sequence)
 
     def get_initial_cache(self, batch_size, max_length, dtype=None):
-        """A zero self-attention cache for incremental decoding (layer must be built)."""
+        """A zero self-attention cache for incremental decoding (layer must be built);
+        `dtype="int8"`: quantized (see `MultiHeadAttention.get_initial_cache`)."""
         if self.self_attention is None:
             raise ValueError("The decoder must be built (called once) before `get_initial_cache`.")
         return self.self_attention.get_initial_cache(batch_size, max_length, dtype)
@@ -320,7 +322,7 @@ class TransformerDecoder(_TransformerBlock):
     def _cached_self_attention_mask(self, padding_mask, query_mask, attention_mask, cache, dec_len):
         """With a cache, the keys are the cache's `max_length` slots; the attention
         layer adds the causal part (new tokens see slots up to their own)."""
-        max_length = ops.shape(cache)[1]
+        max_length = ops.shape(_decoding_cache.rows(cache))[1]
         # With a sliding window the cache is a ring of the last `window` positions and
         # the padding mask covers absolute positions (the attention gathers from it).
         ring = self.self_attention.sliding_window is not None
@@ -384,7 +386,7 @@ class TransformerDecoder(_TransformerBlock):
                 outputs.append(spec((batch, self.num_heads, dec_len, enc_len)))
         for cache in (self_attention_cache, cross_attention_cache if stacked else None):
             if cache is not None:
-                outputs.append(spec(cache.shape, cache.dtype))
+                outputs.append(_decoding_cache.output_spec(cache))
         return tuple(outputs) if len(outputs) > 1 else outputs[0]
 
 

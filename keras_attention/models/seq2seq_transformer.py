@@ -223,6 +223,7 @@ class Seq2SeqTransformer(
         pad_token_id=0,
         compile=True,
         processors=None,
+        cache_dtype=None,
     ):
         """Decode a target for each source sequence; the encoder runs once.
 
@@ -235,6 +236,9 @@ class Seq2SeqTransformer(
                 real source tokens (with `mask_zero=True`, token 0 is padding too).
             prompt_mask, sampler, seed, stop_token_ids, pad_token_id, compile,
                 processors: as in :meth:`CausalLanguageModel.generate`.
+                cache_dtype: as in :meth:`CausalLanguageModel.generate` (`"int8"`
+                quantizes the decoder's self-attention cache; the cross-attention
+                keys/values of the source stay float).
 
         Returns:
             Numpy int32 `(batch, longest prompt + max_new_tokens)`.
@@ -251,6 +255,7 @@ class Seq2SeqTransformer(
             compile,
             encoder_inputs=encoder_inputs,
             processors=processors,
+            cache_dtype=cache_dtype,
         )
 
     def stream(

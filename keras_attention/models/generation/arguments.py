@@ -10,7 +10,7 @@ from keras_attention.models import processors as processors_lib
 from keras_attention.models import samplers as samplers_lib
 from keras_attention.models.generation import speculative
 from keras_attention.models.generation.prompts import check_token_ids, prepare_prompt
-from keras_attention.models.generation.state import GenerationSettings
+from keras_attention.models.generation.state import CACHE_DTYPES, GenerationSettings
 
 
 def check_generate_arguments(
@@ -25,6 +25,7 @@ def check_generate_arguments(
     compile,
     processors=None,
     speculation=(None, None, None),
+    cache_dtype=None,
 ):
     """Check the arguments of `model.generate()`: `(settings, tokens, lengths, seed)`,
     the prompt rows left-aligned and the seed as a `(2,)` int32 array."""
@@ -41,8 +42,14 @@ def check_generate_arguments(
     stop_token_ids = check_token_ids(stop_token_ids, "stop_token_ids", vocabulary)
     (pad_token_id,) = check_token_ids([pad_token_id], "pad_token_id", vocabulary)
     _validation.check_bool(compile, "compile")
+    _validation.check_one_of(cache_dtype, "cache_dtype", CACHE_DTYPES)
     processors = processors_lib.check(processors, vocabulary)
     speculation = speculative.check_speculation(model, sampler, *speculation)
+    if speculation is not None and cache_dtype is not None:
+        raise ValueError(
+            "Speculative decoding runs on the float cache; `cache_dtype` does not combine "
+            f"with it yet. Received: cache_dtype={cache_dtype!r} with speculative decoding"
+        )
     if speculation is not None and processors:
         raise ValueError(
             "Logits processors do not combine with speculative decoding yet. "
@@ -58,6 +65,7 @@ def check_generate_arguments(
         pad_token_id,
         processors=processors,
         speculation=speculation,
+        cache_dtype=cache_dtype,
     )
     if seed is None:
         seed = int(np.random.randint(0, 2**31 - 1))

@@ -18,6 +18,7 @@ Token id 0 is padding only for models built with `mask_zero=True`.
 
 import functools
 
+import keras
 from keras import ops
 
 from keras_attention.backend import generation as _backend
@@ -46,7 +47,8 @@ class GenerativeMixin:
     The package-internal step API, used by `generate()` and `keras_attention.export`
     (traceable `keras.ops`, no argument checks):
 
-    - :meth:`initial_cache` `(batch_size, max_length)`: the zero key/value cache.
+    - :meth:`initial_cache` `(batch_size, max_length, cache_dtype=None)`: the zero
+      key/value cache (int8 with `cache_dtype="int8"`).
     - :meth:`call_with_cache` `(tokens, cache, index, key_mask=None,
       encoder_state=None, return_logits=True, cache_write_length=None)`: tokens at
       positions `index...` through the decoder, `(logits, cache)`: the prefill (the
@@ -68,11 +70,15 @@ class GenerativeMixin:
 
     # -- the step API ------------------------------------------------------------
 
-    def initial_cache(self, batch_size, max_length):
+    def initial_cache(self, batch_size, max_length, cache_dtype=None):
         """The zero key/value cache of `max_length` positions: a list with one
-        tensor per decoder layer (the layout of
-        `TransformerDecoder.get_initial_cache`)."""
-        return [layer.get_initial_cache(batch_size, max_length) for layer in self.decoder_layers]
+        cache per decoder layer (the layout of `TransformerDecoder.get_initial_cache`;
+        with `cache_dtype="int8"` each is a `QuantizedCache` of int8 keys/values and
+        float32 scales)."""
+        return [
+            layer.get_initial_cache(batch_size, max_length, cache_dtype)
+            for layer in self.decoder_layers
+        ]
 
     def call_with_cache(
         self,
@@ -142,6 +148,7 @@ class GenerativeMixin:
         pad_token_id=0,
         encoder_inputs=(),
         processors=(),
+        cache_dtype=None,
     ):
         """The greedy `generate()` loop as ops of the caller's trace (no checks, no
         compile cache): what a SavedModel's `generate` signature runs.
@@ -154,17 +161,20 @@ class GenerativeMixin:
             encoder_inputs: `(encoder_tokens, encoder_padding_mask)` for
                 encoder-decoders.
             processors: checked `LogitsProcessor`s, applied before the argmax.
+            cache_dtype: None or `"int8"`, as in `generate()`.
 
         Returns:
             int32 `(batch, width + max_new_tokens)`, laid out as `generate()` does.
         """
         tokens, lengths = left_align(tokens, mask)
+        sampler = samplers_lib.GreedySampler()
         settings = GenerationSettings(
             max_new_tokens,
-            samplers_lib.GreedySampler(),
+            sampler,
             tuple(stop_token_ids),
             pad_token_id,
-            tuple(processors),
+            processors=tuple(processors),
+            cache_dtype=cache_dtype,
         )
         seed = ops.zeros((2,), "int32")
         return self._generate_tensors(settings, "graph", tokens, lengths, seed, *encoder_inputs)
@@ -204,7 +214,7 @@ class GenerativeMixin:
         buffer = ops.concatenate([ops.cast(tokens, "int32"), padding], axis=1)
         in_prompt = ops.arange(total, dtype="int32")[None, :] < lengths[:, None]
         buffer = ops.where(in_prompt, buffer, settings.pad_token_id)
-        caches = self.initial_cache(batch, total)
+        caches = self.initial_cache(batch, total, settings.cache_dtype)
         # The prompt in one call, keeping the positions every row has: the loop starts
         # at the shortest prompt and runs the longer rows' next tokens from there.
         _, caches = self.call_with_cache(
@@ -301,7 +311,8 @@ class GenerativeMixin:
             scores = ops.where(in_prompt, scores, top_scores)
             order = ops.reshape(ops.cast(source, "int32") + batch_offset, (-1,))
             buffer, done, count = (ops.take(x, order, axis=0) for x in (buffer, done, count))
-            caches = [ops.take(cache, order, axis=0) for cache in caches]
+            # (an int8 cache's values and scales alike)
+            caches = keras.tree.map_structure(lambda x: ops.take(x, order, axis=0), caches)
             sampled = ops.cast(ops.reshape(top_ids % vocabulary, (-1,)), "int32")
             token, done, count = advance(
                 buffer, index, lengths, sampled, done, count, stop_ids, settings
@@ -338,6 +349,7 @@ class GenerativeMixin:
         encoder_inputs=(),
         processors=None,
         speculation=(None, None, None),
+        cache_dtype=None,
     ):
         settings, tokens, lengths, seed = self._check_generate_arguments(
             prompt,
@@ -350,6 +362,7 @@ class GenerativeMixin:
             compile,
             processors,
             speculation,
+            cache_dtype,
         )
         args = [ops.convert_to_tensor(x) for x in (tokens, lengths, seed, *encoder_inputs)]
         key = (settings, len(encoder_inputs))

@@ -8,12 +8,22 @@ from keras import ops
 # The static settings of one generation (a hashable key of the compiled functions).
 # `max_new_tokens` is an int, or an int32 scalar tensor inside a traced export;
 # `processors` a tuple of `LogitsProcessor`s (hashable by their config);
-# `speculation` a `speculative.Speculation`, or None for the plain loop.
+# `speculation` a `speculative.Speculation`, or None for the plain loop;
+# `cache_dtype` None (the compute dtype) or "int8".
 GenerationSettings = collections.namedtuple(
     "GenerationSettings",
-    ["max_new_tokens", "sampler", "stop_token_ids", "pad_token_id", "processors", "speculation"],
-    defaults=((), None),
+    [
+        "max_new_tokens",
+        "sampler",
+        "stop_token_ids",
+        "pad_token_id",
+        "processors",
+        "speculation",
+        "cache_dtype",
+    ],
+    defaults=((), None, None),
 )
+CACHE_DTYPES = (None, "int8")
 # The encoder's output, its padding mask, and every decoder layer's cross-attention
 # keys/values of it: computed once per generation.
 EncoderState = collections.namedtuple("EncoderState", ["sequence", "padding_mask", "cross_caches"])
