@@ -40,6 +40,7 @@ Usage:
 """
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -188,7 +189,7 @@ def main(argv=None):
         time_processors(ours, args.cases[0], size["vocabulary"], args.repeats)
     if args.history and not args.processors_only:
         print_second_turn(size, args.history, args.repeats)
-    if args.smoke and not args.processors_only and keras_hub_installed():
+    if args.smoke and not args.processors_only and importlib.util.find_spec("keras_hub"):
         print_architectures(args.repeats, smoke=True)
     return rows
 
@@ -202,14 +203,7 @@ def versions(with_keras_hub):
         import keras_hub
 
         line += f", keras-hub {keras_hub.__version__}"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return line + f", {os.cpu_count()} CPUs, load average {load:.1f}"
-
-
-def keras_hub_installed():
-    import importlib.util
-
-    return importlib.util.find_spec("keras_hub") is not None
+    return line + f", {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
 
 
 def gpt2_causal_lm(size):
@@ -316,7 +310,6 @@ def architecture_backbones(smoke=False):
         **size,
         intermediate_dim=8 * width,  # keras-hub's Gemma: gate + up, 4 * width each
         head_dim=width // heads,
-        query_head_dim_normalize=True,
         use_post_ffw_norm=True,
         use_post_attention_norm=True,
         attention_logit_soft_cap=50.0,
@@ -348,21 +341,13 @@ def time_architecture(backbone, causal_lm_class, prompt, new, repeats):
         "token_ids": np.pad(prompt, ((0, 0), (0, new))),
         "padding_mask": np.arange(prompt_len + new)[None, :].repeat(batch, 0) < prompt_len,
     }
-    outputs = {}
-
-    def keep(name, function):
-        def run():
-            outputs[name] = function()
-
-        return run
-
-    runs = {
-        "ours": keep("ours", lambda: ours.generate(prompt, new)),
-        "keras-hub": keep("keras-hub", lambda: hub.generate(inputs, stop_token_ids=None)),
-        "keras-hub XLA": keep(
-            "keras-hub XLA", lambda: hub_xla.generate(inputs, stop_token_ids=None)
-        ),
+    calls = {
+        "ours": lambda: ours.generate(prompt, new),
+        "keras-hub": lambda: hub.generate(inputs, stop_token_ids=None),
+        "keras-hub XLA": lambda: hub_xla.generate(inputs, stop_token_ids=None),
     }
+    outputs = {}  # each run's latest tokens, for the tokens-equal column
+    runs = {name: lambda name=name: outputs.update({name: calls[name]()}) for name in calls}
     first, median, fastest = time_interleaved(runs, repeats)
     ours_tokens = np.asarray(outputs["ours"])[:, : prompt_len + new]
     equal = all(
