@@ -19,6 +19,14 @@ with the first turn's `GenerationState` (only the new tokens run through the mod
 and without (the whole history runs again), on a model of the same size with a
 position table of 1024.
 
+`--architectures` prints only the published-architectures table (issue 28): a
+Llama-3.1-shaped and a Gemma-2-shaped keras-hub backbone (vocabulary 8000, 4 layers,
+hidden 256, 8 query / 2 key-value heads, random weights) converted with
+`keras_attention.convert.keras_hub.convert`, greedy at batch 1, prompt 32, 64 new
+tokens: ours against keras-hub's own `CausalLM.generate` on the same weights, keras-hub
+compiled its default way and with `jit_compile=True`, and whether the tokens are
+equal. `--smoke` runs it on tiny backbones when keras-hub is installed.
+
 The two models are timed in turn in one process (a, b, a, b, ...), so the ratios are
 fair even on a busy machine. keras-hub is an optional benchmark dependency
 (`pip install "keras-hub>=0.32,<0.33"`, the `bench` extra).
@@ -28,9 +36,11 @@ Usage:
     python benchmarks/bench_generate.py --backend jax
     python benchmarks/bench_generate.py --smoke           # seconds; no keras-hub needed
     python benchmarks/bench_generate.py --no-keras-hub --cases 4,16,64   # processors
+    python benchmarks/bench_generate.py --architectures --repeats 15   # Llama 3.1, Gemma 2
 """
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -53,6 +63,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--processors-only", action="store_true", help="only the logits-processors table"
+    )
+    parser.add_argument(
+        "--architectures", action="store_true", help="only the Llama-3.1 / Gemma-2 table"
     )
     parser.add_argument(
         "--history", type=int, default=512, help="second-turn table: tokens of history (0: skip)"
@@ -138,6 +151,8 @@ def main(argv=None):
 
     from keras_attention import models
 
+    if args.architectures:
+        return print_architectures(args.repeats)
     size = dict(vocabulary=1000, layers=4, heads=4, width=256, ff=1024, length=256)
     if args.smoke:
         size = dict(vocabulary=50, layers=1, heads=2, width=16, ff=32, length=16)
@@ -151,28 +166,9 @@ def main(argv=None):
         intermediate_dim=size["ff"],
         dropout=0.0,
     )
-    hub = None
-    if not args.no_keras_hub:
-        import keras_hub
-
-        backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=size["vocabulary"],
-            num_layers=size["layers"],
-            num_heads=size["heads"],
-            hidden_dim=size["width"],
-            intermediate_dim=size["ff"],
-            dropout=0.0,
-            max_sequence_length=size["length"],
-        )
-        hub = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-        hub.compile(sampler="greedy")
-
+    hub = None if args.no_keras_hub else gpt2_causal_lm(size)
+    print(f"{versions(hub is not None)}; model {size}")
     rng = np.random.default_rng(0)
-    print(
-        f"backend {keras.backend.backend()}, keras {keras.__version__}"
-        + ("" if hub is None else f", keras-hub {keras_hub.__version__}")
-        + f", {os.cpu_count()} CPUs; model {size}"
-    )
     rows = []
     for batch, prompt_len, new in [] if args.processors_only else args.cases:
         prompt = rng.integers(1, size["vocabulary"], (batch, prompt_len)).astype("int32")
@@ -193,7 +189,39 @@ def main(argv=None):
         time_processors(ours, args.cases[0], size["vocabulary"], args.repeats)
     if args.history and not args.processors_only:
         print_second_turn(size, args.history, args.repeats)
+    if args.smoke and not args.processors_only and importlib.util.find_spec("keras_hub"):
+        print_architectures(args.repeats, smoke=True)
     return rows
+
+
+def versions(with_keras_hub):
+    """The backend, the versions and the CPU count, for the tables' first line."""
+    import keras
+
+    line = f"backend {keras.backend.backend()}, keras {keras.__version__}"
+    if with_keras_hub:
+        import keras_hub
+
+        line += f", keras-hub {keras_hub.__version__}"
+    return line + f", {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+
+
+def gpt2_causal_lm(size):
+    """keras-hub's `GPT2CausalLM` of `size`, built directly (no preset), greedy."""
+    import keras_hub
+
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=size["vocabulary"],
+        num_layers=size["layers"],
+        num_heads=size["heads"],
+        hidden_dim=size["width"],
+        intermediate_dim=size["ff"],
+        dropout=0.0,
+        max_sequence_length=size["length"],
+    )
+    hub = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    hub.compile(sampler="greedy")
+    return hub
 
 
 def print_table(rows):
@@ -253,6 +281,119 @@ def time_processors(model, case, vocabulary, repeats):
         f"{first['plain']:.2f}, {first['processors']:.2f} |"
     )
     return seconds
+
+
+def architecture_backbones(smoke=False):
+    """name -> (keras-hub backbone, its `CausalLM` class): Llama 3.1's and Gemma 2's
+    settings at vocabulary 8000, 4 layers, hidden 256, 8 query / 2 key-value heads
+    (`smoke`: tiny). Gemma 2's window is 64 (real: 4096) so that it binds within the
+    96 tokens of a call."""
+    import keras_hub
+
+    size = dict(
+        vocabulary_size=8000, num_layers=4, hidden_dim=256, num_query_heads=8, num_key_value_heads=2
+    )
+    if smoke:
+        size.update(vocabulary_size=50, num_layers=2, hidden_dim=16, num_query_heads=2)
+    width, heads = size["hidden_dim"], size["num_query_heads"]
+    llama = keras_hub.models.Llama3Backbone(
+        **size,
+        intermediate_dim=4 * width,
+        rope_max_wavelength=500_000,
+        rope_frequency_adjustment_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_pretraining_sequence_length=8192,
+        layer_norm_epsilon=1e-5,
+    )
+    gemma = keras_hub.models.GemmaBackbone(
+        **size,
+        intermediate_dim=8 * width,  # keras-hub's Gemma: gate + up, 4 * width each
+        head_dim=width // heads,
+        use_post_ffw_norm=True,
+        use_post_attention_norm=True,
+        attention_logit_soft_cap=50.0,
+        final_logit_soft_cap=30.0,
+        use_sliding_window_attention=True,
+        sliding_window_size=4 if smoke else 64,
+        layer_norm_epsilon=1e-6,
+    )
+    return {
+        "llama3.1": (llama, keras_hub.models.Llama3CausalLM),
+        "gemma2": (gemma, keras_hub.models.GemmaCausalLM),
+    }
+
+
+def time_architecture(backbone, causal_lm_class, prompt, new, repeats):
+    """Ours (converted) vs keras-hub's `generate`, compiled its default way and with
+    `jit_compile=True`, on the same weights: `(first, median, fastest, tokens_equal)`."""
+    import numpy as np
+
+    from keras_attention.convert.keras_hub import convert
+
+    hub = causal_lm_class(backbone=backbone, preprocessor=None)
+    hub.compile(sampler="greedy")
+    hub_xla = causal_lm_class(backbone=backbone, preprocessor=None)
+    hub_xla.compile(sampler="greedy", jit_compile=True)
+    ours = convert(hub)
+    batch, prompt_len = prompt.shape
+    inputs = {
+        "token_ids": np.pad(prompt, ((0, 0), (0, new))),
+        "padding_mask": np.arange(prompt_len + new)[None, :].repeat(batch, 0) < prompt_len,
+    }
+    calls = {
+        "ours": lambda: ours.generate(prompt, new),
+        "keras-hub": lambda: hub.generate(inputs, stop_token_ids=None),
+        "keras-hub XLA": lambda: hub_xla.generate(inputs, stop_token_ids=None),
+    }
+    outputs = {}  # each run's latest tokens, for the tokens-equal column
+    runs = {name: lambda name=name: outputs.update({name: calls[name]()}) for name in calls}
+    first, median, fastest = time_interleaved(runs, repeats)
+    ours_tokens = np.asarray(outputs["ours"])[:, : prompt_len + new]
+    equal = all(
+        np.array_equal(ours_tokens, np.asarray(outputs[name]["token_ids"]))
+        for name in ("keras-hub", "keras-hub XLA")
+    )
+    return first, median, fastest, equal
+
+
+def print_architectures(repeats, smoke=False, batch=1, prompt_len=32, new=64):
+    """The published-architectures table: tokens/s of ours and of keras-hub's two
+    settings (median of `repeats`), the ratio to keras-hub's faster setting (median,
+    fastest), first-call seconds and whether the tokens are equal."""
+    import keras
+    import numpy as np
+
+    if smoke:
+        prompt_len, new = 3, 4
+    keras.utils.set_random_seed(0)
+    backbones = architecture_backbones(smoke)
+    print(f"\n{versions(True)}; batch {batch}, prompt {prompt_len}, new {new}")
+    print(
+        "\n| architecture | ours tokens/s | keras-hub tokens/s (default, XLA) "
+        "| ours / faster keras-hub (median, fastest) | first call s (ours, keras-hub, "
+        "keras-hub XLA) | ours / keras-hub XLA first call | tokens equal |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    rows = {}
+    for name, (backbone, causal_lm_class) in backbones.items():
+        vocabulary = backbone.vocabulary_size
+        prompt = np.random.default_rng(0).integers(1, vocabulary, (batch, prompt_len))
+        first, median, fastest, equal = time_architecture(
+            backbone, causal_lm_class, prompt.astype("int32"), new, repeats
+        )
+        speed = {k: batch * new / t for k, t in median.items()}
+        hub_best = max(speed["keras-hub"], speed["keras-hub XLA"])
+        hub_fastest = min(fastest["keras-hub"], fastest["keras-hub XLA"])
+        print(
+            f"| {name} | {speed['ours']:.0f} | {speed['keras-hub']:.0f}, "
+            f"{speed['keras-hub XLA']:.0f} | {speed['ours'] / hub_best:.2f}, "
+            f"{hub_fastest / fastest['ours']:.2f} | {first['ours']:.2f}, "
+            f"{first['keras-hub']:.2f}, {first['keras-hub XLA']:.2f} | "
+            f"{first['ours'] / first['keras-hub XLA']:.2f} | {'yes' if equal else 'NO'} |"
+        )
+        rows[name] = (speed, first, equal)
+    return rows
 
 
 if __name__ == "__main__":
