@@ -126,7 +126,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("processor, reference, kwargs", CASES, ids=lambda c: repr(c)[:40])
+@pytest.mark.parametrize(
+    "processor, reference, kwargs",
+    CASES,
+    ids=[f"{type(case[0]).__name__}-{i}" for i, case in enumerate(CASES)],
+)
 def test_processor_matches_its_numpy_reference(processor, reference, kwargs):
     rng = np.random.default_rng(3)
     for index in range(1, WIDTH):
