@@ -9,6 +9,7 @@ from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _decoder_options, _parts
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import deprecated, session, streaming
+from keras_attention.models.generation.arguments import GenerateArguments
 from keras_attention.models.generation.loop import GenerativeMixin
 
 
@@ -290,10 +291,9 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
             `generate` of the whole history returns). With `return_state=True`,
             `(tokens, state)`.
         """
-        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
-        arguments += (stop_token_ids, pad_token_id, compile)
-        _validation.check_bool(return_state, "return_state")
         speculation = (draft_model, num_draft_tokens, prompt_lookup)
+        arguments = GenerateArguments.from_locals(locals())
+        _validation.check_bool(return_state, "return_state")
         if return_state or state is not None:
             if processors or any(value is not None for value in speculation):
                 raise ValueError(
@@ -308,7 +308,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
                 "`max_length` sizes the cache of a conversation: it needs "
                 f"`return_state=True`. Received: max_length={max_length!r}"
             )
-        return self._run_generate(*arguments, processors=processors, speculation=speculation)
+        return self._run_generate(arguments)
 
     def stream(
         self,
@@ -348,9 +348,8 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         >>> [chunk.shape for chunk in model.stream([[1, 2, 3]], 5, chunk_size=2)]
         [(1, 2), (1, 2), (1, 1)]
         """
-        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
-        arguments += (stop_token_ids, pad_token_id, compile)
-        return streaming.stream(self, chunk_size, arguments, processors=processors)
+        arguments = GenerateArguments.from_locals(locals())
+        return streaming.stream(self, chunk_size, arguments)
 
     def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):
         """Deprecated: use :func:`keras_attention.export.export_generator` with

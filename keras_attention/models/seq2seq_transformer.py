@@ -8,6 +8,7 @@ from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _parts, _seq2seq_parts
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import streaming
+from keras_attention.models.generation.arguments import GenerateArguments
 from keras_attention.models.generation.loop import GenerativeMixin
 from keras_attention.models.generation.prompts import prepare_prompt
 from keras_attention.models.generation.state import EncoderState
@@ -238,18 +239,8 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             Numpy int32 `(batch, longest prompt + max_new_tokens)`.
         """
         encoder_inputs = self._encoder_inputs(encoder_tokens, encoder_padding_mask, prompt)
-        return self._run_generate(
-            prompt,
-            max_new_tokens,
-            prompt_mask,
-            sampler,
-            seed,
-            stop_token_ids,
-            pad_token_id,
-            compile,
-            encoder_inputs=encoder_inputs,
-            processors=processors,
-        )
+        arguments = GenerateArguments.from_locals(locals())
+        return self._run_generate(arguments, encoder_inputs)
 
     def stream(
         self,
@@ -274,9 +265,8 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
             Numpy int32 `(batch, <= chunk_size)`: every row's next new tokens.
         """
         encoder_inputs = self._encoder_inputs(encoder_tokens, encoder_padding_mask, prompt)
-        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
-        arguments += (stop_token_ids, pad_token_id, compile)
-        return streaming.stream(self, chunk_size, arguments, encoder_inputs, processors)
+        arguments = GenerateArguments.from_locals(locals())
+        return streaming.stream(self, chunk_size, arguments, encoder_inputs)
 
     def _encoder_inputs(self, encoder_tokens, encoder_padding_mask, prompt):
         """Check the source and its mask against the prompt's batch:
