@@ -158,9 +158,7 @@ class CausalLanguageModel(AdaptationMixin, GenerativeMixin, keras.Model):
         num_experts_per_token=None,
         **kwargs,
     ):
-        _parts.check_model_kwargs(kwargs, "CausalLanguageModel")
-        config = _parts.config_from_arguments(locals())
-        _parts.check_common(config)
+        config = _parts.model_config(locals(), "CausalLanguageModel")
         options = _decoder_options.resolve(config)
         config["position"] = options["position"]
         kwargs.setdefault("name", "causal_language_model")

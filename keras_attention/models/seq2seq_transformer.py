@@ -118,34 +118,7 @@ class Seq2SeqTransformer(AdaptationMixin, GenerativeMixin, keras.Model):
         output_scale=None,
         **kwargs,
     ):
-        _parts.check_model_kwargs(kwargs, "Seq2SeqTransformer")
-        config = dict(
-            vocabulary_size=vocabulary_size,
-            sequence_length=sequence_length,
-            num_layers=num_layers,
-            embedding_dim=embedding_dim,
-            num_heads=num_heads,
-            intermediate_dim=intermediate_dim,
-            dropout=dropout,
-            position=position,
-            share_embeddings=share_embeddings,
-            tie_embeddings=tie_embeddings,
-            scale_embeddings=scale_embeddings,
-            mask_zero=mask_zero,
-            activation=activation,
-            normalize_first=normalize_first,
-            normalization=normalization,
-            layer_norm_epsilon=layer_norm_epsilon,
-            use_bias=use_bias,
-            head_dim=head_dim,
-            attention_scale=attention_scale,
-            relative_num_buckets=relative_num_buckets,
-            relative_max_distance=relative_max_distance,
-            embedding_norm=embedding_norm,
-            final_norm=final_norm,
-            output_scale=output_scale,
-        )
-        _parts.check_common(config)
+        config = _parts.model_config(locals(), "Seq2SeqTransformer")
         _seq2seq_parts.check_options(config)
         kwargs.setdefault("name", "transformer_seq2seq")
         parts = _layers(config)
