@@ -130,11 +130,9 @@ def test_text_generation_stops_at_the_end_token_by_default(gpt2_pair, monkeypatc
     calls = []
     run = model._run_generate
 
-    def spy(prompt, max_new_tokens, prompt_mask, sampler, seed, stop_token_ids, *args, **kwargs):
-        calls.append(stop_token_ids)
-        return run(
-            prompt, max_new_tokens, prompt_mask, sampler, seed, stop_token_ids, *args, **kwargs
-        )
+    def spy(arguments, *args):
+        calls.append(arguments.stop_token_ids)
+        return run(arguments, *args)
 
     monkeypatch.setattr(model, "_run_generate", spy)
     model.generate(PROMPTS, max_new_tokens=2, compile=False)

@@ -206,13 +206,8 @@ class QueryValueAttention(keras.layers.Layer):
                 f"one input of shape {_shape_repr(received)}",
                 layer=layer,
             )
-        if len(inputs) not in (2, 3):
-            raise _validation.keras_error(
-                "inputs_length",
-                f"`{name}` must be a list [query, value] or [query, value, key]. "
-                f"Received: {name} of length {len(inputs)}",
-                layer=layer,
-            )
+        expected = f"`{name}` must be a list [query, value] or [query, value, key]"
+        _check_length(inputs, name, "inputs_length", expected, layer)
         return inputs[0], inputs[1], inputs[2] if len(inputs) == 3 else None
 
     def _unpack_masks(self, mask, query_mask, value_mask):
@@ -221,23 +216,26 @@ class QueryValueAttention(keras.layers.Layer):
         if mask is None:
             return query_mask, value_mask
         layer = type(self).__name__
+        expected = "With a list of inputs, `mask` must be a list [query_mask, value_mask]"
         if not isinstance(mask, (list, tuple)):
             raise _validation.keras_error(
                 "mask_list",
-                "With a list of inputs, `mask` must be a list [query_mask, value_mask]. "
-                f"Received: mask of type {type(mask).__name__}",
+                f"{expected}. Received: mask of type {type(mask).__name__}",
                 layer=layer,
             )
-        if len(mask) not in (2, 3):
-            raise _validation.keras_error(
-                "mask_length",
-                "With a list of inputs, `mask` must be a list [query_mask, value_mask]. "
-                f"Received: mask of length {len(mask)}",
-                layer=layer,
-            )
+        _check_length(mask, "mask", "mask_length", expected, layer)
         return (
             mask[0] if query_mask is None else query_mask,
             mask[1] if value_mask is None else value_mask,
+        )
+
+
+def _check_length(items, name, phrase, expected, layer):
+    """Keras' error `phrase` of `layer`, with `expected`, unless the list `items`
+    (the argument `name`) has 2 or 3 entries."""
+    if len(items) not in (2, 3):
+        raise _validation.keras_error(
+            phrase, f"{expected}. Received: {name} of length {len(items)}", layer=layer
         )
 
 

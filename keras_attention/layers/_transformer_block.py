@@ -139,6 +139,10 @@ class _TransformerBlock(keras.layers.Layer):
         self.feedforward_dropout = self._dropout("feedforward_dropout")
         self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
         self.feedforward_post_norm = self._post_norm("feedforward_post_norm")
+        self.self_attention = None  # a MultiHeadAttention, made in `build`
+        self.self_attention_dropout = self._dropout("self_attention_dropout")
+        self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
+        self.self_attention_post_norm = self._post_norm("self_attention_post_norm")
 
     def _make_feedforward(self):
         """The feed-forward sublayer, `self.feedforward`: a :class:`FeedForward`, or

@@ -273,7 +273,9 @@ def load_balancing_loss(probabilities, experts, num_experts, mask=None):
     return num_experts * ops.sum(fractions * mean_probabilities)
 
 
-def _check_arguments(num_experts, num_experts_per_token, router_aux_loss_coefficient):
+def check_expert_counts(num_experts, num_experts_per_token):
+    """A `ValueError` unless both are positive ints, `num_experts_per_token` at most
+    `num_experts` (also checked by the models taking the two arguments)."""
     _validation.check_positive_int(num_experts, "num_experts")
     _validation.check_positive_int(num_experts_per_token, "num_experts_per_token")
     if num_experts_per_token > num_experts:
@@ -281,6 +283,10 @@ def _check_arguments(num_experts, num_experts_per_token, router_aux_loss_coeffic
             "`num_experts_per_token` must be at most `num_experts`. Received: "
             f"num_experts_per_token={num_experts_per_token}, num_experts={num_experts}"
         )
+
+
+def _check_arguments(num_experts, num_experts_per_token, router_aux_loss_coefficient):
+    check_expert_counts(num_experts, num_experts_per_token)
     coefficient = router_aux_loss_coefficient
     if isinstance(coefficient, bool) or not isinstance(coefficient, numbers.Real):
         coefficient = -1

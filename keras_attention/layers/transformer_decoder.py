@@ -111,10 +111,6 @@ class TransformerDecoder(_TransformerBlock):
 
     def __init__(self, intermediate_dim, num_heads, *args, **kwargs):
         super().__init__(intermediate_dim, num_heads, *args, **kwargs)
-        self.self_attention = None
-        self.self_attention_dropout = self._dropout("self_attention_dropout")
-        self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
-        self.self_attention_post_norm = self._post_norm("self_attention_post_norm")
         self.cross_attention = None
         self.cross_attention_dropout = None
         self.cross_attention_layer_norm = None
@@ -251,11 +247,9 @@ class TransformerDecoder(_TransformerBlock):
             return self._cached_self_attention_mask(
                 padding_mask, decoder_mask, attention_mask, cache, dec_len
             )
-        padding_mask = _padding_mask(
-            padding_mask, decoder_mask, decoder_sequence, "decoder_padding_mask", "decoder_sequence"
+        padding_mask, attention_mask = _checked_masks(
+            "decoder", decoder_sequence, padding_mask, decoder_mask, attention_mask
         )
-        if attention_mask is not None:
-            attention_mask = masks.validate_mask(attention_mask, "decoder_attention_mask")
         return masks.merge_attention_masks(
             query_mask=padding_mask,
             value_mask=padding_mask,
@@ -270,11 +264,9 @@ class TransformerDecoder(_TransformerBlock):
     ):
         """The cross-attention mask: the encoder's padding and Keras masks over its
         keys, and an `encoder_attention_mask` `(batch, dec_len, enc_len)`."""
-        padding_mask = _padding_mask(
-            padding_mask, encoder_mask, encoder_sequence, "encoder_padding_mask", "encoder_sequence"
+        padding_mask, attention_mask = _checked_masks(
+            "encoder", encoder_sequence, padding_mask, encoder_mask, attention_mask
         )
-        if attention_mask is not None:
-            attention_mask = masks.validate_mask(attention_mask, "encoder_attention_mask")
         return masks.merge_attention_masks(
             value_mask=padding_mask,
             attention_mask=attention_mask,
@@ -388,6 +380,17 @@ class TransformerDecoder(_TransformerBlock):
             if cache is not None:
                 outputs.append(_decoding_cache.output_spec(cache))
         return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _checked_masks(side, sequence, padding_mask, keras_mask, attention_mask):
+    """The padding of `{side}_sequence` (its checked `{side}_padding_mask` combined
+    with its Keras mask) and the checked `{side}_attention_mask`."""
+    padding_mask = _padding_mask(
+        padding_mask, keras_mask, sequence, f"{side}_padding_mask", f"{side}_sequence"
+    )
+    if attention_mask is not None:
+        attention_mask = masks.validate_mask(attention_mask, f"{side}_attention_mask")
+    return padding_mask, attention_mask
 
 
 def _cache_arguments(cache, cache_index, write_length):

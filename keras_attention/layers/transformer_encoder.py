@@ -96,13 +96,6 @@ class TransformerEncoder(_TransformerBlock):
     (2, 5, 8)
     """
 
-    def __init__(self, intermediate_dim, num_heads, *args, **kwargs):
-        super().__init__(intermediate_dim, num_heads, *args, **kwargs)
-        self.self_attention = None
-        self.self_attention_dropout = self._dropout("self_attention_dropout")
-        self.self_attention_layer_norm = self._layer_norm("self_attention_layer_norm")
-        self.self_attention_post_norm = self._post_norm("self_attention_post_norm")
-
     def build(self, inputs_shape):
         _validation.check_sequence(inputs_shape, "inputs")
         self.self_attention = self._attention(inputs_shape[-1], "self_attention")

@@ -8,6 +8,7 @@ from keras_attention.layers.feed_forward import (
     NAMED_ACTIVATIONS,
     resolve_activation,
 )
+from keras_attention.layers.mixture_of_experts import check_expert_counts
 from keras_attention.layers.rotary_embedding import RotaryEmbedding
 
 # What `style` fills in for the options left `None`.
@@ -160,15 +161,8 @@ def _check_layer_types(options):
 
 
 def _check_experts(num_experts, num_experts_per_token):
-    if num_experts is None and num_experts_per_token is None:
-        return
-    _validation.check_positive_int(num_experts, "num_experts")
-    _validation.check_positive_int(num_experts_per_token, "num_experts_per_token")
-    if num_experts_per_token > num_experts:
-        raise ValueError(
-            "`num_experts_per_token` must be at most `num_experts`. Received: "
-            f"num_experts={num_experts}, num_experts_per_token={num_experts_per_token}"
-        )
+    if num_experts is not None or num_experts_per_token is not None:
+        check_expert_counts(num_experts, num_experts_per_token)
 
 
 def _rotary(max_wavelength, rotary_fraction, rope_scaling):

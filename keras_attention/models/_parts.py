@@ -58,6 +58,16 @@ def config_from_arguments(arguments):
     }
 
 
+def model_config(arguments, class_name):
+    """The config of a model class's constructor from its `locals()` at its start
+    (`arguments`), after the checks every model class makes: no unknown keyword
+    argument, valid common architecture arguments."""
+    check_model_kwargs(arguments["kwargs"], class_name)
+    config = config_from_arguments(arguments)
+    check_common(config)
+    return config
+
+
 def set_config(model, config):
     """Keep the constructor arguments `config` as attributes of `model`, and their
     names for :func:`get_config`."""

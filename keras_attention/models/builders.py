@@ -66,16 +66,7 @@ def transformer_classifier(
     >>> model.output_shape
     (None, 3)
     """
-    config = dict(
-        vocabulary_size=vocabulary_size,
-        sequence_length=sequence_length,
-        num_layers=num_layers,
-        embedding_dim=embedding_dim,
-        num_heads=num_heads,
-        intermediate_dim=intermediate_dim,
-        dropout=dropout,
-        position=position,
-    )
+    config = _parts.config_from_arguments(locals())
     _parts.check_common(config)
     _validation.check_positive_int(num_classes, "num_classes")
     tokens = keras.Input((None,), dtype="int32", name="tokens")

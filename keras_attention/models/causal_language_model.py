@@ -9,6 +9,7 @@ from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _conversion, _decoder_options, _parts, _text
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import deprecated, session, streaming
+from keras_attention.models.generation.arguments import GenerateArguments
 from keras_attention.models.generation.loop import GenerativeMixin
 
 
@@ -159,9 +160,7 @@ class CausalLanguageModel(
         num_experts_per_token=None,
         **kwargs,
     ):
-        _parts.check_model_kwargs(kwargs, "CausalLanguageModel")
-        config = _parts.config_from_arguments(locals())
-        _parts.check_common(config)
+        config = _parts.model_config(locals(), "CausalLanguageModel")
         options = _decoder_options.resolve(config)
         config["position"] = options["position"]
         kwargs.setdefault("name", "causal_language_model")
@@ -304,6 +303,8 @@ class CausalLanguageModel(
         as strings, without special tokens (a string for a string), as keras-hub's
         `generate` returns.
         """
+        speculation = (draft_model, num_draft_tokens, prompt_lookup)
+        arguments = GenerateArguments.from_locals(locals())
         if _text.is_text(prompt):
             return _text.generate_text(
                 self,
@@ -312,23 +313,10 @@ class CausalLanguageModel(
                 max_new_tokens,
                 stop_token_ids,
                 lambda tokens, mask, stops: self._run_generate(
-                    tokens,
-                    max_new_tokens,
-                    mask,
-                    sampler,
-                    seed,
-                    stops,
-                    pad_token_id,
-                    compile,
-                    processors=processors,
-                    speculation=(draft_model, num_draft_tokens, prompt_lookup),
-                    cache_dtype=cache_dtype,
+                    arguments._replace(prompt=tokens, prompt_mask=mask, stop_token_ids=stops)
                 ),
             )
-        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
-        arguments += (stop_token_ids, pad_token_id, compile)
         _validation.check_bool(return_state, "return_state")
-        speculation = (draft_model, num_draft_tokens, prompt_lookup)
         if return_state or state is not None:
             if processors or cache_dtype or any(value is not None for value in speculation):
                 raise ValueError(
@@ -343,9 +331,7 @@ class CausalLanguageModel(
                 "`max_length` sizes the cache of a conversation: it needs "
                 f"`return_state=True`. Received: max_length={max_length!r}"
             )
-        return self._run_generate(
-            *arguments, processors=processors, speculation=speculation, cache_dtype=cache_dtype
-        )
+        return self._run_generate(arguments)
 
     def stream(
         self,
@@ -385,9 +371,8 @@ class CausalLanguageModel(
         >>> [chunk.shape for chunk in model.stream([[1, 2, 3]], 5, chunk_size=2)]
         [(1, 2), (1, 2), (1, 1)]
         """
-        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
-        arguments += (stop_token_ids, pad_token_id, compile)
-        return streaming.stream(self, chunk_size, arguments, processors=processors)
+        arguments = GenerateArguments.from_locals(locals())
+        return streaming.stream(self, chunk_size, arguments)
 
     def export_generate(self, path, max_new_tokens, stop_token_ids=None, pad_token_id=0):
         """Deprecated: use :func:`keras_attention.export.export_generator` with

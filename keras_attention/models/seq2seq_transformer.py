@@ -8,6 +8,7 @@ from keras_attention.layers.transformer_decoder import TransformerDecoder
 from keras_attention.models import _conversion, _parts, _seq2seq_parts
 from keras_attention.models._adaptation import AdaptationMixin
 from keras_attention.models.generation import streaming
+from keras_attention.models.generation.arguments import GenerateArguments
 from keras_attention.models.generation.loop import GenerativeMixin
 from keras_attention.models.generation.prompts import prepare_prompt
 from keras_attention.models.generation.state import EncoderState
@@ -119,34 +120,7 @@ class Seq2SeqTransformer(
         output_scale=None,
         **kwargs,
     ):
-        _parts.check_model_kwargs(kwargs, "Seq2SeqTransformer")
-        config = dict(
-            vocabulary_size=vocabulary_size,
-            sequence_length=sequence_length,
-            num_layers=num_layers,
-            embedding_dim=embedding_dim,
-            num_heads=num_heads,
-            intermediate_dim=intermediate_dim,
-            dropout=dropout,
-            position=position,
-            share_embeddings=share_embeddings,
-            tie_embeddings=tie_embeddings,
-            scale_embeddings=scale_embeddings,
-            mask_zero=mask_zero,
-            activation=activation,
-            normalize_first=normalize_first,
-            normalization=normalization,
-            layer_norm_epsilon=layer_norm_epsilon,
-            use_bias=use_bias,
-            head_dim=head_dim,
-            attention_scale=attention_scale,
-            relative_num_buckets=relative_num_buckets,
-            relative_max_distance=relative_max_distance,
-            embedding_norm=embedding_norm,
-            final_norm=final_norm,
-            output_scale=output_scale,
-        )
-        _parts.check_common(config)
+        config = _parts.model_config(locals(), "Seq2SeqTransformer")
         _seq2seq_parts.check_options(config)
         kwargs.setdefault("name", "transformer_seq2seq")
         parts = _layers(config)
@@ -244,19 +218,8 @@ class Seq2SeqTransformer(
             Numpy int32 `(batch, longest prompt + max_new_tokens)`.
         """
         encoder_inputs = self._encoder_inputs(encoder_tokens, encoder_padding_mask, prompt)
-        return self._run_generate(
-            prompt,
-            max_new_tokens,
-            prompt_mask,
-            sampler,
-            seed,
-            stop_token_ids,
-            pad_token_id,
-            compile,
-            encoder_inputs=encoder_inputs,
-            processors=processors,
-            cache_dtype=cache_dtype,
-        )
+        arguments = GenerateArguments.from_locals(locals())
+        return self._run_generate(arguments, encoder_inputs)
 
     def stream(
         self,
@@ -281,9 +244,8 @@ class Seq2SeqTransformer(
             Numpy int32 `(batch, <= chunk_size)`: every row's next new tokens.
         """
         encoder_inputs = self._encoder_inputs(encoder_tokens, encoder_padding_mask, prompt)
-        arguments = (prompt, max_new_tokens, prompt_mask, sampler, seed)
-        arguments += (stop_token_ids, pad_token_id, compile)
-        return streaming.stream(self, chunk_size, arguments, encoder_inputs, processors)
+        arguments = GenerateArguments.from_locals(locals())
+        return streaming.stream(self, chunk_size, arguments, encoder_inputs)
 
     def _encoder_inputs(self, encoder_tokens, encoder_padding_mask, prompt):
         """Check the source and its mask against the prompt's batch:

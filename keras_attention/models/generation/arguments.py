@@ -1,6 +1,7 @@
 """The checks of `generate()`'s arguments, turned into the static settings of one
 generation and the prompt's tensors."""
 
+import collections
 import numbers
 
 import numpy as np
@@ -13,22 +14,33 @@ from keras_attention.models.generation.prompts import check_token_ids, prepare_p
 from keras_attention.models.generation.state import CACHE_DTYPES, GenerationSettings
 
 
-def check_generate_arguments(
-    model,
-    prompt,
-    max_new_tokens,
-    prompt_mask,
-    sampler,
-    seed,
-    stop_token_ids,
-    pad_token_id,
-    compile,
-    processors=None,
-    speculation=(None, None, None),
-    cache_dtype=None,
+class GenerateArguments(
+    collections.namedtuple(
+        "GenerateArguments",
+        "prompt max_new_tokens prompt_mask sampler seed stop_token_ids pad_token_id "
+        "compile processors speculation cache_dtype",
+        defaults=(None, (None, None, None), None),
+    )
 ):
-    """Check the arguments of `model.generate()`: `(settings, tokens, lengths, seed)`,
-    the prompt rows left-aligned and the seed as a `(2,)` int32 array."""
+    """`generate()`'s and `stream()`'s arguments as the model received them, unchecked:
+    one tuple from the public methods to the loop, the stream and the state session.
+    `speculation` is `(draft_model, num_draft_tokens, prompt_lookup)`; `cache_dtype`
+    None or `"int8"`."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_locals(cls, values):
+        """The arguments named in `values` (the public method's `locals()` at its
+        start); those it lacks (`stream` takes no speculation) keep their defaults."""
+        return cls(**{name: values[name] for name in cls._fields if name in values})
+
+
+def check_generate_arguments(model, arguments):
+    """Check the :class:`GenerateArguments` of `model.generate()`: `(settings, tokens,
+    lengths, seed)`, the prompt rows left-aligned and the seed as a `(2,)` int32 array."""
+    prompt, max_new_tokens, prompt_mask, sampler, seed = arguments[:5]
+    stop_token_ids, pad_token_id, compile, processors, speculation, cache_dtype = arguments[5:]
     embedding = model.decoder_embedding
     vocabulary = embedding.vocabulary_size
     tokens, lengths = prepare_prompt(prompt, prompt_mask, vocabulary)

@@ -336,34 +336,11 @@ class GenerativeMixin:
 
     # -- the public entry ----------------------------------------------------------
 
-    def _run_generate(
-        self,
-        prompt,
-        max_new_tokens,
-        prompt_mask,
-        sampler,
-        seed,
-        stop_token_ids,
-        pad_token_id,
-        compile,
-        encoder_inputs=(),
-        processors=None,
-        speculation=(None, None, None),
-        cache_dtype=None,
-    ):
-        settings, tokens, lengths, seed = self._check_generate_arguments(
-            prompt,
-            max_new_tokens,
-            prompt_mask,
-            sampler,
-            seed,
-            stop_token_ids,
-            pad_token_id,
-            compile,
-            processors,
-            speculation,
-            cache_dtype,
-        )
+    def _run_generate(self, arguments, encoder_inputs=()):
+        """`generate()` of the :class:`GenerateArguments` `arguments` (and, for
+        encoder-decoders, the checked `(encoder_tokens, encoder_padding_mask)`)."""
+        settings, tokens, lengths, seed = self._check_generate_arguments(arguments)
+        compile = arguments.compile
         args = [ops.convert_to_tensor(x) for x in (tokens, lengths, seed, *encoder_inputs)]
         key = (settings, len(encoder_inputs))
         function = self._generation_function(key, self._generate_tensors, settings, compile)
@@ -384,7 +361,7 @@ class GenerativeMixin:
             )
         return functions.functions[key]
 
-    def _check_generate_arguments(self, *arguments, **options):
+    def _check_generate_arguments(self, arguments):
         """Check `generate()`'s arguments (see :func:`arguments.check_generate_arguments`):
         `(settings, tokens, lengths, seed)`."""
-        return arguments_lib.check_generate_arguments(self, *arguments, **options)
+        return arguments_lib.check_generate_arguments(self, arguments)

@@ -80,9 +80,9 @@ def generate_with_state(model, generate_arguments, state, max_length, return_sta
     """`generate()` from a state (or a new one), returning `(tokens, new state)` or
     the tokens: laid out as `generate(history + new tokens)` returns them.
 
-    `generate_arguments` are `(prompt, max_new_tokens, prompt_mask, sampler, seed,
-    stop_token_ids, pad_token_id, compile)`; `prompt` holds the new tokens."""
-    settings, tokens, lengths, seed = model._check_generate_arguments(*generate_arguments)
+    `generate_arguments` are `generate()`'s `GenerateArguments`; `prompt` holds the
+    new tokens."""
+    settings, tokens, lengths, seed = model._check_generate_arguments(generate_arguments)
     if isinstance(settings.sampler, samplers_lib.BeamSampler):
         raise ValueError(
             "`return_state` and `state` work with the greedy and random samplers; beam "
@@ -112,7 +112,7 @@ def generate_with_state(model, generate_arguments, state, max_length, return_sta
     start = _start(state)
     arguments = [buffer, total_lengths, buffer[:, start:longest], np.int32(start), seed]
     arguments = [ops.convert_to_tensor(x) for x in arguments]
-    compile = generate_arguments[-1]
+    compile = generate_arguments.compile
     continuation = functools.partial(_continue, model)
     function = model._generation_function(("state", settings), continuation, settings, compile)
     index, buffer, caches, count = function(*arguments, state.caches)

@@ -24,14 +24,13 @@ from keras_attention.models import samplers as samplers_lib
 from keras_attention.models.generation.state import EncoderState, initial_loop_vars
 
 
-def stream(model, chunk_size, generate_arguments, encoder_inputs=(), processors=None):
+def stream(model, chunk_size, generate_arguments, encoder_inputs=()):
     """Check the arguments now and return the generator of chunks.
 
     Args:
         model: a model with the `GenerativeMixin` step API.
         chunk_size: positive int, new tokens per chunk.
-        generate_arguments: `(prompt, max_new_tokens, prompt_mask, sampler, seed,
-            stop_token_ids, pad_token_id, compile)`, as `generate()` takes them.
+        generate_arguments: the `GenerateArguments` of `stream()`.
         encoder_inputs: `(encoder_tokens, encoder_padding_mask)` for
             encoder-decoders, checked.
 
@@ -39,16 +38,14 @@ def stream(model, chunk_size, generate_arguments, encoder_inputs=(), processors=
         A generator of numpy int32 `(batch, <= chunk_size)` arrays.
     """
     _validation.check_positive_int(chunk_size, "chunk_size")
-    settings, tokens, lengths, seed = model._check_generate_arguments(
-        *generate_arguments, processors=processors
-    )
+    settings, tokens, lengths, seed = model._check_generate_arguments(generate_arguments)
     if isinstance(settings.sampler, samplers_lib.BeamSampler):
         raise ValueError(
             "Beam search cannot stream: its beams are reordered until the end, so no "
             "token is final before the last step. Use `generate()`, or a greedy or "
             f"random `sampler`. Received: sampler={settings.sampler!r}"
         )
-    compile = generate_arguments[-1]
+    compile = generate_arguments.compile
     key = (settings, len(encoder_inputs))
     first = model._generation_function(
         ("stream_first",) + key, functools.partial(_first_chunk, model), settings, compile

@@ -1,14 +1,12 @@
 """`FrequencyPenalty`: OpenAI's frequency penalty, growing with each repetition."""
 
 import keras
-from keras import ops
 
-from keras_attention.models.processors.presence_penalty import check_openai_penalty
-from keras_attention.models.processors.processor import LogitsProcessor, token_counts
+from keras_attention.models.processors.presence_penalty import OpenAIPenalty
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class FrequencyPenalty(LogitsProcessor):
+class FrequencyPenalty(OpenAIPenalty):
     """The frequency penalty of OpenAI's API: `logit[j] - penalty * count[j]`.
 
     `count[j]` is how often token `j` was generated so far in the row (the prompt is
@@ -29,13 +27,5 @@ class FrequencyPenalty(LogitsProcessor):
     [[0.0, 0.0, -1.0, 0.0]]
     """
 
-    def __init__(self, penalty):
-        self.penalty = check_openai_penalty(penalty, "penalty")
-
-    def __call__(self, logits, context):
-        logits = ops.convert_to_tensor(logits)
-        counts = token_counts(context.tokens, context.generated_mask(), ops.shape(logits)[-1])
-        return logits - self.penalty * ops.cast(counts, logits.dtype)
-
-    def get_config(self):
-        return {"penalty": self.penalty}
+    def weight(self, counts):
+        return counts

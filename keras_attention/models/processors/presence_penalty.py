@@ -10,12 +10,31 @@ from keras_attention.models.processors.processor import (
 )
 
 
-def check_openai_penalty(value, name):
-    return check_number(value, name, lambda v: -2 <= v <= 2, "a number in [-2, 2]")
+class OpenAIPenalty(LogitsProcessor):
+    """The shared body of OpenAI's presence and frequency penalties:
+    `logit[j] - penalty * weight(count[j])`, `count[j]` being how often token `j` was
+    generated so far in the row (the prompt is not counted)."""
+
+    def __init__(self, penalty):
+        self.penalty = check_number(
+            penalty, "penalty", lambda v: -2 <= v <= 2, "a number in [-2, 2]"
+        )
+
+    def weight(self, counts):
+        """What the penalty multiplies (bool or float), from the float32 counts."""
+        raise NotImplementedError(f"{type(self).__name__} must implement weight")
+
+    def __call__(self, logits, context):
+        logits = ops.convert_to_tensor(logits)
+        counts = token_counts(context.tokens, context.generated_mask(), ops.shape(logits)[-1])
+        return logits - self.penalty * ops.cast(self.weight(counts), logits.dtype)
+
+    def get_config(self):
+        return {"penalty": self.penalty}
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class PresencePenalty(LogitsProcessor):
+class PresencePenalty(OpenAIPenalty):
     """The presence penalty of OpenAI's API: `logit[j] - penalty * (count[j] > 0)`.
 
     `count[j]` is how often token `j` was generated so far in the row (the prompt is
@@ -36,13 +55,5 @@ class PresencePenalty(LogitsProcessor):
     [[0.0, 0.0, -0.5, 0.0]]
     """
 
-    def __init__(self, penalty):
-        self.penalty = check_openai_penalty(penalty, "penalty")
-
-    def __call__(self, logits, context):
-        logits = ops.convert_to_tensor(logits)
-        counts = token_counts(context.tokens, context.generated_mask(), ops.shape(logits)[-1])
-        return logits - self.penalty * ops.cast(counts > 0, logits.dtype)
-
-    def get_config(self):
-        return {"penalty": self.penalty}
+    def weight(self, counts):
+        return counts > 0

@@ -8,12 +8,13 @@ loop over data.
 """
 
 import collections
-import json
 import numbers
 
 import keras
 import numpy as np
 from keras import ops
+
+from keras_attention.models._configurable import Configurable
 
 NEGATIVE_INFINITY = float("-inf")
 
@@ -140,7 +141,7 @@ def check_ids_in_vocabulary(ids, name, vocabulary_size):
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class LogitsProcessor:
+class LogitsProcessor(Configurable):
     """Base class of the logits processors: `(logits, context)` -> logits.
 
     A processor changes the next-token logits `(batch, vocabulary)` before the
@@ -166,20 +167,3 @@ class LogitsProcessor:
     def check_vocabulary(self, vocabulary_size):
         """Raise a `ValueError` if a token id of this processor is not below
         `vocabulary_size` (called by `generate` before compiling)."""
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, json.dumps(self.get_config(), sort_keys=True)))

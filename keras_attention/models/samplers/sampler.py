@@ -5,6 +5,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_attention.models._configurable import Configurable
+
 
 def check_positive_float(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
@@ -24,7 +26,7 @@ def gumbel_argmax(logits, uniform_noise):
 
 
 @keras.saving.register_keras_serializable(package="keras_attention")
-class Sampler:
+class Sampler(Configurable):
     """Base class of the samplers: logits `(batch, vocabulary)` -> tokens `(batch,)`.
 
     A sampler draws from `softmax(logits / temperature)`, restricted by
@@ -70,17 +72,3 @@ class Sampler:
 
     def get_config(self):
         return {"temperature": self.temperature}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
