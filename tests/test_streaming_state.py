@@ -11,18 +11,11 @@ import pytest
 
 from keras_attention import models
 from keras_attention.models.generation import GenerationState
+from tests.utils import TINY_LM
 
 BACKEND = keras.backend.backend()
-VOCAB = 13
-TINY = dict(
-    vocabulary_size=VOCAB,
-    sequence_length=48,
-    num_layers=2,
-    embedding_dim=16,
-    num_heads=2,
-    intermediate_dim=24,
-    dropout=0.0,
-)
+VOCAB = TINY_LM["vocabulary_size"]
+TINY = dict(TINY_LM, sequence_length=48)
 
 
 @pytest.fixture(scope="module")

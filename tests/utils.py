@@ -326,3 +326,15 @@ def normal_sampler(rng):
 def random_normal(*shape, seed=0):
     """float32 standard-normal draws of `shape` from a fresh stream seeded by `seed`."""
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+# A tiny language model's settings (vocabulary 13, two layers of width 16) for the
+# generation tests; each file adds its `sequence_length`.
+TINY_LM = dict(
+    vocabulary_size=13,
+    num_layers=2,
+    embedding_dim=16,
+    num_heads=2,
+    intermediate_dim=24,
+    dropout=0.0,
+)
