@@ -235,3 +235,16 @@ def test_keras_hub_cache_layout_refuses_int8():
     cache = decoder.get_initial_cache(1, 3, dtype="int8")
     output, cache = decoder(x[:, :1], self_attention_cache=cache, cache_index=0)
     assert isinstance(cache, QuantizedCache) and tuple(output.shape) == (1, 1, 8)
+
+
+@pytest.mark.tensorflow_only("LiteRT export of TensorFlow graphs")
+def test_a_quantized_model_is_refused_by_the_litert_export_with_the_way_out(trained, tmp_path):
+    """LiteRT's converter cannot lower Keras' int8 matmuls (measured: `tfl.fully_connected`
+    refuses raw int8 operands); the export says so and names LiteRT's own int8."""
+    source = trained["ring"]
+    model = CausalLanguageModel.from_config(source.get_config())
+    model.set_weights(source.get_weights())
+    model.quantize("int8")
+    with pytest.raises(ValueError, match="quantization='dynamic_int8'"):
+        export_generator(model, tmp_path / "lm.tflite", format="litert", max_length=MAX_LENGTH)
+    assert not (tmp_path / "lm.tflite").exists()

@@ -58,6 +58,7 @@ from keras_attention import _validation
 from keras_attention.export import _atomic
 from keras_attention.export._generator_steps import Steps
 from keras_attention.models import processors as processors_lib
+from keras_attention.models._adaptation import quantized_layers
 from keras_attention.models.generation import GenerativeMixin, check_token_ids
 from keras_attention.models.generation.state import CACHE_DTYPES
 
@@ -130,6 +131,7 @@ def export_generator(
     _check_format(format, quantization, stop_token_ids, pad_token_id, processors)
     _validation.check_one_of(cache_dtype, "cache_dtype", CACHE_DTYPES)
     max_length = _check_model(model, max_length, prompt_length)
+    _check_quantized_for_litert(model, format)
     vocabulary = model.decoder_embedding.vocabulary_size
     generate_settings = (
         check_token_ids(stop_token_ids, "stop_token_ids", vocabulary),
@@ -159,6 +161,20 @@ def export_generator(
     steps = Steps(model, max_length, False, cache_dtype=cache_dtype)
     _write_litert(steps, path, prompt_length, quantization)
     return path
+
+
+def _check_quantized_for_litert(model, format):
+    """LiteRT's converter cannot lower Keras' quantized `Dense` (an int8 x int8
+    matmul of raw int8 tensors): say so, and what works instead."""
+    quantized = quantized_layers(model)
+    if format == "litert" and quantized:
+        raise ValueError(
+            "A model quantized with `model.quantize(...)` cannot be converted to LiteRT "
+            "(its int8 matmuls are not LiteRT ops). Export the float model with "
+            "`quantization='dynamic_int8'` (LiteRT's own int8 weights) instead. "
+            f"Received: a model with {len(quantized)} quantized layers "
+            f"(mode={sorted(set(quantized.values()))[0]!r}), format='litert'"
+        )
 
 
 def _check_format(format, quantization, stop_token_ids, pad_token_id, processors=None):
