@@ -36,6 +36,7 @@ import collections
 
 from keras import ops
 
+from keras_attention import _validation
 from keras_attention.backend import generation as _backend
 from keras_attention.models import samplers as samplers_lib
 from keras_attention.models.generation.state import advance
@@ -262,8 +263,6 @@ def _verify(sampler, logits, drafts, draft_logits, in_prompt, seed, index):
 
 def check_speculation(model, sampler, draft_model, num_draft_tokens, prompt_lookup):
     """The `Speculation` of `generate`'s arguments (None without one), checked."""
-    from keras_attention import _validation
-
     if draft_model is None and prompt_lookup is None:
         if num_draft_tokens is not None:
             raise ValueError(
