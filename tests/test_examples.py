@@ -147,6 +147,20 @@ def test_finetune_quantize(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(expected)
 
 
+@pytest.mark.tensorflow_only("LiteRT export of TensorFlow graphs")
+def test_keras_hub_to_device(tmp_path):
+    pytest.importorskip("keras_hub", reason="the example converts a keras-hub model")
+    pytest.importorskip("ai_edge_litert", reason="the example runs the LiteRT interpreter")
+    # A 2-layer random GPT-2 saved by keras-hub's `save_to_preset`, converted from the
+    # preset folder, 8 greedy tokens from a string prompt, exported to LiteRT (~25 s of CPU).
+    result = _run("keras_hub_to_device", tmp_path)
+    assert result["text"] == result["keras_hub_text"]  # keras-hub's own generate
+    assert result["text"].startswith(result["prompt"]) and result["text"] != result["prompt"]
+    assert result["litert_tokens"] == result["tokens"]
+    assert result["litert_text"] == result["text"]
+    assert os.listdir(tmp_path) == ["keras_hub_to_device.tflite"]  # the preset was temporary
+
+
 def test_scripts_have_the_common_flags():
     for name in [
         "quickstart",
@@ -156,6 +170,7 @@ def test_scripts_have_the_common_flags():
         "plot_attention",
         "deploy_language_model",
         "finetune_quantize",
+        "keras_hub_to_device",
     ]:
         with open(os.path.join(EXAMPLES, f"{name}.py")) as handle:
             source = handle.read()
