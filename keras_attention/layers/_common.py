@@ -1,9 +1,10 @@
-"""Helpers shared by the layers: the Dense projection settings, symbolic outputs, and
-the quantization and LoRA hooks (`NothingToQuantize`, `LoraMixin`, `enable_lora`)."""
+"""Helpers shared by the layers: the Dense projection settings, the self-attention
+mask, symbolic outputs, and the quantization and LoRA hooks (`NothingToQuantize`,
+`LoraMixin`, `enable_lora`)."""
 
 import keras
 
-from keras_attention import _validation
+from keras_attention import _validation, masks
 
 # The Dense arguments a layer passes on unchanged to its projections, and the Keras
 # module that turns each into an object (and back into config).
@@ -123,6 +124,21 @@ def bias_parts(use_bias, parts):
             f"Received: use_bias={use_bias!r}"
         )
     return tuple(use_bias), frozenset(use_bias)
+
+
+def self_attention_mask(padding_mask, seq_len, attention_mask=None, use_causal_mask=False):
+    """The mask of attention over one sequence of `seq_len` tokens (queries and keys
+    alike): padded keys are never attended and padded queries attend nothing (their
+    output is zero), merged with `attention_mask` and, with `use_causal_mask`, the
+    causal mask; see `masks.merge_attention_masks`."""
+    return masks.merge_attention_masks(
+        query_mask=padding_mask,
+        value_mask=padding_mask,
+        attention_mask=attention_mask,
+        use_causal_mask=use_causal_mask,
+        q_len=seq_len,
+        kv_len=seq_len,
+    )
 
 
 def attention_output_spec(layer, output_shape, scores_shape, return_attention_scores):

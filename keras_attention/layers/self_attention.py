@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_attention import _validation, masks
+from keras_attention import _validation
 from keras_attention import ops as attention_ops
 from keras_attention.layers import _common
 
@@ -91,14 +91,8 @@ class SelfAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
     ):
-        seq_len = keras.ops.shape(inputs)[1]
-        attention_mask = masks.merge_attention_masks(
-            query_mask=mask,
-            value_mask=mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            q_len=seq_len,
-            kv_len=seq_len,
+        attention_mask = _common.self_attention_mask(
+            mask, keras.ops.shape(inputs)[1], attention_mask, use_causal_mask
         )
         return attention_ops.scaled_dot_product_attention(
             self.query_dense(inputs),

@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from keras_attention import _validation, masks
-from keras_attention.layers import _decoding_cache, _keras_hub_cache
+from keras_attention.layers import _common, _decoding_cache, _keras_hub_cache
 from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
@@ -250,14 +250,7 @@ class TransformerDecoder(_TransformerBlock):
         padding_mask, attention_mask = _checked_masks(
             "decoder", decoder_sequence, padding_mask, decoder_mask, attention_mask
         )
-        return masks.merge_attention_masks(
-            query_mask=padding_mask,
-            value_mask=padding_mask,
-            attention_mask=attention_mask,
-            use_causal_mask=causal,
-            q_len=dec_len,
-            kv_len=dec_len,
-        )
+        return _common.self_attention_mask(padding_mask, dec_len, attention_mask, causal)
 
     def _cross_attention_mask(
         self, decoder_sequence, encoder_sequence, padding_mask, encoder_mask, attention_mask

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from keras_attention import _validation, masks
+from keras_attention import _validation
+from keras_attention.layers import _common
 from keras_attention.layers._transformer_block import _padding_mask, _TransformerBlock
 
 
@@ -122,15 +123,10 @@ class TransformerEncoder(_TransformerBlock):
             "padding_mask",
             "inputs",
         )
-        seq_len = ops.shape(inputs)[1]
         # Padded keys are never attended; padded queries attend nothing (their
         # attention output is zero, and the output mask marks them).
-        attention_mask = masks.merge_attention_masks(
-            query_mask=padding_mask,
-            value_mask=padding_mask,
-            attention_mask=attention_mask,
-            q_len=seq_len,
-            kv_len=seq_len,
+        attention_mask = _common.self_attention_mask(
+            padding_mask, ops.shape(inputs)[1], attention_mask
         )
 
         scores = []
