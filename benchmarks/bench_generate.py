@@ -19,6 +19,10 @@ with the first turn's `GenerationState` (only the new tokens run through the mod
 and without (the whole history runs again), on a model of the same size with a
 position table of 1024.
 
+`--from-keras-hub` prints only the same comparison for the same two backbones converted
+with `CausalLanguageModel.from_keras_hub(causal_lm)` (issue 29; the code is in
+`keras_hub_tables.py`).
+
 `--architectures` prints only the published-architectures table (issue 28): a
 Llama-3.1-shaped and a Gemma-2-shaped keras-hub backbone (vocabulary 8000, 4 layers,
 hidden 256, 8 query / 2 key-value heads, random weights) converted with
@@ -37,6 +41,7 @@ Usage:
     python benchmarks/bench_generate.py --smoke           # seconds; no keras-hub needed
     python benchmarks/bench_generate.py --no-keras-hub --cases 4,16,64   # processors
     python benchmarks/bench_generate.py --architectures --repeats 15   # Llama 3.1, Gemma 2
+    python benchmarks/bench_generate.py --from-keras-hub --repeats 15  # the same, from_keras_hub
 """
 
 import argparse
@@ -66,6 +71,11 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--architectures", action="store_true", help="only the Llama-3.1 / Gemma-2 table"
+    )
+    parser.add_argument(
+        "--from-keras-hub",
+        action="store_true",
+        help="only the table of models converted by from_keras_hub (issue 29)",
     )
     parser.add_argument(
         "--history", type=int, default=512, help="second-turn table: tokens of history (0: skip)"
@@ -153,6 +163,10 @@ def main(argv=None):
 
     if args.architectures:
         return print_architectures(args.repeats)
+    if args.from_keras_hub:
+        from keras_hub_tables import print_generate_table
+
+        return print_generate_table(args.repeats, args.smoke)
     size = dict(vocabulary=1000, layers=4, heads=4, width=256, ff=1024, length=256)
     if args.smoke:
         size = dict(vocabulary=50, layers=1, heads=2, width=16, ff=32, length=16)
@@ -324,9 +338,10 @@ def architecture_backbones(smoke=False):
     }
 
 
-def time_architecture(backbone, causal_lm_class, prompt, new, repeats):
-    """Ours (converted) vs keras-hub's `generate`, compiled its default way and with
-    `jit_compile=True`, on the same weights: `(first, median, fastest, tokens_equal)`."""
+def time_architecture(backbone, causal_lm_class, prompt, new, repeats, converter=None):
+    """Ours (converted by `converter(causal_lm)`, default `convert`) vs keras-hub's
+    `generate`, compiled its default way and with `jit_compile=True`, on the same
+    weights: `(first, median, fastest, tokens_equal)`."""
     import numpy as np
 
     from keras_attention.convert.keras_hub import convert
@@ -335,7 +350,7 @@ def time_architecture(backbone, causal_lm_class, prompt, new, repeats):
     hub.compile(sampler="greedy")
     hub_xla = causal_lm_class(backbone=backbone, preprocessor=None)
     hub_xla.compile(sampler="greedy", jit_compile=True)
-    ours = convert(hub)
+    ours = (converter or convert)(hub)
     batch, prompt_len = prompt.shape
     inputs = {
         "token_ids": np.pad(prompt, ((0, 0), (0, new))),

@@ -16,8 +16,15 @@ activations), and measures with the `ai-edge-litert` interpreter (XNNPACK, one t
   same position, the share of identical continuations, and the mean length of the
   common prefix; and float32 LiteRT against `model.generate` (should be 100 %).
 
+`--from-keras-hub` times instead the Llama-3.1- and Gemma-2-shaped keras-hub models of
+`bench_generate.py --architectures` (random weights) converted with
+`CausalLanguageModel.from_keras_hub`, exported the same two ways with a cache of 96
+positions (a 32-token prompt, 64 new): file size, prefill, decode per token and the
+greedy tokens against `model.generate` (the code is in `keras_hub_tables.py`).
+
 Usage:
     python benchmarks/bench_litert_generation.py
+    python benchmarks/bench_litert_generation.py --from-keras-hub   # keras-hub Llama, Gemma
     python benchmarks/bench_litert_generation.py --smoke    # tiny model, seconds
 """
 
@@ -45,6 +52,11 @@ def parse_args(argv=None):
     parser.add_argument("--new", type=int, default=64, help="new tokens per prompt")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--from-keras-hub",
+        action="store_true",
+        help="only the Llama / Gemma models converted by from_keras_hub (issue 29)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.train_windows, args.epochs, args.steps, args.prompts, args.new = 256, 1, 10, 4, 8
@@ -52,8 +64,41 @@ def parse_args(argv=None):
     return args
 
 
+def time_steps(generator, prompt, steps, repeats):
+    """Milliseconds of `generator`'s `prefill` of `prompt` (median of `5 * repeats`
+    calls) and of one `decode` step (median and 90th percentile over `repeats` passes
+    of `steps` greedy steps after the prompt, batch 1, within the cache)."""
+    import numpy as np
+
+    tokens = np.array([prompt], "int32")
+    mask = np.ones_like(tokens, bool)
+    prefill_times = []
+    for _ in range(repeats * 5):
+        start = time.perf_counter()
+        out = generator.prefill(tokens=tokens, mask=mask)
+        prefill_times.append(time.perf_counter() - start)
+    step_times = []
+    for _ in range(repeats):  # several passes: a busy machine adds outliers
+        cache, token = out["cache"], out["logits"].argmax(-1).astype("int32")
+        for index in range(len(prompt), min(generator.max_length, len(prompt) + steps)):
+            start = time.perf_counter()
+            step = generator.decode(token=token, cache=cache, index=np.array(index, "int32"))
+            step_times.append(time.perf_counter() - start)
+            cache, token = step["cache"], step["logits"].argmax(-1).astype("int32")
+    step_times.sort()
+    return (
+        statistics.median(prefill_times) * 1e3,
+        statistics.median(step_times) * 1e3,
+        step_times[int(0.9 * (len(step_times) - 1))] * 1e3,
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_keras_hub:
+        from keras_hub_tables import print_litert_table
+
+        return print_litert_table(args)
     import char_language_model
     import keras
     import numpy as np
@@ -94,32 +139,8 @@ def main(argv=None):
     rows, continuations = [], {}
     for name, path in paths.items():
         generator = LiteRTGenerator(path, num_threads=args.threads)
-        tokens = np.array([prompts[0]], "int32")
-        mask = np.ones_like(tokens, bool)
-        prefill_times = []
-        for _ in range(args.repeats * 5):
-            start = time.perf_counter()
-            out = generator.prefill(tokens=tokens, mask=mask)
-            prefill_times.append(time.perf_counter() - start)
-        step_times = []
-        for _ in range(args.repeats):  # several passes: a busy machine adds outliers
-            cache, token = out["cache"], out["logits"].argmax(-1).astype("int32")
-            for index in range(prompt_length, min(length, prompt_length + args.steps)):
-                start = time.perf_counter()
-                step = generator.decode(token=token, cache=cache, index=np.array(index, "int32"))
-                step_times.append(time.perf_counter() - start)
-                cache, token = step["cache"], step["logits"].argmax(-1).astype("int32")
-        step_times.sort()
-        rows.append(
-            (
-                name,
-                os.path.getsize(path) / 1e6,
-                statistics.median(prefill_times) * 1e3,
-                statistics.median(step_times) * 1e3,
-                step_times[int(0.9 * (len(step_times) - 1))] * 1e3,
-                export_seconds[name],
-            )
-        )
+        prefill, median, p90 = time_steps(generator, prompts[0], args.steps, args.repeats)
+        rows.append((name, os.path.getsize(path) / 1e6, prefill, median, p90, export_seconds[name]))
         continuations[name] = [row[prompt_length:] for row in generator.generate(prompts, args.new)]
     keras_tokens = model.generate(np.array(prompts, "int32"), args.new)[:, prompt_length:]
     continuations["model.generate"] = keras_tokens.tolist()
