@@ -146,19 +146,22 @@ def test_litert_greedy_loop_equals_generate_causal_lm(tmp_path):
     assert served.shape == (3, MAX_LENGTH)
 
 
-@pytest.mark.tensorflow_only("LiteRT conversion of TensorFlow graphs")
-def test_litert_greedy_loop_equals_generate_seq2seq(tmp_path):
-    pytest.importorskip("ai_edge_litert")
+@pytest.mark.tensorflow_only("LiteRT and ONNX conversion of TensorFlow graphs")
+@pytest.mark.parametrize("runtime", ["litert", "onnx"])
+def test_device_greedy_loop_equals_generate_seq2seq(tmp_path, runtime):
+    for module in ("ai_edge_litert",) if runtime == "litert" else ("onnxruntime", "tf2onnx"):
+        pytest.importorskip(module)
     keras.utils.set_random_seed(4)
     model = _seq2seq()
-    path = export_generator(model, tmp_path / "seq2seq.tflite", max_length=MAX_LENGTH)
+    path = tmp_path / ("seq2seq.tflite" if runtime == "litert" else "seq2seq")
+    path = export_generator(model, path, format=runtime, max_length=MAX_LENGTH)
     source = np.array([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]], "int32")
     source_mask = source != 0
     tokens = np.array([[1], [1]], "int32")
     mask = np.ones((2, 1), bool)
     expected = model.generate(source, tokens, MAX_LENGTH - 1, encoder_padding_mask=source_mask)
     served = _run_app(
-        "litert",
+        runtime,
         path,
         tmp_path,
         encoder_tokens=source,
