@@ -1,5 +1,5 @@
 """keras_attention.export.export_generator: prefill/decode steps with an explicit cache,
-run by an app's own loop in LiteRT (and TensorFlow) without this package."""
+run by an app's own loop in LiteRT, ONNX Runtime (and TensorFlow) without this package."""
 
 import os
 import textwrap
@@ -58,6 +58,20 @@ _APP_LOOP = textwrap.dedent(
         interpreter = Interpreter(artifact)
         prefill = interpreter.get_signature_runner("prefill")
         decode = interpreter.get_signature_runner("decode")
+    elif runtime == "onnx":
+        import onnxruntime
+
+        def runner(name):  # one graph per file; `decode` returns `next_cache`
+            session = onnxruntime.InferenceSession(f"{artifact}/{name}.onnx")
+            names = [output.name for output in session.get_outputs()]
+
+            def run(**feeds):
+                out = dict(zip(names, session.run(None, feeds)))
+                return {("cache" if k == "next_cache" else k): v for k, v in out.items()}
+
+            return run
+
+        prefill, decode = runner("prefill"), runner("decode")
     else:
         import tensorflow as tf
 
@@ -83,11 +97,14 @@ _APP_LOOP = textwrap.dedent(
         out = decode(token=token, cache=cache, index=np.array(index, "int32"), **extra)
         logits, cache = out["logits"], out["cache"]
     results = {"tokens": buffer}
-    if runtime != "litert":
+    if runtime == "tf_saved_model":
         results["generate"] = arrays_generate
     np.savez(outputs_file, **results)
+    forbidden = ("keras_attention", "keras")
+    if runtime != "tf_saved_model":  # the LiteRT and ONNX apps run without TensorFlow
+        forbidden += ("tensorflow",)
     print(json.dumps([m for m, mod in sys.modules.items()
-                      if m.split(".")[0] in ("keras_attention", "keras") and mod]))
+                      if m.split(".")[0] in forbidden and mod]))
     """
 )
 
@@ -129,19 +146,22 @@ def test_litert_greedy_loop_equals_generate_causal_lm(tmp_path):
     assert served.shape == (3, MAX_LENGTH)
 
 
-@pytest.mark.tensorflow_only("LiteRT conversion of TensorFlow graphs")
-def test_litert_greedy_loop_equals_generate_seq2seq(tmp_path):
-    pytest.importorskip("ai_edge_litert")
+@pytest.mark.tensorflow_only("LiteRT and ONNX conversion of TensorFlow graphs")
+@pytest.mark.parametrize("runtime", ["litert", "onnx"])
+def test_device_greedy_loop_equals_generate_seq2seq(tmp_path, runtime):
+    for module in ("ai_edge_litert",) if runtime == "litert" else ("onnxruntime", "tf2onnx"):
+        pytest.importorskip(module)
     keras.utils.set_random_seed(4)
     model = _seq2seq()
-    path = export_generator(model, tmp_path / "seq2seq.tflite", max_length=MAX_LENGTH)
+    path = tmp_path / ("seq2seq.tflite" if runtime == "litert" else "seq2seq")
+    path = export_generator(model, path, format=runtime, max_length=MAX_LENGTH)
     source = np.array([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]], "int32")
     source_mask = source != 0
     tokens = np.array([[1], [1]], "int32")
     mask = np.ones((2, 1), bool)
     expected = model.generate(source, tokens, MAX_LENGTH - 1, encoder_padding_mask=source_mask)
     served = _run_app(
-        "litert",
+        runtime,
         path,
         tmp_path,
         encoder_tokens=source,
@@ -150,6 +170,25 @@ def test_litert_greedy_loop_equals_generate_seq2seq(tmp_path):
         mask=mask,
     )["tokens"]
     np.testing.assert_array_equal(served, expected)
+
+
+@pytest.mark.tensorflow_only("ONNX conversion of TensorFlow graphs (tf2onnx)")
+def test_onnx_greedy_loop_equals_generate_causal_lm(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    keras.utils.set_random_seed(3)
+    model = _causal_lm()
+    path = export_generator(model, tmp_path / "lm", format="onnx", max_length=MAX_LENGTH)
+    assert sorted(os.listdir(path)) == ["decode.onnx", "prefill.onnx"]
+    # As the LiteRT test: right padding, a hole, and a prompt token 0.
+    tokens = np.array([[3, 4, 5, 6], [7, 0, 8, 0], [9, 2, 0, 11]], "int32")
+    mask = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1]], bool)
+    lengths = mask.sum(axis=1)
+    expected = model.generate(tokens, MAX_LENGTH - lengths.max(), prompt_mask=mask)
+    served = _run_app("onnx", path, tmp_path, tokens=tokens, mask=mask)["tokens"]
+    for row, expected_row in enumerate(_expected_rows(expected, lengths)):
+        np.testing.assert_array_equal(served[row, : len(expected_row)], expected_row)
+    assert served.shape == (3, MAX_LENGTH)
 
 
 @pytest.mark.tensorflow_only("SavedModel export of TensorFlow graphs")
@@ -225,8 +264,8 @@ def test_saved_model_generate_stops_and_pads_as_generate(tmp_path):
 
 
 def test_unknown_format_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"`format` must be one of.*Received: format='onnx'"):
-        export_generator(_causal_lm(), tmp_path / "lm.onnx", format="onnx")
+    with pytest.raises(ValueError, match=r"`format` must be one of.*Received: format='openvino'"):
+        export_generator(_causal_lm(), tmp_path / "lm.xml", format="openvino")
 
 
 def test_model_without_decoder_is_named(tmp_path):
@@ -251,6 +290,14 @@ def test_model_without_decoder_is_named(tmp_path):
             "LiteRT format only. Received: quantization='dynamic_int8'",
         ),
         (
+            dict(quantization="dynamic_int8", format="onnx"),
+            "LiteRT format only. Received: quantization='dynamic_int8', format='onnx'",
+        ),
+        (
+            dict(cache_dtype="int8", format="onnx"),
+            "float32 cache only.*Received: cache_dtype='int8', format='onnx'",
+        ),
+        (
             dict(stop_token_ids=[2]),
             "SavedModel's `generate` signature.*Received: stop_token_ids=\\[2\\]",
         ),
@@ -263,6 +310,13 @@ def test_model_without_decoder_is_named(tmp_path):
 def test_bad_arguments_are_named(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         export_generator(_causal_lm(), tmp_path / "lm.tflite", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.tensorflow_only("the path is checked after the backend")
+def test_onnx_path_is_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="a folder for format='onnx'.*Received: path=.*lm.onnx"):
+        export_generator(_causal_lm(), tmp_path / "lm.onnx", format="onnx")
     assert os.listdir(tmp_path) == []
 
 

@@ -338,20 +338,26 @@ def _gemma_lm(seed):
     return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
 
 
-@pytest.mark.tensorflow_only("LiteRT conversion of TensorFlow graphs")
-@pytest.mark.parametrize("family", ["gpt2_with_tokenizer", "gemma"])
-def test_litert_loop_of_a_converted_model_equals_generate(family, gpt2_pair, tmp_path):
-    pytest.importorskip("ai_edge_litert")
+@pytest.mark.tensorflow_only("LiteRT and ONNX conversion of TensorFlow graphs")
+@pytest.mark.parametrize(
+    "runtime, family",
+    [("litert", "gpt2_with_tokenizer"), ("litert", "gemma"), ("onnx", "gpt2_with_tokenizer")],
+)
+def test_device_loop_of_a_converted_model_equals_generate(runtime, family, gpt2_pair, tmp_path):
+    # The app's loop in LiteRT or ONNX Runtime, in a process without Keras or TensorFlow.
+    for module in ("ai_edge_litert",) if runtime == "litert" else ("onnxruntime", "tf2onnx"):
+        pytest.importorskip(module)
     from keras_attention.export import export_generator
     from tests.test_export_generator import MAX_LENGTH, _expected_rows, _run_app
 
     model = gpt2_pair[1] if family == "gpt2_with_tokenizer" else from_keras_hub(_gemma_lm(8))
-    path = export_generator(model, tmp_path / "lm.tflite", max_length=MAX_LENGTH)
+    path = tmp_path / ("lm.tflite" if runtime == "litert" else "lm")
+    path = export_generator(model, path, format=runtime, max_length=MAX_LENGTH)
     tokens = np.array([[3, 4, 5, 6], [7, 2, 8, 0]], "int32")
     mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool)
     lengths = mask.sum(axis=1)
     expected = model.generate(tokens, MAX_LENGTH - lengths.max(), prompt_mask=mask)
-    served = _run_app("litert", path, tmp_path, tokens=tokens, mask=mask)["tokens"]
+    served = _run_app(runtime, path, tmp_path, tokens=tokens, mask=mask)["tokens"]
     for row, expected_row in enumerate(_expected_rows(expected, lengths)):
         np.testing.assert_array_equal(served[row, : len(expected_row)], expected_row)
 

@@ -15,8 +15,8 @@ work on this backend (naming the one that does) and the formats that export ever
 layer of this package named when a converter fails.
 
 `export_generator` writes a decoder's `prefill` and `decode` steps, with the
-key/value cache as explicit state, as a LiteRT flatbuffer or a SavedModel, so an app
-runs the token loop itself; the SavedModel also has the whole greedy loop as its
+key/value cache as explicit state, as a LiteRT flatbuffer, ONNX files or a SavedModel,
+so an app runs the token loop itself; the SavedModel also has the whole greedy loop as its
 `generate(tokens, mask)` signature (see `keras_attention.export.generator`).
 
 The modules, by job: `saving` (`.keras` files and SavedModels), `formats`

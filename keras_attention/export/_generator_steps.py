@@ -155,6 +155,45 @@ class Steps:
         encoder_state = self.model.encoder_state_from_cache(caches, mask)
         return self._decode(token, cache, index, encoder_state)
 
+    # -- the signatures: each exported function and its input specs -----------------
+
+    def signatures(self, prompt_length, with_generate=False):
+        """`{name: (function, input specs)}` of `prefill`, `decode` (and `generate`):
+        the names and shapes every format exports (`prompt_length` fixes the width)."""
+        import tensorflow as tf
+
+        width = prompt_length
+        tokens = [
+            tf.TensorSpec((None, width), tf.int32, name="tokens"),
+            tf.TensorSpec((None, width), tf.bool, name="mask"),
+        ]
+        state_dtype = tf.int8 if self.cache_dtype else tf.float32
+        cache = tf.TensorSpec((None, self.max_length, self.cache_features), state_dtype, "cache")
+        token = tf.TensorSpec((None,), tf.int32, name="token")
+        index = tf.TensorSpec((), tf.int32, name="index")
+        if not self.seq2seq:
+            signatures = {
+                "prefill": (self.prefill, tokens),
+                "decode": (self.decode, [token, cache, index]),
+                "generate": (self.generate, tokens),
+            }
+        else:
+            source = [
+                tf.TensorSpec((None, None), tf.int32, name="encoder_tokens"),
+                tf.TensorSpec((None, None), tf.bool, name="encoder_mask"),
+            ]
+            encoder_cache = tf.TensorSpec(
+                (None, None, self.cache_features), tf.float32, name="encoder_cache"
+            )
+            signatures = {
+                "prefill": (self.prefill_seq2seq, source + tokens),
+                "decode": (self.decode_seq2seq, [token, cache, encoder_cache, index]),
+                "generate": (self.generate_seq2seq, source + tokens),
+            }
+        if not with_generate:
+            del signatures["generate"]
+        return signatures
+
     # -- the whole greedy loop (SavedModel only: LiteRT has no loop of this kind) -----
 
     def _generate(self, tokens, mask, encoder_inputs):

@@ -1,6 +1,6 @@
 """`export_generator`: a decoder exported as `prefill` and `decode` steps with the
 key/value cache as explicit state, so an app (a phone, a server) runs the token loop
-in its own code, with only LiteRT or TensorFlow.
+in its own code, with only LiteRT, ONNX Runtime or TensorFlow.
 
 The exported functions, for a :class:`~keras_attention.models.CausalLanguageModel`:
 
@@ -37,6 +37,11 @@ included)::
         out = decode(token=token, cache=cache, index=index)
         logits, cache = out["logits"], out["cache"]
 
+An ONNX export (`format="onnx"`) is a folder of two graphs, `prefill.onnx` and
+`decode.onnx`, one `onnxruntime.InferenceSession` each, with the same inputs and
+outputs except one name: ONNX names every value of a graph once, so `decode`
+returns its updated cache as `next_cache` (the app passes it back as `cache`).
+
 A SavedModel export also has the whole greedy loop as one signature,
 `generate(tokens, mask) -> {"tokens": (batch, max_length)}` (and
 `generate(encoder_tokens, encoder_mask, tokens, mask)` for seq2seq models), stopping
@@ -49,6 +54,7 @@ The steps (`export/_generator_steps.py`) are the models' package-internal step A
 `encoder_state_from_cache`), the same functions `model.generate` runs.
 """
 
+import importlib.util
 import os
 import tempfile
 
@@ -57,12 +63,13 @@ import keras
 from keras_attention import _validation
 from keras_attention.export import _atomic
 from keras_attention.export._generator_steps import Steps
+from keras_attention.export._onnx_generator import write_onnx
 from keras_attention.models import processors as processors_lib
 from keras_attention.models._adaptation import quantized_layers
 from keras_attention.models.generation import GenerativeMixin, check_token_ids
 from keras_attention.models.generation.state import CACHE_DTYPES
 
-FORMATS = ("litert", "tf_saved_model")
+FORMATS = ("litert", "tf_saved_model", "onnx")
 QUANTIZATIONS = (None, "dynamic_int8")
 
 
@@ -89,10 +96,13 @@ def export_generator(
             :class:`~keras_attention.models.Seq2SeqTransformer` (a model with a
             decoder and a key/value cache).
         path: for `format="litert"` a file ending in `.tflite`; for
-            `"tf_saved_model"` a folder.
+            `"tf_saved_model"` and `"onnx"` a folder (`"onnx"` writes
+            `path/prefill.onnx` and `path/decode.onnx`).
         format: `"litert"` (a `.tflite` flatbuffer for the `ai-edge-litert`
-            interpreter, built-in ops only) or `"tf_saved_model"` (also has the
-            whole-loop greedy `generate` signature).
+            interpreter, built-in ops only), `"tf_saved_model"` (also has the
+            whole-loop greedy `generate` signature) or `"onnx"` (for ONNX Runtime,
+            converted by tf2onnx as Keras' `model.export(format="onnx")` is on
+            TensorFlow; needs `tf2onnx` and `onnx`, in the `export` extra).
         max_length: positions of the cache, prompt plus new tokens; defaults to
             the model's `sequence_length`. With learned positions it must not exceed
             `sequence_length`.
@@ -111,7 +121,7 @@ def export_generator(
             (`"tf_saved_model"` only).
         cache_dtype: `None` (a float32 cache) or `"int8"` (the decoder's
             self-attention cache quantized, as `model.generate(cache_dtype="int8")`;
-            a seq2seq model's `encoder_cache` stays float32).
+            a seq2seq model's `encoder_cache` stays float32; not for `"onnx"`).
 
     Returns:
         The absolute path written, as a string.
@@ -119,8 +129,10 @@ def export_generator(
     Raises:
         ValueError: an unknown `format` or `quantization`, a model without a decoder,
             `max_length` out of range or smaller than `prompt_length`, token ids
-            out of the vocabulary or given for LiteRT, or a backend other than
+            out of the vocabulary or given for LiteRT or ONNX, `cache_dtype="int8"`
+            for ONNX, a `path` ending in `.onnx` for ONNX, or a backend other than
             TensorFlow.
+        ModuleNotFoundError: `format="onnx"` without `tf2onnx` or `onnx`.
 
     Example:
     ```python
@@ -130,6 +142,13 @@ def export_generator(
     """
     _check_format(format, quantization, stop_token_ids, pad_token_id, processors)
     _validation.check_one_of(cache_dtype, "cache_dtype", CACHE_DTYPES)
+    if format == "onnx" and cache_dtype is not None:
+        raise ValueError(
+            "format='onnx' exports the float32 cache only (the int8 cache stores its "
+            "scales' bytes with a bitcast, which tf2onnx cannot convert): use "
+            "format='litert' or 'tf_saved_model' for it. "
+            f"Received: cache_dtype={cache_dtype!r}, format='onnx'"
+        )
     max_length = _check_model(model, max_length, prompt_length)
     _check_quantized_for_litert(model, format)
     vocabulary = model.decoder_embedding.vocabulary_size
@@ -147,6 +166,8 @@ def export_generator(
     path = os.path.abspath(os.fspath(path))
     if format == "litert" and not path.endswith(".tflite"):
         raise ValueError(f"`path` must end in `.tflite` for LiteRT. Received: path={path!r}")
+    if format == "onnx":
+        _check_onnx_path(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if format == "tf_saved_model":
         if os.path.exists(path) and not os.path.isdir(path):
@@ -157,10 +178,31 @@ def export_generator(
         with _atomic.atomic_folder(path) as tmp_dir:
             _write_saved_model(steps, tmp_dir, prompt_length, with_generate=True)
         return path
+    if format == "onnx":
+        # Like LiteRT, no run-time width check: the app checks the prompt width.
+        steps = Steps(model, max_length, False)
+        with _atomic.atomic_folder(path) as tmp_dir:
+            write_onnx(steps, tmp_dir, prompt_length)
+        return path
     # LiteRT drops assertions; the app checks the width (see examples/litert_app.py).
     steps = Steps(model, max_length, False, cache_dtype=cache_dtype)
     _write_litert(steps, path, prompt_length, quantization)
     return path
+
+
+def _check_onnx_path(path):
+    if path.endswith(".onnx") or (os.path.exists(path) and not os.path.isdir(path)):
+        raise ValueError(
+            "`path` is a folder for format='onnx': it receives `prefill.onnx` and "
+            f"`decode.onnx`. Received: path={path!r}"
+        )
+    for module in ("tf2onnx", "onnx"):
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(
+                f"format='onnx' needs the `{module}` package: `pip install {module}` (it is "
+                "in this package's `export` extra, `pip install -e '.[export]'`).",
+                name=module,
+            )
 
 
 def _check_quantized_for_litert(model, format):
@@ -195,14 +237,14 @@ def _check_format(format, quantization, stop_token_ids, pad_token_id, processors
     if format != "tf_saved_model" and (stop_token_ids is not None or pad_token_id != 0):
         raise ValueError(
             "`stop_token_ids` and `pad_token_id` apply to the SavedModel's `generate` "
-            "signature (format='tf_saved_model'); a LiteRT app's own loop decides when "
+            "signature (format='tf_saved_model'); a LiteRT or ONNX app's own loop decides when "
             f"to stop. Received: stop_token_ids={stop_token_ids!r}, "
             f"pad_token_id={pad_token_id!r}, format={format!r}"
         )
     if format != "tf_saved_model" and processors:
         raise ValueError(
             "`processors` apply to the SavedModel's `generate` signature "
-            "(format='tf_saved_model'); a LiteRT app's own loop processes its logits. "
+            "(format='tf_saved_model'); a LiteRT or ONNX app's own loop processes its logits. "
             f"Received: processors={processors!r}, format={format!r}"
         )
 
@@ -255,36 +297,12 @@ def _write_litert(steps, path, prompt_length, quantization):
 def _write_saved_model(steps, folder, prompt_length, with_generate):
     import tensorflow as tf
 
-    max_length, width = steps.max_length, prompt_length
-    tokens = [
-        tf.TensorSpec((None, width), tf.int32, name="tokens"),
-        tf.TensorSpec((None, width), tf.bool, name="mask"),
-    ]
-    state_dtype = tf.int8 if steps.cache_dtype else tf.float32
-    cache = tf.TensorSpec((None, max_length, steps.cache_features), state_dtype, name="cache")
-    token = tf.TensorSpec((None,), tf.int32, name="token")
-    index = tf.TensorSpec((), tf.int32, name="index")
     archive = keras.export.ExportArchive()
     # The weights only, not the model object: a tokenizer kept on a converted model
     # (`from_keras_hub`) holds lookup tables whose TF ops LiteRT's built-ins lack.
     weights = tf.Module()
     weights.model_variables = list(steps.model.variables)
     archive.track(weights)
-    if steps.seq2seq:
-        source = [
-            tf.TensorSpec((None, None), tf.int32, name="encoder_tokens"),
-            tf.TensorSpec((None, None), tf.bool, name="encoder_mask"),
-        ]
-        encoder_cache = tf.TensorSpec(
-            (None, None, steps.cache_features), tf.float32, name="encoder_cache"
-        )
-        archive.add_endpoint("prefill", steps.prefill_seq2seq, source + tokens)
-        archive.add_endpoint("decode", steps.decode_seq2seq, [token, cache, encoder_cache, index])
-        if with_generate:
-            archive.add_endpoint("generate", steps.generate_seq2seq, source + tokens)
-    else:
-        archive.add_endpoint("prefill", steps.prefill, tokens)
-        archive.add_endpoint("decode", steps.decode, [token, cache, index])
-        if with_generate:
-            archive.add_endpoint("generate", steps.generate, tokens)
+    for name, (function, specs) in steps.signatures(prompt_length, with_generate).items():
+        archive.add_endpoint(name, function, specs)
     archive.write_out(folder, verbose=False)
