@@ -64,20 +64,25 @@ def processed_logits(processors, logits, buffer, lengths, index, count):
 
 
 def draft_steps(draft, settings, buffer, lengths, index, count, caches, seed, k):
-    """`k` tokens of the draft model from position `index` (and one more step that
-    writes the last draft in its cache): `(drafts, draft logits or None, caches)`.
-    The draft's logits go through the generation's processors too (the drafts then
-    follow the processed distribution the model's tokens are verified on)."""
+    """`k` tokens of the draft model from position `index`: `(drafts, draft logits
+    or None, caches)`, in `k` calls of the draft model.
+
+    The first call runs the last two known tokens (positions `index - 2` and
+    `index - 1`): after a step that kept all its drafts, the draft's cache lacks the
+    last one (the draft model never ran it), and two tokens cost about one call.
+    The draft's logits go through the generation's processors too, so the drafts
+    follow the processed distribution the model's tokens are verified on."""
     sampler = settings.sampler
     batch = ops.shape(buffer)[0]
-    token = ops.slice(buffer, [0, index - 1], [batch, 1])
+    start = ops.maximum(index - 2, 0)
+    tokens = ops.slice(buffer, [0, start], [batch, 2])
     drafts, draft_logits = [], []
-    for j in range(k + 1):
-        logits, caches = draft.call_with_cache(
-            token, caches, index - 1 + j, draft._key_mask(buffer), return_logits=j < k
-        )
-        if j == k:
-            break
+    for j in range(k):
+        position = start if j == 0 else index - 1 + j
+        logits, caches = draft.call_with_cache(tokens, caches, position, draft._key_mask(buffer))
+        # the logits at `index - 1 + j` (in the first call: at its second token, or
+        # its first where `index` is 1)
+        logits = ops.take(logits, index - 1 + j - position, axis=1)[:, None]
         logits = processed_logits(settings.processors, logits, buffer, lengths, index + j, count)
         logits = logits[:, 0, :]
         count = count + ops.cast(index + j >= lengths, "int32")
@@ -91,6 +96,6 @@ def draft_steps(draft, settings, buffer, lengths, index, count, caches, seed, k)
         drafted = force_prompt(drafted[:, None], buffer, lengths, index + j)
         buffer = ops.slice_update(buffer, [0, index + j], drafted)
         drafts.append(drafted)
-        token = drafted
+        tokens = drafted
     logits = ops.stack(draft_logits, axis=1) if draft_logits else None
     return ops.concatenate(drafts, axis=1), logits, caches

@@ -29,7 +29,14 @@ last known token on; positions past the kept ones hold rejected drafts that the
 causal mask hides and the next call overwrites. A sliding-window ring gets `k + 1`
 extra slots, so the writes of rejected drafts never evict a position the window
 still sees (the ring reads its slots' positions relative to the call's index, and
-a slot holding a rejected draft reads as a position older than the window).
+a slot holding a rejected draft reads as a position older than the window). An int8
+cache keeps a scale per position and head, so the same holds for it.
+
+Logits processors see, at each verified position, the text up to that position
+(the drafts before it included) and the new-token count it implies: where the drafts
+are kept they are the text plain decoding would have had there, and what follows a
+rejection is never used. A conversation state is continued with the caches extended
+by `k + 1` positions for the turn (`continue_speculation`).
 """
 
 import collections
