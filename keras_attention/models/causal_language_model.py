@@ -318,12 +318,11 @@ class CausalLanguageModel(
             )
         _validation.check_bool(return_state, "return_state")
         if return_state or state is not None:
-            if processors or cache_dtype or any(value is not None for value in speculation):
+            if processors or cache_dtype:
                 raise ValueError(
                     "A conversation state (`return_state`, `state`) does not combine "
-                    "with `processors`, `cache_dtype` or speculative decoding yet. "
-                    f"Received: processors={processors!r}, cache_dtype={cache_dtype!r}, "
-                    f"draft_model={draft_model!r}, prompt_lookup={prompt_lookup!r}"
+                    "with `processors` or `cache_dtype` yet. Received: "
+                    f"processors={processors!r}, cache_dtype={cache_dtype!r}"
                 )
             return session.generate_with_state(self, arguments, state, max_length, return_state)
         if max_length is not None:

@@ -57,16 +57,6 @@ def check_generate_arguments(model, arguments):
     _validation.check_one_of(cache_dtype, "cache_dtype", CACHE_DTYPES)
     processors = processors_lib.check(processors, vocabulary)
     speculation = speculative.check_speculation(model, sampler, *speculation)
-    if speculation is not None and cache_dtype is not None:
-        raise ValueError(
-            "Speculative decoding runs on the float cache; `cache_dtype` does not combine "
-            f"with it yet. Received: cache_dtype={cache_dtype!r} with speculative decoding"
-        )
-    if speculation is not None and processors:
-        raise ValueError(
-            "Logits processors do not combine with speculative decoding yet. "
-            f"Received: processors={list(processors)!r} with speculative decoding"
-        )
     speculative.check_positions(
         model, int(lengths.max()) + max_new_tokens, max_new_tokens, speculation
     )

@@ -24,6 +24,7 @@ from keras import ops
 
 from keras_attention import _validation
 from keras_attention.models import samplers as samplers_lib
+from keras_attention.models.generation import speculative
 from keras_attention.models.generation.state import initial_loop_vars
 
 # The default `max_length` of a new state: the first turn rounded up to a multiple of
@@ -89,13 +90,15 @@ def generate_with_state(model, generate_arguments, state, max_length, return_sta
             f"search keeps several rows a sequence. Received: sampler={settings.sampler!r}"
         )
     new = settings.max_new_tokens
+    reach = max(speculative.extra_positions(settings.speculation) - 1, 0)
     if state is None:
-        max_length = _check_max_length(model, max_length, int(lengths.max()) + new)
+        max_length = _check_max_length(model, max_length, int(lengths.max()) + new, reach)
         empty = np.full((len(tokens), max_length), settings.pad_token_id, "int32")
         caches = model.initial_cache(len(tokens), max_length)
         state = GenerationState(model, caches, empty, np.zeros_like(lengths), 0)
     else:
         _check_state(model, state, max_length, len(tokens))
+    _check_speculation(settings, state, reach)
     total_lengths = state.lengths + lengths
     longest = int(total_lengths.max())
     if longest + new > state.max_length:
@@ -124,13 +127,15 @@ def generate_with_state(model, generate_arguments, state, max_length, return_sta
     return output, GenerationState(model, caches, buffer, total_lengths + count, written)
 
 
-def _check_max_length(model, max_length, needed):
+def _check_max_length(model, max_length, needed, reach=0):
+    """The `max_length` of a new state; `reach`: the positions past it that the
+    speculative verifying calls reach (a learned position table must hold them)."""
     embedding = model.decoder_embedding
     learned = embedding.position == "learned"
     if max_length is None:
         rounded = -(-needed // _ROUND_MAX_LENGTH) * _ROUND_MAX_LENGTH
         if learned:
-            rounded = min(rounded, embedding.sequence_length)
+            rounded = min(rounded, embedding.sequence_length - reach)
         return max(rounded, needed)
     _validation.check_positive_int(max_length, "max_length")
     if max_length < needed:
@@ -138,12 +143,32 @@ def _check_max_length(model, max_length, needed):
             "`max_length` (the cache positions of the conversation) must hold the "
             f"longest prompt plus `max_new_tokens` ({needed}). Received: max_length={max_length}"
         )
-    if learned and max_length > embedding.sequence_length:
+    if learned and max_length + reach > embedding.sequence_length:
+        extra = f" with `num_draft_tokens` - 1 ({reach}) more" if reach else ""
         raise ValueError(
-            "`max_length` must fit the model's learned position table (sequence_length="
-            f"{embedding.sequence_length}). Received: max_length={max_length}"
+            f"`max_length`{extra} must fit the model's learned position table "
+            f"(sequence_length={embedding.sequence_length}). Received: max_length={max_length}"
         )
     return max_length
+
+
+def _check_speculation(settings, state, reach):
+    """Speculative decoding continues a state unless its caches are sliding-window
+    rings (a ring cannot make room for the rejected drafts of a turn); a draft
+    model's learned positions must hold the verifying calls' reach too."""
+    speculation = settings.speculation
+    if speculation is None:
+        return
+    argument = "prompt_lookup" if speculation.draft_model is None else "draft_model"
+    if any(cache.shape[1] < state.max_length for cache in state.caches):
+        raise ValueError(
+            f"`state` (a conversation) does not combine with `{argument}` on a model "
+            "with a sliding-window (ring) cache: the ring has no room for the rejected "
+            "drafts of a turn. Received: a state of a sliding-window model and "
+            f"{argument}={getattr(speculation.draft_model, 'name', speculation.prompt_lookup)!r}"
+        )
+    if speculation.draft_model is not None:
+        _check_max_length(speculation.draft_model, state.max_length, 0, reach)
 
 
 def _check_state(model, state, max_length, batch_size):
@@ -190,6 +215,10 @@ def _continue(model, settings, mode, buffer, lengths, new_tokens, start, seed, c
     `(index, buffer, caches, count)`."""
     model._generation_functions().traces += 1
     lengths = ops.cast(lengths, "int32")
+    if settings.speculation is not None:
+        return speculative.continue_speculation(
+            model, settings, mode, buffer, lengths, new_tokens, start, seed, caches
+        )
     _, caches = model.call_with_cache(
         new_tokens,
         caches,

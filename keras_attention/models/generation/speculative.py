@@ -29,16 +29,32 @@ last known token on; positions past the kept ones hold rejected drafts that the
 causal mask hides and the next call overwrites. A sliding-window ring gets `k + 1`
 extra slots, so the writes of rejected drafts never evict a position the window
 still sees (the ring reads its slots' positions relative to the call's index, and
-a slot holding a rejected draft reads as a position older than the window).
+a slot holding a rejected draft reads as a position older than the window). An int8
+cache keeps a scale per position and head, so the same holds for it.
+
+Logits processors see, at each verified position, the text up to that position
+(the drafts before it included) and the new-token count it implies: where the drafts
+are kept they are the text plain decoding would have had there, and what follows a
+rejection is never used. A conversation state is continued with the caches extended
+by `k + 1` positions for the turn (`continue_speculation`).
 """
 
 import collections
 
+import keras
 from keras import ops
 
 from keras_attention import _validation
 from keras_attention.backend import generation as _backend
 from keras_attention.models import samplers as samplers_lib
+from keras_attention.models.generation.drafts import (
+    MAX_DRAFT_TOKENS,
+    STREAM,
+    draft_steps,
+    force_prompt,
+    lookup_drafts,
+    processed_logits,
+)
 from keras_attention.models.generation.state import advance
 from keras_attention.models.samplers.sampler import gumbel_argmax
 
@@ -46,13 +62,6 @@ from keras_attention.models.samplers.sampler import gumbel_argmax
 Speculation = collections.namedtuple(
     "Speculation", ["num_draft_tokens", "prompt_lookup", "draft_model"]
 )
-
-
-# Offsets of the random streams of a step (acceptance at `index`, the resampled
-# token at `index + _STREAM`, draft `j` at `index + (j + 2) * _STREAM`): disjoint for
-# sequences under 2**24 tokens and `num_draft_tokens <= MAX_DRAFT_TOKENS`.
-_STREAM = 2**24
-MAX_DRAFT_TOKENS = 64
 
 
 def extra_positions(speculation):
@@ -65,46 +74,96 @@ def speculative_sample(model, settings, mode, tokens, lengths, seed):
     left-aligned), lengths `(batch,)` -> tokens `(batch, width + max_new_tokens)`."""
     speculation = settings.speculation
     k = speculation.num_draft_tokens
-    draft = speculation.draft_model
     lengths = ops.cast(lengths, "int32")
     batch, width = ops.shape(tokens)[0], ops.shape(tokens)[1]
     total = width + settings.max_new_tokens
     room = total + k + 1  # the verifying call of the last step reaches past `total`
     buffer = _prompt_buffer(tokens, lengths, room, settings.pad_token_id)
-    caches = _prefill(model, tokens, lengths, buffer, room, k)
-    draft_caches = [] if draft is None else _prefill(draft, tokens, lengths, buffer, room, k)
+    caches = [
+        _ring_room(cache, room, k)
+        for cache in model.initial_cache(batch, room, settings.cache_dtype)
+    ]
+    caches = _prefill(model, tokens, caches, 0, lengths, buffer)
+    draft_caches = _draft_prefill(settings, tokens, lengths, buffer, room)
+    loop_vars = (ops.min(lengths), buffer, caches, draft_caches)
+    loop_vars += (ops.zeros((batch,), "bool"), ops.zeros((batch,), "int32"))
+    buffer = speculative_loop(model, settings, mode, loop_vars, lengths, seed, total)[1]
+    return ops.slice(buffer, [0, 0], [batch, total])
+
+
+def continue_speculation(model, settings, mode, buffer, lengths, new_tokens, start, seed, caches):
+    """A conversation's next turn with speculation (see `session._continue`): the
+    new tokens `buffer[:, start:longest]` into the state's `caches` at `start`,
+    then the speculative loop to the end of the buffer: `(index, buffer, caches,
+    count)`, the buffer and caches of the state's `max_length` positions.
+
+    The caches get `num_draft_tokens + 1` more positions for the turn (the
+    verifying calls reach past `max_length`); a draft model's cache is not part of
+    the state, so the draft model runs the whole history again (one call)."""
+    k = settings.speculation.num_draft_tokens
+    batch, end = ops.shape(buffer)[0], buffer.shape[1]
+    padding = ops.full((batch, k + 1), settings.pad_token_id, "int32")
+    buffer = ops.concatenate([ops.cast(buffer, "int32"), padding], axis=1)
+
+    def extend(x):
+        return ops.concatenate([x, ops.zeros((batch, k + 1, x.shape[2]), x.dtype)], axis=1)
+
+    caches = keras.tree.map_structure(extend, list(caches))
+    caches = _prefill(model, new_tokens, caches, start, lengths, buffer)
+    history = ops.slice(buffer, [0, 0], [batch, end])
+    draft_caches = _draft_prefill(settings, history, lengths, buffer, end + k + 1)
+    loop_vars = (ops.min(lengths), buffer, caches, draft_caches)
+    loop_vars += (ops.zeros((batch,), "bool"), ops.zeros((batch,), "int32"))
+    index, buffer, caches, _, _, count = speculative_loop(
+        model, settings, mode, loop_vars, lengths, seed, end
+    )
+    caches = keras.tree.map_structure(lambda x: x[:, :end], caches)
+    return index, buffer[:, :end], caches, count
+
+
+def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
+    """The speculative token loop from `loop_vars` `(index, buffer, caches,
+    draft_caches, done, count)` until every row is done or `index` reaches `end`
+    (the buffer holds `num_draft_tokens + 1` positions more); returns the loop vars."""
+    speculation = settings.speculation
+    k = speculation.num_draft_tokens
+    batch = ops.shape(loop_vars[1])[0]
     stop_ids = ops.convert_to_tensor(list(settings.stop_token_ids) or [-1], "int32")
 
     def cond(index, buffer, caches, draft_caches, done, count):
-        return ops.logical_and(index < total, ops.logical_not(ops.all(done)))
+        return ops.logical_and(index < end, ops.logical_not(ops.all(done)))
 
     def body(index, buffer, caches, draft_caches, done, count):
-        if draft is None:
-            drafts, draft_logits = lookup_drafts(buffer, index, speculation.prompt_lookup, k), None
+        draft_logits = None
+        if speculation.draft_model is None:
+            drafts = lookup_drafts(buffer, index, speculation.prompt_lookup, k)
         else:
-            drafts, draft_logits, draft_caches = _draft_steps(
-                draft, settings.sampler, buffer, lengths, index, draft_caches, seed, k
+            drafts, draft_logits, draft_caches = draft_steps(
+                speculation.draft_model,
+                settings,
+                buffer,
+                lengths,
+                index,
+                count,
+                draft_caches,
+                seed,
+                k,
             )
-        drafts = _force_prompt(drafts, buffer, lengths, index)
+        drafts = force_prompt(drafts, buffer, lengths, index)
         verified = ops.concatenate([ops.slice(buffer, [0, index - 1], [batch, 1]), drafts], 1)
         key_buffer = ops.slice_update(buffer, [0, index], drafts)
         logits, caches = model.call_with_cache(
             verified, caches, index - 1, model._key_mask(key_buffer)
         )
+        logits = processed_logits(settings.processors, logits, key_buffer, lengths, index, count)
         # a row inside its prompt keeps its prompt (its drafts)
         in_prompt = index + ops.arange(k, dtype="int32")[None, :] < lengths[:, None]
         chosen, kept = _verify(
-            settings.sampler,
-            ops.cast(logits, "float32"),
-            drafts,
-            draft_logits,
-            in_prompt,
-            seed,
-            index,
+            settings.sampler, logits, drafts, draft_logits, in_prompt, seed, index
         )
         # finished rows do not hold the others back
         kept = ops.min(ops.where(done, k, kept))
-        kept = ops.minimum(kept, total - 1 - index)
+        kept = ops.minimum(kept, end - 1 - index)
         for j in range(k + 1):
             token, new_done, new_count = advance(
                 buffer, index + j, lengths, chosen[:, j], done, count, stop_ids, settings
@@ -117,16 +176,7 @@ def speculative_sample(model, settings, mode, tokens, lengths, seed):
             count = ops.where(active, new_count, count)
         return index + kept + 1, buffer, caches, draft_caches, done, count
 
-    loop_vars = (
-        ops.min(lengths),
-        buffer,
-        caches,
-        draft_caches,
-        ops.zeros((batch,), "bool"),
-        ops.zeros((batch,), "int32"),
-    )
-    buffer = _backend.while_loop(cond, body, loop_vars, mode)[1]
-    return ops.slice(buffer, [0, 0], [batch, total])
+    return _backend.while_loop(cond, body, tuple(loop_vars), mode)
 
 
 def _prompt_buffer(tokens, lengths, room, pad_token_id):
@@ -138,92 +188,55 @@ def _prompt_buffer(tokens, lengths, room, pad_token_id):
     return ops.where(in_prompt, buffer, pad_token_id)
 
 
-def _prefill(model, tokens, lengths, buffer, room, k):
-    """The model's cache of `room` positions after the prompt (the positions every
-    row has), with `k + 1` extra slots in sliding-window rings."""
-    batch = ops.shape(tokens)[0]
-    caches = []
-    for cache in model.initial_cache(batch, room):
-        slots = cache.shape[1]
-        if slots is not None and slots < room:  # a ring: room for the rejected drafts
-            size = (ops.shape(cache)[0], min(room, slots + k + 1), cache.shape[2])
-            cache = ops.zeros(size, cache.dtype)
-        caches.append(cache)
+def _ring_room(cache, room, k):
+    """A zero cache of `room` positions; a sliding-window ring (fewer slots) gets
+    `k + 1` extra slots, room for the rejected drafts (int8 values and scales
+    alike)."""
+    slots = _position_rows(cache).shape[1]
+    if slots is None or slots >= room:
+        return cache
+    size = min(room, slots + k + 1)
+    return keras.tree.map_structure(
+        lambda x: ops.zeros((ops.shape(x)[0], size, x.shape[2]), x.dtype), cache
+    )
+
+
+def _position_rows(cache):
+    # the tensor whose axis 1 is the positions (an int8 cache's values)
+    return keras.tree.flatten(cache)[0]
+
+
+def _prefill(model, tokens, caches, start, lengths, buffer):
+    """`tokens` at positions `start...` into `caches`, keeping the positions every
+    row has (up to the shortest `lengths`)."""
     _, caches = model.call_with_cache(
         tokens,
         caches,
-        0,
+        start,
         model._key_mask(buffer),
         return_logits=False,
-        cache_write_length=ops.min(lengths),
+        cache_write_length=ops.min(lengths) - start,
     )
     return caches
 
 
-def _force_prompt(drafted, buffer, lengths, index):
-    """`drafted` `(batch, n)` for positions `index...`, with the prompt's tokens where
-    a row is still inside its prompt."""
-    batch, n = ops.shape(drafted)[0], drafted.shape[1]
-    prompt = ops.slice(buffer, [0, index], [batch, n])
-    in_prompt = index + ops.arange(n, dtype="int32")[None, :] < lengths[:, None]
-    return ops.where(in_prompt, prompt, ops.cast(drafted, "int32"))
+def _draft_prefill(settings, tokens, lengths, buffer, room):
+    """The draft model's caches after `tokens` (none without a draft model)."""
+    draft = settings.speculation.draft_model
+    if draft is None:
+        return []
+    batch = ops.shape(tokens)[0]
+    k = settings.speculation.num_draft_tokens
+    caches = [
+        _ring_room(cache, room, k)
+        for cache in draft.initial_cache(batch, room, settings.cache_dtype)
+    ]
+    return _prefill(draft, tokens, caches, 0, lengths, buffer)
 
 
 def _leading_true(flags):
     """The number of leading `True` of each row of boolean `(batch, n)`."""
     return ops.sum(ops.cumprod(ops.cast(flags, "int32"), axis=1), axis=1)
-
-
-def lookup_drafts(buffer, index, ngram_size, k):
-    """Prompt lookup: the `k` tokens after the latest earlier occurrence of each row's
-    last `ngram_size` tokens (positions `< index` are known), `(batch, k)` int32.
-
-    A row without a match drafts copies of its last token (verification rejects
-    what is wrong; the step still makes one token)."""
-    batch, room = ops.shape(buffer)[0], buffer.shape[1]
-    starts = room - ngram_size + 1
-    first = ops.maximum(index - ngram_size, 0)
-    pattern = ops.slice(buffer, [0, first], [batch, ngram_size])
-    match = ops.ones((batch, starts), "bool")
-    for j in range(ngram_size):
-        window = ops.slice(buffer, [0, j], [batch, starts])
-        match = ops.logical_and(match, window == pattern[:, j : j + 1])
-    start = ops.arange(starts, dtype="int32")[None, :]
-    # an earlier occurrence with at least one known token after it
-    valid = ops.logical_and(match, start + ngram_size <= index - 1)
-    valid = ops.logical_and(valid, index >= ngram_size)
-    best = ops.max(ops.where(valid, start, -1), axis=1)
-    positions = best[:, None] + ngram_size + ops.arange(k, dtype="int32")[None, :]
-    positions = ops.where(best[:, None] >= 0, ops.minimum(positions, index - 1), index - 1)
-    return ops.cast(ops.take_along_axis(buffer, positions, axis=1), "int32")
-
-
-def _draft_steps(draft, sampler, buffer, lengths, index, caches, seed, k):
-    """`k` tokens of the draft model from position `index` (and one more step that
-    writes the last draft in its cache): `(drafts, draft logits or None, caches)`."""
-    batch = ops.shape(buffer)[0]
-    token = ops.slice(buffer, [0, index - 1], [batch, 1])
-    drafts, draft_logits = [], []
-    for j in range(k + 1):
-        logits, caches = draft.call_with_cache(
-            token, caches, index - 1 + j, draft._key_mask(buffer), return_logits=j < k
-        )
-        if j == k:
-            break
-        logits = ops.cast(logits[:, 0, :], "float32")
-        if sampler.is_random:
-            logits = sampler.sampling_logits(logits)
-            noise = _backend.uniform(ops.shape(logits), seed, index + (j + 2) * _STREAM)
-            drafted = gumbel_argmax(logits, noise)
-            draft_logits.append(logits)
-        else:
-            drafted = sampler.next_token(logits)
-        drafted = _force_prompt(drafted[:, None], buffer, lengths, index + j)
-        buffer = ops.slice_update(buffer, [0, index + j], drafted)
-        drafts.append(drafted)
-        token = drafted
-    logits = ops.stack(draft_logits, axis=1) if draft_logits else None
-    return ops.concatenate(drafts, axis=1), logits, caches
 
 
 def _verify(sampler, logits, drafts, draft_logits, in_prompt, seed, index):
@@ -253,7 +266,7 @@ def _verify(sampler, logits, drafts, draft_logits, in_prompt, seed, index):
     residual = ops.where(mass > 0, residual / ops.maximum(mass, 1e-30), target[:, :k])
     fallback = ops.concatenate([residual, target[:, k:]], axis=1)
     at_kept = ops.take_along_axis(fallback, kept[:, None, None], axis=1)[:, 0]
-    noise = _backend.uniform((batch, vocabulary), seed, index + _STREAM)
+    noise = _backend.uniform((batch, vocabulary), seed, index + STREAM)
     resampled = gumbel_argmax(ops.log(at_kept), noise)
     drafts_then_own = ops.concatenate([drafts, resampled[:, None]], axis=1)
     position = ops.arange(steps, dtype="int32")[None, :]
