@@ -4,33 +4,32 @@ On PyTorch `keras.ops.while_loop` is a Python loop, so `generate()` calls the mo
 layers eagerly at every step, and most of a step's time is Keras' Python work
 (`Layer.__call__`, argument conversion, tree walks) around small kernels.
 :class:`TracedStep` records the step (`call_with_cache` of one token a row) with
-`torch.export.export(strict=False)`: the Python code runs once on the example inputs
-and the ATen operations it issues become an FX graph, which later steps run
-directly. The model's variables are inputs of the graph (mapped onto the layers with
-`keras.StatelessScope`, as the JAX path does), so a model trained or changed after
-the trace still decodes with its current weights.
+`torch.fx.experimental.proxy_tensor.make_fx` on fake tensors: the Python code runs
+once, on tensors that carry only shapes and dtypes, and the ATen operations it issues
+become an FX graph, which later steps run directly. A value read from a tensor
+(`int(index)`, a branch on data) cannot be faked, so it fails the trace instead of
+being frozen into the graph. The model's variables are inputs of the graph (mapped
+onto the layers with `keras.StatelessScope`, as the JAX path does), so a model
+trained or changed after the trace still decodes with its current weights.
 
-Two edits of the graph (:func:`_simplify`):
+The key/value cache is written in place (:func:`_write_caches_in_place`): each
+cache update traces as a `clone` of the cache and an `index_put_` into the clone, a
+copy of the whole cache per layer and step; the graph keeps the `index_put_` alone.
+The caller's tensors are never written: a cache the step did not return itself is
+copied once before its first step (:meth:`TracedStep.__call__`).
 
-- conversions that change nothing (`aten.to` to the tensor's own dtype and device)
-  and the exporter's metadata assertions are removed: they are most of its nodes;
-- the key/value cache is written in place: `clone` of a cache input followed by its
-  `index_put_` becomes the `index_put_` alone. The caller's tensors are never
-  written: a cache the step did not return itself is copied once before its first
-  step (:meth:`TracedStep.__call__`).
-
-Tracing takes seconds (no compiler runs), unlike `torch.compile`, whose Inductor
-compilation of this step took minutes on a CPU (`docs/performance.md`). A step that
-cannot be exported (a data-dependent branch in some layer) runs eagerly, as before:
-the failure is kept, so it is not retried every call.
+Tracing takes seconds (no compiler runs; `torch.export.export(strict=False)` made
+the same graph about 4x slower), unlike `torch.compile`, whose Inductor compilation
+of this step took minutes on a CPU (`docs/performance.md`). A step that
+cannot be traced (a data-dependent branch in some layer) runs eagerly, as before: the
+failure is kept, so it is not retried every call.
 """
 
 import keras
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree
 
-_NO_OPS = ("aten._assert_tensor_metadata.default", "aten._assert_scalar.default")
-_CONVERSIONS = ("aten.to.dtype", "aten.to.dtype_layout", "aten.to.device")
 # New tensors: a clone of one that nothing else reads copies for nothing.
 _FACTORIES = ("aten.ones.default", "aten.zeros.default", "aten.full.default")
 
@@ -71,7 +70,7 @@ class TracedStep:
             return self._call(*inputs)
         owned = {id(x) for x in self._owned}
         caches = _pytree.tree_map(
-            lambda x: x if id(x) in owned else torch.clone(x),
+            lambda x: torch.clone(x) if isinstance(x, torch.Tensor) and id(x) not in owned else x,
             caches,
         )
         values = [v.value for v in self._variables]
@@ -87,20 +86,18 @@ class TracedStep:
         return self._store[key]
 
     def _trace(self, inputs):
-        """The simplified graph module of the step, or None where it cannot be
-        exported (the reason is kept in `store["failures"]`)."""
+        """The graph module of the step, or None where it cannot be traced (the
+        reason is kept in `store["failures"]`)."""
         self._store["traces"] = self._store.get("traces", 0) + 1
         values = [v.value for v in self._variables]
+        step = _Step(self._call, self._variables)
         try:
             with torch.no_grad():
-                program = torch.export.export(
-                    _Step(self._call, self._variables), (values, *inputs), strict=False
-                )
-            module = program.module()
-        except Exception as error:  # any exporter error: decode eagerly instead
+                module = make_fx(step, tracing_mode="fake")(values, *inputs)
+        except Exception as error:  # any tracing error: decode eagerly instead
             self._store.setdefault("failures", []).append(repr(error))
             return None
-        _simplify(module)
+        _write_caches_in_place(module)
         return module
 
 
@@ -113,44 +110,16 @@ def _signature(inputs):
     return str(spec), shapes
 
 
-def _value(node):
-    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return value if isinstance(value, torch.Tensor) else None
-
-
-def _simplify(module):
-    """Drop the graph's identity conversions and assertions; write cache inputs in
-    place (see the module's docstring)."""
+def _write_caches_in_place(module):
+    """Drop the `clone` before every `index_put_` into a cache input or a new tensor
+    (see the module's docstring)."""
     graph = module.graph
-    for node in list(graph.nodes):
-        # The exporter's check of the inputs' shapes: `TracedStep` keys graphs by them.
-        if node.op == "call_module" and node.target == "_guards_fn":
-            graph.erase_node(node)
-        if node.op != "call_function":
-            continue
-        target = str(node.target)
-        if target in _NO_OPS and not node.users:
-            graph.erase_node(node)
-        elif target in _CONVERSIONS and _is_identity(node):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
     for node in list(graph.nodes):
         if str(node.target) == "aten.clone.default" and _clones_input_for_update(node):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
     graph.eliminate_dead_code()
     module.recompile()
-
-
-def _is_identity(node):
-    source, result = _value(node.args[0]), _value(node)
-    if source is None or result is None or node.kwargs.get("copy"):
-        return False
-    return (
-        source.dtype == result.dtype
-        and source.device == result.device
-        and node.kwargs.get("memory_format") in (None, torch.preserve_format)
-    )
 
 
 def _clones_input_for_update(node):
