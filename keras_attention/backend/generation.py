@@ -6,7 +6,7 @@ random numbers. `keras_attention.models` is `keras.ops` only and calls these.
 - JAX: `jax.jit` of a pure function: the model's variables are passed in and mapped
   onto the layers with `keras.StatelessScope`, as `keras_hub` does.
 - PyTorch: no compiler; the loop runs as a Python loop under `torch.no_grad()`,
-  its one-token step traced once per shape by `torch.export` and run as a graph
+  its one-token step traced once per shape (`make_fx`) and run as a graph
   (:mod:`keras_attention.backend.torch_step`; `docs/performance.md` says why and
   what it gains).
 """
