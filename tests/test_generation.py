@@ -334,7 +334,10 @@ def test_stop_tokens_stop_each_row_and_pad(lm):
 # -- compilation ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs the loop eagerly (no trace)")
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="PyTorch runs the loop in Python (its traced step: test_torch_generation.py)",
+)
 def test_generate_compiles_once_per_signature():
     model = models.causal_language_model(**TINY)
     rng = np.random.default_rng(0)

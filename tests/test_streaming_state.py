@@ -98,7 +98,10 @@ def test_seq2seq_stream_equals_generate():
     np.testing.assert_array_equal(np.concatenate(chunks, axis=1), _new_tokens(output, prompts, new))
 
 
-@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs the loop eagerly (no trace)")
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="PyTorch runs the loop in Python (its traced step: test_torch_generation.py)",
+)
 def test_stream_compiles_once_per_signature():
     keras.utils.set_random_seed(1)
     model = models.causal_language_model(**TINY)
@@ -165,7 +168,10 @@ def test_state_on_the_ring_cache(windowed):
         windowed.generate([[1], [2]], 2, state=ragged)
 
 
-@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs the loop eagerly (no trace)")
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="PyTorch runs the loop in Python (its traced step: test_torch_generation.py)",
+)
 def test_state_compiles_once_per_signature():
     keras.utils.set_random_seed(2)
     model = models.causal_language_model(**TINY)

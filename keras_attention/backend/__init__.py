@@ -33,7 +33,8 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
 - :func:`concrete_value`: a tensor's values when they are known now (eager), else
   `None` (inside `tf.function`, `jax.jit`, `torch.compile` or a symbolic model).
 - :mod:`keras_attention.backend.generation`: how the decoding loop is compiled
-  (`tf.function` + XLA, `jax.jit`, eager PyTorch) and its random numbers.
+  (`tf.function` + XLA, `jax.jit`, on PyTorch a Python loop around the step that
+  :mod:`keras_attention.backend.torch_step` traces) and its random numbers.
 
 Public APIs only: no private TensorFlow modules or other private imports.
 """

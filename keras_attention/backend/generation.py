@@ -5,8 +5,10 @@ random numbers. `keras_attention.models` is `keras.ops` only and calls these.
   variables are read in the graph.
 - JAX: `jax.jit` of a pure function: the model's variables are passed in and mapped
   onto the layers with `keras.StatelessScope`, as `keras_hub` does.
-- PyTorch: no compiler; the loop runs eagerly under `torch.no_grad()` (see
-  `docs/performance.md` for why and what it costs).
+- PyTorch: no compiler; the loop runs as a Python loop under `torch.no_grad()`,
+  its one-token step traced once per shape (`make_fx`) and run as a graph
+  (:mod:`keras_attention.backend.torch_step`; `docs/performance.md` says why and
+  what it gains).
 """
 
 import keras
@@ -57,6 +59,18 @@ def run_eagerly(fn):
 
         return run
     return fn
+
+
+def decode_step(call, variables, store, mode):
+    """The token loop's step `call(tokens, caches, index, key_mask, encoded) ->
+    (logits, caches)`: on PyTorch in `"compiled"` mode traced once per shape into a
+    graph kept in the dict `store` (`torch_step.TracedStep`), else `call` itself
+    (TensorFlow and JAX compile the whole loop)."""
+    if BACKEND != "torch" or mode != "compiled":
+        return call
+    from keras_attention.backend import torch_step
+
+    return torch_step.TracedStep(call, variables, store)
 
 
 def while_loop(cond, body, loop_vars, mode):

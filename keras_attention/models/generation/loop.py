@@ -179,6 +179,11 @@ class GenerativeMixin:
         seed = ops.zeros((2,), "int32")
         return self._generate_tensors(settings, "graph", tokens, lengths, seed, *encoder_inputs)
 
+    def _decode_step(self, mode):
+        # `call_with_cache` as the token loops call it (on PyTorch, a traced graph).
+        steps = self._generation_functions().steps
+        return _backend.decode_step(self.call_with_cache, self.variables, steps, mode)
+
     def _embed(self, tokens, index=0):
         # The embedding path of the decoder (a model with scaled or normalized
         # embeddings overrides it).
@@ -241,15 +246,14 @@ class GenerativeMixin:
         batch = ops.shape(loop_vars[1])[0]
         sampler = settings.sampler
         stop_ids = ops.convert_to_tensor(list(settings.stop_token_ids) or [-1], "int32")
+        step = self._decode_step(mode)
 
         def cond(index, buffer, caches, done, count):
             return ops.logical_and(index < end, ops.logical_not(ops.all(done)))
 
         def body(index, buffer, caches, done, count):
             previous = ops.slice(buffer, [0, index - 1], [batch, 1])
-            logits, caches = self.call_with_cache(
-                previous, caches, index - 1, self._key_mask(buffer), encoded
-            )
+            logits, caches = step(previous, caches, index - 1, self._key_mask(buffer), encoded)
             state = (buffer, lengths, index, count)
             logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
             noise = None
@@ -288,15 +292,14 @@ class GenerativeMixin:
         scores = ops.tile((first - 1.0)[None, :] * 1e9, (batch, 1))
         only_pad = ops.where(ops.arange(vocabulary) == settings.pad_token_id, 0.0, -1e9)[None, :]
         batch_offset = (ops.arange(batch, dtype="int32") * beams)[:, None]
+        step = self._decode_step(mode)
 
         def cond(index, buffer, caches, done, count, scores):
             return ops.logical_and(index < total, ops.logical_not(ops.all(done)))
 
         def body(index, buffer, caches, done, count, scores):
             previous = ops.slice(buffer, [0, index - 1], [rows, 1])
-            logits, caches = self.call_with_cache(
-                previous, caches, index - 1, self._key_mask(buffer), encoded
-            )
+            logits, caches = step(previous, caches, index - 1, self._key_mask(buffer), encoded)
             state = (buffer, lengths, index, count)
             logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
             log_probs = ops.log_softmax(logits, axis=-1)

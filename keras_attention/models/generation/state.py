@@ -39,6 +39,9 @@ class CompiledFunctions:
     def __init__(self):
         self.functions = {}
         self.traces = 0  # Python executions of the generate function (tests read it)
+        # PyTorch's traced decoding steps by shapes, with "traces" (their count) and
+        # "failures" (why a step runs eagerly): `backend.torch_step`.
+        self.steps = {}
 
 
 def initial_loop_vars(index, buffer, caches):
