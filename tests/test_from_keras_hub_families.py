@@ -88,26 +88,31 @@ def converted(request):
     return request.param, task, model
 
 
-def _logits(model, task):
-    """Our logits on the padded probe batch of the task's kind, with its mask."""
+def _batch(model):
+    """The padded batch of the model's kind: `(tokens, mask)` for a decoder, and
+    `(sources, source_mask, targets, target_mask)` for a `Seq2SeqTransformer`."""
     if isinstance(model, Seq2SeqTransformer):
-        sources, source_mask = seq2seq._padded(seq2seq.SOURCES, 8)
-        targets, target_mask = seq2seq._padded(seq2seq.PROMPTS, 4)
-        logits = seq2seq._our_cached_logits(model, sources, source_mask, targets, target_mask)
-        return logits, target_mask
-    tokens, mask = decoders._padded(PROMPTS)
-    return keras.ops.convert_to_numpy(model(tokens)), mask
+        return (*seq2seq._padded(seq2seq.SOURCES, 8), *seq2seq._padded(seq2seq.PROMPTS, 4))
+    return decoders._padded(PROMPTS)
+
+
+def _logits(model):
+    """Our logits on `_batch(model)`; for a `Seq2SeqTransformer` through the path that
+    `generate()` runs (`encode`, then a prefill through the cache)."""
+    if isinstance(model, Seq2SeqTransformer):
+        return seq2seq._our_cached_logits(model, *_batch(model))
+    return keras.ops.convert_to_numpy(model(_batch(model)[0]))
 
 
 def test_logits_of_a_padded_batch_match_keras_hub(converted):
     _, task, model = converted
+    batch = _batch(model)
     if isinstance(model, Seq2SeqTransformer):
-        seq2seq._check_logits(task, model)  # the cached path and the functional forward
-        return
-    tokens, mask = decoders._padded(PROMPTS)
-    expected = decoders._reference_logits(task, tokens, mask)
-    actual, _ = _logits(model, task)
-    assert np.abs(actual - expected)[mask].max() <= 1e-4
+        expected = seq2seq._hub_logits(task, *batch)
+    else:
+        expected = decoders._reference_logits(task, *batch)
+    mask = batch[-1]  # the real positions of the logits' rows
+    assert np.abs(_logits(model) - expected)[mask].max() <= 1e-4
 
 
 def _keras_hub_greedy(family, task, prompts):
@@ -161,11 +166,11 @@ def test_greedy_tokens_equal_keras_hub_generate(converted):
 
 
 def test_keras_file_reloads_the_same_model(converted, tmp_path):
-    _, task, model = converted
+    _, _, model = converted
     model.save(tmp_path / "converted.keras")
     loaded = keras.saving.load_model(tmp_path / "converted.keras")
     assert type(loaded) is type(model)
-    np.testing.assert_array_equal(_logits(loaded, task)[0], _logits(model, task)[0])
+    np.testing.assert_array_equal(_logits(loaded), _logits(model))
 
 
 def test_preset_folder_round_trip(converted, tmp_path):
@@ -174,4 +179,4 @@ def test_preset_folder_round_trip(converted, tmp_path):
     # The target class follows from the family; keras-hub loads the task.
     loaded = from_keras_hub(str(tmp_path / "preset"))
     assert type(loaded) is type(model) and loaded.tokenizer is None
-    np.testing.assert_allclose(_logits(loaded, task)[0], _logits(model, task)[0], atol=1e-6)
+    np.testing.assert_allclose(_logits(loaded), _logits(model), atol=1e-6)
