@@ -5,7 +5,9 @@ models, text in and out through the kept preprocessor, `verify`, dtype policies,
 The keras-hub models are small with random weights (norm scales and biases moved off
 1 and 0); their tokenizers are built here from tiny vocabularies (a byte-pair one for
 GPT-2, a SentencePiece model trained on one sentence for Llama), so nothing is
-downloaded. The references are keras-hub's own forward pass and `generate`.
+downloaded. The references are keras-hub's own forward pass and `generate`. Each
+family's conversion (logits, greedy tokens, `.keras` and preset round trips) is in
+tests/test_from_keras_hub_families.py.
 """
 
 import io
@@ -177,25 +179,6 @@ def test_from_backbone_has_ids_only():
         model.generate(["The fox"], max_new_tokens=2)
 
 
-def test_gemma_backbone_converts_with_its_plus_one_norms():
-    keras.utils.set_random_seed(2)
-    backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=40,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=8,
-    )
-    _randomize(backbone)
-    model = CausalLanguageModel.from_keras_hub(backbone)  # verify=True checks logits
-    reference = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
-    tokens = np.array([[3, 9, 27, 5]], "int32")
-    expected = reference({"token_ids": tokens, "padding_mask": np.ones_like(tokens, bool)})
-    np.testing.assert_allclose(model(tokens), expected, atol=1e-4)
-
-
 def test_llama_preset_folder_round_trip_with_sentencepiece(tmp_path):
     keras.utils.set_random_seed(3)
     tokenizer = _llama_tokenizer()
@@ -229,23 +212,6 @@ def test_preset_name_is_loaded_by_keras_hub(gpt2_pair, monkeypatch):
     converted = CausalLanguageModel.from_keras_hub("gpt2_base_en", dtype="float32")
     assert names == [("gpt2_base_en", {"dtype": "float32"})]
     np.testing.assert_array_equal(converted(np.array([[4, 9]])), model(np.array([[4, 9]])))
-
-
-def test_bart_seq2seq_lm_converts():
-    keras.utils.set_random_seed(4)
-    backbone = keras_hub.models.BartBackbone(
-        vocabulary_size=40,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=16,
-    )
-    _randomize(backbone)
-    lm = keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=None)
-    model = Seq2SeqTransformer.from_keras_hub(lm)  # verify: padded source and target
-    assert isinstance(model, Seq2SeqTransformer)
-    assert isinstance(from_keras_hub(backbone), Seq2SeqTransformer)
 
 
 # -- dtype policies --------------------------------------------------------------------

@@ -59,7 +59,9 @@ def _randomize(backbone, seed):
         variable.assign(value.astype("float32"))
 
 
-def _pair(backbone_class, seed=0, **backbone_kwargs):
+def small_backbone(backbone_class, seed=0, **backbone_kwargs):
+    """A small `BartBackbone`/`T5Backbone` with random weights (see `_randomize`);
+    also the builder of tests/test_from_keras_hub_families.py."""
     backbone = backbone_class(
         vocabulary_size=VOCABULARY,
         num_layers=LAYERS,
@@ -70,6 +72,11 @@ def _pair(backbone_class, seed=0, **backbone_kwargs):
         **backbone_kwargs,
     )
     _randomize(backbone, seed)
+    return backbone
+
+
+def _pair(backbone_class, seed=0, **backbone_kwargs):
+    backbone = small_backbone(backbone_class, seed, **backbone_kwargs)
     model = conversion.convert(backbone)
     assert isinstance(model, Seq2SeqTransformer)
     return backbone, model
