@@ -238,13 +238,19 @@ def test_keras_hub_cache_layout_refuses_int8():
 
 
 @pytest.mark.tensorflow_only("LiteRT export of TensorFlow graphs")
-def test_a_quantized_model_is_refused_by_the_litert_export_with_the_way_out(trained, tmp_path):
-    """LiteRT's converter cannot lower Keras' int8 matmuls (measured: `tfl.fully_connected`
-    refuses raw int8 operands); the export says so and names LiteRT's own int8."""
+def test_int8_weights_and_int8_ring_cache_export_to_litert_and_equal_generate(trained, tmp_path):
+    """`model.quantize("int8")` and `cache_dtype="int8"` together, through LiteRT (the
+    int8 products run in float32 in the graph, exactly)."""
+    pytest.importorskip("ai_edge_litert")
     source = trained["ring"]
     model = CausalLanguageModel.from_config(source.get_config())
     model.set_weights(source.get_weights())
     model.quantize("int8")
-    with pytest.raises(ValueError, match="quantization='dynamic_int8'"):
-        export_generator(model, tmp_path / "lm.tflite", format="litert", max_length=MAX_LENGTH)
-    assert not (tmp_path / "lm.tflite").exists()
+    path = export_generator(
+        model, tmp_path / "lm.tflite", max_length=MAX_LENGTH, cache_dtype="int8"
+    )
+    tokens = _motifs(2, seed=6)[:, :5]
+    mask = np.ones(tokens.shape, bool)
+    expected = model.generate(tokens, MAX_LENGTH - 5, cache_dtype="int8")
+    served = _run_app("litert", path, tmp_path, tokens=tokens, mask=mask)
+    np.testing.assert_array_equal(served["tokens"], expected)

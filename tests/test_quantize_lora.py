@@ -225,6 +225,26 @@ def test_quantized_model_saves_and_reloads(tmp_path):
     )
 
 
+def test_learned_position_table_is_int8_rows_and_reloads(tmp_path):
+    model = _causal_lm("gpt")
+    layer = model.decoder_embedding.position_embedding
+    table = to_numpy(layer.position_embeddings)
+    model.quantize("int8")
+    assert layer.quantization_mode == "int8"
+    assert keras.backend.standardize_dtype(layer.position_embeddings.dtype) == "int8"
+    # Each row to within half its step (max|row| / 127), against the float table.
+    rows = to_numpy(layer.position_embeddings) / to_numpy(layer.position_embeddings_scale)[:, None]
+    step = np.abs(table).max(axis=-1, keepdims=True) / 127
+    assert np.all(np.abs(rows - table) <= 0.5001 * step)
+    x = random_normal(2, 6, 32, seed=3)
+    np.testing.assert_allclose(to_numpy(layer(x)), to_numpy(x) + rows[:6], rtol=1e-6, atol=1e-6)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert reloaded.decoder_embedding.position_embedding.quantization_mode == "int8"
+    np.testing.assert_array_equal(to_numpy(reloaded(TOKENS)), to_numpy(model(TOKENS)))
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="SavedModel export needs TensorFlow")
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantized_model_and_generator_export_to_saved_model(tmp_path, mode):
@@ -258,6 +278,103 @@ def test_quantizing_twice_is_rejected():
     model.quantize("int8")
     with pytest.raises(ValueError, match=r"already quantized \(mode='int8'\).*mode='int4'"):
         model.quantize("int4")
+
+
+def test_float8_model_generates_saves_and_reloads(tmp_path):
+    # Keras' float8 `Dense` (e4m3 inputs and kernel, float32 scales) runs on CPU.
+    model = _causal_lm()
+    model.quantize("float8")
+    prompt = TOKENS[:, :3]
+    expected = model.generate(prompt, max_new_tokens=4)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert reloaded.lm_head.quantization_mode == "float8"
+    np.testing.assert_array_equal(to_numpy(reloaded(TOKENS)), to_numpy(model(TOKENS)))
+    np.testing.assert_array_equal(reloaded.generate(prompt, max_new_tokens=4), expected)
+
+
+# -- LiteRT export of a quantized model ------------------------------------------------
+
+
+def _litert_greedy(path, prompt, max_length):
+    """The app's greedy loop over the exported `prefill`/`decode` (full-length rows)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(path)
+    prefill = interpreter.get_signature_runner("prefill")
+    decode = interpreter.get_signature_runner("decode")
+    tokens = np.zeros((prompt.shape[0], max_length), "int32")
+    tokens[:, : prompt.shape[1]] = prompt
+    out = prefill(tokens=prompt, mask=np.ones(prompt.shape, bool))
+    for index in range(prompt.shape[1], max_length):
+        tokens[:, index] = out["logits"].argmax(-1)
+        out = decode(token=tokens[:, index], cache=out["cache"], index=np.array(index, "int32"))
+    return tokens
+
+
+def _litert_serve(path, tokens):
+    from ai_edge_litert.interpreter import Interpreter
+
+    (output,) = Interpreter(path).get_signature_runner()(tokens=tokens).values()
+    return output
+
+
+def _assert_litert_logits_close(actual, expected):
+    """Keras' int8 `Dense` rounds each activation to int8; where LiteRT's float ops
+    (a norm's rsqrt, ...) differ from TensorFlow's in the last bit, a value at a
+    rounding boundary lands one int8 step away, which moves the logits downstream by
+    about a step (measured: 6 % of the logits, at most 0.6 % of the largest). The
+    rest are the same numbers."""
+    scale = np.abs(expected).max()
+    assert np.abs(actual - expected).max() <= 0.02 * scale
+    assert np.mean(np.abs(actual - expected) <= 1e-5 * scale) >= 0.8
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="LiteRT conversion of TensorFlow graphs")
+def test_int8_model_and_generator_export_to_litert_with_their_int8_weights(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    keras.utils.set_random_seed(0)
+    model = _causal_lm(vocabulary_size=300, embedding_dim=64, intermediate_dim=256)
+    float_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    model.quantize("int8")
+    prompt, max_length = TOKENS[:, :5], 20
+    expected = model.generate(prompt, max_new_tokens=max_length - 5)
+    path = ka.export.export_generator(model, tmp_path / "lm.tflite", max_length=max_length)
+    # The int8 products run in float32 in the graph (exact): the same tokens.
+    np.testing.assert_array_equal(_litert_greedy(path, prompt, max_length), expected)
+    # The kernels are int8 in the file (measured 0.55x the float32 weights' bytes, the
+    # float32 export 1.2x): smaller than any float32 export of the model.
+    assert os.path.getsize(path) < 0.75 * float_bytes
+    model_path = ka.export.export_model(model, tmp_path / "model.tflite", format="litert")
+    _assert_litert_logits_close(_litert_serve(model_path, TOKENS), to_numpy(model(TOKENS)))
+    # The user's model is left as it was: quantized, generating the same tokens, and
+    # Keras' int8 matmul is int8 again outside the export.
+    assert model.lm_head.quantization_mode == "int8"
+    np.testing.assert_array_equal(model.generate(prompt, max_new_tokens=max_length - 5), expected)
+    product = keras.ops.matmul(np.ones((2, 3), "int8"), np.ones((3, 2), "int8"))
+    assert keras.backend.standardize_dtype(product.dtype) == "int32"
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="LiteRT conversion of TensorFlow graphs")
+def test_int4_model_exports_to_litert(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    model = _causal_lm()
+    model.quantize("int4")
+    path = ka.export.export_model(model, tmp_path / "model.tflite", format="litert")
+    _assert_litert_logits_close(_litert_serve(path, TOKENS), to_numpy(model(TOKENS)))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="LiteRT conversion of TensorFlow graphs")
+def test_float8_model_is_refused_by_the_litert_exports(tmp_path):
+    model = _causal_lm()
+    model.quantize("float8")
+    match = r"LiteRT has no float8 type.*Received: \d+ float8 layers .*format='litert'"
+    with pytest.raises(ValueError, match=match):
+        ka.export.export_generator(model, tmp_path / "lm.tflite", max_length=8)
+    with pytest.raises(ValueError, match=match):
+        ka.export.export_model(model, tmp_path / "model.tflite", format="litert")
+    assert not os.listdir(tmp_path)
 
 
 # -- LoRA ----------------------------------------------------------------------------

@@ -35,8 +35,12 @@ needs for itself live in this package, chosen by `keras.backend.backend()`:
 - :mod:`keras_attention.backend.generation`: how the decoding loop is compiled
   (`tf.function` + XLA, `jax.jit`, on PyTorch a Python loop around the step that
   :mod:`keras_attention.backend.torch_step` traces) and its random numbers.
+- :mod:`keras_attention.backend.litert_quantized`: a `model.quantize()`d model's
+  int8 products traced in float32 (exact) while a LiteRT export is traced.
 
-Public APIs only: no private TensorFlow modules or other private imports.
+Public APIs only: no private TensorFlow modules or other private imports (one
+exception, `litert_quantized`: Keras has no public hook for what `keras.ops.matmul`
+does with int8 operands, so it swaps Keras' backend function while an export traces).
 """
 
 import keras

@@ -51,3 +51,22 @@ def import_tensorflow(function):
             name="tensorflow",
         ) from error
     return tf
+
+
+def check_litert_quantization(model):
+    """LiteRT has no float8 type (Keras' float8 layers cast to float8 in the graph);
+    int8 and int4 models convert (`backend/litert_quantized.py`)."""
+    float8 = [
+        layer.path
+        for layer in model._flatten_layers(include_self=False)
+        if getattr(layer, "quantization_mode", None) == "float8"
+    ]
+    if float8:
+        raise ValueError(
+            "A model quantized with `model.quantize('float8')` cannot be converted to "
+            "LiteRT: LiteRT has no float8 type (Keras' float8 layers round their inputs "
+            "and kernels through float8 in the graph, and keep float32 kernels, so the "
+            "file would not shrink). Quantize with 'int8' or 'int4', or export the float "
+            "model with `quantization='dynamic_int8'` (LiteRT's own int8 weights). "
+            f"Received: {len(float8)} float8 layers (first {float8[0]!r}), format='litert'"
+        )

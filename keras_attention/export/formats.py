@@ -8,6 +8,7 @@ import tempfile
 
 import keras
 
+from keras_attention.backend.litert_quantized import int8_products_in_float
 from keras_attention.export import _checks
 from keras_attention.export._atomic import atomic_folder
 from keras_attention.export.torch_program import export_torch_program
@@ -122,6 +123,8 @@ def export_model(model, path, format, verbose=False, **kwargs):
     _check_converter(backend, format)
     if format == "onnx":
         _check_called(model)
+    if format == "litert" and backend == "tensorflow":
+        _checks.check_litert_quantization(model)
     try:
         if format == "tf_saved_model":
             with atomic_folder(path) as folder:
@@ -133,7 +136,11 @@ def export_model(model, path, format, verbose=False, **kwargs):
             import tensorflow as tf
 
             kwargs.setdefault("target_spec", {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
-        _export_files(model, path, format, verbose, kwargs)
+            # A `model.quantize()`d model's int8 products, traced in float32 (exact).
+            with int8_products_in_float():
+                _export_files(model, path, format, verbose, kwargs)
+        else:
+            _export_files(model, path, format, verbose, kwargs)
     except Exception as error:  # any converter error, whatever its type
         raise RuntimeError(
             f"Exporting to format={format!r} failed on the {backend} backend: "

@@ -61,11 +61,11 @@ import tempfile
 import keras
 
 from keras_attention import _validation
-from keras_attention.export import _atomic
+from keras_attention.backend.litert_quantized import int8_products_in_float
+from keras_attention.export import _atomic, _checks
 from keras_attention.export._generator_steps import Steps
 from keras_attention.export._onnx_generator import write_onnx
 from keras_attention.models import processors as processors_lib
-from keras_attention.models._adaptation import quantized_layers
 from keras_attention.models.generation import GenerativeMixin, check_token_ids
 from keras_attention.models.generation.state import CACHE_DTYPES
 
@@ -109,7 +109,10 @@ def export_generator(
         prompt_length: optional int, a fixed prompt width for `prefill` (a static
             shape, which some LiteRT delegates need); `None` keeps it dynamic.
         quantization: `None` (float32) or `"dynamic_int8"` (LiteRT only: weights
-            stored as int8, `tf.lite.Optimize.DEFAULT`).
+            stored as int8, `tf.lite.Optimize.DEFAULT`). A `model.quantize("int8")`d
+            model needs neither: its int8 kernels go into the `.tflite` as they are
+            and it computes what the quantized model computes (the int8 products in
+            float32, exact); `"int4"` converts too, `"float8"` does not.
         stop_token_ids: token ids that end a row in the SavedModel's `generate`
             signature, as in `model.generate` (`"tf_saved_model"` only: a LiteRT
             app's own loop decides when to stop).
@@ -130,8 +133,8 @@ def export_generator(
         ValueError: an unknown `format` or `quantization`, a model without a decoder,
             `max_length` out of range or smaller than `prompt_length`, token ids
             out of the vocabulary or given for LiteRT or ONNX, `cache_dtype="int8"`
-            for ONNX, a `path` ending in `.onnx` for ONNX, or a backend other than
-            TensorFlow.
+            for ONNX, a `path` ending in `.onnx` for ONNX, a float8-quantized model
+            for LiteRT, or a backend other than TensorFlow.
         ModuleNotFoundError: `format="onnx"` without `tf2onnx` or `onnx`.
 
     Example:
@@ -150,7 +153,8 @@ def export_generator(
             f"Received: cache_dtype={cache_dtype!r}, format='onnx'"
         )
     max_length = _check_model(model, max_length, prompt_length)
-    _check_quantized_for_litert(model, format)
+    if format == "litert":
+        _checks.check_litert_quantization(model)
     vocabulary = model.decoder_embedding.vocabulary_size
     generate_settings = (
         check_token_ids(stop_token_ids, "stop_token_ids", vocabulary),
@@ -203,20 +207,6 @@ def _check_onnx_path(path):
                 "in this package's `export` extra, `pip install -e '.[export]'`).",
                 name=module,
             )
-
-
-def _check_quantized_for_litert(model, format):
-    """LiteRT's converter cannot lower Keras' quantized `Dense` (an int8 x int8
-    matmul of raw int8 tensors): say so, and what works instead."""
-    quantized = quantized_layers(model)
-    if format == "litert" and quantized:
-        raise ValueError(
-            "A model quantized with `model.quantize(...)` cannot be converted to LiteRT "
-            "(its int8 matmuls are not LiteRT ops). Export the float model with "
-            "`quantization='dynamic_int8'` (LiteRT's own int8 weights) instead. "
-            f"Received: a model with {len(quantized)} quantized layers "
-            f"(mode={sorted(set(quantized.values()))[0]!r}), format='litert'"
-        )
 
 
 def _check_format(format, quantization, stop_token_ids, pad_token_id, processors=None):
@@ -280,7 +270,9 @@ def _write_litert(steps, path, prompt_length, quantization):
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        _write_saved_model(steps, saved_model_dir, prompt_length, with_generate=False)
+        # A `model.quantize()`d model's int8 products, traced in float32 (exact).
+        with int8_products_in_float():
+            _write_saved_model(steps, saved_model_dir, prompt_length, with_generate=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             saved_model_dir, signature_keys=["prefill", "decode"]
         )

@@ -101,6 +101,7 @@ class PositionEmbedding(NothingToQuantize, keras.layers.Layer):
     """Adds a learned embedding of each position (as in BERT and GPT-2).
 
     One trainable `(sequence_length, features)` table; position `p` adds row `p`.
+    `quantize("int8")` (through `model.quantize`) stores it as int8 rows.
     Unlike :class:`SinusoidalPositionEncoding`, sequences longer than
     `sequence_length` cannot be encoded.
 
@@ -163,7 +164,36 @@ class PositionEmbedding(NothingToQuantize, keras.layers.Layer):
         # size` proven while tracing, which a symbolic length (JAX export) cannot be.
         positions = backend.positions(seq_len) + ops.cast(start_index, "int32")
         rows = ops.take(ops.convert_to_tensor(self.position_embeddings), positions, axis=0)
+        if self.quantization_mode == "int8":  # int8 rows, one scale a position
+            scale = ops.take(self.position_embeddings_scale, positions, axis=0)
+            rows = ops.divide(ops.cast(rows, "float32"), ops.expand_dims(scale, -1))
         return inputs + ops.cast(rows, inputs.dtype)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """`"int8"`: the table as int8 rows with one float32 scale a position
+        (`round(row * 127 / max|row|)`, Keras' int8 `Embedding`); in the other modes
+        it stays float."""
+        del type_check, config
+        if mode != "int8":
+            return
+        values, scale = keras.quantizers.abs_max_quantize(
+            self.position_embeddings, axis=-1, to_numpy=True
+        )
+        shape = tuple(self.position_embeddings.shape)
+        del self.position_embeddings
+        self.position_embeddings = self.add_weight(
+            name="embeddings", shape=shape, initializer="zeros", dtype="int8", trainable=False
+        )
+        self.position_embeddings_scale = self.add_weight(
+            name="embeddings_scale", shape=shape[:1], initializer="ones", trainable=False
+        )
+        self.position_embeddings.assign(values)
+        self.position_embeddings_scale.assign(ops.squeeze(scale, -1))
+        self._is_quantized = True
+        self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _int8_call(self, inputs, start_index=0):
+        return self.call(inputs, start_index=start_index)
 
     def compute_output_shape(self, inputs_shape):
         return tuple(inputs_shape)
