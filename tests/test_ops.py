@@ -198,7 +198,12 @@ def test_dynamic_shapes_in_tf_function():
 
 # Property tests ---------------------------------------------------------------
 
-shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 8))
+# (batch, query length, key length, dim): the edges (length 1, dim 1, one key, more
+# queries than keys and fewer) from a fixed list rather than drawn, while the data, masks
+# and permutations stay random. On JAX each new shape compiles every op again: drawn
+# shapes made `test_fully_masked_rows_property` alone take 291 s of a JAX run.
+SHAPES = [(1, 1, 1, 1), (1, 1, 6, 8), (2, 6, 1, 3), (3, 4, 5, 8), (2, 6, 6, 1), (1, 5, 3, 2)]
+shapes = st.sampled_from(SHAPES)
 
 
 def _arrays(seed, batch, q_len, kv_len, dim):
