@@ -1,5 +1,6 @@
 """pytest setup for the docstring examples of the package (`--doctest-modules`)."""
 
+import importlib.util
 import os
 
 # The suite compiles hundreds of small XLA programs (TensorFlow's generation loops, every
@@ -15,6 +16,13 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+# `backend/torch_step.py` is the PyTorch backend's own module (imported only there): the
+# doctest collection, which imports every module, leaves it out where torch is missing
+# (the README's `pip install -e ".[test]"` does not install it).
+collect_ignore = (
+    [] if importlib.util.find_spec("torch") else ["keras_attention/backend/torch_step.py"]
+)
 
 # Most tests are single-threaded (tracing, XLA compiles, small ops), so one worker a core
 # uses the machine; each worker holds a whole TensorFlow runtime (1-2 GiB), hence the cap.
