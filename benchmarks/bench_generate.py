@@ -156,10 +156,7 @@ def main(argv=None):
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import keras
     import numpy as np
-
-    from keras_attention import models
 
     if args.architectures:
         return print_architectures(args.repeats)
@@ -167,19 +164,7 @@ def main(argv=None):
         from keras_hub_tables import print_generate_table
 
         return print_generate_table(args.repeats, args.smoke)
-    size = dict(vocabulary=1000, layers=4, heads=4, width=256, ff=1024, length=256)
-    if args.smoke:
-        size = dict(vocabulary=50, layers=1, heads=2, width=16, ff=32, length=16)
-    keras.utils.set_random_seed(0)
-    ours = models.causal_language_model(
-        vocabulary_size=size["vocabulary"],
-        sequence_length=size["length"],
-        num_layers=size["layers"],
-        embedding_dim=size["width"],
-        num_heads=size["heads"],
-        intermediate_dim=size["ff"],
-        dropout=0.0,
-    )
+    size, ours = issue15_model(args.smoke)
     hub = None if args.no_keras_hub else gpt2_causal_lm(size)
     print(f"{versions(hub is not None)}; model {size}")
     rng = np.random.default_rng(0)
@@ -218,6 +203,28 @@ def versions(with_keras_hub):
 
         line += f", keras-hub {keras_hub.__version__}"
     return line + f", {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+
+
+def issue15_model(smoke):
+    """The issue-15 size (`smoke`: a tiny one) as our model, seeded: `(size, model)`."""
+    import keras
+
+    from keras_attention import models
+
+    size = dict(vocabulary=1000, layers=4, heads=4, width=256, ff=1024, length=256)
+    if smoke:
+        size = dict(vocabulary=50, layers=1, heads=2, width=16, ff=32, length=16)
+    keras.utils.set_random_seed(0)
+    ours = models.causal_language_model(
+        vocabulary_size=size["vocabulary"],
+        sequence_length=size["length"],
+        num_layers=size["layers"],
+        embedding_dim=size["width"],
+        num_heads=size["heads"],
+        intermediate_dim=size["ff"],
+        dropout=0.0,
+    )
+    return size, ours
 
 
 def gpt2_causal_lm(size):

@@ -41,26 +41,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cases = [tuple(int(v) for v in c.split(",")) for c in args.cases or ()]
     cases = cases or bench_generate.CASES
-    import keras
     import numpy as np
     import torch
 
-    from keras_attention import models
-
-    size = dict(vocabulary=1000, layers=4, heads=4, width=256, ff=1024, length=256)
     if args.smoke:
-        size = dict(vocabulary=50, layers=1, heads=2, width=16, ff=32, length=16)
         cases, args.repeats = [(2, 4, 4)], 1
-    keras.utils.set_random_seed(0)
-    ours = models.causal_language_model(
-        vocabulary_size=size["vocabulary"],
-        sequence_length=size["length"],
-        num_layers=size["layers"],
-        embedding_dim=size["width"],
-        num_heads=size["heads"],
-        intermediate_dim=size["ff"],
-        dropout=0.0,
-    )
+    size, ours = bench_generate.issue15_model(args.smoke)
     hub = None if args.smoke else bench_generate.gpt2_causal_lm(size)
     print(f"{bench_generate.versions(hub is not None)}, torch threads {torch.get_num_threads()}")
     print(
