@@ -128,18 +128,25 @@ def _expected_rows(generated, lengths):
     return [row[: length + MAX_LENGTH - lengths.max()] for row, length in zip(generated, lengths)]
 
 
-@pytest.mark.tensorflow_only("LiteRT conversion of TensorFlow graphs")
-def test_litert_greedy_loop_equals_generate_causal_lm(tmp_path):
-    pytest.importorskip("ai_edge_litert")
+@pytest.mark.tensorflow_only("LiteRT and ONNX conversion of TensorFlow graphs")
+@pytest.mark.parametrize(
+    "runtime, name, needs",
+    [("litert", "lm.tflite", ("ai_edge_litert",)), ("onnx", "lm", ("onnxruntime", "tf2onnx"))],
+)
+def test_device_greedy_loop_equals_generate_causal_lm(runtime, name, needs, tmp_path):
+    for module in needs:
+        pytest.importorskip(module)
     keras.utils.set_random_seed(3)
     model = _causal_lm()
-    path = export_generator(model, tmp_path / "lm.tflite", max_length=MAX_LENGTH)
+    path = export_generator(model, tmp_path / name, format=runtime, max_length=MAX_LENGTH)
+    if runtime == "onnx":
+        assert sorted(os.listdir(path)) == ["decode.onnx", "prefill.onnx"]
     # Right padding, a hole, and a prompt token 0 (padding for mask_zero models).
     tokens = np.array([[3, 4, 5, 6], [7, 0, 8, 0], [9, 2, 0, 11]], "int32")
     mask = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1]], bool)
     lengths = mask.sum(axis=1)
     expected = model.generate(tokens, MAX_LENGTH - lengths.max(), prompt_mask=mask)
-    served = _run_app("litert", path, tmp_path, tokens=tokens, mask=mask)["tokens"]
+    served = _run_app(runtime, path, tmp_path, tokens=tokens, mask=mask)["tokens"]
     for row, expected_row in enumerate(_expected_rows(expected, lengths)):
         np.testing.assert_array_equal(served[row, : len(expected_row)], expected_row)
     # The loop really decoded: new tokens beyond the longest prompt exist.
@@ -170,25 +177,6 @@ def test_device_greedy_loop_equals_generate_seq2seq(tmp_path, runtime):
         mask=mask,
     )["tokens"]
     np.testing.assert_array_equal(served, expected)
-
-
-@pytest.mark.tensorflow_only("ONNX conversion of TensorFlow graphs (tf2onnx)")
-def test_onnx_greedy_loop_equals_generate_causal_lm(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("tf2onnx")
-    keras.utils.set_random_seed(3)
-    model = _causal_lm()
-    path = export_generator(model, tmp_path / "lm", format="onnx", max_length=MAX_LENGTH)
-    assert sorted(os.listdir(path)) == ["decode.onnx", "prefill.onnx"]
-    # As the LiteRT test: right padding, a hole, and a prompt token 0.
-    tokens = np.array([[3, 4, 5, 6], [7, 0, 8, 0], [9, 2, 0, 11]], "int32")
-    mask = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1]], bool)
-    lengths = mask.sum(axis=1)
-    expected = model.generate(tokens, MAX_LENGTH - lengths.max(), prompt_mask=mask)
-    served = _run_app("onnx", path, tmp_path, tokens=tokens, mask=mask)["tokens"]
-    for row, expected_row in enumerate(_expected_rows(expected, lengths)):
-        np.testing.assert_array_equal(served[row, : len(expected_row)], expected_row)
-    assert served.shape == (3, MAX_LENGTH)
 
 
 @pytest.mark.tensorflow_only("SavedModel export of TensorFlow graphs")
