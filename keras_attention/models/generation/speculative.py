@@ -55,7 +55,7 @@ from keras_attention.models.generation.drafts import (
     lookup_drafts,
     processed_logits,
 )
-from keras_attention.models.generation.state import advance
+from keras_attention.models.generation.state import advance_many
 from keras_attention.models.samplers.sampler import gumbel_argmax
 
 # The static speculation settings of a generation (part of its compile key).
@@ -164,16 +164,9 @@ def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
         # finished rows do not hold the others back
         kept = ops.min(ops.where(done, k, kept))
         kept = ops.minimum(kept, end - 1 - index)
-        for j in range(k + 1):
-            token, new_done, new_count = advance(
-                buffer, index + j, lengths, chosen[:, j], done, count, stop_ids, settings
-            )
-            active = j <= kept
-            buffer = ops.where(
-                active, ops.slice_update(buffer, [0, index + j], token[:, None]), buffer
-            )
-            done = ops.where(active, new_done, done)
-            count = ops.where(active, new_count, count)
+        buffer, done, count = advance_many(
+            buffer, index, lengths, chosen, kept, done, count, stop_ids, settings
+        )
         return index + kept + 1, buffer, caches, draft_caches, done, count
 
     return _backend.while_loop(cond, body, tuple(loop_vars), mode)
