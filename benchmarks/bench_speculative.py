@@ -8,8 +8,9 @@ and a draft about 4x smaller (2 layers, d_model 64, feed-forward 128). The promp
 quotes a passage of the text and starts it again, so a model that continues the
 quote repeats spans of its prompt (prompt lookup's case). For each method: greedy
 tokens/s of batch 1 (median of repeats after a first, compiling call; the methods
-timed in turn in one process), the share of drafts kept, and whether the tokens
-equal plain greedy's.
+timed in turn in one process), the share of steps that verified drafts (prompt
+lookup makes a plain one-token step where the text has no match), the share of the
+verified drafts kept, and whether the tokens equal plain greedy's.
 
 Usage:
     python benchmarks/bench_speculative.py                 # TensorFlow
@@ -62,8 +63,9 @@ def _train(module, ids, width, layers, args):
 
 
 def _kept_share(model, prompt, new, **speculation):
-    """The share of drafts kept: counted from the calls of the target's verifying
-    step (`num_draft_tokens + 1` tokens) in an eager run."""
+    """`(share of drafts kept, share of steps that verified)`, counted from the
+    target's calls in an eager run: verifying calls have `num_draft_tokens + 1`
+    tokens; prompt lookup's steps without a match are plain one-token calls."""
     k = speculation["num_draft_tokens"]
     calls, original = [], model.call_with_cache
 
@@ -76,8 +78,9 @@ def _kept_share(model, prompt, new, **speculation):
         model.generate(prompt, new, compile=False, **speculation)
     finally:
         del model.call_with_cache
-    steps = calls.count(k + 1)
-    return (new - steps) / max(steps * k, 1)
+    verified, plain = calls.count(k + 1), calls.count(1)
+    kept = (new - plain - verified) / max(verified * k, 1)
+    return kept, verified / max(verified + plain, 1)
 
 
 def main(argv=None):
@@ -117,14 +120,16 @@ def main(argv=None):
             assert out.shape == plain.shape
     base = args.new / statistics.median(times["plain greedy"])
     print(f"\nbackend {args.backend}, batch 1, prompt {len(prompt[0])}, {args.new} new tokens\n")
-    print("| method | tokens/s | speed-up | drafts kept | tokens = plain greedy |")
-    print("|---|---|---|---|---|")
+    print("| method | tokens/s | speed-up | steps verified | drafts kept | tokens = plain greedy |")
+    print("|---|---|---|---|---|---|")
     for name, speculation in methods.items():
         rate = args.new / statistics.median(times[name])
-        kept = _kept_share(target, prompt, args.new, **speculation) if speculation else None
+        kept = verified = "-"
+        if speculation:
+            kept, verified = _kept_share(target, prompt, args.new, **speculation)
+            kept, verified = f"{kept:.0%}", f"{verified:.0%}"
         same = bool(np.array_equal(target.generate(prompt, args.new, **speculation), plain))
-        kept = "-" if kept is None else f"{kept:.0%}"
-        print(f"| {name} | {rate:.0f} | {rate / base:.2f}x | {kept} | {same} |")
+        print(f"| {name} | {rate:.0f} | {rate / base:.2f}x | {verified} | {kept} | {same} |")
     written = "".join(characters[i - 1] for i in plain[0, len(prompt[0]) :] if i)
     print(f"\nplain greedy continues: {written!r}")
 

@@ -98,17 +98,48 @@ def test_drafts_the_model_agrees_with_are_kept(models):
     assert calls.count(4) == 3  # 12 tokens, 4 a verifying call
 
 
+def test_prompt_lookup_without_a_match_makes_plain_steps(models):
+    """Where the text so far has no earlier match of its last n-gram, a step is a
+    plain one-token call, not a verifying call of `num_draft_tokens + 1` tokens;
+    a match is verified. The tokens are plain greedy's either way."""
+    model, _ = models
+    calls = []
+    original = model.call_with_cache
+
+    def counting(tokens, *args, **kwargs):
+        calls.append(tokens.shape[1])
+        return original(tokens, *args, **kwargs)
+
+    model.call_with_cache = counting
+    try:
+        for prompt in ([[5, 6, 7, 8, 9, 10]], [[5, 6, 7, 5, 6, 7, 5, 6]]):
+            plain = model.generate(prompt, 6, compile=False)
+            calls.clear()
+            speculated = model.generate(
+                prompt, 6, prompt_lookup=2, num_draft_tokens=3, compile=False
+            )
+            np.testing.assert_array_equal(speculated, plain)
+            if prompt[0][0] == prompt[0][3]:  # the last bigram (5, 6) occurs earlier
+                assert calls[1] == 4
+            else:  # no bigram repeats in the prompt: the first step is plain
+                assert calls[1] == 1
+    finally:
+        del model.call_with_cache
+
+
 def test_lookup_drafts_follow_the_latest_match():
     buffer = np.array([[1, 2, 3, 9, 1, 2, 4, 8, 1, 2, 0, 0, 0]], "int32")
     # last two known tokens (index 10): [1, 2]; latest earlier match at 4 -> 4, 8, 1
-    drafts = to_numpy(speculative.lookup_drafts(buffer, 10, 2, 3))
-    np.testing.assert_array_equal(drafts, [[4, 8, 1]])
+    drafts, found = speculative.lookup_drafts(buffer, 10, 2, 3)
+    np.testing.assert_array_equal(to_numpy(drafts), [[4, 8, 1]])
+    np.testing.assert_array_equal(to_numpy(found), [True])
     # only three tokens after the match are known: the rest repeat the last known one
-    drafts = to_numpy(speculative.lookup_drafts(buffer, 10, 2, 6))
-    np.testing.assert_array_equal(drafts, [[4, 8, 1, 2, 2, 2]])
-    # no earlier match: copies of the last token
-    drafts = to_numpy(speculative.lookup_drafts(buffer, 4, 3, 2))
-    np.testing.assert_array_equal(drafts, [[9, 9]])
+    drafts, _ = speculative.lookup_drafts(buffer, 10, 2, 6)
+    np.testing.assert_array_equal(to_numpy(drafts), [[4, 8, 1, 2, 2, 2]])
+    # no earlier match: copies of the last token, and not found
+    drafts, found = speculative.lookup_drafts(buffer, 4, 3, 2)
+    np.testing.assert_array_equal(to_numpy(drafts), [[9, 9]])
+    np.testing.assert_array_equal(to_numpy(found), [False])
 
 
 def _softmax(x):

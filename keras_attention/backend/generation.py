@@ -95,6 +95,15 @@ def while_loop(cond, body, loop_vars, mode):
     return loop_vars
 
 
+def cond(pred, true_fn, false_fn, mode):
+    """`true_fn()` if the boolean scalar `pred` else `false_fn()`: a conditional of
+    the compiled loop (`keras.ops.cond`), or, in `"eager"` mode, a Python `if` that
+    runs only the branch taken."""
+    if mode == "eager":
+        return true_fn() if bool(ops.convert_to_numpy(pred)) else false_fn()
+    return ops.cond(pred, true_fn, false_fn)
+
+
 def uniform(shape, seed, step):
     """Uniform floats in `[0, 1)` from a `(2,)` int32 `seed` tensor and the int32
     `step` tensor: a new, reproducible stream for every step of every seed."""

@@ -25,10 +25,11 @@ def force_prompt(drafted, buffer, lengths, index):
 
 def lookup_drafts(buffer, index, ngram_size, k):
     """Prompt lookup: the `k` tokens after the latest earlier occurrence of each row's
-    last `ngram_size` tokens (positions `< index` are known), `(batch, k)` int32.
+    last `ngram_size` tokens (positions `< index` are known): `(drafts (batch, k)
+    int32, found (batch,) bool)`.
 
-    A row without a match drafts copies of its last token (verification rejects
-    what is wrong; the step still makes one token)."""
+    A row without a match (`found` False) drafts copies of its last token; the loop
+    runs a plain one-token step instead of verifying where no row has a match."""
     batch, room = ops.shape(buffer)[0], buffer.shape[1]
     starts = room - ngram_size + 1
     first = ops.maximum(index - ngram_size, 0)
@@ -43,8 +44,9 @@ def lookup_drafts(buffer, index, ngram_size, k):
     valid = ops.logical_and(valid, index >= ngram_size)
     best = ops.max(ops.where(valid, start, -1), axis=1)
     positions = best[:, None] + ngram_size + ops.arange(k, dtype="int32")[None, :]
-    positions = ops.where(best[:, None] >= 0, ops.minimum(positions, index - 1), index - 1)
-    return ops.cast(ops.take_along_axis(buffer, positions, axis=1), "int32")
+    found = best >= 0
+    positions = ops.where(found[:, None], ops.minimum(positions, index - 1), index - 1)
+    return ops.cast(ops.take_along_axis(buffer, positions, axis=1), "int32"), found
 
 
 def processed_logits(processors, logits, buffer, lengths, index, count):

@@ -8,7 +8,12 @@ keeps the drafts the model agrees with, plus one token of its own:
   steps), or from *prompt lookup*: the last `n` tokens are matched against the text
   so far (prompt and generated), and the `k` tokens that followed the latest earlier
   match are the drafts (no second model; it pays off where the output repeats
-  spans of the input, as in summaries, code edits or quotes);
+  spans of the input, as in summaries, code edits or quotes). A step where no
+  unfinished row has a match (nor prompt tokens of its own left to check) is a plain
+  one-token step instead (a conditional in the compiled loop, as Hugging Face's
+  prompt lookup skips verifying without candidates): a verifying call of `k + 1`
+  tokens costs several one-token steps on a CPU, and copies of the last token are
+  rarely right;
 - greedy: a draft is kept while it equals the model's argmax, so the tokens are
   exactly plain greedy's (up to ties between logits that differ by rounding);
 - sampling: the speculative sampling rule (Leviathan et al. 2023; Chen et al. 2023):
@@ -133,10 +138,46 @@ def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
     def cond(index, buffer, caches, draft_caches, done, count):
         return ops.logical_and(index < end, ops.logical_not(ops.all(done)))
 
+    def verify(drafts, draft_logits, buffer, index, caches, count):
+        # the last known token and the drafts in one call: (chosen, kept, caches)
+        verified = ops.concatenate([ops.slice(buffer, [0, index - 1], [batch, 1]), drafts], 1)
+        key_buffer = ops.slice_update(buffer, [0, index], drafts)
+        logits, caches = model.call_with_cache(
+            verified, caches, index - 1, model._key_mask(key_buffer)
+        )
+        logits = processed_logits(settings.processors, logits, key_buffer, lengths, index, count)
+        # a row inside its prompt keeps its prompt (its drafts)
+        in_prompt = index + ops.arange(k, dtype="int32")[None, :] < lengths[:, None]
+        chosen, kept = _verify(
+            settings.sampler, logits, drafts, draft_logits, in_prompt, seed, index
+        )
+        return chosen, kept, caches
+
+    def plain(buffer, index, caches, count):
+        # one token, as the loop without speculation makes it: (chosen, kept 0, caches)
+        previous = ops.slice(buffer, [0, index - 1], [batch, 1])
+        logits, caches = model.call_with_cache(previous, caches, index - 1, model._key_mask(buffer))
+        logits = processed_logits(settings.processors, logits, buffer, lengths, index, count)
+        noise = None
+        if settings.sampler.is_random:
+            noise = _backend.uniform(ops.shape(logits[:, 0]), seed, index + STREAM)
+        token = settings.sampler.next_token(logits[:, 0], noise)
+        chosen = ops.concatenate([token[:, None], ops.zeros((batch, k), "int32")], axis=1)
+        return chosen, ops.zeros((batch,), "int32"), caches
+
     def body(index, buffer, caches, draft_caches, done, count):
-        draft_logits = None
         if speculation.draft_model is None:
-            drafts = lookup_drafts(buffer, index, speculation.prompt_lookup, k)
+            drafts, found = lookup_drafts(buffer, index, speculation.prompt_lookup, k)
+            drafts = force_prompt(drafts, buffer, lengths, index)
+            # Verify where some unfinished row has drafts worth checking (a match, or
+            # its prompt's own next tokens); else one plain step, at a plain step's cost.
+            worth = ops.logical_and(ops.logical_or(found, index < lengths), ops.logical_not(done))
+            chosen, kept, caches = _backend.cond(
+                ops.any(worth),
+                lambda: verify(drafts, None, buffer, index, caches, count),
+                lambda: plain(buffer, index, caches, count),
+                mode,
+            )
         else:
             drafts, draft_logits, draft_caches = draft_steps(
                 speculation.draft_model,
@@ -149,18 +190,8 @@ def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
                 seed,
                 k,
             )
-        drafts = force_prompt(drafts, buffer, lengths, index)
-        verified = ops.concatenate([ops.slice(buffer, [0, index - 1], [batch, 1]), drafts], 1)
-        key_buffer = ops.slice_update(buffer, [0, index], drafts)
-        logits, caches = model.call_with_cache(
-            verified, caches, index - 1, model._key_mask(key_buffer)
-        )
-        logits = processed_logits(settings.processors, logits, key_buffer, lengths, index, count)
-        # a row inside its prompt keeps its prompt (its drafts)
-        in_prompt = index + ops.arange(k, dtype="int32")[None, :] < lengths[:, None]
-        chosen, kept = _verify(
-            settings.sampler, logits, drafts, draft_logits, in_prompt, seed, index
-        )
+            drafts = force_prompt(drafts, buffer, lengths, index)
+            chosen, kept, caches = verify(drafts, draft_logits, buffer, index, caches, count)
         # finished rows do not hold the others back
         kept = ops.min(ops.where(done, k, kept))
         kept = ops.minimum(kept, end - 1 - index)
