@@ -6,6 +6,8 @@ draw from the model's own distribution, checked with a chi-square test against t
 probabilities computed by full forward passes of the model (numpy softmax here).
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -73,58 +75,54 @@ def test_greedy_speculation_with_a_sliding_window():
         np.testing.assert_array_equal(model.generate(PROMPTS, 12, **speculation), expected)
 
 
+@contextlib.contextmanager
+def _counted_calls(model):
+    """The token count of each `model.call_with_cache` call made inside the block."""
+    calls, original = [], model.call_with_cache
+
+    def counting(tokens, *args, **kwargs):
+        calls.append(tokens.shape[1])
+        return original(tokens, *args, **kwargs)
+
+    model.call_with_cache = counting
+    try:
+        yield calls
+    finally:
+        del model.call_with_cache
+
+
 def test_drafts_the_model_agrees_with_are_kept(models):
     """The model as its own draft agrees with every draft: each verifying call (the
     calls of `num_draft_tokens + 1` tokens) keeps all drafts plus one token."""
     model, _ = models
-    calls = []
-    original = model.call_with_cache
-
-    def counting(tokens, *args, **kwargs):
-        calls.append(tokens.shape[1])
-        return original(tokens, *args, **kwargs)
-
-    model.call_with_cache = counting
-    try:
-        prompt = [[5, 6, 7, 8, 9]]  # (the prefills are calls of 5 tokens)
-        plain = model.generate(prompt, 12, compile=False)
-        calls.clear()
+    prompt = [[5, 6, 7, 8, 9]]  # (the prefills are calls of 5 tokens)
+    plain = model.generate(prompt, 12, compile=False)
+    with _counted_calls(model) as calls:
         speculated = model.generate(
             prompt, 12, draft_model=model, num_draft_tokens=3, compile=False
         )
-    finally:
-        del model.call_with_cache
     np.testing.assert_array_equal(speculated, plain)
     assert calls.count(4) == 3  # 12 tokens, 4 a verifying call
 
 
-def test_prompt_lookup_without_a_match_makes_plain_steps(models):
+@pytest.mark.parametrize(
+    "prompt, first_step",
+    [
+        ([[5, 6, 7, 8, 9, 10]], 1),  # no bigram repeats: a plain one-token step
+        ([[5, 6, 7, 5, 6, 7, 5, 6]], 4),  # the last bigram (5, 6) occurs earlier
+    ],
+)
+def test_prompt_lookup_verifies_only_where_a_match_exists(models, prompt, first_step):
     """Where the text so far has no earlier match of its last n-gram, a step is a
-    plain one-token call, not a verifying call of `num_draft_tokens + 1` tokens;
-    a match is verified. The tokens are plain greedy's either way."""
+    plain one-token call, not a verifying call of `num_draft_tokens + 1` tokens; a
+    match is verified. The tokens are plain greedy's either way."""
     model, _ = models
-    calls = []
-    original = model.call_with_cache
-
-    def counting(tokens, *args, **kwargs):
-        calls.append(tokens.shape[1])
-        return original(tokens, *args, **kwargs)
-
-    model.call_with_cache = counting
-    try:
-        for prompt in ([[5, 6, 7, 8, 9, 10]], [[5, 6, 7, 5, 6, 7, 5, 6]]):
-            plain = model.generate(prompt, 6, compile=False)
-            calls.clear()
-            speculated = model.generate(
-                prompt, 6, prompt_lookup=2, num_draft_tokens=3, compile=False
-            )
-            np.testing.assert_array_equal(speculated, plain)
-            if prompt[0][0] == prompt[0][3]:  # the last bigram (5, 6) occurs earlier
-                assert calls[1] == 4
-            else:  # no bigram repeats in the prompt: the first step is plain
-                assert calls[1] == 1
-    finally:
-        del model.call_with_cache
+    plain = model.generate(prompt, 6, compile=False)
+    with _counted_calls(model) as calls:
+        speculated = model.generate(prompt, 6, prompt_lookup=2, num_draft_tokens=3, compile=False)
+    np.testing.assert_array_equal(speculated, plain)
+    assert calls[0] == len(prompt[0])  # the prefill
+    assert calls[1] == first_step
 
 
 def test_lookup_drafts_follow_the_latest_match():
