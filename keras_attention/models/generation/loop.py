@@ -243,8 +243,6 @@ class GenerativeMixin:
         """The token loop from `loop_vars` `(index, buffer, caches, done, count)`
         until every row is done or `index` reaches `end` (an int32 scalar: the
         buffer's length, or where a streamed chunk ends); returns the loop vars."""
-        batch = ops.shape(loop_vars[1])[0]
-        sampler = settings.sampler
         stop_ids = ops.convert_to_tensor(list(settings.stop_token_ids) or [-1], "int32")
         step = self._decode_step(mode)
 
@@ -252,14 +250,9 @@ class GenerativeMixin:
             return ops.logical_and(index < end, ops.logical_not(ops.all(done)))
 
         def body(index, buffer, caches, done, count):
-            previous = ops.slice(buffer, [0, index - 1], [batch, 1])
-            logits, caches = step(previous, caches, index - 1, self._key_mask(buffer), encoded)
-            state = (buffer, lengths, index, count)
-            logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
-            noise = None
-            if sampler.is_random:
-                noise = _backend.uniform(ops.shape(logits), seed, index)
-            sampled = sampler.next_token(logits, noise)
+            sampled, caches = self._next_token(
+                step, settings, buffer, caches, index, lengths, count, seed, index, encoded
+            )
             token, done, count = advance(
                 buffer, index, lengths, sampled, done, count, stop_ids, settings
             )
@@ -267,6 +260,22 @@ class GenerativeMixin:
             return index + 1, buffer, caches, done, count
 
         return _backend.while_loop(cond, body, tuple(loop_vars), mode)
+
+    def _next_token(
+        self, step, settings, buffer, caches, index, lengths, count, seed, noise_step, encoded=None
+    ):
+        """One token a row for position `index`: `step` (`call_with_cache` or the
+        loop's decode step) on the token at `index - 1`, the processors, then the
+        sampler, its noise drawn at `noise_step`: `(sampled (batch,) int32, caches)`."""
+        batch = ops.shape(buffer)[0]
+        previous = ops.slice(buffer, [0, index - 1], [batch, 1])
+        logits, caches = step(previous, caches, index - 1, self._key_mask(buffer), encoded)
+        state = (buffer, lengths, index, count)
+        logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
+        noise = None
+        if settings.sampler.is_random:
+            noise = _backend.uniform(ops.shape(logits), seed, noise_step)
+        return settings.sampler.next_token(logits, noise), caches
 
     def _beam_search(self, settings, mode, tokens, lengths, encoded):
         beams = settings.sampler.num_beams

@@ -155,13 +155,17 @@ def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
 
     def plain(buffer, index, caches, count):
         # one token, as the loop without speculation makes it: (chosen, kept 0, caches)
-        previous = ops.slice(buffer, [0, index - 1], [batch, 1])
-        logits, caches = model.call_with_cache(previous, caches, index - 1, model._key_mask(buffer))
-        logits = processed_logits(settings.processors, logits, buffer, lengths, index, count)
-        noise = None
-        if settings.sampler.is_random:
-            noise = _backend.uniform(ops.shape(logits[:, 0]), seed, index + STREAM)
-        token = settings.sampler.next_token(logits[:, 0], noise)
+        token, caches = model._next_token(
+            model.call_with_cache,
+            settings,
+            buffer,
+            caches,
+            index,
+            lengths,
+            count,
+            seed,
+            index + STREAM,
+        )
         chosen = ops.concatenate([token[:, None], ops.zeros((batch, k), "int32")], axis=1)
         return chosen, ops.zeros((batch,), "int32"), caches
 
