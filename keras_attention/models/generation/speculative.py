@@ -153,22 +153,6 @@ def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
         )
         return chosen, kept, caches
 
-    def plain(buffer, index, caches, count):
-        # one token, as the loop without speculation makes it: (chosen, kept 0, caches)
-        token, caches = model._next_token(
-            model.call_with_cache,
-            settings,
-            buffer,
-            caches,
-            index,
-            lengths,
-            count,
-            seed,
-            index + STREAM,
-        )
-        chosen = ops.concatenate([token[:, None], ops.zeros((batch, k), "int32")], axis=1)
-        return chosen, ops.zeros((batch,), "int32"), caches
-
     def body(index, buffer, caches, draft_caches, done, count):
         if speculation.draft_model is None:
             drafts, found = lookup_drafts(buffer, index, speculation.prompt_lookup, k)
@@ -179,7 +163,7 @@ def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
             chosen, kept, caches = _backend.cond(
                 ops.any(worth),
                 lambda: verify(drafts, None, buffer, index, caches, count),
-                lambda: plain(buffer, index, caches, count),
+                lambda: _plain_step(model, settings, buffer, caches, index, lengths, count, seed),
                 mode,
             )
         else:
@@ -205,6 +189,26 @@ def speculative_loop(model, settings, mode, loop_vars, lengths, seed, end):
         return index + kept + 1, buffer, caches, draft_caches, done, count
 
     return _backend.while_loop(cond, body, tuple(loop_vars), mode)
+
+
+def _plain_step(model, settings, buffer, caches, index, lengths, count, seed):
+    """One token, as the loop without speculation makes it, in the speculative
+    loop's form: `(chosen, kept, caches)` with `chosen` the token then
+    `num_draft_tokens` zeros, and `kept` 0."""
+    token, caches = model._next_token(
+        model.call_with_cache,
+        settings,
+        buffer,
+        caches,
+        index,
+        lengths,
+        count,
+        seed,
+        index + STREAM,
+    )
+    batch, k = ops.shape(buffer)[0], settings.speculation.num_draft_tokens
+    chosen = ops.concatenate([token[:, None], ops.zeros((batch, k), "int32")], axis=1)
+    return chosen, ops.zeros((batch,), "int32"), caches
 
 
 def _prompt_buffer(tokens, lengths, room, pad_token_id):
