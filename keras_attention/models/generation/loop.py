@@ -264,18 +264,25 @@ class GenerativeMixin:
     def _next_token(
         self, step, settings, buffer, caches, index, lengths, count, seed, noise_step, encoded=None
     ):
-        """One token a row for position `index`: `step` (`call_with_cache` or the
-        loop's decode step) on the token at `index - 1`, the processors, then the
-        sampler, its noise drawn at `noise_step`: `(sampled (batch,) int32, caches)`."""
-        batch = ops.shape(buffer)[0]
-        previous = ops.slice(buffer, [0, index - 1], [batch, 1])
-        logits, caches = step(previous, caches, index - 1, self._key_mask(buffer), encoded)
-        state = (buffer, lengths, index, count)
-        logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
+        """One token a row for position `index`: `_next_logits`, then the sampler,
+        its noise drawn at `noise_step`: `(sampled (batch,) int32, caches)`."""
+        logits, caches = self._next_logits(
+            step, settings, buffer, caches, index, lengths, count, encoded
+        )
         noise = None
         if settings.sampler.is_random:
             noise = _backend.uniform(ops.shape(logits), seed, noise_step)
         return settings.sampler.next_token(logits, noise), caches
+
+    def _next_logits(self, step, settings, buffer, caches, index, lengths, count, encoded):
+        """The processed logits for position `index`: `step` (`call_with_cache` or
+        the loop's decode step) on the token at `index - 1`, then the processors:
+        `(logits (batch, vocabulary), caches)`."""
+        batch = ops.shape(buffer)[0]
+        previous = ops.slice(buffer, [0, index - 1], [batch, 1])
+        logits, caches = step(previous, caches, index - 1, self._key_mask(buffer), encoded)
+        state = (buffer, lengths, index, count)
+        return processors_lib.apply(settings.processors, logits[:, 0, :], *state), caches
 
     def _beam_search(self, settings, mode, tokens, lengths, encoded):
         beams = settings.sampler.num_beams
@@ -307,10 +314,9 @@ class GenerativeMixin:
             return ops.logical_and(index < total, ops.logical_not(ops.all(done)))
 
         def body(index, buffer, caches, done, count, scores):
-            previous = ops.slice(buffer, [0, index - 1], [rows, 1])
-            logits, caches = step(previous, caches, index - 1, self._key_mask(buffer), encoded)
-            state = (buffer, lengths, index, count)
-            logits = processors_lib.apply(settings.processors, logits[:, 0, :], *state)
+            logits, caches = self._next_logits(
+                step, settings, buffer, caches, index, lengths, count, encoded
+            )
             log_probs = ops.log_softmax(logits, axis=-1)
             # A finished beam goes on with padding at no cost.
             log_probs = ops.where(done[:, None], only_pad, log_probs)
